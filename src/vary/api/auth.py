@@ -1,0 +1,33 @@
+"""The bearer-key dependency: `Authorization: Bearer vary-...`, checked against hashed keys in SQLite."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from vary.api.errors import ApiError
+from vary.db import KeyInfo
+
+MISSING_KEY = (
+    "You didn't provide an API key. You need to provide your API key in an Authorization header "
+    "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+)
+WRONG_KEY = "Incorrect API key provided. Create a key with `vary keys create`."
+
+
+async def require_api_key(request: Request) -> KeyInfo | None:
+    """The caller's key, or None when the server runs with --no-auth. Never echoes the key."""
+    services = request.app.state.services
+    if services.settings.no_auth:
+        return None
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if not header or scheme.lower() != "bearer" or not token:
+        raise ApiError(401, MISSING_KEY, code="invalid_api_key")
+    # A database read per request, so a revoked key is refused at once, even by another process.
+    key: KeyInfo | None = await run_in_threadpool(services.db.authenticate, token)
+    if key is None:
+        raise ApiError(401, WRONG_KEY, code="invalid_api_key")
+    request.state.key = key
+    return key

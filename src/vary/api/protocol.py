@@ -1,0 +1,92 @@
+"""Wire models, named as in OpenAI's OpenAPI document."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SIZES = ("256x256", "512x512", "1024x1024")
+RESPONSE_FORMATS = ("url", "b64_json")
+MAX_N = 10
+
+
+class CreateImageVariationRequest(BaseModel):
+    """The multipart form, as documentation: vary reads the form itself (see variation_form.py)."""
+
+    image: bytes = Field(
+        description="The image to use as the basis for the variation(s). Must be a valid PNG file, less than 4MB, and square.",
+        json_schema_extra={"type": "string", "format": "binary"},
+    )
+    model: str | None = Field(
+        default="dall-e-2",
+        description="The model to use. `dall-e-2` names the model vary serves by default; see GET /v1/models.",
+    )
+    n: int | None = Field(default=1, ge=1, le=MAX_N, description="The number of images to generate. Must be between 1 and 10.")
+    response_format: Literal["url", "b64_json"] | None = Field(
+        default="url",
+        description="The format in which the generated images are returned. URLs are valid for 60 minutes by default.",
+    )
+    size: Literal["256x256", "512x512", "1024x1024"] | None = Field(
+        default="1024x1024", description="The size of the generated images."
+    )
+    user: str | None = Field(default=None, description="A unique identifier representing your end-user.")
+
+    @classmethod
+    def request_body(cls) -> dict[str, Any]:
+        schema = cls.model_json_schema()
+        schema["required"] = ["image"]
+        return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+
+
+class Image(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = None
+    b64_json: str | None = None
+
+
+class ImagesResponse(BaseModel):
+    created: int
+    data: list[Image]
+
+
+class Error(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorResponse(BaseModel):
+    error: Error
+
+
+class Model(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str
+    # vary's additions, in vLLM's style: what the model is, and which model an alias stands for.
+    root: str
+    parent: str | None = None
+    description: str
+    license: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in {
+        400: "Invalid request",
+        401: "Missing or invalid API key",
+        404: "Unknown model",
+        413: "Request body too large",
+        429: "Queue full; retry after the Retry-After header's seconds",
+        500: "Server error",
+    }.items()
+}

@@ -1,0 +1,107 @@
+"""build_app(settings): the lifespan builds the store, database, engines and schedulers, then mounts routes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from vary.api.body_limit import BodyLimitMiddleware
+from vary.api.errors import install_error_handlers
+from vary.api.routes import router
+from vary.api.variation_form import request_too_large
+from vary.db import Database
+from vary.engines.base import Engine
+from vary.engines.registry import ModelRegistry, load_engine
+from vary.scheduler import Scheduler
+from vary.serving import VariationService
+from vary.settings import Settings
+from vary.signing import UrlSigner, load_or_create_secret
+from vary.storage import ImageStore
+
+log = logging.getLogger("vary")
+
+
+@dataclass
+class Services:
+    settings: Settings
+    db: Database
+    store: ImageStore
+    signer: UrlSigner
+    registry: ModelRegistry
+    schedulers: dict[str, Scheduler]
+    variations: VariationService
+    started_at: int
+
+
+def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Engine]] | None = None) -> FastAPI:
+    """`load_engines` replaces model loading (tests hand in engines they built); it defaults to `--model`."""
+
+    def default_engines(s: Settings) -> list[Engine]:
+        return [load_engine(s.model, device=s.device, num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale)]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings.db_path)
+        store = ImageStore(settings.images_dir)
+        signer = UrlSigner(load_or_create_secret(settings.secret_path))
+        log.info("loading model %s", settings.model)
+        engines = await run_in_threadpool(load_engines or default_engines, settings)
+        for engine in engines:
+            await run_in_threadpool(engine.warmup)
+        registry = ModelRegistry(engines)
+        schedulers = {
+            e.info.id: Scheduler(e, max_queue=settings.queue_size, retry_after_seconds=settings.retry_after_seconds)
+            for e in registry.engines()
+        }
+        for scheduler in schedulers.values():
+            scheduler.start()
+        app.state.services = Services(
+            settings=settings,
+            db=db,
+            store=store,
+            signer=signer,
+            registry=registry,
+            schedulers=schedulers,
+            variations=VariationService(settings, registry, schedulers, store, signer),
+            started_at=int(time.time()),
+        )
+        sweeper = asyncio.create_task(_sweep_forever(store, settings))
+        log.info("serving %s", ", ".join(m.id for m in registry.served()))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            for scheduler in schedulers.values():
+                await run_in_threadpool(scheduler.close)
+            db.close()
+
+    app = FastAPI(
+        title="vary",
+        version="0.1.0",
+        summary="OpenAI's image-variations API on open models.",
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    install_error_handlers(app)
+    app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, error=request_too_large)
+    return app
+
+
+async def _sweep_forever(store: ImageStore, settings: Settings) -> None:
+    while True:
+        try:
+            removed = await run_in_threadpool(store.sweep, ttl_seconds=settings.url_ttl_seconds)
+            if removed:
+                log.info("swept %d expired files", removed)
+        except OSError:
+            log.exception("sweeping the image store failed")
+        await asyncio.sleep(settings.sweep_interval_seconds)

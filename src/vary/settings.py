@@ -1,0 +1,62 @@
+"""One frozen Settings object; every field is also an environment variable VARY_<FIELD>."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VARY_", frozen=True, extra="ignore")
+
+    # Where to listen and what to serve.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    data_dir: Path = Path("./vary-data")
+    model: str = "kandinsky-2.2"
+    no_auth: bool = False
+    # Base of the URLs handed out, for deployments behind a proxy; None = the request's own base URL.
+    public_url: str | None = None
+    # "cuda", "cpu", ... ; None picks CUDA when present.
+    device: str | None = None
+
+    # Generation defaults of the local engine.
+    num_inference_steps: int = Field(default=50, ge=1, le=500)
+    guidance_scale: float = Field(default=4.0, ge=0.0, le=50.0)
+
+    # URLs and their files.
+    url_ttl_seconds: int = Field(default=3600, ge=1)
+    sweep_interval_seconds: float = Field(default=60.0, gt=0)
+
+    # Input limits. OpenAI's contract: the image must be *less than* 4 MiB.
+    max_image_bytes: int = Field(default=4 * MiB, ge=1)
+    # Slack on top of the image for the other form fields and multipart framing.
+    max_body_overhead_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Decoded pixels are checked from the PNG header before decoding (decompression bombs).
+    max_image_side: int = Field(default=4096, ge=1)
+    max_user_chars: int = Field(default=256, ge=1)
+
+    # Pending variation requests per model before answering 429.
+    queue_size: int = Field(default=64, ge=1)
+    # Seconds a 429 asks the client to wait.
+    retry_after_seconds: int = Field(default=2, ge=1)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.max_image_bytes + self.max_body_overhead_bytes
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "vary.db"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.data_dir / "images"
+
+    @property
+    def secret_path(self) -> Path:
+        return self.data_dir / "secret"

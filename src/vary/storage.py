@@ -1,0 +1,73 @@
+"""ImageStore: generated PNGs on the local disk, written atomically, swept after expiry.
+
+A file is either absent or complete: it is written to a hidden temp name, flushed to disk and
+renamed into place, so a crash mid-write never leaves a servable partial file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+
+_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{16,64}")
+_TEMP_PREFIX = ".tmp-"
+
+
+class ImageStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def is_valid_id(image_id: str) -> bool:
+        # Ids are ours (token_urlsafe); anything else, "../" included, never touches the disk.
+        return _ID_PATTERN.fullmatch(image_id) is not None
+
+    def path_for(self, image_id: str) -> Path:
+        if not self.is_valid_id(image_id):
+            raise KeyError(image_id)
+        return self.root / f"{image_id}.png"
+
+    def put(self, data: bytes) -> str:
+        image_id = secrets.token_urlsafe(24)
+        final = self.path_for(image_id)
+        tmp = self.root / f"{_TEMP_PREFIX}{image_id}"
+        try:
+            with open(tmp, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return image_id
+
+    def get(self, image_id: str) -> Path | None:
+        try:
+            path = self.path_for(image_id)
+        except KeyError:
+            return None
+        return path if path.is_file() else None
+
+    def delete(self, image_id: str) -> None:
+        self.path_for(image_id).unlink(missing_ok=True)
+
+    def sweep(self, *, ttl_seconds: float, now: float | None = None) -> int:
+        """Deletes images older than the URL lifetime and temp files left by a crash; returns how many."""
+        now = time.time() if now is None else now
+        removed = 0
+        for entry in os.scandir(self.root):
+            try:
+                age = now - entry.stat().st_mtime
+                stale_temp = entry.name.startswith(_TEMP_PREFIX) and age > 600
+                expired = entry.name.endswith(".png") and age > ttl_seconds
+                if stale_temp or expired:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue  # deleted concurrently
+        return removed
