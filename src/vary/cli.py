@@ -51,7 +51,12 @@ def _serve(settings: Settings) -> None:
 
     from vary.app import build_app
     from vary.db import Database
+    from vary.engines.registry import UnknownModelSpec, check_model_spec
 
+    try:
+        check_model_spec(settings.model)
+    except UnknownModelSpec as exc:
+        sys.exit(f"vary: {exc}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("uvicorn.access").addFilter(_drop_query_strings)
     if not settings.no_auth:

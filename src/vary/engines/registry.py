@@ -19,6 +19,14 @@ class UnknownModelSpec(ValueError):
     pass
 
 
+def check_model_spec(spec: str) -> None:
+    """Fails fast, before any server starts, on a `--model` that names nothing."""
+    if spec not in (DEFAULT_MODEL, TINY_MODEL) and not Path(spec).expanduser().is_dir():
+        raise UnknownModelSpec(
+            f"unknown model {spec!r}: use {DEFAULT_MODEL!r}, {TINY_MODEL!r}, or a local model directory"
+        )
+
+
 def load_engine(
     spec: str,
     *,
@@ -38,12 +46,8 @@ def load_engine(
         )
     if spec == TINY_MODEL:
         return KandinskyVariationEngine.tiny_random(device=device)
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return KandinskyVariationEngine.from_directory(path, device=device, **overrides)
-    raise UnknownModelSpec(
-        f"unknown model {spec!r}: use {DEFAULT_MODEL!r}, {TINY_MODEL!r}, or a local model directory"
-    )
+    check_model_spec(spec)
+    return KandinskyVariationEngine.from_directory(Path(spec).expanduser(), device=device, **overrides)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import png_bytes
+from vary.api.errors import ApiError
+from vary.imaging import encode_png, fit_to_size, load_variation_input, png_dimensions, to_rgb
+
+LIMITS = {"max_bytes": 4 * 1024 * 1024, "max_side": 4096}
+
+
+def test_dimensions_come_from_the_header() -> None:
+    assert png_dimensions(png_bytes((30, 20))) == (30, 20)
+    with pytest.raises(ApiError):
+        png_dimensions(b"GIF89a" + b"\0" * 40)
+
+
+def test_transparency_is_composited_onto_white() -> None:
+    clear = to_rgb(Image.new("RGBA", (4, 4), (255, 0, 0, 0)))
+    assert clear.mode == "RGB" and clear.getpixel((0, 0)) == (255, 255, 255)
+    half = to_rgb(Image.new("LA", (4, 4), (0, 128)))
+    assert half.getpixel((0, 0)) == pytest.approx((127, 127, 127), abs=1)
+    palette = Image.new("P", (4, 4), 3)
+    palette.info["transparency"] = 3
+    assert to_rgb(palette).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_16_bit_grey_is_scaled_not_clipped() -> None:
+    img = load_variation_input(png_bytes(8, "I;16", color=32768), **LIMITS)
+    assert img.mode == "RGB" and img.getpixel((0, 0)) == (128, 128, 128)
+
+
+def test_load_checks_size_limit_before_decoding() -> None:
+    data = png_bytes(8)
+    with pytest.raises(ApiError) as err:
+        load_variation_input(data, max_bytes=len(data), max_side=4096)
+    assert err.value.param == "image" and err.value.status == 400
+    assert load_variation_input(data, max_bytes=len(data) + 1, max_side=4096).size == (8, 8)
+
+
+def test_side_limit() -> None:
+    with pytest.raises(ApiError, match="largest accepted is 16x16"):
+        load_variation_input(png_bytes(17), max_bytes=10**7, max_side=16)
+
+
+def test_fit_to_size_and_encode_roundtrip() -> None:
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8), "RGB")
+    assert fit_to_size(img, 64) is img
+    big = fit_to_size(img, 256)
+    assert big.size == (256, 256)
+    decoded = Image.open(io.BytesIO(encode_png(big)))
+    assert np.array_equal(np.asarray(decoded), np.asarray(big)), "PNG encoding must be lossless"
