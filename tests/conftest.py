@@ -23,7 +23,9 @@ STARTUP_TIMEOUT_S = 120.0
 def png_bytes(size: int | tuple[int, int] = 64, mode: str = "RGB", color: object = None, **save: object) -> bytes:
     dims = (size, size) if isinstance(size, int) else size
     if color is None:
-        color = {"RGB": (200, 30, 30), "RGBA": (200, 30, 30, 128), "L": 90, "LA": (90, 128), "P": 3, "1": 1}.get(mode, 1)
+        color = {"RGB": (200, 30, 30), "RGBA": (200, 30, 30, 128), "L": 90, "LA": (90, 128), "P": 3, "1": 1}.get(
+            mode, 1
+        )
     buf = io.BytesIO()
     Image.new(mode, dims, color).save(buf, format="PNG", **save)
     return buf.getvalue()
@@ -61,8 +63,19 @@ class VaryServer:
     def start(self) -> VaryServer:
         self.port = self.port or free_port()
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server-{self.port}.log"
-        cmd = [sys.executable, "-m", "vary", "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
-               "--model", self.model, *self.extra_args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "vary",
+            "serve",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
+            "--model",
+            self.model,
+            *self.extra_args,
+        ]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", **self.env}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -44,7 +44,11 @@ def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Eng
     """`load_engines` replaces model loading (tests hand in engines they built); it defaults to `--model`."""
 
     def default_engines(s: Settings) -> list[Engine]:
-        return [load_engine(s.model, device=s.device, num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale)]
+        return [
+            load_engine(
+                s.model, device=s.device, num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale
+            )
+        ]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -24,7 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1; VARY_HOST)")
     serve.add_argument("--port", type=int, help="port (default 8000; VARY_PORT)")
     serve.add_argument("--model", help="kandinsky-2.2 (default), tiny-random, or a local model directory (VARY_MODEL)")
-    serve.add_argument("--no-auth", action="store_true", default=None, help="accept requests without an API key (VARY_NO_AUTH)")
+    serve.add_argument(
+        "--no-auth", action="store_true", default=None, help="accept requests without an API key (VARY_NO_AUTH)"
+    )
     serve.add_argument("--public-url", help="base of the image URLs handed out, e.g. behind a proxy (VARY_PUBLIC_URL)")
     serve.add_argument("--device", help="torch device, e.g. cuda or cpu (default: cuda when present; VARY_DEVICE)")
 

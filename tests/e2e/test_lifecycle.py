@@ -59,10 +59,14 @@ def test_a_saved_model_served_by_path_without_auth(tmp_path: Path, saved_model: 
         client = OpenAI(base_url=f"{server.base_url}/v1", api_key="anything", max_retries=0)
         assert {m.id for m in client.models.list()} == {"tiny-kandinsky", "dall-e-2"}
         for size in ("256x256", "1024x1024"):
-            result = client.images.create_variation(image=png_bytes(), model="tiny-kandinsky", n=3, size=size, response_format="b64_json")
+            result = client.images.create_variation(
+                image=png_bytes(), model="tiny-kandinsky", n=3, size=size, response_format="b64_json"
+            )
             side = int(size.split("x")[0])
             assert [decode_png(base64.b64decode(d.b64_json or "")).size for d in result.data] == [(side, side)] * 3
-        no_header = httpx.post(f"{server.base_url}/v1/images/variations", files={"image": ("a.png", png_bytes())}, timeout=30)
+        no_header = httpx.post(
+            f"{server.base_url}/v1/images/variations", files={"image": ("a.png", png_bytes())}, timeout=30
+        )
         assert no_header.status_code == 200
     finally:
         server.stop()
@@ -73,7 +77,12 @@ def test_public_url_sets_the_base_of_image_urls(tmp_path: Path) -> None:
     _, key = create_key(data_dir)
     server = VaryServer(data_dir, env={"VARY_PUBLIC_URL": "https://images.example.test/base/"}).start()
     try:
-        url = OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0).images.create_variation(image=png_bytes()).data[0].url
+        url = (
+            OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
+            .images.create_variation(image=png_bytes())
+            .data[0]
+            .url
+        )
         assert url is not None and url.startswith("https://images.example.test/base/v1/files/")
         local = url.replace("https://images.example.test/base", server.base_url)
         assert httpx.get(local, timeout=30).status_code == 200
@@ -102,7 +111,10 @@ def test_bad_model_and_bad_setting_are_clear_errors(tmp_path: Path) -> None:
     assert bad.returncode != 0
     assert "unknown model" in bad.stderr and "Traceback" not in bad.stderr
     bad_port = subprocess.run(
-        [sys.executable, "-m", "vary", "keys", "list"], capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "vary", "keys", "list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "VARY_PORT": "not-a-port", "VARY_DATA_DIR": str(tmp_path / "d")},
     )
     assert bad_port.returncode != 0 and "invalid setting" in bad_port.stderr

@@ -55,7 +55,9 @@ def test_defaults_are_one_url_at_1024(client: OpenAI) -> None:
 
 
 def test_n_10_in_one_request(client: OpenAI) -> None:
-    result = client.images.create_variation(image=png_bytes(100, "RGBA"), n=10, size="256x256", response_format="b64_json")
+    result = client.images.create_variation(
+        image=png_bytes(100, "RGBA"), n=10, size="256x256", response_format="b64_json"
+    )
     images = [base64.b64decode(d.b64_json or "") for d in result.data]
     assert len(images) == 10
     assert len(set(images)) == 10
@@ -104,7 +106,11 @@ def test_tampered_and_expired_urls_are_refused(client: OpenAI, server_data_dir: 
 
     assert fetch(image_id, expires, signature).status_code == 200
     flipped = ("0" if signature[0] != "0" else "1") + signature[1:]
-    for response in (fetch(image_id, expires, flipped), fetch(image_id, expires + 3600, signature), fetch(image_id, expires, "")):
+    for response in (
+        fetch(image_id, expires, flipped),
+        fetch(image_id, expires + 3600, signature),
+        fetch(image_id, expires, ""),
+    ):
         assert response.status_code == 403
         assert response.json()["error"]["code"] == "invalid_signature"
     # Properly signed with the server's own secret, but in the past: refused as expired.
@@ -112,7 +118,12 @@ def test_tampered_and_expired_urls_are_refused(client: OpenAI, server_data_dir: 
     past = int(time.time()) - 1
     expired = fetch(image_id, past, signer.signature(image_id, past))
     assert expired.status_code == 403
-    assert expired.json()["error"] == {"message": "This URL has expired.", "type": "invalid_request_error", "param": None, "code": "url_expired"}
+    assert expired.json()["error"] == {
+        "message": "This URL has expired.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "url_expired",
+    }
     # Ids that are not ours never reach the disk, signed or not.
     for bad_id in ("..%2F..%2Fvary.db", "short", "a" * 65):
         assert fetch(bad_id, expires, signer.signature(bad_id, expires)).status_code == 404
@@ -132,7 +143,9 @@ def test_auth_missing_wrong_and_revoked(server: VaryServer, server_data_dir: Pat
 
     # What the SDK refuses to send: no header at all, or another scheme.
     for headers in ({}, {"Authorization": f"Basic {key}"}, {"Authorization": "Bearer"}):
-        raw = httpx.post(f"{url}/images/variations", headers=headers, files={"image": ("a.png", png_bytes())}, timeout=30)
+        raw = httpx.post(
+            f"{url}/images/variations", headers=headers, files={"image": ("a.png", png_bytes())}, timeout=30
+        )
         assert raw.status_code == 401
         assert raw.json()["error"]["code"] == "invalid_api_key"
         assert raw.json()["error"]["message"].startswith("You didn't provide an API key.")
@@ -154,6 +167,13 @@ def test_usage_rows_record_each_request(client: OpenAI, server_data_dir: Path) -
     rows = db.usage_rows()[-2:]
     db.close()
     ok, bad = rows
-    assert (ok.status, ok.n, ok.size, ok.response_format, ok.user, ok.model) == (200, 3, "512x512", "b64_json", "user-Ω-42", "tiny-random")
+    assert (ok.status, ok.n, ok.size, ok.response_format, ok.user, ok.model) == (
+        200,
+        3,
+        "512x512",
+        "b64_json",
+        "user-Ω-42",
+        "tiny-random",
+    )
     assert ok.key_id and ok.latency_ms > 0
     assert bad.status == 400

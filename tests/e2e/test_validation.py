@@ -63,11 +63,33 @@ def jpeg_bytes() -> bytes:
         ({"n": " 3 "}, error("' 3 ' is not of type 'integer' - 'n'", "n")),
         ({"n": "9" * 5000}, error("'" + "9" * 64 + "...' is not of type 'integer' - 'n'", "n")),
         ({"size": "300x300"}, error("'300x300' is not one of ['256x256', '512x512', '1024x1024'] - 'size'", "size")),
-        ({"size": "1024X1024"}, error("'1024X1024' is not one of ['256x256', '512x512', '1024x1024'] - 'size'", "size")),
-        ({"size": "1792x1024"}, error("'1792x1024' is not one of ['256x256', '512x512', '1024x1024'] - 'size'", "size")),
-        ({"response_format": "URL"}, error("'URL' is not one of ['url', 'b64_json'] - 'response_format'", "response_format")),
-        ({"response_format": "png"}, error("'png' is not one of ['url', 'b64_json'] - 'response_format'", "response_format")),
-        ({"model": "dall-e-3"}, {"error": {"message": "The model `dall-e-3` does not exist or you do not have access to it.", "type": "invalid_request_error", "param": "model", "code": "model_not_found"}}),
+        (
+            {"size": "1024X1024"},
+            error("'1024X1024' is not one of ['256x256', '512x512', '1024x1024'] - 'size'", "size"),
+        ),
+        (
+            {"size": "1792x1024"},
+            error("'1792x1024' is not one of ['256x256', '512x512', '1024x1024'] - 'size'", "size"),
+        ),
+        (
+            {"response_format": "URL"},
+            error("'URL' is not one of ['url', 'b64_json'] - 'response_format'", "response_format"),
+        ),
+        (
+            {"response_format": "png"},
+            error("'png' is not one of ['url', 'b64_json'] - 'response_format'", "response_format"),
+        ),
+        (
+            {"model": "dall-e-3"},
+            {
+                "error": {
+                    "message": "The model `dall-e-3` does not exist or you do not have access to it.",
+                    "type": "invalid_request_error",
+                    "param": "model",
+                    "code": "model_not_found",
+                }
+            },
+        ),
         ({"prompt": "a cat"}, error("Unrecognized request argument supplied: prompt")),
         ({"user": "u" * 257}, error("'user' is longer than 256 characters.", "user")),
     ],
@@ -85,10 +107,18 @@ def test_form_fields(http: httpx.Client, fields: dict[str, str], expected: dict[
         (b"hello, I am text", "in.png", error(NOT_A_PNG, "image")),
         (b"", "in.png", error(NOT_A_PNG, "image")),
         (b"\x89PNG\r\n\x1a\n" + b"garbage" * 20, "in.png", error(NOT_A_PNG, "image")),
-        (png_bytes(64)[:60], "in.png", error("Uploaded image is not a valid PNG: it is truncated or corrupt.", "image")),
+        (
+            png_bytes(64)[:60],
+            "in.png",
+            error("Uploaded image is not a valid PNG: it is truncated or corrupt.", "image"),
+        ),
         (png_bytes((64, 63)), "in.png", error("Uploaded image must be square, but it is 64x63.", "image")),
         (png_bytes((300, 200)), "in.png", error("Uploaded image must be square, but it is 300x200.", "image")),
-        (header_only_png(100_000, 100_000), "in.png", error("Uploaded image is 100000x100000 pixels; the largest accepted is 4096x4096.", "image")),
+        (
+            header_only_png(100_000, 100_000),
+            "in.png",
+            error("Uploaded image is 100000x100000 pixels; the largest accepted is 4096x4096.", "image"),
+        ),
         (with_private_chunk(png_bytes(8), 4 * MiB), "in.png", error(NOT_A_PNG, "image")),
     ],
 )
@@ -99,7 +129,9 @@ def test_bad_images(http: httpx.Client, image: bytes, filename: str, expected: d
 
 
 def test_png_is_judged_by_content_not_name(http: httpx.Client) -> None:
-    ok = http.post("/v1/images/variations", data={"size": "256x256"}, files={"image": ("photo.jpg", png_bytes(), "image/jpeg")})
+    ok = http.post(
+        "/v1/images/variations", data={"size": "256x256"}, files={"image": ("photo.jpg", png_bytes(), "image/jpeg")}
+    )
     assert ok.status_code == 200, ok.text
     bad = http.post("/v1/images/variations", files={"image": ("photo.png", jpeg_bytes(), "image/png")})
     assert bad.status_code == 400 and bad.json() == error(NOT_A_PNG, "image")
@@ -166,13 +198,16 @@ def test_bodies_that_are_not_multipart(http: httpx.Client, headers: dict[str, st
     response = http.post("/v1/images/variations", content=content, headers=headers)
     assert response.status_code == 400
     assert response.json() == error(
-        f"Invalid Content-Type header ({shown}); this endpoint expects multipart/form-data.", code="invalid_content_type"
+        f"Invalid Content-Type header ({shown}); this endpoint expects multipart/form-data.",
+        code="invalid_content_type",
     )
 
 
 def test_malformed_multipart_is_a_400_in_openai_shape(http: httpx.Client) -> None:
     response = http.post(
-        "/v1/images/variations", content=b"--x\r\nnot a header\r\n", headers={"Content-Type": "multipart/form-data; boundary=x"}
+        "/v1/images/variations",
+        content=b"--x\r\nnot a header\r\n",
+        headers={"Content-Type": "multipart/form-data; boundary=x"},
     )
     assert response.status_code == 400
     body = response.json()["error"]

@@ -36,7 +36,7 @@ def test_batched_equals_single(tiny: KandinskyVariationEngine) -> None:
     blue = Image.new("RGB", (48, 48), (20, 20, 220))
     alone = tiny.generate(Batch(items=(VariationItem(blue, 2, 7),), size=64))[0]
     batched = tiny.generate(Batch(items=(VariationItem(red(), 3, 1), VariationItem(blue, 2, 7)), size=64))[1]
-    for a, b in zip(alone, batched):
+    for a, b in zip(alone, batched, strict=True):
         assert np.abs(pixels(a) - pixels(b)).max() <= 2  # float rounding across batch shapes only
 
 
@@ -62,7 +62,7 @@ def test_save_and_load_by_path_gives_the_same_images(tiny: KandinskyVariationEng
     loaded = load_engine(str(tmp_path / "my-kandinsky"))
     assert loaded.info.id == "my-kandinsky"
     batch = Batch(items=(VariationItem(red(), 2, 11),), size=256)
-    for a, b in zip(tiny.generate(batch)[0], loaded.generate(batch)[0]):
+    for a, b in zip(tiny.generate(batch)[0], loaded.generate(batch)[0], strict=True):
         # Same weights and seeds; only float rounding of the reloaded tensors' layout may differ.
         assert np.abs(pixels(a) - pixels(b)).max() <= 2
 

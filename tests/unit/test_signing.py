@@ -14,7 +14,12 @@ def test_sign_and_verify() -> None:
     signer.verify("abc", 1000, sig, now=999)
     with pytest.raises(ExpiredError):
         signer.verify("abc", 1000, sig, now=1000)
-    for image_id, expires, bad in (("abd", 1000, sig), ("abc", 1001, sig), ("abc", 1000, sig.upper()), ("abc", 1000, "")):
+    for image_id, expires, bad in (
+        ("abd", 1000, sig),
+        ("abc", 1001, sig),
+        ("abc", 1000, sig.upper()),
+        ("abc", 1000, ""),
+    ):
         with pytest.raises(SignatureError):
             signer.verify(image_id, expires, bad, now=0)
     with pytest.raises(SignatureError):

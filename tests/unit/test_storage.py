@@ -19,7 +19,9 @@ def test_put_get_delete(tmp_path: Path) -> None:
     assert store.get(image_id) is None
 
 
-@pytest.mark.parametrize("bad", ["../secret", "..", "a/b", "x" * 15, "x" * 65, "abc def ghijklmnop", "%2e%2e%2fsecretxxxx"])
+@pytest.mark.parametrize(
+    "bad", ["../secret", "..", "a/b", "x" * 15, "x" * 65, "abc def ghijklmnop", "%2e%2e%2fsecretxxxx"]
+)
 def test_ids_that_are_not_ours_never_touch_the_disk(tmp_path: Path, bad: str) -> None:
     store = ImageStore(tmp_path)
     assert not store.is_valid_id(bad)

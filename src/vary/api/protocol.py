@@ -15,14 +15,18 @@ class CreateImageVariationRequest(BaseModel):
     """The multipart form, as documentation: vary reads the form itself (see variation_form.py)."""
 
     image: bytes = Field(
-        description="The image to use as the basis for the variation(s). Must be a valid PNG file, less than 4MB, and square.",
+        description=(
+            "The image to use as the basis for the variation(s). Must be a valid PNG file, less than 4MB, and square."
+        ),
         json_schema_extra={"type": "string", "format": "binary"},
     )
     model: str | None = Field(
         default="dall-e-2",
         description="The model to use. `dall-e-2` names the model vary serves by default; see GET /v1/models.",
     )
-    n: int | None = Field(default=1, ge=1, le=MAX_N, description="The number of images to generate. Must be between 1 and 10.")
+    n: int | None = Field(
+        default=1, ge=1, le=MAX_N, description="The number of images to generate. Must be between 1 and 10."
+    )
     response_format: Literal["url", "b64_json"] | None = Field(
         default="url",
         description="The format in which the generated images are returned. URLs are valid for 60 minutes by default.",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 from starlette.concurrency import run_in_threadpool
@@ -18,6 +19,7 @@ from vary.serving import ClientGone
 from vary.signing import ExpiredError, SignatureError
 
 router = APIRouter()
+CallerKey = Annotated[KeyInfo | None, Depends(require_api_key)]
 _EXPIRES = re.compile(r"[0-9]{1,12}")
 # nginx's code for "client closed the request"; only ever recorded, never sent to anyone.
 CLIENT_CLOSED_REQUEST = 499
@@ -32,14 +34,19 @@ CLIENT_CLOSED_REQUEST = 499
     summary="Creates variations of a given image.",
     operation_id="createImageVariation",
 )
-async def create_variation(request: Request, key: KeyInfo | None = Depends(require_api_key)) -> Response | ImagesResponse:
+async def create_variation(request: Request, key: CallerKey) -> Response | ImagesResponse:
     services = request.app.state.services
     started = time.perf_counter()
     usage = UsageRow(created_at=time.time(), key_id=key.id if key else None, status=500)
     try:
         form = await read_variation_form(request, max_user_chars=services.settings.max_user_chars)
         usage.model = form.model or services.registry.default.info.id
-        usage.n, usage.size, usage.response_format, usage.user = form.n, form.size_label, form.response_format, form.user
+        usage.n, usage.size, usage.response_format, usage.user = (
+            form.n,
+            form.size_label,
+            form.response_format,
+            form.user,
+        )
         result = await services.variations.create(
             form, base_url=str(request.base_url), wait_for_disconnect=lambda: _disconnected(request)
         )
@@ -72,7 +79,9 @@ async def get_file(request: Request, filename: str, expires: str = "", signature
     if extension != "png" or not services.store.is_valid_id(image_id):
         raise ApiError(404, "No such file.", code="file_not_found")
     if not _EXPIRES.fullmatch(expires) or not signature:
-        raise ApiError(403, "This URL is not signed: it needs its expires and signature parameters.", code="invalid_signature")
+        raise ApiError(
+            403, "This URL is not signed: it needs its expires and signature parameters.", code="invalid_signature"
+        )
     now = time.time()
     try:
         services.signer.verify(image_id, int(expires), signature, now=now)
@@ -119,12 +128,12 @@ def _model_cards(request: Request) -> list[Model]:
 
 
 @router.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES)
-async def list_models(request: Request, _: KeyInfo | None = Depends(require_api_key)) -> ModelList:
+async def list_models(request: Request, _: CallerKey) -> ModelList:
     return ModelList(data=_model_cards(request))
 
 
 @router.get("/v1/models/{model_id}", response_model=Model, responses=ERROR_RESPONSES)
-async def retrieve_model(request: Request, model_id: str, _: KeyInfo | None = Depends(require_api_key)) -> Model:
+async def retrieve_model(request: Request, model_id: str, _: CallerKey) -> Model:
     for card in _model_cards(request):
         if card.id == model_id:
             return card

@@ -21,12 +21,11 @@ from typing import Any
 import torch
 from diffusers import DDPMScheduler, KandinskyV22Pipeline, UNet2DConditionModel, VQModel
 from PIL import Image
+from transformers import CLIPImageProcessorPil as CLIPImageProcessor  # the torchvision-free processor
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from vary.engines.base import Batch, GenerationCancelled, ModelInfo, VariationItem
 from vary.imaging import array_to_images, fit_to_size
-
-from transformers import CLIPImageProcessorPil as CLIPImageProcessor  # the torchvision-free processor
 
 PRIOR_REPO = "kandinsky-community/kandinsky-2-2-prior"
 DECODER_REPO = "kandinsky-community/kandinsky-2-2-decoder"
@@ -64,7 +63,9 @@ TINY_OPTIONS = RenderOptions(
     num_inference_steps=2,
     min_render_side=64,
     max_render_side=64,
-    description="Kandinsky 2.2 architecture at toy size with seeded random weights: outputs noise. For tests and smoke runs.",
+    description=(
+        "Kandinsky 2.2 architecture at toy size with seeded random weights: outputs noise. For tests and smoke runs."
+    ),
 )
 
 
@@ -143,7 +144,9 @@ class KandinskyVariationEngine:
         )
 
     @classmethod
-    def tiny_random(cls, *, name: str = "tiny-random", seed: int = 0, device: str | None = None) -> KandinskyVariationEngine:
+    def tiny_random(
+        cls, *, name: str = "tiny-random", seed: int = 0, device: str | None = None
+    ) -> KandinskyVariationEngine:
         image_encoder, image_processor, pipeline = build_tiny_components(seed)
         return cls(
             info=ModelInfo(id=name, owned_by="vary", description=TINY_OPTIONS.description, license=LICENSE),
