@@ -24,9 +24,10 @@ class Settings(BaseSettings):
     # "cuda", "cpu", ... ; None picks CUDA when present.
     device: str | None = None
 
-    # Generation defaults of the local engine.
-    num_inference_steps: int = Field(default=50, ge=1, le=500)
-    guidance_scale: float = Field(default=4.0, ge=0.0, le=50.0)
+    # Generation overrides for the served model; None keeps the model's own defaults.
+    # At most half the 1000 training timesteps, which DDPM-style schedulers need to space the steps.
+    num_inference_steps: int | None = Field(default=None, ge=1, le=500)
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=50.0)
 
     # URLs and their files.
     url_ttl_seconds: int = Field(default=3600, ge=1)

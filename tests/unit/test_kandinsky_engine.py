@@ -78,3 +78,12 @@ def test_render_sizes() -> None:
 def test_unknown_model_spec(tmp_path: Path) -> None:
     with pytest.raises(UnknownModelSpec, match="local model directory"):
         load_engine(str(tmp_path / "missing"))
+
+
+def test_a_model_directory_keeps_its_own_options_unless_overridden(
+    tiny: KandinskyVariationEngine, tmp_path: Path
+) -> None:
+    tiny.save_pretrained(tmp_path / "m")
+    assert load_engine(str(tmp_path / "m")).options.num_inference_steps == 2  # type: ignore[attr-defined]
+    overridden = load_engine(str(tmp_path / "m"), num_inference_steps=3, guidance_scale=1.5)
+    assert (overridden.options.num_inference_steps, overridden.options.guidance_scale) == (3, 1.5)  # type: ignore[attr-defined]

@@ -145,15 +145,16 @@ class KandinskyVariationEngine:
 
     @classmethod
     def tiny_random(
-        cls, *, name: str = "tiny-random", seed: int = 0, device: str | None = None
+        cls, *, name: str = "tiny-random", seed: int = 0, device: str | None = None, **overrides: Any
     ) -> KandinskyVariationEngine:
         image_encoder, image_processor, pipeline = build_tiny_components(seed)
+        options = TINY_OPTIONS.merged(**overrides)
         return cls(
-            info=ModelInfo(id=name, owned_by="vary", description=TINY_OPTIONS.description, license=LICENSE),
+            info=ModelInfo(id=name, owned_by="vary", description=options.description, license=LICENSE),
             image_encoder=image_encoder,
             image_processor=image_processor,
             pipeline=pipeline,
-            options=TINY_OPTIONS,
+            options=options,
             device=pick_device(device),
         )
 

@@ -45,7 +45,7 @@ def load_engine(
             device=device,
         )
     if spec == TINY_MODEL:
-        return KandinskyVariationEngine.tiny_random(device=device)
+        return KandinskyVariationEngine.tiny_random(device=device, **overrides)
     check_model_spec(spec)
     return KandinskyVariationEngine.from_directory(Path(spec).expanduser(), device=device, **overrides)
 
