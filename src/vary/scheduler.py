@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from PIL import Image
 
 from vary.api.errors import ApiError
-from vary.engines.base import Batch, Engine, VariationItem
+from vary.engines.base import Batch, Engine, GenerationCancelled, VariationItem
 
 log = logging.getLogger("vary.scheduler")
 
@@ -93,6 +93,9 @@ class Scheduler:
             batch = Batch(items=(job.item,), size=job.size, should_stop=job.abandoned.is_set)
             try:
                 images = self.engine.generate(batch)[0]
+            except GenerationCancelled as exc:
+                log.info("generation stopped early: its client left")
+                job.future.set_exception(exc)
             except BaseException as exc:  # noqa: BLE001 - every failure must reach the waiting future
                 job.future.set_exception(exc)
             else:

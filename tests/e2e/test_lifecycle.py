@@ -6,6 +6,7 @@ import base64
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -13,6 +14,8 @@ import pytest
 from openai import OpenAI
 
 from tests.conftest import VaryServer, create_key, decode_png, png_bytes
+from vary.api.routes import CLIENT_CLOSED_REQUEST
+from vary.db import Database
 from vary.engines.kandinsky import KandinskyVariationEngine
 
 
@@ -118,3 +121,34 @@ def test_bad_model_and_bad_setting_are_clear_errors(tmp_path: Path) -> None:
         env={**os.environ, "VARY_PORT": "not-a-port", "VARY_DATA_DIR": str(tmp_path / "d")},
     )
     assert bad_port.returncode != 0 and "invalid setting" in bad_port.stderr
+
+
+def test_a_client_that_leaves_is_recorded_and_its_work_stopped(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    key_id, key = create_key(data_dir)
+    # 100 denoising steps make the tiny model slow enough (about 20 s for n=10) to leave mid-generation.
+    server = VaryServer(data_dir, env={"VARY_NUM_INFERENCE_STEPS": "100"}).start()
+    try:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                f"{server.base_url}/v1/images/variations",
+                headers={"Authorization": f"Bearer {key}"},
+                files={"image": ("a.png", png_bytes())},
+                data={"n": "10"},
+                timeout=httpx.Timeout(30, read=1.0),
+            )
+        deadline = time.monotonic() + 60
+        statuses: list[int] = []
+        while time.monotonic() < deadline and CLIENT_CLOSED_REQUEST not in statuses:
+            db = Database(data_dir / "vary.db")
+            statuses = [row.status for row in db.usage_rows() if row.key_id == key_id]
+            db.close()
+            time.sleep(0.1)  # poll interval, bounded by the deadline
+        assert statuses == [CLIENT_CLOSED_REQUEST]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "generation stopped early" not in server.log():
+            time.sleep(0.1)  # poll interval, bounded by the deadline
+        assert "generation stopped early: its client left" in server.log()
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log()
