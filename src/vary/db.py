@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Float, Integer, String, create_engine, event, select
+from sqlalchemy import Float, Integer, String, create_engine, event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -103,7 +103,7 @@ class Database:
 
     def count_active_keys(self) -> int:
         with self.session() as s:
-            return len(s.scalars(select(ApiKeyRow.id).where(ApiKeyRow.revoked_at.is_(None))).all())
+            return s.scalar(select(func.count()).select_from(ApiKeyRow).where(ApiKeyRow.revoked_at.is_(None))) or 0
 
     def revoke_key(self, key_id: str) -> bool:
         with self.session() as s:

@@ -13,7 +13,7 @@ import zlib
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from vary.api.errors import ApiError, invalid
+from vary.api.errors import invalid
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NOT_A_PNG = "Uploaded image must be a PNG and less than 4 MB."
@@ -58,8 +58,6 @@ def load_variation_input(data: bytes, *, max_bytes: int, max_side: int) -> Image
         with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
             img.load()
             return to_rgb(img)
-    except ApiError:
-        raise
     except _DECODE_ERRORS:
         raise invalid("Uploaded image is not a valid PNG: it is truncated or corrupt.", param="image") from None
 

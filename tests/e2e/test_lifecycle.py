@@ -34,6 +34,8 @@ def test_first_start_prints_a_key_once_and_urls_survive_a_restart(tmp_path: Path
         url = client.images.create_variation(image=png_bytes(), size="256x256").data[0].url
         assert url is not None
         original = httpx.get(url, timeout=30).content
+        assert "GET /v1/files/" in first.log()
+        assert "signature=" not in first.log(), "access logs must not carry URL signatures"
     finally:
         first.stop()
     # The same port, so the URL handed out before the restart is used exactly as it was.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from pathlib import Path
@@ -14,10 +15,11 @@ from vary.api.auth import require_api_key
 from vary.api.errors import ApiError, model_not_found
 from vary.api.protocol import ERROR_RESPONSES, CreateImageVariationRequest, ImagesResponse, Model, ModelList
 from vary.api.variation_form import read_variation_form
-from vary.db import KeyInfo, UsageRow
+from vary.db import Database, KeyInfo, UsageRow
 from vary.serving import ClientGone
 from vary.signing import ExpiredError, SignatureError
 
+log = logging.getLogger("vary.routes")
 router = APIRouter()
 CallerKey = Annotated[KeyInfo | None, Depends(require_api_key)]
 _EXPIRES = re.compile(r"[0-9]{1,12}")
@@ -60,7 +62,15 @@ async def create_variation(request: Request, key: CallerKey) -> Response | Image
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     finally:
         usage.latency_ms = (time.perf_counter() - started) * 1000.0
-        await run_in_threadpool(services.db.record_usage, usage)
+        await _record(services.db, usage)
+
+
+async def _record(db: Database, usage: UsageRow) -> None:
+    # Accounting must never cost the client the images it was already given.
+    try:
+        await run_in_threadpool(db.record_usage, usage)
+    except Exception:
+        log.exception("could not record usage")
 
 
 async def _disconnected(request: Request) -> None:
