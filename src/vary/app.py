@@ -18,6 +18,7 @@ from vary.api.routes import router
 from vary.api.variation_form import request_too_large
 from vary.db import Database
 from vary.engines.base import Engine
+from vary.engines.kandinsky import Placement
 from vary.engines.registry import ModelRegistry, load_engine
 from vary.scheduler import Scheduler
 from vary.serving import VariationService
@@ -44,11 +45,8 @@ def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Eng
     """`load_engines` replaces model loading (tests hand in engines they built); it defaults to `--model`."""
 
     def default_engines(s: Settings) -> list[Engine]:
-        return [
-            load_engine(
-                s.model, device=s.device, num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale
-            )
-        ]
+        placement = Placement(device=s.device, dtype=s.dtype, compile=s.compile)
+        return [load_engine(s.model, placement=placement, **s.render_overrides())]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,7 +59,12 @@ def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Eng
             await run_in_threadpool(engine.warmup)
         registry = ModelRegistry(engines)
         schedulers = {
-            e.info.id: Scheduler(e, max_queue=settings.queue_size, retry_after_seconds=settings.retry_after_seconds)
+            e.info.id: Scheduler(
+                e,
+                max_queue=settings.queue_size,
+                max_batch_images=settings.max_batch_images,
+                retry_after_seconds=settings.retry_after_seconds,
+            )
             for e in registry.engines()
         }
         for scheduler in schedulers.values():

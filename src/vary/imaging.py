@@ -13,6 +13,11 @@ import zlib
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+try:
+    import fpng as _fpng
+except ImportError:  # pragma: no cover - platforms without an fpng build fall back to Pillow
+    _fpng = None
+
 from vary.api.errors import invalid
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -85,15 +90,16 @@ def fit_to_size(img: Image.Image, size: int) -> Image.Image:
     return img.resize((size, size), Image.Resampling.LANCZOS)
 
 
-def array_to_images(batch: np.ndarray) -> list[Image.Image]:
-    """Float images in [0, 1], shape (N, H, W, 3), to 8-bit RGB Pillow images."""
-    pixels = (np.clip(batch, 0.0, 1.0) * 255.0).round().astype(np.uint8)
-    return [Image.fromarray(frame, "RGB") for frame in pixels]
+def encode_png(frame: np.ndarray) -> bytes:
+    """Lossless PNG of an (H, W, 3) uint8 array.
 
-
-def encode_png(img: Image.Image, *, compress_level: int = 1) -> bytes:
-    # Level 1 is lossless like every level, several times faster than Pillow's default 6,
-    # and only slightly larger on photographic content.
+    fpng writes a 1024x1024 image in about 4 ms on one core, where Pillow's default takes over 100 ms
+    (bench/png_encode.py measures both); the files are standard PNGs any decoder reads. fpng holds the
+    GIL while it works, so encoding in several threads does not run in parallel.
+    """
+    if _fpng is not None:
+        png: bytes = _fpng.from_ndarray(np.ascontiguousarray(frame))
+        return png
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=compress_level)
+    Image.fromarray(frame, "RGB").save(buf, format="PNG", compress_level=1)
     return buf.getvalue()

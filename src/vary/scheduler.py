@@ -1,32 +1,41 @@
 """Between HTTP and an engine: a bounded queue of jobs, one worker thread, a future per job.
 
+Concurrent requests for the same output size are coalesced into one pipeline call of up to
+`max_batch_images` images. The oldest waiting job always leads the next batch, which is then filled
+with later jobs of its size in arrival order: no job waits behind more than the jobs queued before it,
+so a big n=10 request cannot starve small ones and small ones cannot starve it.
+
 Every future is resolved or failed, whatever the engine does. A full queue answers 429 at once
-instead of growing a backlog. A job whose client went away is skipped before it starts, and a
-running one stops at the next denoising step.
+instead of growing a backlog. A job whose client went away is skipped before it starts; a running
+batch stops at its next denoising step once every client in it has gone.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
+import time
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from PIL import Image
-
 from vary.api.errors import ApiError
-from vary.engines.base import Batch, Engine, GenerationCancelled, VariationItem
+from vary.engines.base import Batch, Engine, Frames, GenerationCancelled, VariationItem
 
 log = logging.getLogger("vary.scheduler")
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
     item: VariationItem
     size: int
-    future: Future[list[Image.Image]] = field(default_factory=Future)
+    future: Future[Frames] = field(default_factory=Future)
     abandoned: threading.Event = field(default_factory=threading.Event)
+    # perf_counter() stamps, for queue-wait and generation timings.
+    queued_at: float = field(default_factory=time.perf_counter)
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    batch_images: int = 0  # images in the pipeline call this job rode in
 
     def cancel(self) -> None:
         """The client is gone: drop the job if it has not started, stop it between steps if it has."""
@@ -39,64 +48,100 @@ def shutting_down() -> ApiError:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, *, max_queue: int, retry_after_seconds: int) -> None:
+    def __init__(self, engine: Engine, *, max_queue: int, max_batch_images: int, retry_after_seconds: int) -> None:
         self.engine = engine
+        self.max_queue = max_queue
+        self.max_batch_images = max_batch_images
         self.retry_after_seconds = retry_after_seconds
-        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=max_queue)
-        self._closed = threading.Event()
+        self._pending: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"engine:{engine.info.id}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def submit(self, item: VariationItem, size: int) -> Job:
-        if self._closed.is_set():
-            raise shutting_down()
         job = Job(item, size)
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            raise ApiError(
-                429,
-                f"The model `{self.engine.info.id}` has more requests queued than it accepts. "
-                f"Retry after {self.retry_after_seconds} seconds.",
-                type="requests",
-                code="queue_full",
-                headers={"Retry-After": str(self.retry_after_seconds)},
-            ) from None
+        with self._cond:
+            if self._closed:
+                raise shutting_down()
+            if len(self._pending) >= self.max_queue:
+                # Jobs whose clients left still sit in the queue until the worker reaches them.
+                self._pending = deque(j for j in self._pending if not j.future.cancelled())
+            if len(self._pending) >= self.max_queue:
+                raise ApiError(
+                    429,
+                    f"The model `{self.engine.info.id}` has more requests queued than it accepts. "
+                    f"Retry after {self.retry_after_seconds} seconds.",
+                    type="requests",
+                    code="queue_full",
+                    headers={"Retry-After": str(self.retry_after_seconds)},
+                )
+            self._pending.append(job)
+            self._cond.notify()
         return job
 
     @property
     def depth(self) -> int:
-        return self._queue.qsize()
+        return len(self._pending)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Fails what is still queued, lets the running job finish, stops the worker."""
-        self._closed.set()
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None and job.future.set_running_or_notify_cancel():
+        """Fails what is still queued, lets the running batch finish, stops the worker."""
+        with self._cond:
+            self._closed = True
+            queued, self._pending = list(self._pending), deque()
+            self._cond.notify_all()
+        for job in queued:
+            if job.future.set_running_or_notify_cancel():
                 job.future.set_exception(shutting_down())
-        self._queue.put(None)
         self._thread.join(timeout)
 
+    def _next_batch(self) -> list[Job] | None:
+        """The oldest job plus later jobs of its size that fit; None once closed."""
+        with self._cond:
+            while not self._pending and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            head = self._pending.popleft()
+            batch, images, rest = [head], head.item.n, deque[Job]()
+            for job in self._pending:
+                if job.size == head.size and images + job.item.n <= self.max_batch_images:
+                    batch.append(job)
+                    images += job.item.n
+                else:
+                    rest.append(job)
+            self._pending = rest
+        # Outside the lock: a job cancelled while queued is dropped here, before any model work.
+        return [job for job in batch if job.future.set_running_or_notify_cancel()]
+
     def _run(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            if not job.future.set_running_or_notify_cancel():
-                continue  # cancelled while queued: never reaches the engine
-            batch = Batch(items=(job.item,), size=job.size, should_stop=job.abandoned.is_set)
-            try:
-                images = self.engine.generate(batch)[0]
-            except GenerationCancelled as exc:
-                log.info("generation stopped early: its client left")
-                job.future.set_exception(exc)
-            except BaseException as exc:  # noqa: BLE001 - every failure must reach the waiting future
-                job.future.set_exception(exc)
-            else:
-                job.future.set_result(images)
+        while (jobs := self._next_batch()) is not None:
+            if jobs:
+                self._generate(jobs)
+
+    def _generate(self, jobs: list[Job]) -> None:
+        batch = Batch(
+            items=tuple(job.item for job in jobs),
+            size=jobs[0].size,
+            should_stop=lambda: all(job.abandoned.is_set() for job in jobs),
+        )
+        started = time.perf_counter()
+        try:
+            outputs = self.engine.generate(batch)
+        except GenerationCancelled as exc:
+            log.info("generation stopped early: its client left")
+            self._fail(jobs, exc)
+        except BaseException as exc:  # noqa: BLE001 - every failure must reach the waiting futures
+            self._fail(jobs, exc)
+        else:
+            finished = time.perf_counter()
+            for job, frames in zip(jobs, outputs, strict=True):
+                job.started_at, job.finished_at, job.batch_images = started, finished, batch.total_images
+                job.future.set_result(frames)
+
+    @staticmethod
+    def _fail(jobs: list[Job], exc: BaseException) -> None:
+        for job in jobs:
+            job.future.set_exception(exc)

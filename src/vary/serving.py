@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import base64
+import json
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from PIL import Image as PILImage
+import pybase64
 from starlette.concurrency import run_in_threadpool
 
-from vary.api.protocol import Image, ImagesResponse
 from vary.api.variation_form import VariationForm
-from vary.engines.base import VariationItem
+from vary.engines.base import Engine, Frames, VariationItem
 from vary.engines.registry import ModelRegistry
 from vary.imaging import encode_png, load_variation_input
 from vary.scheduler import Job, Scheduler
@@ -28,6 +27,22 @@ log = logging.getLogger("vary.serving")
 
 class ClientGone(Exception):
     """The client disconnected before its images were ready."""
+
+
+@dataclass
+class Timings:
+    """Seconds spent in each stage of one request, for the Server-Timing header."""
+
+    stages: dict[str, float] = field(default_factory=dict)
+
+    def header(self) -> str:
+        return ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in self.stages.items())
+
+
+@dataclass(frozen=True)
+class VariationResult:
+    body: bytes  # the ImagesResponse JSON, built once
+    timings: Timings
 
 
 @dataclass
@@ -44,45 +59,59 @@ class VariationService:
         *,
         base_url: str,
         wait_for_disconnect: Callable[[], Awaitable[None]],
-    ) -> ImagesResponse:
-        # 1. Everything about the request is checked before any model work.
+    ) -> VariationResult:
+        timings = Timings()
+        mark = time.perf_counter()
+        # 1. Everything about the request is checked before any model work; the engine's CPU
+        #    preprocessing happens here too, off the thread that drives the GPU.
         engine = self.registry.resolve(form.model)
-        image = await run_in_threadpool(
-            load_variation_input,
-            form.image,
-            max_bytes=self.settings.max_image_bytes,
-            max_side=self.settings.max_image_side,
-        )
+        conditioning = await run_in_threadpool(self._prepare, engine, form.image)
+        timings.stages["prepare"] = time.perf_counter() - mark
+
         # 2. Queue it; wait for the images or for the client to leave, whichever comes first.
-        item = VariationItem(image=image, n=form.n, seed=secrets.randbits(63))
+        item = VariationItem(conditioning=conditioning, n=form.n, seed=secrets.randbits(63))
         job = self.schedulers[engine.info.id].submit(item, form.size)
-        images = await _until_disconnect(job, wait_for_disconnect)
-        # 3. Encode (and store) off the event loop.
+        frames = await _until_disconnect(job, wait_for_disconnect)
+        timings.stages["queue"] = job.started_at - job.queued_at
+        timings.stages["generate"] = job.finished_at - job.started_at
+
+        # 3. Resize, encode (and store) off the event loop.
+        mark = time.perf_counter()
         created = int(time.time())
         if form.response_format == "b64_json":
-            data = await run_in_threadpool(_as_base64, images)
+            body = await run_in_threadpool(self._base64_body, engine, frames, form.size, created)
         else:
-            data = await run_in_threadpool(self._store_and_sign, images, base_url, created)
-        return ImagesResponse(created=created, data=data)
+            body = await run_in_threadpool(self._url_body, engine, frames, form.size, created, base_url)
+        timings.stages["encode"] = time.perf_counter() - mark
+        return VariationResult(body, timings)
 
-    def _store_and_sign(self, images: list[PILImage.Image], base_url: str, created: int) -> list[Image]:
+    def _prepare(self, engine: Engine, data: bytes) -> object:
+        image = load_variation_input(
+            data, max_bytes=self.settings.max_image_bytes, max_side=self.settings.max_image_side
+        )
+        return engine.prepare(image)
+
+    def _base64_body(self, engine: Engine, frames: Frames, size: int, created: int) -> bytes:
+        # Base64's alphabet needs no JSON escaping, so the body is joined from the encoded bytes directly.
+        items = [b'{"b64_json":"' + pybase64.b64encode(encode_png(f)) + b'"}' for f in engine.finish(frames, size)]
+        return b'{"created":%d,"data":[%s]}' % (created, b",".join(items))
+
+    def _url_body(self, engine: Engine, frames: Frames, size: int, created: int, base_url: str) -> bytes:
         # The expiry is fixed before the files are written, so the sweeper (which ages files by
         # their mtime) can never delete a file while a URL to it is still valid.
         expires = created + self.settings.url_ttl_seconds
         base = (self.settings.public_url or base_url).rstrip("/")
-        out = []
-        for img in images:
-            image_id = self.store.put(encode_png(img))
+        items = []
+        for frame in engine.finish(frames, size):
+            image_id = self.store.put(encode_png(frame))
             signature = self.signer.signature(image_id, expires)
-            out.append(Image(url=f"{base}/v1/files/{image_id}.png?expires={expires}&signature={signature}"))
-        return out
+            url = f"{base}/v1/files/{image_id}.png?expires={expires}&signature={signature}"
+            # json.dumps: the base comes from the request's Host header, which a client controls.
+            items.append(b'{"url":' + json.dumps(url).encode() + b"}")
+        return b'{"created":%d,"data":[%s]}' % (created, b",".join(items))
 
 
-def _as_base64(images: list[PILImage.Image]) -> list[Image]:
-    return [Image(b64_json=base64.b64encode(encode_png(img)).decode("ascii")) for img in images]
-
-
-async def _until_disconnect(job: Job, wait_for_disconnect: Callable[[], Awaitable[None]]) -> list[PILImage.Image]:
+async def _until_disconnect(job: Job, wait_for_disconnect: Callable[[], Awaitable[None]]) -> Frames:
     result = asyncio.wrap_future(job.future)
     watcher = asyncio.ensure_future(wait_for_disconnect())
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -23,11 +24,16 @@ class Settings(BaseSettings):
     public_url: str | None = None
     # "cuda", "cpu", ... ; None picks CUDA when present.
     device: str | None = None
+    # None: float16 on accelerators, float32 on the CPU.
+    dtype: Literal["float16", "bfloat16", "float32"] | None = None
+    # torch.compile the UNet, warmed up at start for every render size (costs start-up time).
+    compile: bool = False
 
     # Generation overrides for the served model; None keeps the model's own defaults.
     # At most half the 1000 training timesteps, which DDPM-style schedulers need to space the steps.
     num_inference_steps: int | None = Field(default=None, ge=1, le=500)
     guidance_scale: float | None = Field(default=None, ge=0.0, le=50.0)
+    sampler: Literal["dpmsolver++", "ddpm"] | None = None
 
     # URLs and their files.
     url_ttl_seconds: int = Field(default=3600, ge=1)
@@ -43,8 +49,17 @@ class Settings(BaseSettings):
 
     # Pending variation requests per model before answering 429.
     queue_size: int = Field(default=64, ge=1)
+    # Images per pipeline call when concurrent requests are coalesced; at least one whole n=10 request.
+    max_batch_images: int = Field(default=16, ge=10)
     # Seconds a 429 asks the client to wait.
     retry_after_seconds: int = Field(default=2, ge=1)
+
+    def render_overrides(self) -> dict[str, object]:
+        return {
+            "num_inference_steps": self.num_inference_steps,
+            "guidance_scale": self.guidance_scale,
+            "sampler": self.sampler,
+        }
 
     @property
     def max_body_bytes(self) -> int:

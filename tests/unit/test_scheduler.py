@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -30,7 +31,13 @@ class GatedEngine:
     def warmup(self) -> None:
         pass
 
-    def generate(self, batch: Batch) -> list[list[Image.Image]]:
+    def prepare(self, image: Image.Image) -> object:
+        return self.engine.prepare(image)
+
+    def finish(self, frames: np.ndarray, size: int) -> list[np.ndarray]:
+        return self.engine.finish(frames, size)
+
+    def generate(self, batch: Batch) -> list[np.ndarray]:
         self.seen.append(batch)
         self.entered.set()
         assert self.gate.wait(WAIT_S)
@@ -40,9 +47,12 @@ class GatedEngine:
         return self.engine.generate(batch)
 
 
+TINY = KandinskyVariationEngine.tiny_random()
+
+
 @pytest.fixture(scope="module")
 def tiny() -> KandinskyVariationEngine:
-    return KandinskyVariationEngine.tiny_random()
+    return TINY
 
 
 @pytest.fixture()
@@ -52,7 +62,7 @@ def gated(tiny: KandinskyVariationEngine) -> GatedEngine:
 
 @pytest.fixture()
 def scheduler(gated: GatedEngine) -> Iterator[Scheduler]:
-    s = Scheduler(gated, max_queue=2, retry_after_seconds=7)
+    s = Scheduler(gated, max_queue=2, max_batch_images=10, retry_after_seconds=7)
     s.start()
     yield s
     gated.gate.set()
@@ -60,14 +70,14 @@ def scheduler(gated: GatedEngine) -> Iterator[Scheduler]:
 
 
 def item(n: int = 1, seed: int = 0) -> VariationItem:
-    return VariationItem(Image.new("RGB", (32, 32), (10, 20, 30)), n, seed)
+    return VariationItem(TINY.prepare(Image.new("RGB", (32, 32), (10, 20, 30))), n, seed)
 
 
 def test_each_job_gets_its_own_images(scheduler: Scheduler, gated: GatedEngine) -> None:
     gated.gate.set()
     jobs = [scheduler.submit(item(n), 256) for n in (1, 3)]
     assert [len(j.future.result(WAIT_S)) for j in jobs] == [1, 3]
-    assert all(img.size == (256, 256) for j in jobs for img in j.future.result())
+    assert all(frame.shape == (64, 64, 3) for j in jobs for frame in j.future.result())  # tiny renders at 64
 
 
 def test_a_full_queue_answers_429_with_retry_after(scheduler: Scheduler, gated: GatedEngine) -> None:
@@ -114,7 +124,7 @@ def test_running_job_stops_between_steps_when_abandoned(tiny: KandinskyVariation
 
 
 def test_close_fails_queued_jobs(gated: GatedEngine) -> None:
-    s = Scheduler(gated, max_queue=4, retry_after_seconds=1)
+    s = Scheduler(gated, max_queue=4, max_batch_images=10, retry_after_seconds=1)
     s.start()
     running = s.submit(item(), 64)
     assert gated.entered.wait(WAIT_S)

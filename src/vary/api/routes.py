@@ -36,7 +36,7 @@ CLIENT_CLOSED_REQUEST = 499
     summary="Creates variations of a given image.",
     operation_id="createImageVariation",
 )
-async def create_variation(request: Request, key: CallerKey) -> Response | ImagesResponse:
+async def create_variation(request: Request, key: CallerKey) -> Response:
     services = request.app.state.services
     started = time.perf_counter()
     usage = UsageRow(created_at=time.time(), key_id=key.id if key else None, status=500)
@@ -53,7 +53,8 @@ async def create_variation(request: Request, key: CallerKey) -> Response | Image
             form, base_url=str(request.base_url), wait_for_disconnect=lambda: _disconnected(request)
         )
         usage.status = 200
-        return result
+        result.timings.stages["total"] = time.perf_counter() - started
+        return Response(result.body, media_type="application/json", headers={"Server-Timing": result.timings.header()})
     except ApiError as exc:
         usage.status = exc.status
         raise

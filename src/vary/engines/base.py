@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
+import numpy as np
 from PIL import Image
+
+# Images travel as uint8 arrays: (H, W, 3) for one image, (N, H, W, 3) for a request's n images.
+Frames = np.ndarray
 
 
 class GenerationCancelled(Exception):
@@ -15,9 +19,9 @@ class GenerationCancelled(Exception):
 
 @dataclass(frozen=True)
 class VariationItem:
-    """One request's share of a batch: its input image, how many variations, and its seed."""
+    """One request's share of a batch: its prepared input, how many variations, and its seed."""
 
-    image: Image.Image  # RGB, already validated
+    conditioning: Any  # what the engine's prepare() made of the input image
     n: int
     seed: int
 
@@ -47,10 +51,23 @@ class ModelInfo:
 
 
 class Engine(Protocol):
+    """prepare() and finish() are CPU work that runs on request threads; generate() owns the device.
+
+    Keeping the CPU work off the generating thread lets it overlap the next batch on the GPU.
+    """
+
     info: ModelInfo
 
     def warmup(self) -> None: ...
 
-    def generate(self, batch: Batch) -> list[list[Image.Image]]:
-        """One list of `item.n` images per item, each `batch.size` square."""
+    def prepare(self, image: Image.Image) -> Any:
+        """Per-request preprocessing of a validated RGB input; thread-safe."""
+        ...
+
+    def generate(self, batch: Batch) -> list[Frames]:
+        """One (n, H, W, 3) uint8 array per item, at whatever size the model rendered."""
+        ...
+
+    def finish(self, frames: Frames, size: int) -> list[Frames]:
+        """A request's rendered frames as `size` x `size` images; thread-safe."""
         ...

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from vary.api.errors import model_not_found
 from vary.engines.base import Engine
-from vary.engines.kandinsky import DECODER_REPO, PRIOR_REPO, KandinskyVariationEngine, RenderOptions
+from vary.engines.kandinsky import DECODER_REPO, PRIOR_REPO, KandinskyVariationEngine, Placement, RenderOptions
 
 DEFAULT_MODEL = "kandinsky-2.2"
 TINY_MODEL = "tiny-random"
@@ -27,27 +28,21 @@ def check_model_spec(spec: str) -> None:
         )
 
 
-def load_engine(
-    spec: str,
-    *,
-    device: str | None = None,
-    num_inference_steps: int | None = None,
-    guidance_scale: float | None = None,
-) -> Engine:
-    """`spec` is a built-in model id or a local model directory."""
-    overrides = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
+def load_engine(spec: str, *, placement: Placement | None = None, **overrides: Any) -> Engine:
+    """`spec` is a built-in model id or a local model directory; `overrides` replace RenderOptions fields."""
+    placement = placement or Placement()
     if spec == DEFAULT_MODEL:
         return KandinskyVariationEngine.load(
             name=DEFAULT_MODEL,
             prior=PRIOR_REPO,
             decoder=DECODER_REPO,
             options=RenderOptions().merged(**overrides),
-            device=device,
+            placement=placement,
         )
     if spec == TINY_MODEL:
-        return KandinskyVariationEngine.tiny_random(device=device, **overrides)
+        return KandinskyVariationEngine.tiny_random(placement=placement, **overrides)
     check_model_spec(spec)
-    return KandinskyVariationEngine.from_directory(Path(spec).expanduser(), device=device, **overrides)
+    return KandinskyVariationEngine.from_directory(Path(spec).expanduser(), placement=placement, **overrides)
 
 
 @dataclass(frozen=True)
