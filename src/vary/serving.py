@@ -43,6 +43,7 @@ class Timings:
 class VariationResult:
     body: bytes  # the ImagesResponse JSON, built once
     timings: Timings
+    batch_images: int  # images in the pipeline call this request shared
 
 
 @dataclass
@@ -83,7 +84,7 @@ class VariationService:
         else:
             body = await run_in_threadpool(self._url_body, engine, frames, form.size, created, base_url)
         timings.stages["encode"] = time.perf_counter() - mark
-        return VariationResult(body, timings)
+        return VariationResult(body, timings, job.batch_images)
 
     def _prepare(self, engine: Engine, data: bytes) -> object:
         image = load_variation_input(

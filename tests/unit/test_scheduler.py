@@ -18,15 +18,26 @@ WAIT_S = 30
 
 
 class GatedEngine:
-    """Delegates to a real engine once the gate opens; can be told to fail one batch."""
+    """Delegates to a real engine, one batch per permit; can be told to fail one batch."""
 
     def __init__(self, engine: KandinskyVariationEngine) -> None:
         self.engine = engine
         self.info = engine.info
-        self.gate = threading.Event()
+        self.permits = threading.Semaphore(0)
+        self.started = threading.Semaphore(0)  # released as each batch reaches the engine
         self.entered = threading.Event()
         self.fail_next: Exception | None = None
         self.seen: list[Batch] = []
+
+    def allow(self, batches: int = 1) -> None:
+        for _ in range(batches):
+            self.permits.release()
+
+    def open(self) -> None:
+        self.allow(1000)
+
+    def wait_for_batch(self) -> None:
+        assert self.started.acquire(timeout=WAIT_S)
 
     def warmup(self) -> None:
         pass
@@ -40,7 +51,8 @@ class GatedEngine:
     def generate(self, batch: Batch) -> list[np.ndarray]:
         self.seen.append(batch)
         self.entered.set()
-        assert self.gate.wait(WAIT_S)
+        self.started.release()
+        assert self.permits.acquire(timeout=WAIT_S)
         if self.fail_next is not None:
             error, self.fail_next = self.fail_next, None
             raise error
@@ -65,7 +77,7 @@ def scheduler(gated: GatedEngine) -> Iterator[Scheduler]:
     s = Scheduler(gated, max_queue=2, max_batch_images=10, retry_after_seconds=7)
     s.start()
     yield s
-    gated.gate.set()
+    gated.open()
     s.close(timeout=WAIT_S)
 
 
@@ -74,7 +86,7 @@ def item(n: int = 1, seed: int = 0) -> VariationItem:
 
 
 def test_each_job_gets_its_own_images(scheduler: Scheduler, gated: GatedEngine) -> None:
-    gated.gate.set()
+    gated.open()
     jobs = [scheduler.submit(item(n), 256) for n in (1, 3)]
     assert [len(j.future.result(WAIT_S)) for j in jobs] == [1, 3]
     assert all(frame.shape == (64, 64, 3) for j in jobs for frame in j.future.result())  # tiny renders at 64
@@ -88,7 +100,7 @@ def test_a_full_queue_answers_429_with_retry_after(scheduler: Scheduler, gated: 
         scheduler.submit(item(), 64)
     assert err.value.status == 429 and err.value.headers == {"Retry-After": "7"}
     assert err.value.body()["error"]["code"] == "queue_full"
-    gated.gate.set()
+    gated.open()
     for job in (running, *queued):
         assert len(job.future.result(WAIT_S)) == 1
 
@@ -97,7 +109,7 @@ def test_engine_failure_fails_that_job_and_the_next_one_succeeds(scheduler: Sche
     gated.fail_next = RuntimeError("CUDA error: device-side assert triggered")
     failing = scheduler.submit(item(), 64)
     following = scheduler.submit(item(), 64)
-    gated.gate.set()
+    gated.open()
     with pytest.raises(RuntimeError, match="device-side"):
         failing.future.result(WAIT_S)
     assert len(following.future.result(WAIT_S)) == 1
@@ -109,7 +121,7 @@ def test_cancelled_job_never_reaches_the_engine(scheduler: Scheduler, gated: Gat
     abandoned = scheduler.submit(item(seed=2), 64)
     kept = scheduler.submit(item(seed=3), 64)
     abandoned.cancel()
-    gated.gate.set()
+    gated.open()
     first.future.result(WAIT_S)
     kept.future.result(WAIT_S)
     assert abandoned.future.cancelled()
@@ -134,8 +146,69 @@ def test_close_fails_queued_jobs(gated: GatedEngine) -> None:
     with pytest.raises(ApiError) as err:
         queued.future.result(WAIT_S)
     assert err.value.status == 503
-    gated.gate.set()
+    gated.open()
     closer.join(WAIT_S)
     assert len(running.future.result(WAIT_S)) == 1, "the running job still finishes"
     with pytest.raises(ApiError):
         s.submit(item(), 64)
+
+
+def seeds(batch: Batch) -> list[int]:
+    return [item.seed for item in batch.items]
+
+
+def test_same_size_jobs_coalesce_up_to_the_cap_in_arrival_order(scheduler: Scheduler, gated: GatedEngine) -> None:
+    scheduler.max_queue = 10
+    first = scheduler.submit(item(seed=0), 256)
+    gated.wait_for_batch()  # the worker is inside batch 1; the rest queue up behind it
+    jobs = [
+        scheduler.submit(item(3, seed=1), 256),
+        scheduler.submit(item(1, seed=2), 512),
+        scheduler.submit(item(5, seed=3), 256),
+        scheduler.submit(item(4, seed=4), 256),  # 3 + 5 + 4 > 10: waits for the next batch of its size
+        scheduler.submit(item(2, seed=5), 256),
+    ]
+    gated.open()
+    for job in (first, *jobs):
+        assert len(job.future.result(WAIT_S)) == job.item.n
+    assert [seeds(b) for b in gated.seen] == [[0], [1, 3, 5], [2], [4]]
+    assert [b.size for b in gated.seen] == [256, 256, 512, 256]
+    assert [j.batch_images for j in jobs] == [10, 1, 10, 4, 10]
+
+
+def test_a_big_request_is_not_starved_and_does_not_starve(scheduler: Scheduler, gated: GatedEngine) -> None:
+    scheduler.max_queue = 10
+    a = scheduler.submit(item(1, seed=1), 64)
+    gated.wait_for_batch()
+    big = scheduler.submit(item(10, seed=10), 64)
+    c, d = scheduler.submit(item(1, seed=3), 64), scheduler.submit(item(1, seed=4), 64)
+    gated.allow(1)  # batch [a] finishes; the oldest waiting job, the n=10 one, leads the next batch
+    gated.wait_for_batch()
+    e = scheduler.submit(item(1, seed=5), 64)  # arrives while the big batch runs
+    gated.open()
+    for job in (a, big, c, d, e):
+        job.future.result(WAIT_S)
+    assert [seeds(b) for b in gated.seen] == [[1], [10], [3, 4, 5]]
+
+
+def test_coalesced_jobs_get_the_images_they_would_get_alone(gated: GatedEngine) -> None:
+    from tests.unit.test_kandinsky_engine import assert_same_images
+
+    s = Scheduler(gated, max_queue=8, max_batch_images=10, retry_after_seconds=1)
+    s.start()
+    try:
+        blocker = s.submit(item(seed=99), 64)
+        gated.wait_for_batch()
+        together = [s.submit(item(2, seed=21), 64), s.submit(item(3, seed=22), 64)]
+        gated.open()
+        blocker.future.result(WAIT_S)
+        assert [seeds(b) for b in gated.seen][-1] == [21, 22]
+        alone = [
+            s.submit(item(2, seed=21), 64).future.result(WAIT_S),
+            s.submit(item(3, seed=22), 64).future.result(WAIT_S),
+        ]
+        for batched, single in zip(together, alone, strict=True):
+            assert_same_images(list(batched.future.result(WAIT_S)), list(single))
+    finally:
+        gated.open()
+        s.close(timeout=WAIT_S)

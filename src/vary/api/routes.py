@@ -54,7 +54,8 @@ async def create_variation(request: Request, key: CallerKey) -> Response:
         )
         usage.status = 200
         result.timings.stages["total"] = time.perf_counter() - started
-        return Response(result.body, media_type="application/json", headers={"Server-Timing": result.timings.header()})
+        headers = {"Server-Timing": result.timings.header(), "x-vary-batch-images": str(result.batch_images)}
+        return Response(result.body, media_type="application/json", headers=headers)
     except ApiError as exc:
         usage.status = exc.status
         raise
