@@ -1,4 +1,4 @@
-"""Many concurrent requests through the live server: coalesced into shared batches, each answered with its own images."""
+"""Many concurrent requests through the live server: coalesced into batches, each answered with its own images."""
 
 from __future__ import annotations
 
