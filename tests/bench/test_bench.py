@@ -1,0 +1,45 @@
+"""The bench's building blocks, fast: the shipped configs reproduce Kandinsky 2.2's arithmetic, and each
+part runs on tiny-random so the GPU code path cannot rot on machines without a GPU."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench import gpu, png
+from vary.engines.kandinsky import KandinskyVariationEngine
+
+
+def real_config_dir(tmp_path: Path) -> Path:
+    for part, name in (("unet", "unet.json"), ("movq", "movq.json")):
+        (tmp_path / "decoder" / part).mkdir(parents=True)
+        shutil.copy(gpu.CONFIGS / name, tmp_path / "decoder" / part / "config.json")
+    return tmp_path
+
+
+@pytest.mark.parametrize(("side", "unet_tflop", "movq_tflop"), [(512, 0.86, 2.0), (1024, 3.71, 9.65)])
+def test_shipped_configs_have_kandinsky_22_flops(
+    tmp_path: Path, side: int, unet_tflop: float, movq_tflop: float
+) -> None:
+    directory = real_config_dir(tmp_path)
+    one_step = gpu.flops_per_image(directory, side, steps=1) - gpu.flops_per_image(directory, side, steps=0)
+    assert one_step / 2 / 1e12 == pytest.approx(unet_tflop, rel=0.01)  # one UNet pass
+    assert gpu.flops_per_image(directory, side, steps=0) / 1e12 == pytest.approx(movq_tflop, rel=0.01)
+    per_image_25 = gpu.flops_per_image(directory, side, steps=25) / 1e12
+    assert per_image_25 == pytest.approx({512: 45, 1024: 195}[side], rel=0.02)
+
+
+def test_png_part_measures_both_encoders() -> None:
+    rows = png.measure(repeats=1, side=256)
+    assert [r["image"] for r in rows] == ["256x256 noise", "256x256 smooth"]
+    assert all(r["vary_encode_ms"] > 0 and r["pillow_default_ms"] > 0 for r in rows)
+
+
+def test_baseline_runs_on_a_saved_model(tmp_path: Path) -> None:
+    KandinskyVariationEngine.tiny_random().save_pretrained(tmp_path)
+    result = gpu.run_baseline(tmp_path, side=64, n=2, repeats=1, device="cpu")
+    assert result["images_per_s"] > 0 and result["p50_ms"] > 0
+    assert gpu.BASELINE_STEPS == 100
+    assert gpu.vary_steps(tmp_path) == 2 and gpu.vary_render_side(tmp_path, 1024) == 64
