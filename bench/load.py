@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,55 +13,14 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from vary.testing import ServerProcess
 
 
 @contextmanager
-def vary_server(model: str, data_dir: Path, env: dict[str, str] | None = None, timeout: float = 900) -> Iterator[str]:
-    """Starts `vary serve --no-auth` and yields its base URL; stops it by pid."""
-    port = _free_port()
-    log = open(data_dir.parent / f"server-{port}.log", "wb")
-    cmd = [
-        sys.executable,
-        "-m",
-        "vary",
-        "serve",
-        "--no-auth",
-        "--port",
-        str(port),
-        "--data-dir",
-        str(data_dir),
-        "--model",
-        model,
-    ]
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vary serve exited: see {log.name}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"vary serve not ready after {timeout}s: see {log.name}")
-            time.sleep(0.25)
-        yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+def vary_server(model: str, data_dir: Path, timeout: float = 900) -> Iterator[str]:
+    """`vary serve --no-auth` for the duration of a measurement; yields its base URL."""
+    with ServerProcess(data_dir, model=model, extra_args=["--no-auth"], startup_timeout=timeout) as server:
+        yield server.base_url
 
 
 def input_png(side: int = 256) -> bytes:

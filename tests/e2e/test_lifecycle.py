@@ -13,10 +13,11 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from tests.conftest import VaryServer, create_key, decode_png, png_bytes
+from tests.conftest import create_key, decode_png, png_bytes
 from vary.api.routes import CLIENT_CLOSED_REQUEST
 from vary.db import Database
 from vary.engines.kandinsky import KandinskyVariationEngine
+from vary.testing import ServerProcess
 
 
 def vary_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -25,7 +26,7 @@ def vary_cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_first_start_prints_a_key_once_and_urls_survive_a_restart(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    first = VaryServer(data_dir).start()
+    first = ServerProcess(data_dir).start()
     try:
         printed = [line for line in first.log().splitlines() if line.startswith("vary-")]
         assert len(printed) == 1
@@ -34,12 +35,12 @@ def test_first_start_prints_a_key_once_and_urls_survive_a_restart(tmp_path: Path
         url = client.images.create_variation(image=png_bytes(), size="256x256").data[0].url
         assert url is not None
         original = httpx.get(url, timeout=30).content
-        assert "GET /v1/files/" in first.log()
+        assert first.wait_for_log("GET /v1/files/"), "the access log line comes after the response"
         assert "signature=" not in first.log(), "access logs must not carry URL signatures"
     finally:
         first.stop()
     # The same port, so the URL handed out before the restart is used exactly as it was.
-    second = VaryServer(data_dir, port=first.port).start()
+    second = ServerProcess(data_dir, port=first.port).start()
     try:
         assert not [line for line in second.log().splitlines() if line.startswith("vary-")], "no second key"
         assert (data_dir / "secret").is_file() and (data_dir / "vary.db").is_file()
@@ -58,7 +59,7 @@ def saved_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_a_saved_model_served_by_path_without_auth(tmp_path: Path, saved_model: Path) -> None:
-    server = VaryServer(tmp_path / "data", model=str(saved_model), extra_args=["--no-auth"]).start()
+    server = ServerProcess(tmp_path / "data", model=str(saved_model), extra_args=["--no-auth"]).start()
     try:
         assert "shown only this once" not in server.log()
         client = OpenAI(base_url=f"{server.base_url}/v1", api_key="anything", max_retries=0)
@@ -80,7 +81,7 @@ def test_a_saved_model_served_by_path_without_auth(tmp_path: Path, saved_model: 
 def test_public_url_sets_the_base_of_image_urls(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     _, key = create_key(data_dir)
-    server = VaryServer(data_dir, env={"VARY_PUBLIC_URL": "https://images.example.test/base/"}).start()
+    server = ServerProcess(data_dir, env={"VARY_PUBLIC_URL": "https://images.example.test/base/"}).start()
     try:
         url = (
             OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
@@ -129,7 +130,7 @@ def test_a_client_that_leaves_is_recorded_and_its_work_stopped(tmp_path: Path) -
     data_dir = tmp_path / "data"
     key_id, key = create_key(data_dir)
     # 100 denoising steps make the tiny model slow enough (about 20 s for n=10) to leave mid-generation.
-    server = VaryServer(data_dir, env={"VARY_NUM_INFERENCE_STEPS": "100"}).start()
+    server = ServerProcess(data_dir, env={"VARY_NUM_INFERENCE_STEPS": "100"}).start()
     try:
         with pytest.raises(httpx.ReadTimeout):
             httpx.post(
@@ -147,10 +148,7 @@ def test_a_client_that_leaves_is_recorded_and_its_work_stopped(tmp_path: Path) -
             db.close()
             time.sleep(0.1)  # poll interval, bounded by the deadline
         assert statuses == [CLIENT_CLOSED_REQUEST]
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and "generation stopped early" not in server.log():
-            time.sleep(0.1)  # poll interval, bounded by the deadline
-        assert "generation stopped early: its client left" in server.log()
+        assert server.wait_for_log("generation stopped early: its client left")
     finally:
         server.stop()
     assert "Traceback" not in server.log()

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.conftest import VaryServer
+from vary.testing import ServerProcess
 
 OPENAI_SPEC = Path(__file__).parent.parent / "data" / "openai-images-variations.yaml"
 
@@ -22,7 +22,7 @@ def _enum(schema: dict[str, Any]) -> list[str] | None:
     return None
 
 
-def test_variation_request_schema_matches_openai(server: VaryServer) -> None:
+def test_variation_request_schema_matches_openai(server: ServerProcess) -> None:
     ours = httpx.get(f"{server.base_url}/openapi.json", timeout=30).json()
     theirs = yaml.safe_load(OPENAI_SPEC.read_text())
 

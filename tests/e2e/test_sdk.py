@@ -12,13 +12,14 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import VaryServer, create_key, decode_png, png_bytes
+from tests.conftest import create_key, decode_png, png_bytes
 from vary.db import Database
 from vary.signing import UrlSigner
+from vary.testing import ServerProcess
 
 
 @pytest.fixture()
-def client(server: VaryServer, api_key: str) -> OpenAI:
+def client(server: ServerProcess, api_key: str) -> OpenAI:
     return OpenAI(base_url=f"{server.base_url}/v1", api_key=api_key, max_retries=0, timeout=60)
 
 
@@ -129,7 +130,7 @@ def test_tampered_and_expired_urls_are_refused(client: OpenAI, server_data_dir: 
         assert fetch(bad_id, expires, signer.signature(bad_id, expires)).status_code == 404
 
 
-def test_auth_missing_wrong_and_revoked(server: VaryServer, server_data_dir: Path) -> None:
+def test_auth_missing_wrong_and_revoked(server: ServerProcess, server_data_dir: Path) -> None:
     key_id, key = create_key(server_data_dir, "to-revoke")
     url = f"{server.base_url}/v1"
     assert len(OpenAI(base_url=url, api_key=key, max_retries=0).models.list().data) == 2
