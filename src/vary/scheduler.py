@@ -82,10 +82,6 @@ class Scheduler:
             self._cond.notify()
         return job
 
-    @property
-    def depth(self) -> int:
-        return len(self._pending)
-
     def close(self, timeout: float = 30.0) -> None:
         """Fails what is still queued, lets the running batch finish, stops the worker."""
         with self._cond:

@@ -223,9 +223,9 @@ class KandinskyVariationEngine:
     def warmup(self) -> None:
         """One small batch per render size this model uses (every size when compiled, so none compiles later)."""
         grey = self.prepare(Image.new("RGB", (64, 64), (128, 128, 128)))
-        sides = {self.options.render_side(s) for s in (256, 512, 1024)} if self.placement.compile else {0}
-        for side in sorted(sides):
-            self.generate(Batch(items=(VariationItem(grey, 1, 0),), size=side or self.options.min_render_side))
+        sizes = (256, 512, 1024) if self.placement.compile else (self.options.min_render_side,)
+        for side in sorted({self.options.render_side(size) for size in sizes}):
+            self.generate(Batch(items=(VariationItem(grey, 1, 0),), size=side))
 
     def prepare(self, image: Image.Image) -> torch.Tensor:
         """CLIP preprocessing (resize, crop, normalise) on the request's thread, not the GPU's."""
