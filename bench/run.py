@@ -107,11 +107,24 @@ def cpu_server_part(quick: bool, work: Path) -> tuple[list[Table], dict[str, Any
     ], results
 
 
-def gpu_part(quick: bool, smoke: bool, work: Path, peak_tflops: float) -> tuple[list[Table], list[dict[str, Any]]]:
+GPU_CASES = [(512, 1), (512, 10), (1024, 1), (1024, 10)]
+
+
+def parse_cases(text: str) -> list[tuple[int, int]]:
+    """ "1024:10,512:1" -> [(1024, 10), (512, 1)]: side and n of each GPU case."""
+    cases = [tuple(int(v) for v in part.split(":")) for part in text.split(",") if part]
+    if not all(len(c) == 2 and c[0] in (256, 512, 1024) and 1 <= c[1] <= 10 for c in cases):
+        raise argparse.ArgumentTypeError(f"cases look like 1024:10,512:1 (side:n), not {text!r}")
+    return [(c[0], c[1]) for c in cases]
+
+
+def gpu_part(
+    quick: bool, smoke: bool, work: Path, peak_tflops: float, cases: list[tuple[int, int]] | None
+) -> tuple[list[Table], list[dict[str, Any]]]:
     device = "cpu" if smoke else "cuda"
     model_dir = gpu.build_model_dir(work / "model", smoke=smoke)
     steps = gpu.vary_steps(model_dir)
-    cases = [(512, 1), (512, 10), (1024, 1), (1024, 10)] if not smoke else [(256, 1), (256, 3)]
+    cases = cases or ([(256, 1), (256, 3)] if smoke else GPU_CASES)
     rows: list[dict[str, Any]] = []
     with load.vary_server(str(model_dir), work / "gpu-data") as base:
         for side, n in cases:
@@ -186,6 +199,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (minutes, not tens of minutes)")
     parser.add_argument("--smoke", action="store_true", help="run the GPU part with tiny-random on the CPU")
     parser.add_argument("--skip-gpu", action="store_true", help="CPU part only, even where CUDA is present")
+    parser.add_argument("--skip-cpu", action="store_true", help="GPU part only")
+    parser.add_argument(
+        "--cases", type=parse_cases, default=None, help="GPU cases as side:n, e.g. 1024:10 (default: all four)"
+    )
     parser.add_argument("--peak-tflops", type=float, default=800.0, help="the arithmetic limit (H100 bf16: ~800)")
     parser.add_argument("--out", type=Path, default=Path("bench/results.json"))
     args = parser.parse_args(argv)
@@ -194,12 +211,13 @@ def main(argv: list[str] | None = None) -> None:
     tables: list[Table] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        table, report["png"] = png_part(args.quick)
-        tables.append(table)
-        server_tables, report["cpu_server"] = cpu_server_part(args.quick, work)
-        tables += server_tables
+        if not args.skip_cpu:
+            table, report["png"] = png_part(args.quick)
+            tables.append(table)
+            server_tables, report["cpu_server"] = cpu_server_part(args.quick, work)
+            tables += server_tables
         if (torch.cuda.is_available() or args.smoke) and not args.skip_gpu:
-            gpu_tables, report["gpu"] = gpu_part(args.quick, args.smoke, work, args.peak_tflops)
+            gpu_tables, report["gpu"] = gpu_part(args.quick, args.smoke, work, args.peak_tflops, args.cases)
             tables += gpu_tables
         else:
             report["gpu"] = None

@@ -3,6 +3,7 @@ part runs on tiny-random so the GPU code path cannot rot on machines without a G
 
 from __future__ import annotations
 
+import argparse
 import shutil
 from pathlib import Path
 
@@ -43,3 +44,12 @@ def test_baseline_runs_on_a_saved_model(tmp_path: Path) -> None:
     assert result["images_per_s"] > 0 and result["p50_ms"] > 0
     assert gpu.BASELINE_STEPS == 100
     assert gpu.vary_steps(tmp_path) == 2 and gpu.vary_render_side(tmp_path, 1024) == 64
+
+
+def test_gpu_cases_parse() -> None:
+    from bench.run import parse_cases
+
+    assert parse_cases("1024:10,512:1") == [(1024, 10), (512, 1)]
+    for bad in ("1024", "300:1", "512:11", "a:b"):
+        with pytest.raises((argparse.ArgumentTypeError, ValueError)):
+            parse_cases(bad)
