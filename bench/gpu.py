@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from vary.engines.kandinsky import KandinskyVariationEngine, RenderOptions
+from vary.engines.kandinsky import KandinskyVariationEngine, RenderOptions, clip_image_processor
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -40,16 +40,7 @@ def build_model_dir(directory: Path, *, smoke: bool) -> Path:
         movq = VQModel.from_config(_config("movq.json")).half()
         vision = {k: v for k, v in _config("image_encoder.json").items() if k not in ("architectures", "model_type")}
         encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**vision)).half()
-    processor = CLIPImageProcessorPil(
-        do_resize=True,
-        size={"shortest_edge": 224},
-        resample=3,
-        do_center_crop=True,
-        crop_size={"height": 224, "width": 224},
-        do_normalize=True,
-        image_mean=[0.48145466, 0.4578275, 0.40821073],
-        image_std=[0.26862954, 0.26130258, 0.27577711],
-    )
+    processor = clip_image_processor()
     scheduler = DDPMScheduler.from_config(_config("scheduler.json"))
     KandinskyV22Pipeline(unet=unet, scheduler=scheduler, movq=movq).save_pretrained(directory / "decoder")
     encoder.save_pretrained(directory / "prior" / "image_encoder")

@@ -94,7 +94,7 @@ def encode_png(frame: np.ndarray) -> bytes:
     """Lossless PNG of an (H, W, 3) uint8 array.
 
     fpng writes a 1024x1024 image in about 4 ms on one core, where Pillow's default takes over 100 ms
-    (bench/png_encode.py measures both); the files are standard PNGs any decoder reads. fpng holds the
+    (bench/png.py measures both); the files are standard PNGs any decoder reads. fpng holds the
     GIL while it works, so encoding in several threads does not run in parallel.
     """
     if _fpng is not None:

@@ -93,27 +93,34 @@ class VariationService:
         return engine.prepare(image)
 
     def _base64_body(self, engine: Engine, frames: Frames, size: int, created: int) -> bytes:
-        # Base64's alphabet needs no JSON escaping, so the body is one join of the encoded images:
-        # each image's bytes are copied once, into the body.
-        parts = [b'{"created":%d,"data":[' % created]
-        for i, frame in enumerate(engine.finish(frames, size)):
-            parts += [b',{"b64_json":"' if i else b'{"b64_json":"', pybase64.b64encode(encode_png(frame)), b'"}']
-        parts.append(b"]}")
-        return b"".join(parts)
+        encoded = [pybase64.b64encode(encode_png(frame)) for frame in engine.finish(frames, size)]
+        return _images_body(created, b"b64_json", encoded)
 
     def _url_body(self, engine: Engine, frames: Frames, size: int, created: int, base_url: str) -> bytes:
         # The expiry is fixed before the files are written, so the sweeper (which ages files by
         # their mtime) can never delete a file while a URL to it is still valid.
         expires = created + self.settings.url_ttl_seconds
         base = (self.settings.public_url or base_url).rstrip("/")
-        items = []
+        urls = []
         for frame in engine.finish(frames, size):
             image_id = self.store.put(encode_png(frame))
             signature = self.signer.signature(image_id, expires)
             url = f"{base}/v1/files/{image_id}.png?expires={expires}&signature={signature}"
-            # json.dumps: the base comes from the request's Host header, which a client controls.
-            items.append(b'{"url":' + json.dumps(url).encode() + b"}")
-        return b'{"created":%d,"data":[%s]}' % (created, b",".join(items))
+            # Escaped: the base comes from the request's Host header, which a client controls.
+            urls.append(json.dumps(url)[1:-1].encode())
+        return _images_body(created, b"url", urls)
+
+
+def _images_body(created: int, field: bytes, values: list[bytes]) -> bytes:
+    """The ImagesResponse JSON from values that are already JSON-safe string contents.
+
+    One join, so each value (a base64 image can be megabytes) is copied once, into the body.
+    """
+    parts = [b'{"created":%d,"data":[' % created]
+    for i, value in enumerate(values):
+        parts += [b',{"' if i else b'{"', field, b'":"', value, b'"}']
+    parts.append(b"]}")
+    return b"".join(parts)
 
 
 async def _until_disconnect(job: Job, wait_for_disconnect: Callable[[], Awaitable[None]]) -> Frames:

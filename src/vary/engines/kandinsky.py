@@ -286,6 +286,20 @@ class KandinskyVariationEngine:
         return [np.asarray(fit_to_size(Image.fromarray(frame), size)) for frame in frames]
 
 
+def clip_image_processor() -> CLIPImageProcessor:
+    """CLIP's preprocessing as Kandinsky 2.2's prior repo configures it: bicubic resize to 224, centre crop."""
+    return CLIPImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": 224},
+        resample=3,  # bicubic
+        do_center_crop=True,
+        crop_size={"height": 224, "width": 224},
+        do_normalize=True,
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+
+
 def build_tiny_components(
     seed: int = 0,
 ) -> tuple[CLIPVisionModelWithProjection, CLIPImageProcessor, KandinskyV22Pipeline]:
@@ -304,16 +318,7 @@ def build_tiny_components(
             num_channels=3,
         )
     )
-    image_processor = CLIPImageProcessor(
-        do_resize=True,
-        size={"shortest_edge": 224},
-        resample=3,  # bicubic, as the real processor
-        do_center_crop=True,
-        crop_size={"height": 224, "width": 224},
-        do_normalize=True,
-        image_mean=[0.48145466, 0.4578275, 0.40821073],
-        image_std=[0.26862954, 0.26130258, 0.27577711],
-    )
+    image_processor = clip_image_processor()
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         in_channels=4,
