@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from vary.engines.base import Batch, VariationItem
@@ -109,3 +110,20 @@ def test_compiled_unet_gives_the_eager_images(tiny: KandinskyVariationEngine) ->
     compiled = KandinskyVariationEngine.tiny_random(placement=Placement(compile=True))
     compiled.warmup()  # compiles for n=1 at the render size; the call below reuses that graph
     assert_same_images(run(compiled, 64, item(tiny, red(), 1, 3))[0], run(tiny, 64, item(tiny, red(), 1, 3))[0])
+
+
+def test_sampler_and_dtype_choices(tiny: KandinskyVariationEngine) -> None:
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+
+    assert isinstance(tiny.pipeline.scheduler, DPMSolverMultistepScheduler)
+    ddpm = KandinskyVariationEngine.tiny_random(sampler="ddpm")
+    assert isinstance(ddpm.pipeline.scheduler, DDPMScheduler)
+    by_ddpm = run(ddpm, 64, item(tiny, red(), 1, 3))[0]
+    assert np.abs(pixels(by_ddpm[0]) - pixels(run(tiny, 64, item(tiny, red(), 1, 3))[0][0])).mean() > 1
+    with pytest.raises(ValueError, match="unknown sampler"):
+        RenderOptions(sampler="euler")
+
+    bf16 = KandinskyVariationEngine.tiny_random(placement=Placement(dtype="bfloat16"))
+    assert bf16.pipeline.unet.dtype == torch.bfloat16 and bf16.image_encoder.dtype == torch.bfloat16
+    frames = run(bf16, 64, item(bf16, red(), 2, 3))[0]
+    assert [f.shape for f in frames] == [(64, 64, 3)] * 2 and frames[0].dtype == np.uint8
