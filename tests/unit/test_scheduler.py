@@ -107,12 +107,14 @@ def test_a_full_queue_answers_429_with_retry_after(scheduler: Scheduler, gated: 
 
 def test_engine_failure_fails_that_job_and_the_next_one_succeeds(scheduler: Scheduler, gated: GatedEngine) -> None:
     gated.fail_next = RuntimeError("CUDA error: device-side assert triggered")
-    failing = scheduler.submit(item(), 64)
-    following = scheduler.submit(item(), 64)
+    failing = scheduler.submit(item(seed=1), 64)
+    gated.wait_for_batch()  # the failing batch is running: the next job cannot join it
+    following = scheduler.submit(item(seed=2), 64)
     gated.open()
     with pytest.raises(RuntimeError, match="device-side"):
         failing.future.result(WAIT_S)
     assert len(following.future.result(WAIT_S)) == 1
+    assert [seeds(b) for b in gated.seen] == [[1], [2]]
 
 
 def test_cancelled_job_never_reaches_the_engine(scheduler: Scheduler, gated: GatedEngine) -> None:
