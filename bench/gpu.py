@@ -21,7 +21,8 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from vary.engines.kandinsky import KandinskyVariationEngine, RenderOptions, clip_image_processor
+from vary.engines.diffusion import clip_image_processor, read_options_file
+from vary.engines.kandinsky import KandinskyOptions, KandinskyVariationEngine
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -66,11 +67,15 @@ def flops_per_image(directory: Path, side: int, steps: int) -> float:
 
 
 def vary_steps(directory: Path) -> int:
-    return RenderOptions.read(directory).num_inference_steps
+    return _options(directory).steps
 
 
 def vary_render_side(directory: Path, side: int) -> int:
-    return RenderOptions.read(directory).render_side(side)
+    return _options(directory).render_side(side, KandinskyVariationEngine.side_multiple)
+
+
+def _options(directory: Path) -> KandinskyOptions:
+    return KandinskyOptions().merged(**read_options_file(str(directory)))  # type: ignore[return-value]
 
 
 def run_baseline(directory: Path, *, side: int, n: int, repeats: int, device: str) -> dict[str, float]:

@@ -16,10 +16,11 @@ from vary.api.body_limit import BodyLimitMiddleware
 from vary.api.errors import install_error_handlers
 from vary.api.routes import router
 from vary.api.variation_form import request_too_large
+from vary.config import catalogue_for
 from vary.db import Database
 from vary.engines.base import Engine
-from vary.engines.kandinsky import Placement
-from vary.engines.registry import ModelRegistry, load_engine
+from vary.engines.diffusion import Placement
+from vary.engines.registry import ModelRegistry
 from vary.scheduler import Scheduler
 from vary.serving import VariationService
 from vary.settings import Settings
@@ -42,22 +43,26 @@ class Services:
 
 
 def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Engine]] | None = None) -> FastAPI:
-    """`load_engines` replaces model loading (tests hand in engines they built); it defaults to `--model`."""
+    """`load_engines` replaces the catalogue (tests hand in engines they built); all of them load eagerly."""
 
-    def default_engines(s: Settings) -> list[Engine]:
-        placement = Placement(device=s.device, dtype=s.dtype, compile=s.compile)
-        return [load_engine(s.model, placement=placement, **s.render_overrides())]
+    def build_registry() -> ModelRegistry:
+        if load_engines is not None:
+            return ModelRegistry(load_engines(settings))
+        return ModelRegistry.from_catalogue(
+            catalogue_for(settings.config, settings.model),
+            placement=Placement(device=settings.device, dtype=settings.dtype, compile=settings.compile),
+            overrides=settings.render_overrides(),
+        )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.db_path)
         store = ImageStore(settings.images_dir)
         signer = UrlSigner(load_or_create_secret(settings.secret_path))
-        log.info("loading model %s", settings.model)
-        engines = await run_in_threadpool(load_engines or default_engines, settings)
-        for engine in engines:
-            await run_in_threadpool(engine.warmup)
-        registry = ModelRegistry(engines)
+        registry = await run_in_threadpool(build_registry)
+        for model in registry.models():
+            if model.eager:
+                await run_in_threadpool(model.engine.warmup)
         schedulers = {
             e.info.id: Scheduler(
                 e,

@@ -23,7 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", parents=[data_dir], help="start the API server")
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1; VARY_HOST)")
     serve.add_argument("--port", type=int, help="port (default 8000; VARY_PORT)")
-    serve.add_argument("--model", help="kandinsky-2.2 (default), tiny-random, or a local model directory (VARY_MODEL)")
+    serve.add_argument(
+        "--model", help="a built-in model (default kandinsky-2.2) or a local model directory (VARY_MODEL)"
+    )
+    serve.add_argument("--config", help="a TOML model catalogue; replaces --model (VARY_CONFIG)")
     serve.add_argument(
         "--no-auth", action="store_true", default=None, help="accept requests without an API key (VARY_NO_AUTH)"
     )
@@ -40,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    options = ("host", "port", "data_dir", "model", "no_auth", "public_url", "device")
+    options = ("host", "port", "data_dir", "config", "model", "no_auth", "public_url", "device")
     given: dict[str, Any] = {name: getattr(args, name) for name in options if getattr(args, name, None) is not None}
     try:
         return Settings(**given)
@@ -52,12 +55,12 @@ def _serve(settings: Settings) -> None:
     import uvicorn
 
     from vary.app import build_app
+    from vary.config import ConfigError, catalogue_for
     from vary.db import Database
-    from vary.engines.registry import UnknownModelSpec, check_model_spec
 
     try:
-        check_model_spec(settings.model)
-    except UnknownModelSpec as exc:
+        catalogue_for(settings.config, settings.model)  # every mistake in one line, before anything loads
+    except ConfigError as exc:
         sys.exit(f"vary: {exc}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("uvicorn.access").addFilter(_drop_query_strings)

@@ -1,6 +1,6 @@
 """Between HTTP and an engine: a bounded queue of jobs, one worker thread, a future per job.
 
-Concurrent requests for the same output size are coalesced into one pipeline call of up to
+Concurrent requests for the same output size and controls are coalesced into one pipeline call of up to
 `max_batch_images` images. The oldest waiting job always leads the next batch, which is then filled
 with later jobs of its size in arrival order: no job waits behind more than the jobs queued before it,
 so a big n=10 request cannot starve small ones and small ones cannot starve it.
@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from vary.api.errors import ApiError
-from vary.engines.base import Batch, Engine, Frames, GenerationCancelled, VariationItem
+from vary.engines.base import Batch, Controls, Engine, Frames, GenerationCancelled, VariationItem
 
 log = logging.getLogger("vary.scheduler")
 
@@ -29,6 +29,7 @@ log = logging.getLogger("vary.scheduler")
 class Job:
     item: VariationItem
     size: int
+    controls: Controls
     future: Future[Frames] = field(default_factory=Future)
     abandoned: threading.Event = field(default_factory=threading.Event)
     # perf_counter() stamps, for queue-wait and generation timings.
@@ -36,6 +37,11 @@ class Job:
     started_at: float = 0.0
     finished_at: float = 0.0
     batch_images: int = 0  # images in the pipeline call this job rode in
+
+    @property
+    def batch_key(self) -> tuple[int, Controls]:
+        """Jobs share a pipeline call only when they render the same size with the same controls."""
+        return self.size, self.controls
 
     def cancel(self) -> None:
         """The client is gone: drop the job if it has not started, stop it between steps if it has."""
@@ -61,8 +67,8 @@ class Scheduler:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, item: VariationItem, size: int) -> Job:
-        job = Job(item, size)
+    def submit(self, item: VariationItem, size: int, controls: Controls) -> Job:
+        job = Job(item, size, controls)
         with self._cond:
             if self._closed:
                 raise shutting_down()
@@ -103,7 +109,7 @@ class Scheduler:
             head = self._pending.popleft()
             batch, images, rest = [head], head.item.n, deque[Job]()
             for job in self._pending:
-                if job.size == head.size and images + job.item.n <= self.max_batch_images:
+                if job.batch_key == head.batch_key and images + job.item.n <= self.max_batch_images:
                     batch.append(job)
                     images += job.item.n
                 else:
@@ -121,6 +127,7 @@ class Scheduler:
         batch = Batch(
             items=tuple(job.item for job in jobs),
             size=jobs[0].size,
+            controls=jobs[0].controls,
             should_stop=lambda: all(job.abandoned.is_set() for job in jobs),
         )
         started = time.perf_counter()

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import pybase64
 from starlette.concurrency import run_in_threadpool
 
+from vary.api.errors import invalid
 from vary.api.variation_form import VariationForm
-from vary.engines.base import Engine, Frames, VariationItem
+from vary.engines.base import ControlError, Controls, Engine, Frames, VariationItem
 from vary.engines.registry import ModelRegistry
 from vary.imaging import encode_png, load_variation_input
 from vary.scheduler import Job, Scheduler
@@ -44,6 +45,7 @@ class VariationResult:
     body: bytes  # the ImagesResponse JSON, built once
     timings: Timings
     batch_images: int  # images in the pipeline call this request shared
+    seed: int  # the request's seed, given or drawn
 
 
 @dataclass
@@ -66,12 +68,17 @@ class VariationService:
         # 1. Everything about the request is checked before any model work; the engine's CPU
         #    preprocessing happens here too, off the thread that drives the GPU.
         engine = self.registry.resolve(form.model)
-        conditioning = await run_in_threadpool(self._prepare, engine, form.image)
+        try:
+            controls = engine.controls(form.controls)
+        except ControlError as exc:
+            raise invalid(exc.message, param=exc.param) from None
+        conditioning = await run_in_threadpool(self._prepare, engine, form.image, form.size, controls)
         timings.stages["prepare"] = time.perf_counter() - mark
 
         # 2. Queue it; wait for the images or for the client to leave, whichever comes first.
-        item = VariationItem(conditioning=conditioning, n=form.n, seed=secrets.randbits(63))
-        job = self.schedulers[engine.info.id].submit(item, form.size)
+        seed = form.controls.seed if form.controls.seed is not None else secrets.randbits(63)
+        item = VariationItem(conditioning=conditioning, n=form.n, seed=seed)
+        job = self.schedulers[engine.info.id].submit(item, form.size, controls)
         frames = await _until_disconnect(job, wait_for_disconnect)
         timings.stages["queue"] = job.started_at - job.queued_at
         timings.stages["generate"] = job.finished_at - job.started_at
@@ -84,13 +91,14 @@ class VariationService:
         else:
             body = await run_in_threadpool(self._url_body, engine, frames, form.size, created, base_url)
         timings.stages["encode"] = time.perf_counter() - mark
-        return VariationResult(body, timings, job.batch_images)
+        return VariationResult(body, timings, job.batch_images, seed)
 
-    def _prepare(self, engine: Engine, data: bytes) -> object:
+    def _prepare(self, engine: Engine, data: bytes, size: int, controls: Controls) -> object:
         image = load_variation_input(
             data, max_bytes=self.settings.max_image_bytes, max_side=self.settings.max_image_side
         )
-        return engine.prepare(image)
+        # A lazily loaded model loads here, on the first request's thread, once.
+        return engine.prepare(image, size, controls)
 
     def _base64_body(self, engine: Engine, frames: Frames, size: int, created: int) -> bytes:
         encoded = [pybase64.b64encode(encode_png(frame)) for frame in engine.finish(frames, size)]

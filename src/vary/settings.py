@@ -18,6 +18,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     data_dir: Path = Path("./vary-data")
+    # A TOML model catalogue (see config.py); without one, `model` is served alone.
+    config: Path | None = None
+    # A built-in model id or a local model directory.
     model: str = "kandinsky-2.2"
     no_auth: bool = False
     # Base of the URLs handed out, for deployments behind a proxy; None = the request's own base URL.
@@ -29,11 +32,13 @@ class Settings(BaseSettings):
     # torch.compile the UNet, warmed up at start for every render size (costs start-up time).
     compile: bool = False
 
-    # Generation overrides for the served model; None keeps the model's own defaults.
+    # Generation overrides for every served model; None keeps each model's own defaults.
     # At most half the 1000 training timesteps, which DDPM-style schedulers need to space the steps.
     num_inference_steps: int | None = Field(default=None, ge=1, le=500)
     guidance_scale: float | None = Field(default=None, ge=0.0, le=50.0)
-    sampler: Literal["dpmsolver++", "ddpm"] | None = None
+    sampler: Literal["dpmsolver++", "ddpm", "default"] | None = None
+    # The most denoising steps a request may ask for with `steps`: each costs GPU time.
+    max_request_steps: int = Field(default=100, ge=1, le=500)
 
     # URLs and their files.
     url_ttl_seconds: int = Field(default=3600, ge=1)
@@ -56,7 +61,7 @@ class Settings(BaseSettings):
 
     def render_overrides(self) -> dict[str, object]:
         return {
-            "num_inference_steps": self.num_inference_steps,
+            "steps": self.num_inference_steps,
             "guidance_scale": self.guidance_scale,
             "sampler": self.sampler,
         }

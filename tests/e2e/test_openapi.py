@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import yaml
 
+from vary.api.variation_form import CONTROLS
 from vary.testing import ServerProcess
 
 OPENAI_SPEC = Path(__file__).parent.parent / "data" / "openai-images-variations.yaml"
@@ -32,7 +33,9 @@ def test_variation_request_schema_matches_openai(server: ServerProcess) -> None:
     their_schema = theirs["components"]["schemas"]["CreateImageVariationRequest"]
 
     assert our_schema["required"] == their_schema["required"] == ["image"]
-    assert set(our_schema["properties"]) == set(their_schema["properties"])
+    # OpenAI's fields, plus exactly vary's documented controls.
+    assert set(our_schema["properties"]) - set(their_schema["properties"]) == CONTROLS
+    assert set(their_schema["properties"]) <= set(our_schema["properties"])
     for name, theirs_field in their_schema["properties"].items():
         ours_field = our_schema["properties"][name]
         assert _enum(ours_field) == _enum(theirs_field), name

@@ -92,6 +92,29 @@ def jpeg_bytes() -> bytes:
         ),
         ({"prompt": "a cat"}, error("Unrecognized request argument supplied: prompt")),
         ({"user": "u" * 257}, error("'user' is longer than 256 characters.", "user")),
+        # vary's controls, in the same words.
+        ({"seed": "abc"}, error("'abc' is not of type 'integer' - 'seed'", "seed")),
+        ({"seed": "1.0"}, error("'1.0' is not of type 'integer' - 'seed'", "seed")),
+        ({"seed": "-1"}, error("-1 is less than the minimum of 0 - 'seed'", "seed")),
+        (
+            {"seed": str(2**63)},
+            error(f"{2**63} is greater than the maximum of {2**63 - 1} - 'seed'", "seed"),
+        ),
+        ({"steps": "0"}, error("0 is less than the minimum of 1 - 'steps'", "steps")),
+        ({"steps": "101"}, error("101 is greater than the maximum of 100 - 'steps'", "steps")),
+        ({"steps": "2.5"}, error("'2.5' is not of type 'integer' - 'steps'", "steps")),
+        ({"guidance_scale": "nan"}, error("'nan' is not of type 'number' - 'guidance_scale'", "guidance_scale")),
+        ({"guidance_scale": "inf"}, error("'inf' is not of type 'number' - 'guidance_scale'", "guidance_scale")),
+        ({"guidance_scale": "1e400"}, error("'1e400' is not of type 'number' - 'guidance_scale'", "guidance_scale")),
+        ({"guidance_scale": "51"}, error("51 is greater than the maximum of 50 - 'guidance_scale'", "guidance_scale")),
+        ({"guidance_scale": "-0.5"}, error("-0.5 is less than the minimum of 0 - 'guidance_scale'", "guidance_scale")),
+        ({"strength": "0"}, error("0 is less than or equal to the minimum of 0 - 'strength'", "strength")),
+        ({"strength": "1.5"}, error("1.5 is greater than the maximum of 1 - 'strength'", "strength")),
+        ({"strength": ""}, error("'' is not of type 'number' - 'strength'", "strength")),
+        (
+            {"strength": "0.01"},
+            error("'strength' 0.01 with 2 steps leaves no denoising step; raise strength or steps.", "strength"),
+        ),
     ],
 )
 def test_form_fields(http: httpx.Client, fields: dict[str, str], expected: dict[str, object]) -> None:

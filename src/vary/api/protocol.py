@@ -35,6 +35,27 @@ class CreateImageVariationRequest(BaseModel):
         default="1024x1024", description="The size of the generated images."
     )
     user: str | None = Field(default=None, description="A unique identifier representing your end-user.")
+    # vary's controls, beyond OpenAI's contract (the openai SDK sends them with `extra_body`).
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=2**63 - 1,
+        description="vary: the same seed and request give the same images on the same machine and model. "
+        "The seed used is returned in the x-vary-seed header.",
+    )
+    strength: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="vary: how far from the input. 1 (default) is a pure image-embedding variation; lower keeps "
+        "the input's composition through img2img, on models that have it.",
+    )
+    steps: int | None = Field(
+        default=None, ge=1, description="vary: denoising steps (default: the model's; capped by the server)."
+    )
+    guidance_scale: float | None = Field(
+        default=None, ge=0, le=50, description="vary: classifier-free guidance scale (default: the model's)."
+    )
 
     @classmethod
     def request_body(cls) -> dict[str, Any]:

@@ -41,7 +41,11 @@ async def create_variation(request: Request, key: CallerKey) -> Response:
     started = time.perf_counter()
     usage = UsageRow(created_at=time.time(), key_id=key.id if key else None, status=500)
     try:
-        form = await read_variation_form(request, max_user_chars=services.settings.max_user_chars)
+        form = await read_variation_form(
+            request,
+            max_user_chars=services.settings.max_user_chars,
+            max_steps=services.settings.max_request_steps,
+        )
         usage.model = form.model or services.registry.default.info.id
         usage.n, usage.size, usage.response_format, usage.user = (
             form.n,
@@ -54,7 +58,11 @@ async def create_variation(request: Request, key: CallerKey) -> Response:
         )
         usage.status = 200
         result.timings.stages["total"] = time.perf_counter() - started
-        headers = {"Server-Timing": result.timings.header(), "x-vary-batch-images": str(result.batch_images)}
+        headers = {
+            "Server-Timing": result.timings.header(),
+            "x-vary-batch-images": str(result.batch_images),
+            "x-vary-seed": str(result.seed),  # so a request without `seed` can be repeated exactly
+        }
         return Response(result.body, media_type="application/json", headers=headers)
     except ApiError as exc:
         usage.status = exc.status

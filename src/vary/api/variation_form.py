@@ -7,18 +7,29 @@ unknown and repeated fields are refused, every message matches OpenAI's, and the
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
+from typing import TypeVar, overload
 
 from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
 from vary.api.errors import ApiError, invalid
 from vary.api.protocol import MAX_N, RESPONSE_FORMATS, SIZES
+from vary.engines.base import RequestedControls
 
+_N = TypeVar("_N", int, float)
+
+# OpenAI's fields, then vary's optional controls (the openai SDK sends those through `extra_body`).
 FIELDS = frozenset({"image", "model", "n", "size", "response_format", "user"})
-_INTEGER = re.compile(r"[+-]?[0-9]{1,9}")
-# Generous bounds for the parser: a valid form has at most six parts, none but the image large.
+CONTROLS = frozenset({"seed", "strength", "steps", "guidance_scale"})
+MAX_SEED = 2**63 - 1
+MAX_GUIDANCE_SCALE = 50.0
+_INTEGER = re.compile(r"[+-]?[0-9]{1,20}")
+# Finite decimals only: Python's float() would also take "nan", "inf" and "1_0".
+_NUMBER = re.compile(r"[+-]?([0-9]{1,20}(\.[0-9]{0,20})?|\.[0-9]{1,20})([eE][+-]?[0-9]{1,3})?")
+# Generous bounds for the parser: a valid form has at most ten parts, none but the image large.
 MAX_PARTS = 32
 MAX_FIELD_BYTES = 16 * 1024
 
@@ -32,9 +43,10 @@ class VariationForm:
     size_label: str
     response_format: str
     user: str | None
+    controls: RequestedControls = RequestedControls()
 
 
-async def read_variation_form(request: Request, *, max_user_chars: int) -> VariationForm:
+async def read_variation_form(request: Request, *, max_user_chars: int, max_steps: int) -> VariationForm:
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
         shown = content_type.split(";", 1)[0].strip() or "none"
@@ -44,15 +56,15 @@ async def read_variation_form(request: Request, *, max_user_chars: int) -> Varia
         )
     form = await request.form(max_files=MAX_PARTS, max_fields=MAX_PARTS, max_part_size=MAX_FIELD_BYTES)
     try:
-        return await _validate(form, max_user_chars=max_user_chars)
+        return await _validate(form, max_user_chars=max_user_chars, max_steps=max_steps)
     finally:
         await form.close()
 
 
-async def _validate(form: FormData, *, max_user_chars: int) -> VariationForm:
+async def _validate(form: FormData, *, max_user_chars: int, max_steps: int) -> VariationForm:
     seen: set[str] = set()
     for name, _ in form.multi_items():
-        if name not in FIELDS:
+        if name not in FIELDS and name not in CONTROLS:
             raise invalid(f"Unrecognized request argument supplied: {_clip(name)}")
         if name in seen:
             raise invalid(f"Duplicate parameter: '{name}' was given more than once.", param=name)
@@ -65,12 +77,19 @@ async def _validate(form: FormData, *, max_user_chars: int) -> VariationForm:
         raise invalid("'image' must be a file upload (multipart/form-data with a filename).", param="image")
 
     model = _text(form, "model")
-    n = _parse_n(_text(form, "n"))
+    n = _integer(_text(form, "n"), "n", 1, MAX_N, default=1)
     size_label = _one_of(_text(form, "size"), "size", SIZES, default="1024x1024")
     response_format = _one_of(_text(form, "response_format"), "response_format", RESPONSE_FORMATS, default="url")
     user = _text(form, "user")
     if user is not None and len(user) > max_user_chars:
         raise invalid(f"'user' is longer than {max_user_chars} characters.", param="user")
+
+    controls = RequestedControls(
+        seed=_integer(_text(form, "seed"), "seed", 0, MAX_SEED),
+        strength=_number(_text(form, "strength"), "strength", 0.0, 1.0, exclusive_minimum=True),
+        steps=_integer(_text(form, "steps"), "steps", 1, max_steps),
+        guidance_scale=_number(_text(form, "guidance_scale"), "guidance_scale", 0.0, MAX_GUIDANCE_SCALE),
+    )
 
     data = await image.read()
     return VariationForm(
@@ -81,6 +100,7 @@ async def _validate(form: FormData, *, max_user_chars: int) -> VariationForm:
         size_label=size_label,
         response_format=response_format,
         user=user,
+        controls=controls,
     )
 
 
@@ -93,17 +113,42 @@ def _text(form: FormData, name: str) -> str | None:
     return value
 
 
-def _parse_n(raw: str | None) -> int:
+@overload
+def _integer(raw: str | None, name: str, minimum: int, maximum: int, *, default: int) -> int: ...
+@overload
+def _integer(raw: str | None, name: str, minimum: int, maximum: int) -> int | None: ...
+def _integer(raw: str | None, name: str, minimum: int, maximum: int, *, default: int | None = None) -> int | None:
+    """A form integer in the wording of OpenAI's schema errors."""
     if raw is None:
-        return 1
+        return default
     if not _INTEGER.fullmatch(raw):
-        raise invalid(f"{_quote(raw)} is not of type 'integer' - 'n'", param="n")
-    n = int(raw)
-    if n < 1:
-        raise invalid(f"{n} is less than the minimum of 1 - 'n'", param="n")
-    if n > MAX_N:
-        raise invalid(f"{n} is greater than the maximum of {MAX_N} - 'n'", param="n")
-    return n
+        raise invalid(f"{_quote(raw)} is not of type 'integer' - '{name}'", param=name)
+    return _in_range(int(raw), name, minimum, maximum)
+
+
+def _number(
+    raw: str | None, name: str, minimum: float, maximum: float, *, exclusive_minimum: bool = False
+) -> float | None:
+    if raw is None:
+        return None
+    value = float(raw) if _NUMBER.fullmatch(raw) else math.nan
+    if not math.isfinite(value):  # "1e400" matches the pattern but overflows to inf
+        raise invalid(f"{_quote(raw)} is not of type 'number' - '{name}'", param=name)
+    if exclusive_minimum and value <= minimum:
+        raise invalid(f"{_show(value)} is less than or equal to the minimum of {_show(minimum)} - '{name}'", param=name)
+    return _in_range(value, name, minimum, maximum)
+
+
+def _in_range(value: _N, name: str, minimum: _N, maximum: _N) -> _N:
+    if value < minimum:
+        raise invalid(f"{_show(value)} is less than the minimum of {_show(minimum)} - '{name}'", param=name)
+    if value > maximum:
+        raise invalid(f"{_show(value)} is greater than the maximum of {_show(maximum)} - '{name}'", param=name)
+    return value
+
+
+def _show(value: float) -> str:
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 def _one_of(raw: str | None, name: str, allowed: tuple[str, ...], *, default: str) -> str:

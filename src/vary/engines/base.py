@@ -17,6 +17,35 @@ class GenerationCancelled(Exception):
     """Every client waiting on the batch went away; the engine stopped between steps."""
 
 
+class ControlError(ValueError):
+    """A request's control the model cannot honour; becomes a 400 naming `param`."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RequestedControls:
+    """The optional control fields of a request; None leaves the model's own default."""
+
+    seed: int | None = None
+    strength: float | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+
+
+@dataclass(frozen=True)
+class Controls:
+    """A request's controls resolved against its model's defaults. Only equal controls share a batch."""
+
+    steps: int
+    guidance_scale: float
+    # 1.0: a pure image-embedding variation. Below 1: img2img from the input, keeping its composition.
+    strength: float = 1.0
+
+
 @dataclass(frozen=True)
 class VariationItem:
     """One request's share of a batch: its prepared input, how many variations, and its seed."""
@@ -28,10 +57,11 @@ class VariationItem:
 
 @dataclass(frozen=True)
 class Batch:
-    """Items that go through one pipeline call; all share an output size."""
+    """Items that go through one pipeline call; all share an output size and controls."""
 
     items: tuple[VariationItem, ...]
     size: int
+    controls: Controls
     # True once nobody is waiting for the result; engines check it between denoising steps.
     should_stop: Callable[[], bool] = field(default=lambda: False)
 
@@ -58,9 +88,20 @@ class Engine(Protocol):
 
     info: ModelInfo
 
+    @property
+    def loaded(self) -> bool: ...
+
+    def load(self) -> None:
+        """Loads the weights if they are not loaded yet; thread-safe, so a lazy model loads once."""
+        ...
+
     def warmup(self) -> None: ...
 
-    def prepare(self, image: Image.Image) -> Any:
+    def controls(self, requested: RequestedControls) -> Controls:
+        """The request's controls with this model's defaults filled in; raises ControlError."""
+        ...
+
+    def prepare(self, image: Image.Image, size: int, controls: Controls) -> Any:
         """Per-request preprocessing of a validated RGB input; thread-safe."""
         ...
 

@@ -1,48 +1,14 @@
-"""Model names to engines: the served model, its aliases (dall-e-2), and what `--model` may name."""
+"""Model names to engines: the served models, their aliases (dall-e-2), and which load at start."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from vary.api.errors import model_not_found
+from vary.config import Catalogue
 from vary.engines.base import Engine
-from vary.engines.kandinsky import DECODER_REPO, PRIOR_REPO, KandinskyVariationEngine, Placement, RenderOptions
-
-DEFAULT_MODEL = "kandinsky-2.2"
-TINY_MODEL = "tiny-random"
-# Unchanged OpenAI clients send (or default to) dall-e-2; it names whatever is served by default.
-DEFAULT_ALIASES = ("dall-e-2",)
-
-
-class UnknownModelSpec(ValueError):
-    pass
-
-
-def check_model_spec(spec: str) -> None:
-    """Fails fast, before any server starts, on a `--model` that names nothing."""
-    if spec not in (DEFAULT_MODEL, TINY_MODEL) and not Path(spec).expanduser().is_dir():
-        raise UnknownModelSpec(
-            f"unknown model {spec!r}: use {DEFAULT_MODEL!r}, {TINY_MODEL!r}, or a local model directory"
-        )
-
-
-def load_engine(spec: str, *, placement: Placement | None = None, **overrides: Any) -> Engine:
-    """`spec` is a built-in model id or a local model directory; `overrides` replace RenderOptions fields."""
-    placement = placement or Placement()
-    if spec == DEFAULT_MODEL:
-        return KandinskyVariationEngine.load(
-            name=DEFAULT_MODEL,
-            prior=PRIOR_REPO,
-            decoder=DECODER_REPO,
-            options=RenderOptions().merged(**overrides),
-            placement=placement,
-        )
-    if spec == TINY_MODEL:
-        return KandinskyVariationEngine.tiny_random(placement=placement, **overrides)
-    check_model_spec(spec)
-    return KandinskyVariationEngine.from_directory(Path(spec).expanduser(), placement=placement, **overrides)
+from vary.engines.diffusion import Placement
 
 
 @dataclass(frozen=True)
@@ -50,16 +16,41 @@ class ServedModel:
     id: str
     engine: Engine
     alias_of: str | None = None
+    eager: bool = True  # loaded and warmed up at start, rather than on its first request
 
 
 class ModelRegistry:
-    def __init__(self, engines: list[Engine], *, aliases: tuple[str, ...] = DEFAULT_ALIASES) -> None:
+    def __init__(
+        self,
+        engines: list[Engine],
+        *,
+        aliases: dict[str, str] | None = None,
+        default: str | None = None,
+        lazy: frozenset[str] = frozenset(),
+    ) -> None:
         if not engines:
             raise ValueError("at least one model must be served")
-        self.default = engines[0]
-        self._by_name: dict[str, ServedModel] = {e.info.id: ServedModel(e.info.id, e) for e in engines}
-        for alias in aliases:
-            self._by_name.setdefault(alias, ServedModel(alias, self.default, alias_of=self.default.info.id))
+        by_id = {engine.info.id: engine for engine in engines}
+        self.default = by_id[default] if default else engines[0]
+        self._by_name: dict[str, ServedModel] = {
+            name: ServedModel(name, engine, eager=name not in lazy) for name, engine in by_id.items()
+        }
+        aliases = aliases if aliases is not None else {"dall-e-2": self.default.info.id}
+        for alias, target in aliases.items():
+            self._by_name.setdefault(alias, ServedModel(alias, by_id[target], alias_of=target))
+
+    @classmethod
+    def from_catalogue(
+        cls, catalogue: Catalogue, *, placement: Placement, overrides: dict[str, Any] | None = None
+    ) -> ModelRegistry:
+        """Every model's engine, built but not loaded: loading is the lifespan's (eager) or the first request's."""
+        engines: list[Engine] = [model.build(placement=placement, overrides=overrides) for model in catalogue.models]
+        return cls(
+            engines,
+            aliases=catalogue.aliases(),
+            default=catalogue.default,
+            lazy=frozenset(model.name for model in catalogue.models if not model.eager),
+        )
 
     def resolve(self, name: str | None) -> Engine:
         """The engine for a request's `model` field; None means the default model."""
@@ -76,5 +67,9 @@ class ModelRegistry:
     def served(self) -> list[ServedModel]:
         return list(self._by_name.values())
 
+    def models(self) -> list[ServedModel]:
+        """The models themselves, without their aliases."""
+        return [model for model in self._by_name.values() if model.alias_of is None]
+
     def engines(self) -> list[Engine]:
-        return list({id(m.engine): m.engine for m in self._by_name.values()}.values())
+        return [model.engine for model in self.models()]

@@ -1,0 +1,242 @@
+"""The model catalogue: which models are served, read from a TOML file or made from `--model`.
+
+    default = "kandinsky-2.2"          # optional: the model for requests without `model`; else the first
+
+    [[models]]
+    name = "kandinsky-2.2"             # the id clients send as `model`
+    engine = "kandinsky-2.2"           # one of ENGINES
+    weights = "kandinsky-community/kandinsky-2-2-decoder"   # optional: a Hub id, a local path, or "tiny-random"
+    aliases = ["dall-e-2"]             # optional
+    load = "eager"                     # or "lazy": on the first request for it
+    license = "apache-2.0"             # optional: overrides the engine's
+    description = "..."                # optional
+    [models.defaults]                  # per-request defaults: steps, guidance_scale
+    [models.options]                   # the engine's own settings (sampler, render sides, noise_level, ...)
+
+Every mistake is reported with the file and the model it is in, before anything loads.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same parser, before it joined the standard library
+    import tomli as tomllib
+
+from vary.engines.diffusion import TINY_WEIGHTS, DiffusionEngine, Placement
+from vary.engines.kandinsky import KandinskyVariationEngine
+from vary.engines.sd_image_variations import SdImageVariationsEngine
+from vary.engines.sdxl_ip_adapter import SdxlIpAdapterEngine
+from vary.engines.stable_unclip import UNCLIP_SMALL_REPO, StableUnclipEngine
+
+ENGINES: dict[str, type[DiffusionEngine]] = {
+    engine.engine_id: engine
+    for engine in (KandinskyVariationEngine, SdxlIpAdapterEngine, StableUnclipEngine, SdImageVariationsEngine)
+}
+DEFAULT_MODEL = "kandinsky-2.2"
+# Unchanged OpenAI clients may send dall-e-2; unless the catalogue gives it to a model, it names the default.
+DALL_E_2 = "dall-e-2"
+# The names `--model` accepts besides a local directory: (engine, weights; None = the engine's default).
+BUILTIN: dict[str, tuple[str, str | None]] = {
+    "kandinsky-2.2": ("kandinsky-2.2", None),
+    "sdxl-ip-adapter": ("sdxl-ip-adapter", None),
+    "stable-unclip": ("stable-unclip", None),
+    "stable-unclip-small": ("stable-unclip", UNCLIP_SMALL_REPO),
+    "sd-image-variations": ("sd-image-variations", None),
+    **{engine.tiny_name: (engine_id, TINY_WEIGHTS) for engine_id, engine in ENGINES.items()},
+}
+# What a local directory's model_index.json names, for `--model DIR`.
+PIPELINE_ENGINES = {
+    "StableDiffusionXLPipeline": "sdxl-ip-adapter",
+    "StableUnCLIPImg2ImgPipeline": "stable-unclip",
+    "StableDiffusionImageVariationPipeline": "sd-image-variations",
+}
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
+_MODEL_KEYS = {"name", "engine", "weights", "aliases", "load", "license", "description", "defaults", "options"}
+_DEFAULTS_KEYS = {"steps", "guidance_scale"}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    engine: str
+    weights: str | None = None
+    aliases: tuple[str, ...] = ()
+    eager: bool = True
+    license: str | None = None
+    description: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # defaults and engine options, one namespace
+
+    def build(self, *, placement: Placement | None = None, overrides: dict[str, Any] | None = None) -> DiffusionEngine:
+        """The engine, not loaded yet. `overrides` (the VARY_* generation settings) win over the file's options."""
+        options = {**self.options, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+        return ENGINES[self.engine](
+            name=self.name,
+            weights=self.weights,
+            placement=placement or Placement(),
+            license=self.license,
+            description=self.description,
+            **options,
+        )
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    models: tuple[ModelConfig, ...]
+    default: str
+
+    def aliases(self) -> dict[str, str]:
+        """alias -> model name, with dall-e-2 pointing at the default unless a model claims it."""
+        mapping = {alias: model.name for model in self.models for alias in model.aliases}
+        if DALL_E_2 not in mapping and all(model.name != DALL_E_2 for model in self.models):
+            mapping[DALL_E_2] = self.default
+        return mapping
+
+
+def catalogue_for(config: Path | None, model: str) -> Catalogue:
+    """The file's catalogue when there is one, else the single model `--model` names."""
+    if config is not None:
+        return read_catalogue(config)
+    return Catalogue((model_for_spec(model),), default=_model_name(model))
+
+
+def model_for_spec(spec: str) -> ModelConfig:
+    """`--model`: a built-in name, or a local directory whose engine is recognised from its layout."""
+    if spec in BUILTIN:
+        engine, weights = BUILTIN[spec]
+        return ModelConfig(name=spec, engine=engine, weights=weights)
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise ConfigError(
+            f"unknown model {spec!r}: use one of {', '.join(BUILTIN)}, a local model directory, or --config"
+        )
+    return ModelConfig(name=_model_name(spec), engine=_engine_of_directory(path), weights=str(path))
+
+
+def _model_name(spec: str) -> str:
+    return spec if spec in BUILTIN else Path(spec).expanduser().resolve().name
+
+
+def _engine_of_directory(path: Path) -> str:
+    if (path / "decoder").is_dir() and (path / "prior").is_dir():
+        return "kandinsky-2.2"
+    index = path / "model_index.json"
+    if index.is_file():
+        class_name = _pipeline_class(index)
+        if class_name in PIPELINE_ENGINES:
+            return PIPELINE_ENGINES[class_name]
+    raise ConfigError(f"{path} is not a model directory vary recognises (see the README's local layouts)")
+
+
+def _pipeline_class(index: Path) -> str | None:
+    try:
+        value = json.loads(index.read_text()).get("_class_name")
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def read_catalogue(path: Path) -> Catalogue:
+    where = str(path)
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read the file ({exc.strerror})") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+    unknown = set(document) - {"default", "models"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}; expected 'default' and [[models]]")
+    entries = document.get("models")
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"{where}: declare at least one model as a [[models]] table")
+    models = tuple(_model(entry, f"{where}: models[{i}]", path.parent) for i, entry in enumerate(entries))
+
+    taken: dict[str, str] = {}
+    for model in models:
+        for name in (model.name, *model.aliases):
+            if name in taken:
+                raise ConfigError(f"{where}: the name {name!r} is used twice ({taken[name]} and {model.name})")
+            taken[name] = model.name
+    default = document.get("default", models[0].name)
+    if not isinstance(default, str) or default not in taken:
+        raise ConfigError(f"{where}: default = {default!r} names no model in the file")
+    return Catalogue(models, default=taken[default])
+
+
+def _model(entry: dict[str, Any], where: str, base: Path) -> ModelConfig:
+    name = entry.get("name")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ConfigError(f"{where}: 'name' must be a model id of letters, digits, '.', '_', ':', '-'")
+    where = f"{where.rsplit(':', 1)[0]}: model {name!r}"
+    unknown = set(entry) - _MODEL_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}; known: {', '.join(sorted(_MODEL_KEYS))}")
+    engine = entry.get("engine")
+    if engine not in ENGINES:
+        raise ConfigError(f"{where}: unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    aliases = entry.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and _NAME.fullmatch(a) for a in aliases):
+        raise ConfigError(f"{where}: 'aliases' must be a list of model ids")
+    load = entry.get("load", "eager")
+    if load not in ("eager", "lazy"):
+        raise ConfigError(f'{where}: \'load\' must be "eager" or "lazy", not {load!r}')
+    for key in ("license", "description"):
+        if key in entry and not isinstance(entry[key], str):
+            raise ConfigError(f"{where}: {key!r} must be a string")
+
+    defaults = _table(entry, "defaults", where)
+    if set(defaults) - _DEFAULTS_KEYS:
+        unknown_default = sorted(set(defaults) - _DEFAULTS_KEYS)[0]
+        raise ConfigError(f"{where}: unknown default {unknown_default!r}; known: steps, guidance_scale")
+    options = {**_table(entry, "options", where), **defaults}
+    try:
+        # Built now, so a bad option fails at start-up, not at the first request.
+        ENGINES[engine].options_type().merged(**options)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return ModelConfig(
+        name=name,
+        engine=engine,
+        weights=_weights(entry.get("weights"), where, base),
+        aliases=tuple(aliases),
+        eager=load == "eager",
+        license=entry.get("license"),
+        description=entry.get("description"),
+        options=options,
+    )
+
+
+def _table(entry: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = entry.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: [{key}] must be a table")
+    return value
+
+
+def _weights(value: object, where: str, base: Path) -> str | None:
+    """A Hub id (org/name), "tiny-random", or a local path, relative to the config file's directory."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: 'weights' must be a Hub id, a local path or \"tiny-random\"")
+    if value == TINY_WEIGHTS:
+        return value
+    path = (base / value).expanduser() if not value.startswith("~") else Path(value).expanduser()
+    if path.is_dir():
+        return str(path)
+    if value.startswith(("/", ".", "~")) or not _HUB_ID.fullmatch(value):
+        raise ConfigError(f"{where}: the weights path {value!r} does not exist (resolved to {path})")
+    return value

@@ -1,0 +1,156 @@
+"""Lambda Labs' Stable Diffusion image variations: SD 1.x fine-tuned on CLIP image embeddings; its tiny twin.
+
+The UNet cross-attends to the CLIP ViT-L/14 image embedding instead of text. The model card notes
+that training resized the encoder's input to 224x224 without antialiasing, and that matching it
+gives better results, so preprocessing here does exactly that rather than CLIP's own resize.
+Below strength 1, diffusers' SD img2img pipeline runs with the image embedding as its "prompt".
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    PNDMScheduler,
+    StableDiffusionImageVariationPipeline,
+    StableDiffusionImg2ImgPipeline,
+    UNet2DConditionModel,
+)
+from PIL import Image
+
+from vary.engines import tiny
+from vary.engines.base import Batch
+from vary.engines.diffusion import (
+    CLIP_MEAN,
+    CLIP_STD,
+    OPTIONS_FILE,
+    DiffusionEngine,
+    EngineOptions,
+    clip_image_processor,
+)
+
+VARIATIONS_REPO = "lambdalabs/sd-image-variations-diffusers"
+
+
+@dataclass(frozen=True)
+class SdImageVariationsOptions(EngineOptions):
+    description: str = "Stable Diffusion image variations (Lambda Labs), CLIP image-embedding conditioning"
+    steps: int = 25
+    guidance_scale: float = 3.0
+    # SD 1.x is trained at 512 px; every size is rendered there and resized.
+    min_render_side: int = 512
+    max_render_side: int = 512
+    # The model card asks for the v2.0 revision of the Hub repo (ignored for local directories).
+    revision: str | None = "v2.0"
+
+
+class SdImageVariationsEngine(DiffusionEngine):
+    engine_id = "sd-image-variations"
+    options_type = SdImageVariationsOptions
+    default_weights = VARIATIONS_REPO
+    owned_by = "lambdalabs"
+    license = "creativeml-openrail-m"
+    tiny_name = "tiny-random-sd-image-variations"
+
+    options: SdImageVariationsOptions
+
+    def _load(self) -> None:
+        if self.tiny:
+            pipeline = build_tiny_pipeline(self.seed)
+        else:
+            local = Path(self.weights).expanduser().is_dir()
+            pipeline = StableDiffusionImageVariationPipeline.from_pretrained(
+                self.weights,
+                revision=None if local else self.options.revision,
+                safety_checker=None,  # vary does not filter images; see the README's licences section
+                feature_extractor=clip_image_processor(),  # unused: vary preprocesses itself
+                dtype=self.dtype,
+            )
+        self.pipeline = self._place(pipeline, "vae")
+        self.img2img = StableDiffusionImg2ImgPipeline(
+            vae=self.pipeline.vae,
+            text_encoder=None,
+            tokenizer=None,
+            unet=self.pipeline.unet,
+            scheduler=self.pipeline.scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        self.img2img.set_progress_bar_config(disable=True)
+
+    def save_pretrained(self, path: Path) -> None:
+        self.load()
+        self.pipeline.save_pretrained(path)
+        (path / OPTIONS_FILE).write_text(json.dumps(asdict(self.options), indent=2))
+
+    def _encoder_pixels(self, image: Image.Image) -> torch.Tensor:
+        """Bicubic resize to the encoder's side without antialiasing, as in training, then CLIP's normalisation."""
+        side = self.pipeline.image_encoder.config.image_size
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).unsqueeze(0)
+        pixels = F.interpolate(pixels, size=(side, side), mode="bicubic", align_corners=False, antialias=False)
+        mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+        return (pixels - mean) / std
+
+    def _render(self, batch: Batch, rows: torch.Tensor, side: int, generators: list[torch.Generator]) -> torch.Tensor:
+        controls = batch.controls
+        encoder = self.pipeline.image_encoder
+        pixels = self._stacked_pixels(batch, encoder.dtype)
+        common = {
+            "num_inference_steps": controls.steps,
+            "guidance_scale": controls.guidance_scale,
+            "generator": generators,
+            "output_type": "pt",
+        }
+        if controls.strength < 1:
+            # The image embedding stands in for the text embedding, as in the variations pipeline; the
+            # negative is zeros, as there.
+            embeds = encoder(pixels).image_embeds.index_select(0, rows)[:, None]
+            output = self.img2img(
+                image=self._init_images(batch, rows),
+                strength=controls.strength,
+                prompt_embeds=embeds,
+                negative_prompt_embeds=torch.zeros_like(embeds),
+                callback_on_step_end=self._stop_on_step_end(batch),
+                **common,
+            )
+        else:
+            output = self.pipeline(
+                image=pixels.index_select(0, rows),
+                height=side,
+                width=side,
+                callback=self._stop_on_step(batch),
+                **common,
+            )
+        images: torch.Tensor = output.images
+        return images
+
+
+def build_tiny_pipeline(seed: int) -> StableDiffusionImageVariationPipeline:
+    """The architecture at the sizes diffusers' image-variation tests use."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=tiny.EMBED_DIM,
+    )
+    return StableDiffusionImageVariationPipeline(
+        vae=tiny.vae(seed),
+        image_encoder=tiny.vision_encoder(seed),
+        unet=unet,
+        scheduler=PNDMScheduler(skip_prk_steps=True, steps_offset=1),
+        safety_checker=None,
+        feature_extractor=clip_image_processor(tiny.IMAGE_SIDE),
+        requires_safety_checker=False,
+    )

@@ -1,0 +1,142 @@
+"""The catalogue and the controls end to end: a live server with every engine's tiny twin, driven by the openai SDK."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.conftest import create_key, decode_png, png_bytes
+from vary.testing import ServerProcess
+
+CONFIG = """
+default = "kandinsky"
+
+[[models]]
+name = "kandinsky"
+engine = "kandinsky-2.2"
+weights = "tiny-random"
+
+[[models]]
+name = "sdxl"
+engine = "sdxl-ip-adapter"
+weights = "tiny-random"
+aliases = ["sdxl-plus"]
+[models.defaults]
+steps = 3
+
+[[models]]
+name = "unclip"
+engine = "stable-unclip"
+weights = "tiny-random"
+load = "lazy"
+[models.options]
+noise_level = 100
+
+[[models]]
+name = "sd-variations"
+engine = "sd-image-variations"
+weights = "tiny-random"
+license = "creativeml-openrail-m (as configured)"
+"""
+MODELS = ("kandinsky", "sdxl", "unclip", "sd-variations")
+
+
+@pytest.fixture(scope="module")
+def catalogue_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
+    root = tmp_path_factory.mktemp("catalogue")
+    config = root / "vary.toml"
+    config.write_text(CONFIG)
+    data_dir = root / "data"
+    data_dir.mkdir()
+    key = create_key(data_dir)[1]
+    server = ServerProcess(data_dir, extra_args=["--config", str(config)]).start()
+    yield server, key
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def client(catalogue_server: tuple[ServerProcess, str]) -> OpenAI:
+    server, key = catalogue_server
+    return OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
+
+
+def images(client: OpenAI, model: str, n: int = 1, **controls: object) -> list[np.ndarray]:
+    result = client.images.create_variation(
+        image=png_bytes(64), model=model, n=n, size="256x256", response_format="b64_json", extra_body=controls or None
+    )
+    return [np.asarray(decode_png(base64.b64decode(item.b64_json or ""))) for item in result.data]
+
+
+def test_the_lazy_model_loads_on_its_first_request(catalogue_server: tuple[ServerProcess, str], client: OpenAI) -> None:
+    server, _ = catalogue_server
+    assert "loaded model kandinsky" in server.log() and "loaded model sdxl" in server.log()
+    assert "loaded model unclip" not in server.log()
+    assert len(images(client, "unclip")) == 1
+    assert "loaded model unclip" in server.log()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_engine_serves_variations_of_the_asked_size(client: OpenAI, model: str) -> None:
+    out = images(client, model, n=2)
+    assert [img.shape for img in out] == [(256, 256, 3)] * 2
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_seed_repeats_its_images_and_each_of_n_differs(client: OpenAI, model: str) -> None:
+    first = images(client, model, n=3, seed=1234)
+    again = images(client, model, n=3, seed=1234)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not np.array_equal(first[0], first[1]) and not np.array_equal(first[1], first[2])
+    assert not np.array_equal(first[0], images(client, model, seed=1235)[0])
+
+
+@pytest.mark.parametrize("model", ["kandinsky", "sdxl", "sd-variations"])
+def test_strength_changes_the_output(client: OpenAI, model: str) -> None:
+    full = images(client, model, seed=7, steps=8)[0]
+    kept = images(client, model, seed=7, steps=8, strength=0.5)[0]
+    assert np.abs(full.astype(int) - kept).mean() > 1
+
+
+def test_a_model_without_img2img_refuses_strength(client: OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        images(client, "unclip", strength=0.5)
+    assert refused.value.body == {
+        "message": "The model 'unclip' has no img2img path, so 'strength' must be 1 (the default).",
+        "type": "invalid_request_error",
+        "param": "strength",
+        "code": None,
+    }
+
+
+def test_the_seed_used_is_returned_and_replays_the_request(client: OpenAI) -> None:
+    raw = client.images.with_raw_response.create_variation(
+        image=png_bytes(64), model="kandinsky", size="256x256", response_format="b64_json"
+    )
+    seed = int(raw.headers["x-vary-seed"])
+    first = raw.parse().data[0].b64_json
+    assert images(client, "kandinsky", seed=seed)[0].tobytes() == decode_png(base64.b64decode(first or "")).tobytes()
+
+
+def test_models_list_shows_every_model_with_its_licence(client: OpenAI) -> None:
+    models = {m.id: m.model_dump() for m in client.models.list()}
+    assert set(models) == {*MODELS, "sdxl-plus", "dall-e-2"}
+    assert models["kandinsky"]["license"] == "apache-2.0"
+    assert models["sdxl"]["license"] == "openrail++ (SDXL base 1.0), apache-2.0 (IP-Adapter)"
+    assert models["unclip"]["license"] == "openrail++"
+    assert models["sd-variations"]["license"] == "creativeml-openrail-m (as configured)"
+    assert models["dall-e-2"]["parent"] == "kandinsky" and models["sdxl-plus"]["parent"] == "sdxl"
+    assert all("noise" in m["description"] for m in models.values())
+
+
+def test_a_bad_config_stops_the_server_with_one_clear_line(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[[models]]\nname = "a"\nengine = "dalle-3"\n')
+    with pytest.raises(RuntimeError) as failed:
+        ServerProcess(tmp_path / "data", extra_args=["--config", str(config)], startup_timeout=60).start()
+    assert f"vary: {config}: model 'a': unknown engine 'dalle-3'" in str(failed.value)

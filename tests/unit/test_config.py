@@ -1,0 +1,133 @@
+"""The TOML model catalogue: what a good file gives, and a clear one-line error for every bad one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vary.config import Catalogue, ConfigError, ModelConfig, catalogue_for, read_catalogue
+from vary.engines.registry import ModelRegistry
+
+GOOD = """
+default = "sdxl"
+
+[[models]]
+name = "kandinsky"
+engine = "kandinsky-2.2"
+weights = "tiny-random"
+aliases = ["k22"]
+
+[[models]]
+name = "sdxl"
+engine = "sdxl-ip-adapter"
+weights = "stabilityai/stable-diffusion-xl-base-1.0"
+load = "lazy"
+license = "my-licence"
+[models.defaults]
+steps = 20
+guidance_scale = 6.5
+[models.options]
+ip_adapter_scale = 0.7
+variant = "fp16"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "vary.toml"
+    path.write_text(text)
+    return path
+
+
+def test_a_good_file(tmp_path: Path) -> None:
+    catalogue = read_catalogue(write(tmp_path, GOOD))
+    kandinsky, sdxl = catalogue.models
+    assert catalogue.default == "sdxl"
+    assert (kandinsky.engine, kandinsky.weights, kandinsky.aliases, kandinsky.eager) == (
+        "kandinsky-2.2",
+        "tiny-random",
+        ("k22",),
+        True,
+    )
+    assert (sdxl.weights, sdxl.eager, sdxl.license) == ("stabilityai/stable-diffusion-xl-base-1.0", False, "my-licence")
+    assert sdxl.options == {"steps": 20, "guidance_scale": 6.5, "ip_adapter_scale": 0.7, "variant": "fp16"}
+    # dall-e-2 goes to the default model unless the file gives it to one.
+    assert catalogue.aliases() == {"k22": "kandinsky", "dall-e-2": "sdxl"}
+
+
+def test_the_engine_gets_the_file_s_defaults_and_options_and_the_registry_its_names(tmp_path: Path) -> None:
+    catalogue = read_catalogue(write(tmp_path, GOOD))
+    engine = catalogue.models[1].build(overrides={"guidance_scale": None, "sampler": "ddpm"})
+    assert (engine.options.steps, engine.options.guidance_scale, engine.options.sampler) == (20, 6.5, "ddpm")
+    assert engine.options.ip_adapter_scale == 0.7  # type: ignore[attr-defined]
+    assert (engine.info.id, engine.info.license, engine.loaded) == ("sdxl", "my-licence", False)
+    registry = ModelRegistry.from_catalogue(catalogue, placement=engine.placement)
+    assert registry.default.info.id == "sdxl"
+    assert [m.id for m in registry.models()] == ["kandinsky", "sdxl"]
+    assert [m.eager for m in registry.models()] == [True, False]
+    assert registry.resolve("k22").info.id == "kandinsky" and registry.resolve("dall-e-2").info.id == "sdxl"
+    assert not any(e.loaded for e in registry.engines())  # building a registry loads nothing
+
+
+def test_weights_paths_are_relative_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "models" / "mine").mkdir(parents=True)
+    path = write(tmp_path, '[[models]]\nname = "m"\nengine = "stable-unclip"\nweights = "models/mine"\n')
+    assert read_catalogue(path).models[0].weights == str(tmp_path / "models" / "mine")
+
+
+def test_without_a_file_the_catalogue_is_the_one_model(tmp_path: Path) -> None:
+    assert catalogue_for(None, "kandinsky-2.2") == Catalogue(
+        (ModelConfig(name="kandinsky-2.2", engine="kandinsky-2.2", weights=None),), default="kandinsky-2.2"
+    )
+    assert catalogue_for(None, "kandinsky-2.2").aliases() == {"dall-e-2": "kandinsky-2.2"}
+    assert catalogue_for(None, "stable-unclip-small").models[0].weights == (
+        "stabilityai/stable-diffusion-2-1-unclip-small"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("models = [", "not valid TOML"),
+        ("", "declare at least one model"),
+        ('colour = "red"\n[[models]]\nname = "a"\nengine = "kandinsky-2.2"', "unknown key 'colour'"),
+        ('[[models]]\nname = "a"\nengine = "dalle-3"', "model 'a': unknown engine 'dalle-3'"),
+        ('[[models]]\nengine = "kandinsky-2.2"', "'name' must be a model id"),
+        ('[[models]]\nname = "a b"\nengine = "kandinsky-2.2"', "'name' must be a model id"),
+        (
+            '[[models]]\nname = "a"\nengine = "kandinsky-2.2"\nweights = "./nowhere"',
+            "weights path './nowhere' does not",
+        ),
+        ('[[models]]\nname = "a"\nengine = "kandinsky-2.2"\nweights = "/no/such/dir"', "does not exist"),
+        ('[[models]]\nname = "a"\nengine = "kandinsky-2.2"\nweights = 3', "'weights' must be"),
+        (
+            '[[models]]\nname = "a"\nengine = "kandinsky-2.2"\n[[models]]\nname = "a"\nengine = "stable-unclip"',
+            "the name 'a' is used twice",
+        ),
+        (
+            '[[models]]\nname = "a"\nengine = "kandinsky-2.2"\n'
+            '[[models]]\nname = "b"\nengine = "stable-unclip"\naliases = ["a"]',
+            "the name 'a' is used twice",
+        ),
+        ('default = "zzz"\n[[models]]\nname = "a"\nengine = "kandinsky-2.2"', "default = 'zzz' names no model"),
+        ('[[models]]\nname = "a"\nengine = "kandinsky-2.2"\nload = "later"', "'load' must be"),
+        ('[[models]]\nname = "a"\nengine = "kandinsky-2.2"\nweight = "x/y"', "unknown key 'weight'"),
+        ('[[models]]\nname = "a"\nengine = "kandinsky-2.2"\n[models.defaults]\nseed = 1', "unknown default 'seed'"),
+        ('[[models]]\nname = "a"\nengine = "kandinsky-2.2"\n[models.defaults]\nsteps = 0', "steps must be at least 1"),
+        ('[[models]]\nname = "a"\nengine = "kandinsky-2.2"\n[models.options]\nnoise_level = 5', "unknown option"),
+        ('[[models]]\nname = "a"\nengine = "stable-unclip"\n[models.options]\nnoise_level = 5000', "noise_level"),
+        ('[[models]]\nname = "a"\nengine = "kandinsky-2.2"\n[models.options]\nsampler = "euler"', "unknown sampler"),
+        ('[[models]]\nname = "a"\nengine = "kandinsky-2.2"\naliases = "b"', "'aliases' must be a list"),
+    ],
+)
+def test_bad_files_are_refused_with_a_clear_message(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as error:
+        read_catalogue(path)
+    assert message in str(error.value)
+    assert str(error.value).startswith(str(path))  # every message says which file
+
+
+def test_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the file"):
+        read_catalogue(tmp_path / "missing.toml")
