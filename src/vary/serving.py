@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 import pybase64
 from starlette.concurrency import run_in_threadpool
 
-from vary.api.errors import invalid
+from vary.api.errors import invalid, model_unavailable
 from vary.api.variation_form import VariationForm
-from vary.engines.base import ControlError, Controls, Engine, Frames, VariationItem
+from vary.engines.base import ControlError, Controls, Engine, Frames, ModelUnavailable, VariationItem
 from vary.engines.registry import ModelRegistry
 from vary.imaging import encode_png, load_variation_input
 from vary.scheduler import Job, Scheduler
@@ -72,7 +72,10 @@ class VariationService:
             controls = engine.controls(form.controls)
         except ControlError as exc:
             raise invalid(exc.message, param=exc.param) from None
-        conditioning = await run_in_threadpool(self._prepare, engine, form.image, form.size, controls)
+        try:
+            conditioning = await run_in_threadpool(self._prepare, engine, form.image, form.size, controls)
+        except ModelUnavailable as exc:
+            raise model_unavailable(exc.model) from None
         timings.stages["prepare"] = time.perf_counter() - mark
 
         # 2. Queue it; wait for the images or for the client to leave, whichever comes first.

@@ -43,6 +43,12 @@ name = "sd-variations"
 engine = "sd-image-variations"
 weights = "tiny-random"
 license = "creativeml-openrail-m (as configured)"
+
+[[models]]
+name = "broken"
+engine = "stable-unclip"
+weights = "empty-dir"  # exists, so the file is valid, but holds no weights
+load = "lazy"
 """
 MODELS = ("kandinsky", "sdxl", "unclip", "sd-variations")
 
@@ -52,6 +58,7 @@ def catalogue_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
     root = tmp_path_factory.mktemp("catalogue")
     config = root / "vary.toml"
     config.write_text(CONFIG)
+    (root / "empty-dir").mkdir()
     data_dir = root / "data"
     data_dir.mkdir()
     key = create_key(data_dir)[1]
@@ -125,13 +132,31 @@ def test_the_seed_used_is_returned_and_replays_the_request(client: OpenAI) -> No
 
 def test_models_list_shows_every_model_with_its_licence(client: OpenAI) -> None:
     models = {m.id: m.model_dump() for m in client.models.list()}
-    assert set(models) == {*MODELS, "sdxl-plus", "dall-e-2"}
+    assert set(models) == {*MODELS, "broken", "sdxl-plus", "dall-e-2"}
     assert models["kandinsky"]["license"] == "apache-2.0"
     assert models["sdxl"]["license"] == "openrail++ (SDXL base 1.0), apache-2.0 (IP-Adapter)"
     assert models["unclip"]["license"] == "openrail++"
     assert models["sd-variations"]["license"] == "creativeml-openrail-m (as configured)"
     assert models["dall-e-2"]["parent"] == "kandinsky" and models["sdxl-plus"]["parent"] == "sdxl"
-    assert all("noise" in m["description"] for m in models.values())
+    assert all("noise" in m["description"] for name, m in models.items() if name != "broken")
+
+
+def test_a_model_that_fails_to_load_is_a_503_and_the_others_keep_serving(
+    catalogue_server: tuple[ServerProcess, str], client: OpenAI
+) -> None:
+    for _ in range(2):  # each request tries again, and fails the same way
+        with pytest.raises(openai.InternalServerError) as failed:
+            images(client, "broken")
+        assert failed.value.status_code == 503
+        assert failed.value.body == {
+            "message": "The model `broken` could not be loaded. Retry later; the server's log says why.",
+            "type": "server_error",
+            "param": "model",
+            "code": "model_unavailable",
+        }
+    assert "empty-dir" not in str(failed.value.body)
+    assert "loading model broken from" in catalogue_server[0].log()
+    assert len(images(client, "kandinsky")) == 1
 
 
 def test_a_bad_config_stops_the_server_with_one_clear_line(tmp_path: Path) -> None:

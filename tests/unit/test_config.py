@@ -131,3 +131,16 @@ def test_bad_files_are_refused_with_a_clear_message(tmp_path: Path, text: str, m
 def test_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read the file"):
         read_catalogue(tmp_path / "missing.toml")
+
+
+def test_the_example_in_the_repository_parses() -> None:
+    example = Path(__file__).parents[2] / "examples" / "vary.toml"
+    catalogue = read_catalogue(example)
+    assert [m.engine for m in catalogue.models] == [
+        "kandinsky-2.2",
+        "sdxl-ip-adapter",
+        "stable-unclip",
+        "sd-image-variations",
+    ]
+    assert catalogue.default == "kandinsky-2.2" and catalogue.aliases()["dall-e-2"] == "kandinsky-2.2"
+    assert [m.eager for m in catalogue.models] == [True, False, False, False]

@@ -66,6 +66,16 @@ def model_not_found(model: str) -> ApiError:
     )
 
 
+def model_unavailable(model: str) -> ApiError:
+    return ApiError(
+        503,
+        f"The model `{model}` could not be loaded. Retry later; the server's log says why.",
+        type="server_error",
+        param="model",
+        code="model_unavailable",
+    )
+
+
 def server_error() -> ApiError:
     # Says nothing about the cause: internals stay in the server log.
     return ApiError(

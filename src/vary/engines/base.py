@@ -17,6 +17,14 @@ class GenerationCancelled(Exception):
     """Every client waiting on the batch went away; the engine stopped between steps."""
 
 
+class ModelUnavailable(RuntimeError):
+    """The model's weights failed to load; the next request tries again."""
+
+    def __init__(self, model: str) -> None:
+        super().__init__(model)
+        self.model = model
+
+
 class ControlError(ValueError):
     """A request's control the model cannot honour; becomes a 400 naming `param`."""
 

@@ -32,6 +32,7 @@ from vary.engines.base import (
     Frames,
     GenerationCancelled,
     ModelInfo,
+    ModelUnavailable,
     RequestedControls,
     VariationItem,
 )
@@ -219,7 +220,12 @@ class DiffusionEngine(ABC):
         with self._load_lock:
             if not self._loaded:
                 started = time.perf_counter()
-                self._load()
+                try:
+                    self._load()
+                except Exception as exc:
+                    # The cause (a path, a Hub error) goes to the log, never to the client.
+                    log.exception("loading model %s from %s failed", self.info.id, self.weights)
+                    raise ModelUnavailable(self.info.id) from exc
                 self._loaded = True
                 log.info("loaded model %s (%s) in %.1f s", self.info.id, self.weights, time.perf_counter() - started)
 
