@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -12,8 +13,11 @@ from dataclasses import dataclass
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
+from vary.api.admin_routes import router as admin_router
 from vary.api.body_limit import BodyLimitMiddleware
 from vary.api.errors import install_error_handlers
+from vary.api.ops_routes import router as ops_router
+from vary.api.request_context import RequestContextMiddleware
 from vary.api.routes import router
 from vary.api.variation_form import request_too_large
 from vary.config import catalogue_for
@@ -21,6 +25,8 @@ from vary.db import Database
 from vary.engines.base import Engine
 from vary.engines.diffusion import Placement
 from vary.engines.registry import ModelRegistry
+from vary.metrics import Metrics
+from vary.ratelimit import Limits, RateLimiter
 from vary.scheduler import Scheduler
 from vary.serving import VariationService
 from vary.settings import Settings
@@ -39,6 +45,8 @@ class Services:
     registry: ModelRegistry
     schedulers: dict[str, Scheduler]
     variations: VariationService
+    limiter: RateLimiter
+    metrics: Metrics
     started_at: int
 
 
@@ -63,15 +71,18 @@ def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Eng
         for model in registry.models():
             if model.eager:
                 await run_in_threadpool(model.engine.warmup)
+        metrics = Metrics()
         schedulers = {
             e.info.id: Scheduler(
                 e,
                 max_queue=settings.queue_size,
                 max_batch_images=settings.max_batch_images,
                 retry_after_seconds=settings.retry_after_seconds,
+                on_batch=functools.partial(metrics.observe_batch, e.info.id),
             )
             for e in registry.engines()
         }
+        metrics.watch({e.info.id: e for e in registry.engines()}, schedulers)
         for scheduler in schedulers.values():
             scheduler.start()
         app.state.services = Services(
@@ -82,6 +93,17 @@ def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Eng
             registry=registry,
             schedulers=schedulers,
             variations=VariationService(settings, registry, schedulers, store, signer),
+            limiter=RateLimiter(
+                defaults=Limits(
+                    requests_per_minute=settings.key_requests_per_minute,
+                    images_per_minute=settings.key_images_per_minute,
+                    max_concurrent=settings.key_max_concurrent,
+                    image_quota=settings.key_image_quota,
+                ),
+                quota_period=settings.quota_period,
+                storage_uri=settings.rate_limit_storage,
+            ),
+            metrics=metrics,
             started_at=int(time.time()),
         )
         sweeper = asyncio.create_task(_sweep_forever(store, settings))
@@ -104,7 +126,10 @@ def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Eng
     )
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(ops_router)
+    app.include_router(admin_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, error=request_too_large)
+    app.add_middleware(RequestContextMiddleware)  # outermost: every answer gets an id and a log line
     return app
 
 

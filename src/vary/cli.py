@@ -1,9 +1,11 @@
-"""`vary serve` and `vary keys create|list|revoke`. Every option is also an environment variable VARY_<OPTION>."""
+"""`vary serve`, `vary keys create|update|list|revoke` and `vary usage`.
+
+Every option of `vary serve` is also an environment variable VARY_<OPTION>.
+"""
 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from datetime import datetime, timezone
 from typing import Any
@@ -11,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from vary.settings import Settings
+from vary.usage_report import FORMATS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,17 +36,58 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--public-url", help="base of the image URLs handed out, e.g. behind a proxy (VARY_PUBLIC_URL)")
     serve.add_argument("--device", help="torch device, e.g. cuda or cpu (default: cuda when present; VARY_DEVICE)")
 
+    serve.add_argument("--log-format", choices=("json", "text"), help="log lines (default json; VARY_LOG_FORMAT)")
+
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
-    create = keys.add_parser("create", parents=[data_dir], help="create a key and print it once, as the last line")
+    create = keys.add_parser(
+        "create", parents=[data_dir, _limit_options(None)], help="create a key and print it once, as the last line"
+    )
     create.add_argument("--name", default="", help="a label to recognise the key by")
-    keys.add_parser("list", parents=[data_dir], help="list keys (never the keys themselves)")
+    create.add_argument("--admin", action="store_true", help="the key may also use the admin API (/v1/admin/...)")
+    update = keys.add_parser(
+        "update", parents=[data_dir, _limit_options(argparse.SUPPRESS)], help="change a key's limits"
+    )
+    update.add_argument("key_id", help="the key's id, as `vary keys list` shows it")
+    keys.add_parser("list", parents=[data_dir], help="list keys and their limits (never the keys themselves)")
     revoke = keys.add_parser("revoke", parents=[data_dir], help="revoke a key; it is refused from the next request on")
     revoke.add_argument("key_id", help="the key's id, as `vary keys list` shows it")
+
+    usage = commands.add_parser("usage", parents=[data_dir], help="requests, images, failures and latency")
+    usage.add_argument("--key", help="only this key id")
+    usage.add_argument("--user", help="only this end user (the requests' `user` field)")
+    usage.add_argument("--since", help="only from this date or date-time on (ISO 8601; UTC unless it says)")
+    usage.add_argument("--format", choices=FORMATS, default="table", help="table (default), csv or json")
     return parser
 
 
+LIMIT_FLAGS = {
+    "--rpm": ("requests_per_minute", "requests per minute"),
+    "--ipm": ("images_per_minute", "images per minute"),
+    "--concurrency": ("max_concurrent", "requests in flight at once"),
+    "--quota": ("image_quota", "images per quota period (VARY_QUOTA_PERIOD: month or day)"),
+}
+
+
+def _limit_options(default: object) -> argparse.ArgumentParser:
+    options = argparse.ArgumentParser(add_help=False)
+    for flag, (dest, what) in LIMIT_FLAGS.items():
+        options.add_argument(
+            flag, dest=dest, type=_limit, default=default, metavar="N", help=f"{what}; 0: unlimited, default: server's"
+        )
+    return options
+
+
+def _limit(text: str) -> int | None:
+    """A limit on the command line: a count, 0 for unlimited, or `default` for the server's default."""
+    if text == "default":
+        return None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number or 'default'")
+    return int(text)
+
+
 def _settings(args: argparse.Namespace) -> Settings:
-    options = ("host", "port", "data_dir", "config", "model", "no_auth", "public_url", "device")
+    options = ("host", "port", "data_dir", "config", "model", "no_auth", "public_url", "device", "log_format")
     given: dict[str, Any] = {name: getattr(args, name) for name in options if getattr(args, name, None) is not None}
     try:
         return Settings(**given)
@@ -57,13 +101,13 @@ def _serve(settings: Settings) -> None:
     from vary.app import build_app
     from vary.config import ConfigError, catalogue_for
     from vary.db import Database
+    from vary.logs import configure_logging
 
     try:
         catalogue_for(settings.config, settings.model)  # every mistake in one line, before anything loads
     except ConfigError as exc:
         sys.exit(f"vary: {exc}")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("uvicorn.access").addFilter(_drop_query_strings)
+    configure_logging(settings.log_format)
     if not settings.no_auth:
         db = Database(settings.db_path)
         if db.count_active_keys() == 0:
@@ -74,36 +118,66 @@ def _serve(settings: Settings) -> None:
         build_app(settings),
         host=settings.host,
         port=settings.port,
-        log_level="info",
-        timeout_graceful_shutdown=30,
+        log_config=None,  # configure_logging's handlers stay
+        access_log=False,  # vary.access writes one line per request instead, without query strings
+        # SIGTERM: stop accepting, let requests in flight finish for this long, then shut the models down.
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
     )
 
 
-def _drop_query_strings(record: logging.LogRecord) -> bool:
-    """Image URLs carry their signature in the query string; access logs keep only the path."""
-    if isinstance(record.args, tuple) and len(record.args) >= 3 and isinstance(record.args[2], str):
-        record.args = (*record.args[:2], record.args[2].split("?", 1)[0], *record.args[3:])
-    return True
-
-
 def _keys(args: argparse.Namespace, settings: Settings) -> None:
-    from vary.db import Database
+    from vary.db import LIMIT_FIELDS, Database, KeyInfo, KeyLimits
+
+    def limits_text(info: KeyInfo) -> str:
+        shown = [f"{flag[2:]}={_shown(getattr(info.limits, dest))}" for flag, (dest, _) in LIMIT_FLAGS.items()]
+        return " ".join(shown)
 
     db = Database(settings.db_path)
     try:
         if args.keys_command == "create":
-            info, key = db.create_key(args.name)
-            print(f"Created key {info.id}{f' ({info.name})' if info.name else ''}. It is shown only this once:")
+            limits = KeyLimits(**{field: getattr(args, field) for field in LIMIT_FIELDS})
+            info, key = db.create_key(args.name, admin=args.admin, limits=limits)
+            kind = "admin key" if info.admin else "key"
+            print(f"Created {kind} {info.id}{f' ({info.name})' if info.name else ''}. It is shown only this once:")
             print(key)
+        elif args.keys_command == "update":
+            changes = {field: getattr(args, field) for field in LIMIT_FIELDS if hasattr(args, field)}
+            if not changes:
+                sys.exit("vary: nothing to update: give --rpm, --ipm, --concurrency or --quota")
+            updated = db.update_key(args.key_id, **changes)
+            if updated is None:
+                sys.exit(f"vary: no key with id {args.key_id!r}")
+            print(f"Updated key {updated.id}: {limits_text(updated)}")
         elif args.keys_command == "list":
-            print(f"{'id':<10} {'created (UTC)':<20} {'status':<8} name")
+            print(f"{'id':<10} {'created (UTC)':<20} {'status':<8} {'role':<6} {'limits':<44} name")
             for k in db.list_keys():
                 created = datetime.fromtimestamp(k.created_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-                print(f"{k.id:<10} {created:<20} {'revoked' if k.revoked_at else 'active':<8} {k.name}")
+                status = "revoked" if k.revoked_at else "active"
+                role = "admin" if k.admin else "user"
+                print(f"{k.id:<10} {created:<20} {status:<8} {role:<6} {limits_text(k):<44} {k.name}")
         elif args.keys_command == "revoke":
             if not db.revoke_key(args.key_id):
                 sys.exit(f"vary: no key with id {args.key_id!r}")
             print(f"Revoked key {args.key_id}.")
+    finally:
+        db.close()
+
+
+def _shown(limit: int | None) -> str:
+    return "default" if limit is None else ("unlimited" if limit == 0 else str(limit))
+
+
+def _usage(args: argparse.Namespace, settings: Settings) -> None:
+    from vary.db import Database
+    from vary.usage_report import parse_since, render, summarise
+
+    try:
+        since = parse_since(args.since) if args.since else None
+    except ValueError as exc:
+        sys.exit(f"vary: --since: {exc}")
+    db = Database(settings.db_path)
+    try:
+        print(render(summarise(db.usage_rows(key_id=args.key, user=args.user, since=since)), args.format))
     finally:
         db.close()
 
@@ -113,6 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = _settings(args)
     if args.command == "serve":
         _serve(settings)
+    elif args.command == "usage":
+        _usage(args, settings)
     else:
         _keys(args, settings)
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Float, Integer, String, create_engine, event, func, select
+from sqlalchemy import Boolean, Float, Integer, String, create_engine, event, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -35,6 +35,12 @@ class ApiKeyRow(Base):
     key_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(Float)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True, default=None)
+    admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # Per-key limits: NULL takes the server's default, 0 means unlimited.
+    requests_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
+    images_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
+    max_concurrent: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
+    image_quota: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
 
 
 class UsageRow(Base):
@@ -50,6 +56,20 @@ class UsageRow(Base):
     response_format: Mapped[str | None] = mapped_column(String(16), nullable=True)
     status: Mapped[int] = mapped_column(Integer)
     latency_ms: Mapped[float] = mapped_column(Float)
+    request_id: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)
+
+
+LIMIT_FIELDS = ("requests_per_minute", "images_per_minute", "max_concurrent", "image_quota")
+
+
+@dataclass(frozen=True)
+class KeyLimits:
+    """A key's own limits; None takes the server's default, 0 means unlimited."""
+
+    requests_per_minute: int | None = None
+    images_per_minute: int | None = None
+    max_concurrent: int | None = None
+    image_quota: int | None = None  # images per quota period (VARY_QUOTA_PERIOD)
 
 
 @dataclass(frozen=True)
@@ -58,6 +78,8 @@ class KeyInfo:
     name: str
     created_at: float
     revoked_at: float | None
+    admin: bool = False
+    limits: KeyLimits = KeyLimits()
 
 
 def _hash(key: str) -> str:
@@ -65,7 +87,8 @@ def _hash(key: str) -> str:
 
 
 def _info(row: ApiKeyRow) -> KeyInfo:
-    return KeyInfo(row.id, row.name, row.created_at, row.revoked_at)
+    limits = KeyLimits(**{name: getattr(row, name) for name in LIMIT_FIELDS})
+    return KeyInfo(row.id, row.name, row.created_at, row.revoked_at, bool(row.admin), limits)
 
 
 class Database:
@@ -76,6 +99,7 @@ class Database:
         )
         event.listen(self.engine, "connect", _sqlite_pragmas)
         Base.metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -86,16 +110,42 @@ class Database:
     def close(self) -> None:
         self.engine.dispose()
 
+    def ping(self) -> None:
+        with self.session() as s:
+            s.execute(select(1))
+
     # --- keys -------------------------------------------------------------------------------
 
-    def create_key(self, name: str = "") -> tuple[KeyInfo, str]:
+    def create_key(
+        self, name: str = "", *, admin: bool = False, limits: KeyLimits = KeyLimits()
+    ) -> tuple[KeyInfo, str]:
         """Returns the key's record and the key itself, which is never stored and never shown again."""
         key_id = secrets.token_hex(4)
         key = f"{KEY_PREFIX}{key_id}-{secrets.token_urlsafe(32)}"
-        row = ApiKeyRow(id=key_id, name=name, key_hash=_hash(key), created_at=time.time())
+        row = ApiKeyRow(
+            id=key_id,
+            name=name,
+            key_hash=_hash(key),
+            created_at=time.time(),
+            admin=admin,
+            **{field: getattr(limits, field) for field in LIMIT_FIELDS},
+        )
         with self.session() as s:
             s.add(row)
         return _info(row), key
+
+    def update_key(self, key_id: str, **changes: int | None) -> KeyInfo | None:
+        """Sets the named limits (None: back to the server's default); None if there is no such key."""
+        unknown = set(changes) - set(LIMIT_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown limit {sorted(unknown)[0]!r}")
+        with self.session() as s:
+            row = s.get(ApiKeyRow, key_id)
+            if row is None:
+                return None
+            for field, value in changes.items():
+                setattr(row, field, value)
+            return _info(row)
 
     def list_keys(self) -> list[KeyInfo]:
         with self.session() as s:
@@ -133,9 +183,39 @@ class Database:
         with self.session() as s:
             s.add(row)
 
-    def usage_rows(self) -> list[UsageRow]:
+    def usage_rows(
+        self, *, key_id: str | None = None, user: str | None = None, since: float | None = None
+    ) -> list[UsageRow]:
+        query = select(UsageRow).order_by(UsageRow.id)
+        if key_id is not None:
+            query = query.where(UsageRow.key_id == key_id)
+        if user is not None:
+            query = query.where(UsageRow.user == user)
+        if since is not None:
+            query = query.where(UsageRow.created_at >= since)
         with self.session() as s:
-            return list(s.scalars(select(UsageRow).order_by(UsageRow.id)))
+            return list(s.scalars(query))
+
+    def images_delivered(self, key_id: str, since: float) -> int:
+        """Images a key received since `since`: what its quota counts."""
+        query = select(func.coalesce(func.sum(UsageRow.n), 0)).where(
+            UsageRow.key_id == key_id, UsageRow.status == 200, UsageRow.created_at >= since
+        )
+        with self.session() as s:
+            return int(s.scalar(query) or 0)
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Databases made by an older vary get the columns added since; each is nullable or has a default."""
+    with engine.begin() as connection:
+        for table in Base.metadata.sorted_tables:
+            present = {row[1] for row in connection.exec_driver_sql(f"PRAGMA table_info({table.name})")}
+            for column in table.columns:
+                if column.name not in present:
+                    ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(engine.dialect)}"
+                    if column.server_default is not None:
+                        ddl += f" DEFAULT {column.server_default.arg}"  # type: ignore[attr-defined]
+                    connection.exec_driver_sql(ddl)
 
 
 def _sqlite_pragmas(dbapi_connection: object, _: object) -> None:

@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -54,8 +55,17 @@ def shutting_down() -> ApiError:
 
 
 class Scheduler:
-    def __init__(self, engine: Engine, *, max_queue: int, max_batch_images: int, retry_after_seconds: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_queue: int,
+        max_batch_images: int,
+        retry_after_seconds: int,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
         self.engine = engine
+        self.on_batch = on_batch  # (images, seconds) after each successful pipeline call
         self.max_queue = max_queue
         self.max_batch_images = max_batch_images
         self.retry_after_seconds = retry_after_seconds
@@ -87,6 +97,11 @@ class Scheduler:
             self._pending.append(job)
             self._cond.notify()
         return job
+
+    def depth(self) -> int:
+        """Jobs waiting for the engine (the running batch not included)."""
+        with self._cond:
+            return len(self._pending)
 
     def close(self, timeout: float = 30.0) -> None:
         """Fails what is still queued, lets the running batch finish, stops the worker."""
@@ -143,6 +158,11 @@ class Scheduler:
             for job, frames in zip(jobs, outputs, strict=True):
                 job.started_at, job.finished_at, job.batch_images = started, finished, batch.total_images
                 job.future.set_result(frames)
+            if self.on_batch is not None:
+                try:
+                    self.on_batch(batch.total_images, finished - started)
+                except Exception:  # accounting must never stop the worker
+                    log.exception("the batch observer failed")
 
     @staticmethod
     def _fail(jobs: list[Job], exc: BaseException) -> None:

@@ -59,6 +59,21 @@ class Settings(BaseSettings):
     # Seconds a 429 asks the client to wait.
     retry_after_seconds: int = Field(default=2, ge=1)
 
+    # Per-key limits for keys that set none of their own (`vary keys create/update`); None: unlimited.
+    key_requests_per_minute: int | None = Field(default=None, ge=1)
+    key_images_per_minute: int | None = Field(default=None, ge=1)
+    key_max_concurrent: int | None = Field(default=None, ge=1)
+    key_image_quota: int | None = Field(default=None, ge=1)
+    # The quota's period, in UTC: a calendar day or a calendar month.
+    quota_period: Literal["day", "month"] = "month"
+    # Where rate-limit windows live: memory:// for one process; a limits storage URI (redis://...) to share.
+    rate_limit_storage: str = "memory://"
+
+    # Operations.
+    log_format: Literal["json", "text"] = "json"
+    # On SIGTERM: stop accepting, let in-flight requests finish for this long, then exit.
+    shutdown_timeout_seconds: int = Field(default=30, ge=0)
+
     def render_overrides(self) -> dict[str, object]:
         return {
             "steps": self.num_inference_steps,

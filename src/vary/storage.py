@@ -46,6 +46,15 @@ class ImageStore:
             raise
         return image_id
 
+    def check_writable(self) -> None:
+        """Raises OSError unless a file can be created and removed here (disk full, read-only, permissions)."""
+        probe = self.root / f"{_TEMP_PREFIX}ready-{secrets.token_hex(4)}"
+        try:
+            with open(probe, "xb") as f:
+                f.write(b"ok")
+        finally:
+            probe.unlink(missing_ok=True)
+
     def get(self, image_id: str) -> Path | None:
         try:
             path = self.path_for(image_id)

@@ -1,4 +1,4 @@
-"""The bearer-key dependency: `Authorization: Bearer vary-...`, checked against hashed keys in SQLite."""
+"""Bearer keys: `Authorization: Bearer vary-...`, checked against hashed keys in SQLite."""
 
 from __future__ import annotations
 
@@ -13,20 +13,32 @@ MISSING_KEY = (
     "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
 )
 WRONG_KEY = "Incorrect API key provided. Create a key with `vary keys create`."
+NOT_ADMIN = "This API key is not an admin key. Admin endpoints need one: `vary keys create --admin`."
 
 
 async def require_api_key(request: Request) -> KeyInfo | None:
     """The caller's key, or None when the server runs with --no-auth. Never echoes the key."""
-    services = request.app.state.services
-    if services.settings.no_auth:
+    if request.app.state.services.settings.no_auth:
         return None
+    return await _bearer_key(request)
+
+
+async def require_admin_key(request: Request) -> KeyInfo:
+    """An active admin key; checked even under --no-auth, which opens only the model API."""
+    key = await _bearer_key(request)
+    if not key.admin:
+        raise ApiError(403, NOT_ADMIN, code="insufficient_permissions")
+    return key
+
+
+async def _bearer_key(request: Request) -> KeyInfo:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if not header or scheme.lower() != "bearer" or not token:
         raise ApiError(401, MISSING_KEY, code="invalid_api_key")
     # A database read per request, so a revoked key is refused at once, even by another process.
-    key: KeyInfo | None = await run_in_threadpool(services.db.authenticate, token)
+    key: KeyInfo | None = await run_in_threadpool(request.app.state.services.db.authenticate, token)
     if key is None:
         raise ApiError(401, WRONG_KEY, code="invalid_api_key")
     request.state.key = key

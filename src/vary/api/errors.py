@@ -112,9 +112,14 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error.response()
 
 
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
-    return server_error().response()
+    error = server_error()
+    # Starlette sends this from outside every middleware, so the request id is added here.
+    request_id = request.scope.get("state", {}).get("request_id")
+    if isinstance(request_id, str):
+        error.headers["x-request-id"] = request_id
+    return error.response()
 
 
 def install_error_handlers(app: FastAPI) -> None:

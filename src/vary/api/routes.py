@@ -13,9 +13,12 @@ from starlette.concurrency import run_in_threadpool
 
 from vary.api.auth import require_api_key
 from vary.api.errors import ApiError, model_not_found
+from vary.api.limits import admit
 from vary.api.protocol import ERROR_RESPONSES, CreateImageVariationRequest, ImagesResponse, Model, ModelList
+from vary.api.request_context import describe_request, request_id_of
 from vary.api.variation_form import read_variation_form
 from vary.db import Database, KeyInfo, UsageRow
+from vary.ratelimit import Admission
 from vary.serving import ClientGone
 from vary.signing import ExpiredError, SignatureError
 
@@ -39,7 +42,11 @@ CLIENT_CLOSED_REQUEST = 499
 async def create_variation(request: Request, key: CallerKey) -> Response:
     services = request.app.state.services
     started = time.perf_counter()
-    usage = UsageRow(created_at=time.time(), key_id=key.id if key else None, status=500)
+    usage = UsageRow(
+        created_at=time.time(), key_id=key.id if key else None, status=500, request_id=request_id_of(request)
+    )
+    admission: Admission | None = None
+    stages: dict[str, float] = {}
     try:
         form = await read_variation_form(
             request,
@@ -53,26 +60,46 @@ async def create_variation(request: Request, key: CallerKey) -> Response:
             form.response_format,
             form.user,
         )
+        admission = await admit(services, key, form.n)
+        services.metrics.in_flight.inc()
         result = await services.variations.create(
             form, base_url=str(request.base_url), wait_for_disconnect=lambda: _disconnected(request)
         )
         usage.status = 200
         result.timings.stages["total"] = time.perf_counter() - started
+        stages = result.timings.stages
+        services.metrics.observe_request(usage.model, stages)
         headers = {
             "Server-Timing": result.timings.header(),
             "x-vary-batch-images": str(result.batch_images),
             "x-vary-seed": str(result.seed),  # so a request without `seed` can be repeated exactly
+            **admission.headers,
         }
         return Response(result.body, media_type="application/json", headers=headers)
     except ApiError as exc:
         usage.status = exc.status
+        if admission is not None:
+            exc.headers = {**admission.headers, **exc.headers}
         raise
     except ClientGone:
         usage.status = CLIENT_CLOSED_REQUEST
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     finally:
         usage.latency_ms = (time.perf_counter() - started) * 1000.0
+        services.metrics.count_request(usage.model, usage.status)
+        describe_request(
+            request,
+            key_id=usage.key_id,
+            user=usage.user,
+            model=usage.model,
+            n=usage.n,
+            size=usage.size,
+            timings_ms={stage: round(seconds * 1000, 1) for stage, seconds in stages.items()},
+        )
         await _record(services.db, usage)
+        if admission is not None:
+            services.limiter.release(admission)  # after the usage row: the quota never double-counts low
+            services.metrics.in_flight.dec()
 
 
 async def _record(db: Database, usage: UsageRow) -> None:
@@ -158,8 +185,3 @@ async def retrieve_model(request: Request, model_id: str, _: CallerKey) -> Model
         if card.id == model_id:
             return card
     raise model_not_found(model_id)
-
-
-@router.get("/healthz", include_in_schema=False)
-async def healthz() -> dict[str, str]:
-    return {"status": "ok"}

@@ -1,0 +1,46 @@
+"""Routes for operators, without auth: liveness, readiness, and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+router = APIRouter(include_in_schema=False)
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up and its event loop answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> JSONResponse:
+    """Ready when every eagerly loaded model is loaded, the image store takes writes, and the database answers."""
+    services = getattr(request.app.state, "services", None)
+    if services is None:  # still starting
+        return JSONResponse({"status": "starting"}, status_code=503)
+    models = {
+        model.id: "loaded" if model.engine.loaded else ("loading" if model.eager else "lazy")
+        for model in services.registry.models()
+    }
+    store = await run_in_threadpool(_check, services.store.check_writable)
+    database = await run_in_threadpool(_check, services.db.ping)
+    ready = store == "ok" and database == "ok" and "loading" not in models.values()
+    body = {"status": "ready" if ready else "not ready", "models": models, "store": store, "database": database}
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+def _check(probe: object) -> str:
+    try:
+        probe()  # type: ignore[operator]
+    except Exception as exc:  # noqa: BLE001 - the kind of failure is the answer; details stay in the log
+        return f"failing: {type(exc).__name__}"
+    return "ok"
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    services = request.app.state.services
+    return Response(services.metrics.render(), media_type=services.metrics.content_type)

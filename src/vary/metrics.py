@@ -1,0 +1,94 @@
+"""Prometheus metrics (prometheus-client), on a registry of the app's own so two apps never share one.
+
+Counted as things happen: requests by model and status, each stage's latency, batches, images.
+Read at scrape time: queue depth, which models are loaded, and GPU memory when CUDA is in use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+# Seconds: from a cached tiny request to a 1024 px n=10 batch on a busy GPU.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 24, 32, 64)
+
+
+class Metrics:
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "vary_requests", "Variation requests by model and HTTP status.", ["model", "status"], registry=self.registry
+        )
+        self.stage_seconds = Histogram(
+            "vary_request_stage_seconds",
+            "Seconds each variation request spent per stage: prepare, queue, generate, encode, total.",
+            ["model", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_images = Histogram(
+            "vary_batch_images", "Images per pipeline call.", ["model"], buckets=BATCH_BUCKETS, registry=self.registry
+        )
+        self.batch_seconds = Histogram(
+            "vary_batch_seconds",
+            "Seconds per pipeline call.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.images = Counter("vary_images_generated", "Images generated.", ["model"], registry=self.registry)
+        self.in_flight = Gauge(
+            "vary_requests_in_flight", "Variation requests admitted and not yet answered.", registry=self.registry
+        )
+
+    def watch(self, models: Mapping[str, Any], schedulers: Mapping[str, Any]) -> None:
+        """Scrape-time gauges over the served engines (by id) and their schedulers."""
+        self.registry.register(_LiveCollector(models, schedulers))
+
+    def count_request(self, model: str | None, status: int) -> None:
+        self.requests.labels(model or "", str(status)).inc()
+
+    def observe_request(self, model: str | None, stages: Mapping[str, float]) -> None:
+        for stage, seconds in stages.items():
+            self.stage_seconds.labels(model or "", stage).observe(seconds)
+
+    def observe_batch(self, model: str, images: int, seconds: float) -> None:
+        self.batch_images.labels(model).observe(images)
+        self.batch_seconds.labels(model).observe(seconds)
+        self.images.labels(model).inc(images)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _LiveCollector(Collector):
+    def __init__(self, models: Mapping[str, Any], schedulers: Mapping[str, Any]) -> None:
+        self.models = models
+        self.schedulers = schedulers
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("vary_queue_depth", "Requests waiting for the model.", labels=["model"])
+        for model, scheduler in self.schedulers.items():
+            depth.add_metric([model], scheduler.depth())
+        yield depth
+        loaded = GaugeMetricFamily("vary_model_loaded", "1 once the model's weights are loaded.", labels=["model"])
+        for model, engine in self.models.items():
+            loaded.add_metric([model], 1.0 if engine.loaded else 0.0)
+        yield loaded
+        # Only once CUDA is in use: asking earlier would create a CUDA context in a CPU-only process.
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            allocated = GaugeMetricFamily("vary_gpu_memory_allocated_bytes", "Tensor memory.", labels=["device"])
+            reserved = GaugeMetricFamily("vary_gpu_memory_reserved_bytes", "Caching allocator.", labels=["device"])
+            for index in range(torch.cuda.device_count()):
+                allocated.add_metric([str(index)], float(torch.cuda.memory_allocated(index)))
+                reserved.add_metric([str(index)], float(torch.cuda.memory_reserved(index)))
+            yield allocated
+            yield reserved

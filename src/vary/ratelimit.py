@@ -1,0 +1,183 @@
+"""Per-key limits: requests and images per minute, concurrent requests, and an image quota per period.
+
+The minute windows are moving windows from the `limits` library, so a key never gets more than its
+limit in any 60 seconds. They live in a `limits` storage: memory:// for one process, and the same
+code takes redis:// to share them between processes. Concurrency is counted in this process. The
+quota is counted from the usage table (what was delivered since the period began) plus what is in
+flight, so it survives restarts and is never exceeded.
+
+Headers follow OpenAI's: x-ratelimit-{limit,remaining,reset}-requests, and -images for images.
+"""
+
+from __future__ import annotations
+
+import calendar
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from limits import RateLimitItemPerMinute, WindowStats
+from limits.storage import storage_from_string
+from limits.strategies import MovingWindowRateLimiter
+
+from vary.api.errors import ApiError
+from vary.db import KeyLimits
+
+# Requests under --no-auth share this identity.
+ANONYMOUS = "-"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A key's effective limits: its own, else the server's defaults; None is unlimited."""
+
+    requests_per_minute: int | None = None
+    images_per_minute: int | None = None
+    max_concurrent: int | None = None
+    image_quota: int | None = None
+
+    @classmethod
+    def for_key(cls, own: KeyLimits, defaults: Limits) -> Limits:
+        def pick(mine: int | None, default: int | None) -> int | None:
+            if mine is None:
+                return default
+            return mine or None  # 0: unlimited, whatever the default
+
+        return cls(
+            pick(own.requests_per_minute, defaults.requests_per_minute),
+            pick(own.images_per_minute, defaults.images_per_minute),
+            pick(own.max_concurrent, defaults.max_concurrent),
+            pick(own.image_quota, defaults.image_quota),
+        )
+
+
+@dataclass
+class Admission:
+    """An admitted request: its rate-limit headers, and the slot and quota it holds until released."""
+
+    key_id: str
+    images: int
+    headers: dict[str, str] = field(default_factory=dict)
+    released: bool = False
+
+
+def quota_period_start(now: float, period: str) -> float:
+    """The UTC start of the calendar day or month that `now` falls in."""
+    moment = datetime.fromtimestamp(now, timezone.utc)
+    start = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "month":
+        start = start.replace(day=1)
+    return calendar.timegm(start.timetuple())
+
+
+def reset_duration(seconds: float) -> str:
+    """OpenAI's format for x-ratelimit-reset-*: 1s, 6m0s, 1h2m3s."""
+    total = max(1, math.ceil(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        *,
+        defaults: Limits,
+        quota_period: str = "month",
+        storage_uri: str = "memory://",
+    ) -> None:
+        self.defaults = defaults
+        self.quota_period = quota_period
+        self._windows = MovingWindowRateLimiter(storage_from_string(storage_uri))
+        self._lock = threading.Lock()
+        self._in_flight: dict[str, int] = {}
+        self._reserved_images: dict[str, int] = {}
+
+    def limits_for(self, own: KeyLimits | None) -> Limits:
+        return Limits.for_key(own, self.defaults) if own is not None else self.defaults
+
+    def admit(self, key_id: str, limits: Limits, images: int, *, delivered: int = 0) -> Admission:
+        """Admits a request for `images` images or raises a 429; `delivered` is the quota used so far."""
+        with self._lock:  # check everything, then take everything: a refused request costs nothing
+            headers: dict[str, str] = {}
+            requests = self._window_check(key_id, "requests", limits.requests_per_minute, 1, headers)
+            image_window = self._window_check(key_id, "images", limits.images_per_minute, images, headers)
+            in_flight = self._in_flight.get(key_id, 0)
+            if limits.max_concurrent is not None and in_flight >= limits.max_concurrent:
+                raise _too_many(
+                    f"Rate limit reached for concurrent requests: Limit {limits.max_concurrent}, "
+                    f"In flight {in_flight}. Retry when one of them finishes.",
+                    "requests",
+                    headers,
+                    retry_after=1,
+                )
+            if limits.image_quota is not None:
+                used = delivered + self._reserved_images.get(key_id, 0)
+                if used + images > limits.image_quota:
+                    raise ApiError(
+                        429,
+                        f"You exceeded your current quota of {limits.image_quota} images per "
+                        f"{self.quota_period}: {used} used, {images} requested.",
+                        type="insufficient_quota",
+                        code="insufficient_quota",
+                        headers=headers,
+                    )
+            for item, kind, cost in ((requests, "requests", 1), (image_window, "images", images)):
+                if item is not None:
+                    self._windows.hit(item, key_id, kind, cost=cost)
+                    self._window_headers(item, key_id, kind, headers)  # as they stand after this request
+            self._in_flight[key_id] = in_flight + 1
+            self._reserved_images[key_id] = self._reserved_images.get(key_id, 0) + images
+        return Admission(key_id, images, headers)
+
+    def release(self, admission: Admission) -> None:
+        with self._lock:
+            if admission.released:
+                return
+            admission.released = True
+            self._in_flight[admission.key_id] -= 1
+            self._reserved_images[admission.key_id] -= admission.images
+
+    def _window_headers(
+        self, item: RateLimitItemPerMinute, key_id: str, kind: str, headers: dict[str, str]
+    ) -> WindowStats:
+        stats = self._windows.get_window_stats(item, key_id, kind)
+        headers[f"x-ratelimit-limit-{kind}"] = str(item.amount)
+        headers[f"x-ratelimit-remaining-{kind}"] = str(stats.remaining)
+        headers[f"x-ratelimit-reset-{kind}"] = reset_duration(stats.reset_time - time.time())
+        return stats
+
+    def _window_check(
+        self, key_id: str, kind: str, limit: int | None, cost: int, headers: dict[str, str]
+    ) -> RateLimitItemPerMinute | None:
+        if limit is None:
+            return None
+        item = RateLimitItemPerMinute(limit, namespace=kind)
+        stats = self._window_headers(item, key_id, kind, headers)
+        if cost > stats.remaining:
+            unit = "requests" if kind == "requests" else "images"
+            wait = max(1, math.ceil(stats.reset_time - time.time()))
+            raise _too_many(
+                f"Rate limit reached for {unit} per min: Limit {limit}, Used {limit - stats.remaining}, "
+                f"Requested {cost}. Please try again in {reset_duration(wait)}.",
+                kind,
+                headers,
+                retry_after=wait,
+            )
+        return item
+
+
+def _too_many(message: str, kind: str, headers: dict[str, str], *, retry_after: int) -> ApiError:
+    return ApiError(
+        429,
+        message,
+        type=kind,
+        code="rate_limit_exceeded",
+        headers={**headers, "Retry-After": str(retry_after)},
+    )
