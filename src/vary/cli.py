@@ -1,4 +1,4 @@
-"""`vary serve`, `vary keys create|update|list|revoke` and `vary usage`.
+"""`vary serve`, `vary keys create|update|list|revoke`, `vary usage`, and the client `vary create`.
 
 Every option of `vary serve` is also an environment variable VARY_<OPTION>.
 """
@@ -12,6 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from vary import create as create_command
 from vary.settings import Settings
 from vary.usage_report import FORMATS
 
@@ -51,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_parser("list", parents=[data_dir], help="list keys and their limits (never the keys themselves)")
     revoke = keys.add_parser("revoke", parents=[data_dir], help="revoke a key; it is refused from the next request on")
     revoke.add_argument("key_id", help="the key's id, as `vary keys list` shows it")
+
+    create_command.add_parser(commands)
 
     usage = commands.add_parser("usage", parents=[data_dir], help="requests, images, failures and latency")
     usage.add_argument("--key", help="only this key id")
@@ -184,6 +187,8 @@ def _usage(args: argparse.Namespace, settings: Settings) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.command == "create":  # a client: the server's settings do not apply
+        sys.exit(create_command.run(args))
     settings = _settings(args)
     if args.command == "serve":
         _serve(settings)

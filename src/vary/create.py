@@ -1,0 +1,180 @@
+"""`vary create IMAGE`: variations of any common image, from the command line, through the openai SDK.
+
+The endpoint takes only square PNGs under 4 MB. Most photos are not, so the image is turned into
+one first (EXIF rotation applied, cropped or padded to a square, scaled down to at most 1024 px,
+PNG), and the command says what it did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import itertools
+import os
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+MAX_SIDE = 1024  # the largest output size: a bigger input adds upload time, not detail
+MAX_BYTES = 4 * 1024 * 1024  # the endpoint's limit: a PNG *less than* 4 MB
+SIZES = ("256x256", "512x512", "1024x1024")
+DEFAULT_SERVER = "http://127.0.0.1:8000"
+ORIENTATION = 0x0112  # the EXIF tag
+
+
+@dataclass(frozen=True)
+class SquarePng:
+    data: bytes
+    changes: list[str]  # what was done to the input, in words
+
+
+def square_png(data: bytes, *, fit: str = "crop", max_side: int = MAX_SIDE, max_bytes: int = MAX_BYTES) -> SquarePng:
+    """Any image Pillow reads as a square RGB(A) PNG of at most `max_side` px and under `max_bytes`."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise ValueError("not an image this command can read (PNG, JPEG, WebP, GIF, BMP, TIFF)") from exc
+    changes = []
+    source_format = image.format or "image"
+    if image.getexif().get(ORIENTATION, 1) != 1:  # phones store portraits sideways, with this tag
+        image = ImageOps.exif_transpose(image)
+        changes.append("rotated as its EXIF orientation says")
+    image = image.convert("RGBA" if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info else "RGB")
+    width, height = image.size
+    if width != height:
+        if fit == "pad":
+            side = max(width, height)
+            canvas = Image.new(image.mode, (side, side), (255, 255, 255, 0) if image.mode == "RGBA" else "white")
+            canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+            image = canvas
+            changes.append(f"padded {width}x{height} to {side}x{side}")
+        else:
+            side = min(width, height)
+            left, top = (width - side) // 2, (height - side) // 2
+            image = image.crop((left, top, left + side, top + side))
+            changes.append(f"cropped {width}x{height} to its centre {side}x{side}")
+    squared = image.width
+    side = min(squared, max_side)
+    while True:
+        if image.width != side:
+            image = image.resize((side, side), Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", optimize=False)
+        if buffer.tell() < max_bytes:
+            break
+        side = int(side * 0.8)  # a noisy photo can exceed 4 MB as PNG even at 1024 px
+    if side != squared:
+        changes.append(f"scaled to {side}x{side}")
+    if source_format != "PNG" or changes:
+        changes.append(f"converted from {source_format} to PNG ({_size(buffer.tell())})")
+    return SquarePng(buffer.getvalue(), changes)
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e6:.1f} MB" if count >= 1e6 else f"{max(1, round(count / 1e3))} KB"
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    create = commands.add_parser(
+        "create", help="make variations of an image on a vary server (any common format, any shape)"
+    )
+    create.add_argument("image", type=Path, help="the image: PNG, JPEG, WebP, GIF, BMP or TIFF, any shape")
+    create.add_argument("-n", type=int, default=1, choices=range(1, 11), metavar="N", help="how many (1-10, default 1)")
+    create.add_argument("--size", choices=SIZES, default="1024x1024", help="output size (default 1024x1024)")
+    create.add_argument("--model", help="the model (default: the server's default)")
+    create.add_argument("--seed", type=int, help="the same seed gives the same images again")
+    create.add_argument("--fit", choices=("crop", "pad"), default="crop", help="make it square by crop or pad")
+    create.add_argument("--out", type=Path, default=Path("."), help="where to write the files (default .)")
+    create.add_argument("--server", help=f"the server (default $VARY_SERVER, $OPENAI_BASE_URL, {DEFAULT_SERVER})")
+    create.add_argument("--api-key", help="the API key (default $VARY_API_KEY, then $OPENAI_API_KEY)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import openai
+
+    try:
+        square = square_png(args.image.read_bytes(), fit=args.fit)
+    except OSError as exc:
+        return _fail(f"cannot read {args.image}: {exc.strerror}", 2)
+    except ValueError as exc:
+        return _fail(f"{args.image}: {exc}", 2)
+    if square.changes:
+        print(f"{args.image.name}: {', '.join(square.changes)}", file=sys.stderr)
+
+    base_url = _api_base(args.server or os.environ.get("VARY_SERVER") or os.environ.get("OPENAI_BASE_URL"))
+    api_key = args.api_key or os.environ.get("VARY_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    if not api_key:
+        return _fail("no API key: pass --api-key or set VARY_API_KEY (a server run with --no-auth takes any)", 2)
+    client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=2, timeout=600)
+    try:
+        with _progress(f"Making {args.n} variation{'s' if args.n > 1 else ''} at {args.size} on {base_url}"):
+            result = client.images.create_variation(
+                image=(args.image.stem + ".png", square.data, "image/png"),
+                n=args.n,
+                size=args.size,
+                response_format="b64_json",
+                **({"model": args.model} if args.model else {}),
+                extra_body={"seed": args.seed} if args.seed is not None else None,
+            )
+    except openai.APIStatusError as exc:
+        return _fail(f"the server refused the request ({exc.status_code}): {_message(exc)}", 1)
+    except openai.APIConnectionError:
+        return _fail(f"cannot reach a server at {base_url}; is `vary serve` running there?", 1)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    for k, item in enumerate(result.data, start=1):
+        path = args.out / f"{args.image.stem}-variation-{k}.png"
+        path.write_bytes(base64.b64decode(item.b64_json or ""))
+        print(path)
+    return 0
+
+
+def _api_base(server: str | None) -> str:
+    base = (server or DEFAULT_SERVER).rstrip("/")
+    return base if base.endswith("/v1") else base + "/v1"
+
+
+def _message(exc: Exception) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict) and isinstance(body.get("message"), str):
+        return str(body["message"])
+    return str(exc)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"vary: {message}", file=sys.stderr)
+    return code
+
+
+@contextmanager
+def _progress(label: str) -> Iterator[None]:
+    """A spinner with the seconds waited, on a terminal; one line otherwise (logs, pipes)."""
+    if not sys.stderr.isatty():
+        print(f"{label}...", file=sys.stderr)
+        yield
+        return
+    done = threading.Event()
+    started = time.monotonic()
+
+    def spin() -> None:
+        for frame in itertools.cycle("|/-\\"):
+            print(f"\r{frame} {label}... {time.monotonic() - started:.0f}s", end="", file=sys.stderr, flush=True)
+            if done.wait(0.1):
+                break
+        print(f"\r  {label}: done in {time.monotonic() - started:.1f}s", file=sys.stderr)
+
+    spinner = threading.Thread(target=spin, daemon=True)
+    spinner.start()
+    try:
+        yield
+    finally:
+        done.set()
+        spinner.join()
