@@ -11,12 +11,15 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from vary.api.admin_routes import router as admin_router
 from vary.api.body_limit import BodyLimitMiddleware
 from vary.api.errors import install_error_handlers
 from vary.api.ops_routes import router as ops_router
+from vary.api.playground import WEB_DIR
+from vary.api.playground import router as playground_router
 from vary.api.request_context import RequestContextMiddleware
 from vary.api.routes import router
 from vary.api.variation_form import request_too_large
@@ -128,6 +131,8 @@ def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Eng
     app.include_router(router)
     app.include_router(ops_router)
     app.include_router(admin_router)
+    app.include_router(playground_router)
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, error=request_too_large)
     app.add_middleware(RequestContextMiddleware)  # outermost: every answer gets an id and a log line
     return app
