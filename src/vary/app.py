@@ -71,8 +71,9 @@ def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Eng
         store = ImageStore(settings.images_dir)
         signer = UrlSigner(load_or_create_secret(settings.secret_path))
         registry = await run_in_threadpool(build_registry)
+        local = set(map(id, registry.engines()))
         for model in registry.models():
-            if model.eager:
+            if model.eager and id(model.engine) in local:
                 await run_in_threadpool(model.engine.warmup)
         metrics = Metrics()
         schedulers = {
@@ -117,6 +118,8 @@ def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Eng
             sweeper.cancel()
             for scheduler in schedulers.values():
                 await run_in_threadpool(scheduler.close)
+            for upstream in registry.upstreams():
+                await upstream.aclose()
             db.close()
 
     app = FastAPI(

@@ -35,12 +35,14 @@ from vary.engines.kandinsky import KandinskyVariationEngine
 from vary.engines.sd_image_variations import SdImageVariationsEngine
 from vary.engines.sdxl_ip_adapter import SdxlIpAdapterEngine
 from vary.engines.stable_unclip import UNCLIP_SMALL_REPO, StableUnclipEngine
+from vary.engines.upstream import UPSTREAM_ENGINES, UpstreamEngine, UpstreamOptions
 
 ENGINES: dict[str, type[DiffusionEngine]] = {
     engine.engine_id: engine
     for engine in (KandinskyVariationEngine, SdxlIpAdapterEngine, StableUnclipEngine, SdImageVariationsEngine)
 }
 DEFAULT_MODEL = "kandinsky-2.2"
+ROUTE = "route"  # the engine of a model that is an ordered list of other models
 # Unchanged OpenAI clients may send dall-e-2; unless the catalogue gives it to a model, it names the default.
 DALL_E_2 = "dall-e-2"
 # The names `--model` accepts besides a local directory: (engine, weights; None = the engine's default).
@@ -60,7 +62,18 @@ PIPELINE_ENGINES = {
 }
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
-_MODEL_KEYS = {"name", "engine", "weights", "aliases", "load", "license", "description", "defaults", "options"}
+_MODEL_KEYS = {
+    "name",
+    "engine",
+    "weights",
+    "aliases",
+    "load",
+    "license",
+    "description",
+    "defaults",
+    "options",
+    "route",
+}
 _DEFAULTS_KEYS = {"steps", "guidance_scale"}
 
 
@@ -71,13 +84,23 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class ModelConfig:
     name: str
-    engine: str
+    engine: str  # a local engine, an upstream one, or ROUTE
     weights: str | None = None
     aliases: tuple[str, ...] = ()
     eager: bool = True
     license: str | None = None
     description: str | None = None
     options: dict[str, Any] = field(default_factory=dict)  # defaults and engine options, one namespace
+    route: tuple[str, ...] = ()  # for a route: the models it tries, in order
+
+    def build_upstream(self) -> UpstreamEngine:
+        return UpstreamEngine(
+            name=self.name,
+            engine=self.engine,
+            options=UpstreamOptions.for_engine(self.engine, self.options),
+            license=self.license,
+            description=self.description,
+        )
 
     def build(self, *, placement: Placement | None = None, overrides: dict[str, Any] | None = None) -> DiffusionEngine:
         """The engine, not loaded yet. `overrides` (the VARY_* generation settings) win over the file's options."""
@@ -164,6 +187,13 @@ def read_catalogue(path: Path) -> Catalogue:
         raise ConfigError(f"{where}: declare at least one model as a [[models]] table")
     models = tuple(_model(entry, f"{where}: models[{i}]", path.parent) for i, entry in enumerate(entries))
 
+    names = {model.name for model in models}
+    for model in models:
+        for member in model.route:
+            if member not in names:
+                raise ConfigError(f"{where}: model {model.name!r}: its route names {member!r}, which is not a model")
+            if next(m for m in models if m.name == member).engine == ROUTE:
+                raise ConfigError(f"{where}: model {model.name!r}: its route names {member!r}, which is a route")
     taken: dict[str, str] = {}
     for model in models:
         for name in (model.name, *model.aliases):
@@ -184,9 +214,12 @@ def _model(entry: dict[str, Any], where: str, base: Path) -> ModelConfig:
     unknown = set(entry) - _MODEL_KEYS
     if unknown:
         raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}; known: {', '.join(sorted(_MODEL_KEYS))}")
+    if "route" in entry:
+        return _route(entry, where)
     engine = entry.get("engine")
-    if engine not in ENGINES:
-        raise ConfigError(f"{where}: unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    if engine not in ENGINES and engine not in UPSTREAM_ENGINES:
+        known = ", ".join((*ENGINES, *UPSTREAM_ENGINES))
+        raise ConfigError(f"{where}: unknown engine {engine!r}; use one of {known}, or give a route")
     aliases = entry.get("aliases", [])
     if not isinstance(aliases, list) or not all(isinstance(a, str) and _NAME.fullmatch(a) for a in aliases):
         raise ConfigError(f"{where}: 'aliases' must be a list of model ids")
@@ -204,9 +237,14 @@ def _model(entry: dict[str, Any], where: str, base: Path) -> ModelConfig:
     options = {**_table(entry, "options", where), **defaults}
     try:
         # Built now, so a bad option fails at start-up, not at the first request.
-        ENGINES[engine].options_type().merged(**options)
+        if engine in UPSTREAM_ENGINES:
+            UpstreamOptions.for_engine(engine, options)
+        else:
+            ENGINES[engine].options_type().merged(**options)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    if engine in UPSTREAM_ENGINES and "weights" in entry:
+        raise ConfigError(f"{where}: an upstream engine has no weights; give options.base_url instead")
     return ModelConfig(
         name=name,
         engine=engine,
@@ -216,6 +254,26 @@ def _model(entry: dict[str, Any], where: str, base: Path) -> ModelConfig:
         license=entry.get("license"),
         description=entry.get("description"),
         options=options,
+    )
+
+
+def _route(entry: dict[str, Any], where: str) -> ModelConfig:
+    members = entry["route"]
+    if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+        raise ConfigError(f"{where}: 'route' must be a list of model names, tried in order")
+    extra = sorted(set(entry) - {"name", "route", "aliases", "description", "license"})
+    if extra:
+        raise ConfigError(f"{where}: a route takes name, route, aliases, description and license, not {extra[0]!r}")
+    aliases = entry.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and _NAME.fullmatch(a) for a in aliases):
+        raise ConfigError(f"{where}: 'aliases' must be a list of model ids")
+    return ModelConfig(
+        name=entry["name"],
+        engine=ROUTE,
+        aliases=tuple(aliases),
+        license=entry.get("license"),
+        description=entry.get("description"),
+        route=tuple(members),
     )
 
 

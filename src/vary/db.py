@@ -57,6 +57,9 @@ class UsageRow(Base):
     status: Mapped[int] = mapped_column(Integer)
     latency_ms: Mapped[float] = mapped_column(Float)
     request_id: Mapped[str | None] = mapped_column(String(128), nullable=True, default=None)
+    # Which model answered (a route's target, or the model itself) and after how many attempts.
+    target: Mapped[str | None] = mapped_column(String(200), nullable=True, default=None)
+    attempts: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
 
 
 LIMIT_FIELDS = ("requests_per_minute", "images_per_minute", "max_concurrent", "image_quota")

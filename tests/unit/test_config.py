@@ -118,6 +118,25 @@ def test_without_a_file_the_catalogue_is_the_one_model(tmp_path: Path) -> None:
         ('[[models]]\nname = "a"\nengine = "stable-unclip"\n[models.options]\nnoise_level = 5000', "noise_level"),
         ('[[models]]\nname = "a"\nengine = "kandinsky-2.2"\n[models.options]\nsampler = "euler"', "unknown sampler"),
         ('[[models]]\nname = "a"\nengine = "kandinsky-2.2"\naliases = "b"', "'aliases' must be a list"),
+        # Upstream providers and routes.
+        ('[[models]]\nname = "a"\nengine = "azure-openai"', "azure-openai needs options.deployment"),
+        ('[[models]]\nname = "a"\nengine = "openai-compatible"\nweights = "x/y"', "an upstream engine has no weights"),
+        (
+            '[[models]]\nname = "a"\nengine = "openai-compatible"\n[models.options]\nbase_url = "ftp://x"',
+            "base_url must be an http(s) URL",
+        ),
+        (
+            '[[models]]\nname = "a"\nengine = "openai-compatible"\n[models.options]\napi_key = "sk-123"',
+            "unknown option 'api_key'",
+        ),
+        ('[[models]]\nname = "r"\nroute = ["nowhere"]', "its route names 'nowhere', which is not a model"),
+        ('[[models]]\nname = "r"\nroute = []', "'route' must be a list of model names"),
+        (
+            '[[models]]\nname = "a"\nengine = "kandinsky-2.2"\n[[models]]\nname = "r"\nroute = ["a"]\n'
+            '[[models]]\nname = "rr"\nroute = ["r"]',
+            "its route names 'r', which is a route",
+        ),
+        ('[[models]]\nname = "r"\nroute = ["r"]\nengine = "kandinsky-2.2"', "a route takes name, route"),
     ],
 )
 def test_bad_files_are_refused_with_a_clear_message(tmp_path: Path, text: str, message: str) -> None:

@@ -65,16 +65,19 @@ async def create_variation(request: Request, key: CallerKey) -> Response:
         result = await services.variations.create(
             form, base_url=str(request.base_url), wait_for_disconnect=lambda: _disconnected(request)
         )
-        usage.status = 200
+        usage.status, usage.target, usage.attempts = 200, result.target, result.attempts
         result.timings.stages["total"] = time.perf_counter() - started
         stages = result.timings.stages
         services.metrics.observe_request(usage.model, stages)
         headers = {
             "Server-Timing": result.timings.header(),
             "x-vary-batch-images": str(result.batch_images),
-            "x-vary-seed": str(result.seed),  # so a request without `seed` can be repeated exactly
             **admission.headers,
         }
+        if result.seed is not None:
+            headers["x-vary-seed"] = str(result.seed)  # so a request without `seed` can be repeated exactly
+        if result.target != usage.model:
+            headers["x-vary-target"] = result.target  # which of a route's targets answered
         return Response(result.body, media_type="application/json", headers=headers)
     except ApiError as exc:
         usage.status = exc.status

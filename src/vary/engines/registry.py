@@ -1,4 +1,4 @@
-"""Model names to engines: the served models, their aliases (dall-e-2), and which load at start."""
+"""Model names to engines: local models, upstream providers and routes over them; aliases (dall-e-2)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from vary.api.errors import model_not_found
-from vary.config import Catalogue
-from vary.engines.base import Engine
+from vary.config import ROUTE, Catalogue
+from vary.engines.base import Engine, ModelInfo
 from vary.engines.diffusion import Placement
+from vary.engines.upstream import UPSTREAM_ENGINES, UpstreamEngine
+
+
+@dataclass(frozen=True)
+class Route:
+    """A model name that tries other models in order (see gateway.py)."""
+
+    info: ModelInfo
+    targets: tuple[Any, ...]
+    loaded: bool = True
 
 
 @dataclass(frozen=True)
@@ -22,7 +32,7 @@ class ServedModel:
 class ModelRegistry:
     def __init__(
         self,
-        engines: list[Engine],
+        engines: list[Any],
         *,
         aliases: dict[str, str] | None = None,
         default: str | None = None,
@@ -44,7 +54,19 @@ class ModelRegistry:
         cls, catalogue: Catalogue, *, placement: Placement, overrides: dict[str, Any] | None = None
     ) -> ModelRegistry:
         """Every model's engine, built but not loaded: loading is the lifespan's (eager) or the first request's."""
-        engines: list[Engine] = [model.build(placement=placement, overrides=overrides) for model in catalogue.models]
+        built: dict[str, Any] = {}
+        for model in catalogue.models:
+            if model.engine in UPSTREAM_ENGINES:
+                built[model.name] = model.build_upstream()
+            elif model.engine != ROUTE:
+                built[model.name] = model.build(placement=placement, overrides=overrides)
+        for model in catalogue.models:
+            if model.engine == ROUTE:
+                targets = tuple(built[name] for name in model.route)
+                description = model.description or "Tries, in order: " + ", ".join(model.route) + "."
+                info = ModelInfo(model.name, "vary", description, model.license or "that of the target that answers")
+                built[model.name] = Route(info, targets)
+        engines = [built[model.name] for model in catalogue.models]
         return cls(
             engines,
             aliases=catalogue.aliases(),
@@ -52,7 +74,7 @@ class ModelRegistry:
             lazy=frozenset(model.name for model in catalogue.models if not model.eager),
         )
 
-    def resolve(self, name: str | None) -> Engine:
+    def resolve(self, name: str | None) -> Any:
         """The engine for a request's `model` field; None means the default model."""
         if name is None:
             return self.default
@@ -72,4 +94,13 @@ class ModelRegistry:
         return [model for model in self._by_name.values() if model.alias_of is None]
 
     def engines(self) -> list[Engine]:
-        return [model.engine for model in self.models()]
+        """The local engines: what gets a scheduler, a warm-up and a GPU."""
+        return [m.engine for m in self.models() if not isinstance(m.engine, (UpstreamEngine, Route))]
+
+    def upstreams(self) -> list[UpstreamEngine]:
+        return [m.engine for m in self.models() if isinstance(m.engine, UpstreamEngine)]
+
+    def targets(self, name: str | None) -> list[Any]:
+        """What a request for `name` may be served by, in order."""
+        served = self.resolve(name)
+        return list(served.targets) if isinstance(served, Route) else [served]

@@ -1,0 +1,195 @@
+"""Real HTTP servers on loopback that speak the providers' contracts, with faults injected on demand.
+
+- OpenAI's `POST /v1/images/variations` (Bearer key, multipart, b64_json or url answers),
+- Azure OpenAI's `POST /openai/deployments/{deployment}/images/variations?api-version=...` (`api-key` header),
+- OpenAI's `POST /v1/images/edits` for gpt-image (prompt, model; always b64_json, 1024x1024),
+- and a TCP server that resets every connection.
+A test queues faults per route; each request takes the next one: a status, a 429 with Retry-After,
+a delay past the client's timeout, malformed JSON, a body that trickles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import socket
+import struct
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from vary.testing import free_port
+
+
+@dataclass
+class Call:
+    route: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    fields: dict[str, str]
+    image_size: tuple[int, int] | None
+
+
+@dataclass
+class FakeProvider:
+    key: str
+    azure_key: str = ""
+    faults: dict[str, deque[tuple[Any, ...]]] = field(default_factory=lambda: defaultdict(deque))
+    calls: list[Call] = field(default_factory=list)
+    files: dict[str, bytes] = field(default_factory=dict)
+    port: int = 0
+    _server: uvicorn.Server | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def fail(self, route: str, *faults: tuple[Any, ...]) -> None:
+        self.faults[route].extend(faults)
+
+    def calls_to(self, route: str) -> list[Call]:
+        return [call for call in self.calls if call.route == route]
+
+    def start(self) -> FakeProvider:
+        self.port = free_port()
+        app = Starlette(
+            routes=[
+                Route("/v1/images/variations", self._openai, methods=["POST"]),
+                Route("/openai/deployments/{deployment}/images/variations", self._azure, methods=["POST"]),
+                Route("/v1/images/edits", self._edits, methods=["POST"]),
+                Route("/files/{name}", self._file),
+            ]
+        )
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        self._server = uvicorn.Server(config)
+        threading.Thread(target=self._server.run, daemon=True).start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            assert time.monotonic() < deadline, "the fake provider did not start"
+            time.sleep(0.02)  # start-up poll, bounded
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+
+    # --- the contracts ------------------------------------------------------------------------
+
+    async def _openai(self, request: Request) -> Response:
+        if request.headers.get("authorization") != f"Bearer {self.key}":
+            return _error(401, f"Incorrect API key provided: {request.headers.get('authorization', '')[-6:]}.")
+        return await self._answer("openai", request, default_format="url")
+
+    async def _azure(self, request: Request) -> Response:
+        if request.headers.get("api-key") != (self.azure_key or self.key) or "authorization" in request.headers:
+            return _error(401, "Access denied due to invalid subscription key.")
+        if request.query_params.get("api-version") is None:
+            return _error(404, "Resource not found")
+        return await self._answer("azure", request, default_format="url")
+
+    async def _edits(self, request: Request) -> Response:
+        if request.headers.get("authorization") != f"Bearer {self.key}":
+            return _error(401, "Incorrect API key provided.")
+        return await self._answer("edits", request, default_format="b64_json", fixed_size=1024)
+
+    async def _file(self, request: Request) -> Response:
+        data = self.files.get(request.path_params["name"])
+        return Response(data, media_type="image/png") if data else Response(status_code=404)
+
+    async def _answer(
+        self, route: str, request: Request, *, default_format: str, fixed_size: int | None = None
+    ) -> Response:
+        form = await request.form()
+        image = form.get("image")
+        size = None
+        if image is not None and not isinstance(image, str):
+            size = Image.open(io.BytesIO(await image.read())).size
+        fields = {k: v for k, v in form.items() if isinstance(v, str)}
+        self.calls.append(
+            Call(route, request.url.path, dict(request.query_params), dict(request.headers), fields, size)
+        )
+        if self.faults[route]:
+            fault = self.faults[route].popleft()
+            kind = fault[0]
+            if kind == "status":
+                return _error(fault[1], fault[2] if len(fault) > 2 else "The server had an error.")
+            if kind == "429":
+                return _error(429, "Rate limit reached for images per min.", headers={"Retry-After": str(fault[1])})
+            if kind == "delay":
+                await asyncio.sleep(fault[1])
+            if kind == "malformed":
+                return Response(b'{"created": 1, "data": [', media_type="application/json")
+            if kind == "trickle":
+                return StreamingResponse(_trickle(fault[1]), media_type="application/json")
+        n = int(fields.get("n", "1"))
+        side = fixed_size or int(fields.get("size", "1024x1024").split("x")[0])
+        response_format = "b64_json" if fixed_size else fields.get("response_format", default_format)
+        items = []
+        for k in range(n):
+            png = _png(side, k)
+            if response_format == "b64_json":
+                items.append({"b64_json": base64.b64encode(png).decode()})
+            else:
+                name = f"{route}-{len(self.calls)}-{k}.png"
+                self.files[name] = png
+                items.append({"url": f"{self.base_url}/files/{name}"})
+        return JSONResponse({"created": int(time.time()), "data": items})
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+async def _trickle(seconds: float) -> AsyncIterator[bytes]:
+    yield b'{"created": 1, '
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        yield b" "
+
+
+def _png(side: int, k: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (40 * k % 256, 120, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class ResetServer:
+    """Accepts a connection, reads a little, and resets it (RST): a connection that dies mid-request."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.accepted = 0
+        self._socket = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self._socket.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            connection.recv(1024)
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            connection.close()
+
+    def stop(self) -> None:
+        self._socket.close()
