@@ -136,7 +136,12 @@ def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Eng
     app.include_router(admin_router)
     app.include_router(playground_router)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, error=request_too_large)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        error=request_too_large,
+        timeout_seconds=settings.body_timeout_seconds,
+    )
     app.add_middleware(RequestContextMiddleware)  # outermost: every answer gets an id and a log line
     return app
 

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     # Decoded pixels are checked from the PNG header before decoding (decompression bombs).
     max_image_side: int = Field(default=4096, ge=1)
     max_user_chars: int = Field(default=256, ge=1)
+    # The whole body must arrive within this: a client that trickles its upload is cut off (408).
+    body_timeout_seconds: float = Field(default=60.0, gt=0)
 
     # Pending variation requests per model before answering 429.
     queue_size: int = Field(default=64, ge=1)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
-import struct
-import zlib
 
 import httpx
 import pytest
 from PIL import Image
 
 from tests.conftest import decode_png, png_bytes
+from tests.robustness.hostile import header_only, padded_to
 
 NOT_A_PNG = "Uploaded image must be a PNG and less than 4 MB."
 MiB = 1024 * 1024
@@ -23,26 +22,6 @@ def error(message: str, param: str | None = None, code: str | None = None) -> di
 
 def post(http: httpx.Client, image: bytes, filename: str = "in.png", **fields: str) -> httpx.Response:
     return http.post("/v1/images/variations", data=fields, files={"image": (filename, image, "image/png")})
-
-
-def with_private_chunk(png: bytes, total_size: int) -> bytes:
-    """The same PNG padded to exactly `total_size` bytes with an ancillary chunk decoders skip."""
-    payload_len = total_size - len(png) - 12
-    assert payload_len >= 0
-    chunk_type, payload = b"vaRy", b"\0" * payload_len
-    chunk = struct.pack(">I", payload_len) + chunk_type + payload + struct.pack(">I", zlib.crc32(chunk_type + payload))
-    padded = png[:33] + chunk + png[33:]
-    assert len(padded) == total_size
-    return padded
-
-
-def header_only_png(width: int, height: int) -> bytes:
-    """A tiny file declaring huge dimensions: a decompression bomb's calling card."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    chunk = struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    idat_data = zlib.compress(b"\0" * 1024)
-    idat = struct.pack(">I", len(idat_data)) + b"IDAT" + idat_data + struct.pack(">I", zlib.crc32(b"IDAT" + idat_data))
-    return b"\x89PNG\r\n\x1a\n" + chunk + idat
 
 
 def jpeg_bytes() -> bytes:
@@ -138,11 +117,11 @@ def test_form_fields(http: httpx.Client, fields: dict[str, str], expected: dict[
         (png_bytes((64, 63)), "in.png", error("Uploaded image must be square, but it is 64x63.", "image")),
         (png_bytes((300, 200)), "in.png", error("Uploaded image must be square, but it is 300x200.", "image")),
         (
-            header_only_png(100_000, 100_000),
+            header_only(100_000, 100_000),
             "in.png",
             error("Uploaded image is 100000x100000 pixels; the largest accepted is 4096x4096.", "image"),
         ),
-        (with_private_chunk(png_bytes(8), 4 * MiB), "in.png", error(NOT_A_PNG, "image")),
+        (padded_to(png_bytes(8), 4 * MiB), "in.png", error(NOT_A_PNG, "image")),
     ],
 )
 def test_bad_images(http: httpx.Client, image: bytes, filename: str, expected: dict[str, object]) -> None:
@@ -161,7 +140,7 @@ def test_png_is_judged_by_content_not_name(http: httpx.Client) -> None:
 
 
 def test_one_byte_under_4_mib_is_accepted(http: httpx.Client) -> None:
-    response = post(http, with_private_chunk(png_bytes(8), 4 * MiB - 1), size="256x256", response_format="b64_json")
+    response = post(http, padded_to(png_bytes(8), 4 * MiB - 1), size="256x256", response_format="b64_json")
     assert response.status_code == 200, response.text
     assert len(response.json()["data"]) == 1
 
@@ -238,7 +217,7 @@ def test_malformed_multipart_is_a_400_in_openai_shape(http: httpx.Client) -> Non
 
 
 def test_oversized_bodies_are_refused_with_413(http: httpx.Client) -> None:
-    big = with_private_chunk(png_bytes(8), 5 * MiB)
+    big = padded_to(png_bytes(8), 5 * MiB)
     declared = post(http, big)
     assert declared.status_code == 413
     assert declared.json()["error"]["param"] == "image"
