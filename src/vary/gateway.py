@@ -101,7 +101,7 @@ class Gateway:
                 images, tries = await self._attempts(target, breaker, request)
                 return images, Served(name, attempts + tries)
             except UpstreamError as exc:
-                attempts += getattr(exc, "attempts", 1)
+                attempts += exc.attempts
                 if exc.client_error:
                     raise _as_client_error(exc, target) from None
                 log.warning("target %s gave up: %s", name, _scrub(exc.message, target))
@@ -147,7 +147,7 @@ class Gateway:
                     breaker.succeeded()
                     return images, tries
         except UpstreamError as exc:
-            exc.attempts = tries  # type: ignore[attr-defined]
+            exc.attempts = tries
             raise
         raise AssertionError("unreachable: tenacity either returns or reraises")
 

@@ -113,6 +113,7 @@ class UpstreamError(Exception):
         self.client_error = client_error
         self.retry_after = retry_after
         self.body = body
+        self.attempts = 1  # set by the gateway to the attempts made on the target before it gave up
 
 
 class UpstreamEngine:
@@ -141,8 +142,10 @@ class UpstreamEngine:
         await self.downloads.aclose()
 
     def secret(self) -> str | None:
-        name = self.options.api_key_env
-        return os.environ.get(name) or None if name else None
+        """The key, read from its environment variable at each call (so a rotated key is picked up)."""
+        if self.options.api_key_env is None:
+            return None
+        return os.environ.get(self.options.api_key_env) or None
 
     async def create(self, request: UpstreamRequest) -> UpstreamImages:
         """One attempt; raises UpstreamError."""
