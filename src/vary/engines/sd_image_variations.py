@@ -19,7 +19,6 @@ from diffusers import (
     PNDMScheduler,
     StableDiffusionImageVariationPipeline,
     StableDiffusionImg2ImgPipeline,
-    UNet2DConditionModel,
 )
 from PIL import Image
 
@@ -134,21 +133,10 @@ class SdImageVariationsEngine(DiffusionEngine):
 
 def build_tiny_pipeline(seed: int) -> StableDiffusionImageVariationPipeline:
     """The architecture at the sizes diffusers' image-variation tests use."""
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=tiny.EMBED_DIM,
-    )
     return StableDiffusionImageVariationPipeline(
         vae=tiny.vae(seed),
         image_encoder=tiny.vision_encoder(seed),
-        unet=unet,
+        unet=tiny.unet(seed),
         scheduler=PNDMScheduler(skip_prk_steps=True, steps_offset=1),
         safety_checker=None,
         feature_extractor=clip_image_processor(tiny.IMAGE_SIDE),

@@ -167,15 +167,8 @@ class SdxlIpAdapterEngine(DiffusionEngine):
 
 def build_tiny_pipeline(seed: int) -> StableDiffusionXLPipeline:
     """SDXL's architecture at the sizes diffusers' SDXL tests use: two text encoders, text-time embeddings."""
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=32,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = tiny.unet(
+        seed,
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",

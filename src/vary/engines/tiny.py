@@ -6,8 +6,10 @@ on a CPU and go through the same engine code as real weights. Their images are n
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-from diffusers import AutoencoderKL
+from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import (
     CLIPTextConfig,
     CLIPTextModel,
@@ -59,8 +61,28 @@ def text_encoder(seed: int) -> CLIPTextModel:
 
 
 def text_encoder_with_projection(seed: int) -> CLIPTextModelWithProjection:
+    """SDXL's second text encoder: the same tower, plus the projection its pooled embedding comes from."""
     torch.manual_seed(seed)
     return CLIPTextModelWithProjection(_text_config())
+
+
+def unet(seed: int, **architecture: Any) -> UNet2DConditionModel:
+    """The two-level cross-attention UNet of diffusers' Stable Diffusion tests; `architecture` adds or
+    replaces what a model family needs (SDXL's text-time embedding, for one)."""
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        **{
+            "block_out_channels": (32, 64),
+            "layers_per_block": 2,
+            "sample_size": 32,
+            "in_channels": 4,
+            "out_channels": 4,
+            "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+            "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+            "cross_attention_dim": EMBED_DIM,
+            **architecture,
+        }
+    )
 
 
 def tokenizer() -> CLIPTokenizer:
