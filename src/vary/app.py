@@ -71,10 +71,8 @@ def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Eng
         store = ImageStore(settings.images_dir)
         signer = UrlSigner(load_or_create_secret(settings.secret_path))
         registry = await run_in_threadpool(build_registry)
-        local = set(map(id, registry.engines()))
-        for model in registry.models():
-            if model.eager and id(model.engine) in local:
-                await run_in_threadpool(model.engine.warmup)
+        for engine in registry.to_warm_up():
+            await run_in_threadpool(engine.warmup)
         metrics = Metrics()
         schedulers = {
             e.info.id: Scheduler(

@@ -220,15 +220,9 @@ def _model(entry: dict[str, Any], where: str, base: Path) -> ModelConfig:
     if engine not in ENGINES and engine not in UPSTREAM_ENGINES:
         known = ", ".join((*ENGINES, *UPSTREAM_ENGINES))
         raise ConfigError(f"{where}: unknown engine {engine!r}; use one of {known}, or give a route")
-    aliases = entry.get("aliases", [])
-    if not isinstance(aliases, list) or not all(isinstance(a, str) and _NAME.fullmatch(a) for a in aliases):
-        raise ConfigError(f"{where}: 'aliases' must be a list of model ids")
     load = entry.get("load", "eager")
     if load not in ("eager", "lazy"):
         raise ConfigError(f'{where}: \'load\' must be "eager" or "lazy", not {load!r}')
-    for key in ("license", "description"):
-        if key in entry and not isinstance(entry[key], str):
-            raise ConfigError(f"{where}: {key!r} must be a string")
 
     defaults = _table(entry, "defaults", where)
     if set(defaults) - _DEFAULTS_KEYS:
@@ -249,10 +243,10 @@ def _model(entry: dict[str, Any], where: str, base: Path) -> ModelConfig:
         name=name,
         engine=engine,
         weights=_weights(entry.get("weights"), where, base),
-        aliases=tuple(aliases),
+        aliases=_aliases(entry, where),
         eager=load == "eager",
-        license=entry.get("license"),
-        description=entry.get("description"),
+        license=_optional_text(entry, "license", where),
+        description=_optional_text(entry, "description", where),
         options=options,
     )
 
@@ -264,17 +258,28 @@ def _route(entry: dict[str, Any], where: str) -> ModelConfig:
     extra = sorted(set(entry) - {"name", "route", "aliases", "description", "license"})
     if extra:
         raise ConfigError(f"{where}: a route takes name, route, aliases, description and license, not {extra[0]!r}")
-    aliases = entry.get("aliases", [])
-    if not isinstance(aliases, list) or not all(isinstance(a, str) and _NAME.fullmatch(a) for a in aliases):
-        raise ConfigError(f"{where}: 'aliases' must be a list of model ids")
     return ModelConfig(
         name=entry["name"],
         engine=ROUTE,
-        aliases=tuple(aliases),
-        license=entry.get("license"),
-        description=entry.get("description"),
+        aliases=_aliases(entry, where),
+        license=_optional_text(entry, "license", where),
+        description=_optional_text(entry, "description", where),
         route=tuple(members),
     )
+
+
+def _aliases(entry: dict[str, Any], where: str) -> tuple[str, ...]:
+    aliases = entry.get("aliases", [])
+    if not isinstance(aliases, list) or not all(isinstance(a, str) and _NAME.fullmatch(a) for a in aliases):
+        raise ConfigError(f"{where}: 'aliases' must be a list of model ids")
+    return tuple(aliases)
+
+
+def _optional_text(entry: dict[str, Any], key: str, where: str) -> str | None:
+    value = entry.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{where}: {key!r} must be a string")
+    return value
 
 
 def _table(entry: dict[str, Any], key: str, where: str) -> dict[str, Any]:

@@ -97,6 +97,10 @@ class ModelRegistry:
         """The local engines: what gets a scheduler, a warm-up and a GPU."""
         return [m.engine for m in self.models() if not isinstance(m.engine, (UpstreamEngine, Route))]
 
+    def to_warm_up(self) -> list[Engine]:
+        """The local engines to load and warm up at start: the eager ones."""
+        return [m.engine for m in self.models() if m.eager and not isinstance(m.engine, (UpstreamEngine, Route))]
+
     def upstreams(self) -> list[UpstreamEngine]:
         return [m.engine for m in self.models() if isinstance(m.engine, UpstreamEngine)]
 
