@@ -28,6 +28,7 @@ from vary.db import Database
 from vary.engines.base import Engine
 from vary.engines.diffusion import Placement
 from vary.engines.registry import ModelRegistry
+from vary.memory import ReleaseMemoryWhenIdle
 from vary.metrics import Metrics
 from vary.ratelimit import Limits, RateLimiter
 from vary.scheduler import Scheduler
@@ -140,6 +141,7 @@ def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Eng
         error=request_too_large,
         timeout_seconds=settings.body_timeout_seconds,
     )
+    app.add_middleware(ReleaseMemoryWhenIdle, quiet_seconds=settings.memory_release_after_seconds)
     app.add_middleware(RequestContextMiddleware)  # outermost: every answer gets an id and a log line
     return app
 

@@ -104,13 +104,16 @@ def _serve(settings: Settings) -> None:
     from vary.app import build_app
     from vary.config import ConfigError, catalogue_for
     from vary.db import Database
+    from vary.http_protocol import vary_http_protocol
     from vary.logs import configure_logging
+    from vary.memory import cap_malloc_arenas
 
     try:
         catalogue_for(settings.config, settings.model)  # every mistake in one line, before anything loads
     except ConfigError as exc:
         sys.exit(f"vary: {exc}")
     configure_logging(settings.log_format)
+    cap_malloc_arenas(settings.malloc_arenas)
     if not settings.no_auth:
         db = Database(settings.db_path)
         if db.count_active_keys() == 0:
@@ -125,6 +128,7 @@ def _serve(settings: Settings) -> None:
         access_log=False,  # vary.access writes one line per request instead, without query strings
         # SIGTERM: stop accepting, let requests in flight finish for this long, then shut the models down.
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+        http=vary_http_protocol(settings.header_timeout_seconds),
     )
 
 

@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     max_user_chars: int = Field(default=256, ge=1)
     # The whole body must arrive within this: a client that trickles its upload is cut off (408).
     body_timeout_seconds: float = Field(default=60.0, gt=0)
+    # A new connection must send a request, and each request its headers, within this (slow loris).
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
 
     # Pending variation requests per model before answering 429.
     queue_size: int = Field(default=64, ge=1)
@@ -75,6 +77,10 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     # On SIGTERM: stop accepting, let in-flight requests finish for this long, then exit.
     shutdown_timeout_seconds: int = Field(default=30, ge=0)
+    # After this many quiet seconds (no request in flight), freed heap is handed back to the OS; 0: never.
+    memory_release_after_seconds: float = Field(default=2.0, ge=0)
+    # glibc malloc arenas for the whole process (fewer: less memory kept after bursts); 0: glibc's default.
+    malloc_arenas: int = Field(default=2, ge=0)
 
     def render_overrides(self) -> dict[str, object]:
         return {

@@ -4,7 +4,9 @@
 
 starts its own `vary serve --model tiny-random`, sends a fixed number of requests (each with its own
 n and size) within a time limit, and prints a table. Every answer must be a correct 200 (exactly its
-own n images, of its own size) or a 429 with Retry-After; anything else counts as an error.
+own n images, of its own size) or a 429 with Retry-After; anything else counts as an error. The
+server's RSS is read idle before the run (after one request of each size), at its peak, and idle
+again after the run, once the server has handed freed memory back (`vary.memory`).
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ class Outcome:
     statuses: Counter[int] = field(default_factory=Counter)
     wrong: list[str] = field(default_factory=list)  # 200s with someone else's images, 429s without Retry-After
     seconds: float = 0.0
-    rss_baseline: int = 0
+    rss_before: int = 0  # idle, before the run
     rss_peak: int = 0
-    rss_after: int = 0
+    rss_after: int = 0  # idle again, after the run
 
     @property
     def total(self) -> int:
@@ -56,7 +58,7 @@ def rss(pid: int) -> int:
 
 
 async def run(base_url: str, key: str, pid: int, *, requests: int, concurrency: int, time_limit: float) -> Outcome:
-    outcome = Outcome(rss_baseline=rss(pid))
+    outcome = Outcome(rss_before=settled_rss(pid))
     image = png()
     numbers = iter(range(requests))
     started = time.monotonic()
@@ -86,8 +88,21 @@ async def run(base_url: str, key: str, pid: int, *, requests: int, concurrency: 
     async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=120, limits=limits) as http:
         await asyncio.gather(*(client(http) for _ in range(concurrency)))
     outcome.seconds = time.monotonic() - started
-    outcome.rss_after = rss(pid)
+    outcome.rss_after = settled_rss(pid)
     return outcome
+
+
+def settled_rss(pid: int, *, at_least: float = 3.0, at_most: float = 30.0) -> int:
+    """RSS once it stops falling: the server trims its heap a couple of seconds after going quiet."""
+    deadline, earliest = time.monotonic() + at_most, time.monotonic() + at_least
+    last = rss(pid)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = rss(pid)
+        if now >= last and time.monotonic() >= earliest:
+            return now
+        last = now
+    return last
 
 
 def serve(data_dir: Path, queue_size: int) -> tuple[ServerProcess, str]:
@@ -100,10 +115,17 @@ def serve(data_dir: Path, queue_size: int) -> tuple[ServerProcess, str]:
     return ServerProcess(data_dir, env=env).start(), key
 
 
-def warm_up(base_url: str, key: str, pid: int, *, concurrency: int) -> None:
-    """A first burst of the same load, so the baseline is the server's working set under this load (its
-    allocator's arenas and caches grown), not its idle start; what grows after that is what a leak would."""
-    asyncio.run(run(base_url, key, pid, requests=4 * concurrency, concurrency=concurrency, time_limit=600))
+def warm_up(base_url: str, key: str) -> None:
+    """One request of each size, so the idle baseline is a server whose model has run, not a cold one."""
+    for side in SIZES:
+        response = httpx.post(
+            f"{base_url}/v1/images/variations",
+            headers={"Authorization": f"Bearer {key}"},
+            files={"image": ("a.png", png())},
+            data={"size": f"{side}x{side}"},
+            timeout=120,
+        )
+        response.raise_for_status()
 
 
 def table(outcome: Outcome, *, concurrency: int, queue_size: int) -> str:
@@ -116,8 +138,8 @@ def table(outcome: Outcome, *, concurrency: int, queue_size: int) -> str:
         ("other statuses", str(outcome.total - outcome.statuses[200] - outcome.statuses[429])),
         ("wrong or mixed-up answers", str(len(outcome.wrong))),
         ("seconds", f"{outcome.seconds:.1f}"),
-        ("server RSS after a warm-up burst / peak / after (MiB)",
-         f"{outcome.rss_baseline / mib:.0f} / {outcome.rss_peak / mib:.0f} / {outcome.rss_after / mib:.0f}"),
+        ("server RSS idle before / peak / idle after (MiB)",
+         f"{outcome.rss_before / mib:.0f} / {outcome.rss_peak / mib:.0f} / {outcome.rss_after / mib:.0f}"),
     ]  # fmt: skip
     return "\n".join(["| what | figure |", "|---|---|", *(f"| {a} | {b} |" for a, b in rows)])
 
@@ -133,7 +155,7 @@ def main() -> None:
         server, key = serve(Path(tmp) / "data", args.queue_size)
         try:
             assert server.process is not None
-            warm_up(server.base_url, key, server.process.pid, concurrency=args.concurrency)
+            warm_up(server.base_url, key)
             outcome = asyncio.run(
                 run(server.base_url, key, server.process.pid, requests=args.requests,
                     concurrency=args.concurrency, time_limit=args.time_limit)

@@ -30,7 +30,7 @@ WAIT_S = 60
 def own_server(tmp_path: Path) -> Iterator[tuple[ServerProcess, str, Path]]:
     data_dir = tmp_path / "data"
     _, key = create_key(data_dir)
-    server = ServerProcess(data_dir, env={"VARY_BODY_TIMEOUT_SECONDS": "1"}).start()
+    server = ServerProcess(data_dir, env={"VARY_BODY_TIMEOUT_SECONDS": "1", "VARY_HEADER_TIMEOUT_SECONDS": "1"}).start()
     yield server, key, data_dir
     server.stop(signal.SIGKILL if server.process and server.process.poll() is None else signal.SIGTERM)
 
@@ -73,6 +73,40 @@ def test_a_trickling_upload_is_cut_off_with_a_408(own_server: tuple[ServerProces
     }
     assert time.monotonic() - started < 10
     assert httpx.get(f"{server.base_url}/healthz", timeout=WAIT_S).status_code == 200
+
+
+def test_trickling_headers_are_cut_off_with_a_408(own_server: tuple[ServerProcess, str, Path]) -> None:
+    server, key, _ = own_server
+    received = b""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) as connection:
+        connection.sendall(b"POST /v1/images/variations HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        for _ in range(200):  # a header byte every 0.3 s, past the 1 s header timeout: never finishes
+            if select.select([connection], [], [], 0.3)[0]:
+                break
+            connection.sendall(b"a")
+        while data := connection.recv(65536):
+            received += data
+    status, content = first_response(received)
+    assert status == 408, received[:300]
+    assert json.loads(content)["error"] == {
+        "message": "The request headers did not arrive within 1 seconds.",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "request_timeout",
+    }
+    assert httpx.get(f"{server.base_url}/healthz", timeout=WAIT_S).status_code == 200
+
+
+def test_a_connection_that_never_sends_a_request_is_closed(own_server: tuple[ServerProcess, str, Path]) -> None:
+    server, key, _ = own_server
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) as silent:
+        assert silent.recv(65536) == b""  # closed by the server, without an answer nobody asked for
+    # A client that sends its request promptly on a kept-alive connection is not affected.
+    with httpx.Client(base_url=server.base_url, timeout=WAIT_S) as client:
+        assert client.get("/healthz").status_code == 200
+        time.sleep(1.5)  # idle past the header timeout, within uvicorn's 5 s keep-alive
+        assert post(server, key).status_code == 200
+        assert client.get("/healthz").status_code == 200
 
 
 def test_a_store_that_cannot_write_is_an_error_never_a_url(own_server: tuple[ServerProcess, str, Path]) -> None:
