@@ -1,0 +1,103 @@
+"""Two vary replicas sharing one Redis for their rate-limit windows (VARY_RATE_LIMIT_STORAGE=redis://).
+
+A real redis-server on loopback, started and stopped by the test. Both replicas serve one data dir, so
+they know the same keys; a key's requests per minute are counted once across them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.conftest import png_bytes
+from tests.e2e.test_operations import new_key
+from vary.testing import ServerProcess, free_port
+
+REDIS_SERVER = shutil.which("redis-server")
+WAIT_S = 60
+
+if REDIS_SERVER is None and not os.environ.get("VARY_REQUIRE_REDIS"):
+    pytest.skip("no redis-server (apt install redis-server); .ci/run installs it", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    assert REDIS_SERVER is not None, "VARY_REQUIRE_REDIS is set but no redis-server is installed"
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url)
+        deadline = time.monotonic() + WAIT_S
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        client.close()
+        yield url
+    finally:
+        process.terminate()
+        process.wait(WAIT_S)
+
+
+@pytest.fixture()
+def replicas(tmp_path: Path, redis_url: str) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    data_dir = tmp_path / "data"
+    env = {"VARY_RATE_LIMIT_STORAGE": redis_url}
+    first = ServerProcess(data_dir, env=env).start()
+    try:
+        second = ServerProcess(data_dir, env=env).start()
+        try:
+            yield first, second
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+
+
+def post(server: ServerProcess, key: str, n: int = 1) -> httpx.Response:
+    return httpx.post(
+        f"{server.base_url}/v1/images/variations",
+        headers={"Authorization": f"Bearer {key}"},
+        files={"image": ("a.png", png_bytes())},
+        data={"size": "256x256", "n": str(n)},
+        timeout=WAIT_S,
+    )
+
+
+def test_requests_per_minute_are_counted_across_replicas(replicas: tuple[ServerProcess, ServerProcess]) -> None:
+    a, b = replicas
+    _, key = new_key(a.data_dir, "shared-rpm", requests_per_minute=3)
+    answers = [post(a, key), post(b, key), post(a, key), post(b, key), post(a, key)]
+    assert [r.status_code for r in answers] == [200, 200, 200, 429, 429]
+    assert [r.headers["x-ratelimit-remaining-requests"] for r in answers] == ["2", "1", "0", "0", "0"]
+    assert answers[3].json()["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_images_per_minute_are_counted_across_replicas(replicas: tuple[ServerProcess, ServerProcess]) -> None:
+    a, b = replicas
+    _, key = new_key(a.data_dir, "shared-ipm", images_per_minute=5)
+    assert post(a, key, n=3).status_code == 200
+    refused = post(b, key, n=3)  # 3 + 3 > 5, though this replica has served none
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["type"] == "images"
+    assert post(b, key, n=2).status_code == 200  # exactly up to the bound
+    assert post(a, key, n=1).status_code == 429
