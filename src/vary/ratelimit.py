@@ -2,9 +2,12 @@
 
 The minute windows are moving windows from the `limits` library, so a key never gets more than its
 limit in any 60 seconds. They live in a `limits` storage: memory:// for one process, and the same
-code takes redis:// to share them between processes. Concurrency is counted in this process. The
-quota is counted from the usage table (what was delivered since the period began) plus what is in
-flight, so it survives restarts and is never exceeded.
+code takes redis:// to share them between replicas; taking from a window is atomic there, so two
+replicas racing for a key's last request cannot both get it. If that storage fails, requests are
+let through without the minute windows (fail open, logged), as gateways do: a Redis outage must not
+take the service down. Concurrency is counted in this process. The quota is counted from the usage
+table (what was delivered since the period began) plus what is in flight, so it survives restarts
+and is never exceeded.
 
 Headers follow OpenAI's: x-ratelimit-{limit,remaining,reset}-requests, and -images for images.
 """
@@ -12,6 +15,7 @@ Headers follow OpenAI's: x-ratelimit-{limit,remaining,reset}-requests, and -imag
 from __future__ import annotations
 
 import calendar
+import logging
 import math
 import threading
 import time
@@ -19,11 +23,14 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from limits import RateLimitItemPerMinute, WindowStats
+from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from vary.api.errors import ApiError
 from vary.db import KeyLimits
+
+log = logging.getLogger("vary.ratelimit")
 
 # Requests under --no-auth share this identity.
 ANONYMOUS = "-"
@@ -94,7 +101,7 @@ class RateLimiter:
     ) -> None:
         self.defaults = defaults
         self.quota_period = quota_period
-        self._windows = MovingWindowRateLimiter(storage_from_string(storage_uri))
+        self._windows = MovingWindowRateLimiter(storage_from_string(storage_uri, wrap_exceptions=True))
         self._lock = threading.Lock()
         self._in_flight: dict[str, int] = {}
         self._reserved_images: dict[str, int] = {}
@@ -103,11 +110,18 @@ class RateLimiter:
         return Limits.for_key(own, self.defaults) if own is not None else self.defaults
 
     def admit(self, key_id: str, limits: Limits, images: int, *, delivered: int = 0) -> Admission:
-        """Admits a request for `images` images or raises a 429; `delivered` is the quota used so far."""
+        """Admits a request for `images` images or raises a 429; `delivered` is the quota used so far.
+
+        Blocking (a redis:// storage is a network call): call it off the event loop."""
         with self._lock:  # check everything, then take everything: a refused request costs nothing
             headers: dict[str, str] = {}
-            requests = self._window_check(key_id, "requests", limits.requests_per_minute, 1, headers)
-            image_window = self._window_check(key_id, "images", limits.images_per_minute, images, headers)
+            try:
+                requests = self._window_check(key_id, "requests", limits.requests_per_minute, 1, headers)
+                image_window = self._window_check(key_id, "images", limits.images_per_minute, images, headers)
+            except StorageError as exc:
+                log.error("rate-limit storage failed; admitting without the minute windows: %s", exc)
+                requests = image_window = None
+                headers.clear()
             in_flight = self._in_flight.get(key_id, 0)
             if limits.max_concurrent is not None and in_flight >= limits.max_concurrent:
                 raise _too_many(
@@ -130,8 +144,7 @@ class RateLimiter:
                     )
             for item, kind, cost in ((requests, "requests", 1), (image_window, "images", images)):
                 if item is not None:
-                    self._windows.hit(item, key_id, kind, cost=cost)
-                    self._window_headers(item, key_id, kind, headers)  # as they stand after this request
+                    self._take(item, key_id, kind, cost, headers)
             self._in_flight[key_id] = in_flight + 1
             self._reserved_images[key_id] = self._reserved_images.get(key_id, 0) + images
         return Admission(key_id, images, headers)
@@ -143,6 +156,15 @@ class RateLimiter:
             admission.released = True
             self._in_flight[admission.key_id] -= 1
             self._reserved_images[admission.key_id] -= admission.images
+
+    def _take(self, item: RateLimitItemPerMinute, key_id: str, kind: str, cost: int, headers: dict[str, str]) -> None:
+        try:
+            if not self._windows.hit(item, key_id, kind, cost=cost):
+                # Another replica took the window's last room since the check: refuse as the check would.
+                self._window_check(key_id, kind, item.amount, cost, headers)
+            self._window_headers(item, key_id, kind, headers)  # as they stand after this request
+        except StorageError as exc:
+            log.error("rate-limit storage failed; admitting without the minute windows: %s", exc)
 
     def _window_headers(
         self, item: RateLimitItemPerMinute, key_id: str, kind: str, headers: dict[str, str]

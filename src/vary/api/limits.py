@@ -19,5 +19,8 @@ async def admit(services: Any, key: KeyInfo | None, images: int) -> Admission:
     if limits.image_quota is not None and key is not None:
         since = quota_period_start(time.time(), limiter.quota_period)
         delivered = await run_in_threadpool(services.db.images_delivered, key.id, since)
-    admission: Admission = limiter.admit(key.id if key else ANONYMOUS, limits, images, delivered=delivered)
+    # Off the event loop: with a redis:// storage the windows are network calls.
+    admission: Admission = await run_in_threadpool(
+        limiter.admit, key.id if key else ANONYMOUS, limits, images, delivered=delivered
+    )
     return admission
