@@ -58,9 +58,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.wait(WAIT_S)
 
 
-@pytest.fixture()
-def replicas(tmp_path: Path, redis_url: str) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    data_dir = tmp_path / "data"
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[tuple[ServerProcess, ServerProcess]]:
+    data_dir = tmp_path_factory.mktemp("replicas") / "data"
     env = {"VARY_RATE_LIMIT_STORAGE": redis_url}
     first = ServerProcess(data_dir, env=env).start()
     try:
