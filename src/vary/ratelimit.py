@@ -119,7 +119,7 @@ class RateLimiter:
                 requests = self._window_check(key_id, "requests", limits.requests_per_minute, 1, headers)
                 image_window = self._window_check(key_id, "images", limits.images_per_minute, images, headers)
             except StorageError as exc:
-                log.error("rate-limit storage failed; admitting without the minute windows: %s", exc)
+                _fail_open(exc)
                 requests = image_window = None
                 headers.clear()
             in_flight = self._in_flight.get(key_id, 0)
@@ -164,7 +164,7 @@ class RateLimiter:
                 self._window_check(key_id, kind, item.amount, cost, headers)
             self._window_headers(item, key_id, kind, headers)  # as they stand after this request
         except StorageError as exc:
-            log.error("rate-limit storage failed; admitting without the minute windows: %s", exc)
+            _fail_open(exc)
 
     def _window_headers(
         self, item: RateLimitItemPerMinute, key_id: str, kind: str, headers: dict[str, str]
@@ -193,6 +193,10 @@ class RateLimiter:
                 retry_after=wait,
             )
         return item
+
+
+def _fail_open(exc: StorageError) -> None:
+    log.error("rate-limit storage failed; admitting without the minute windows: %s", exc)
 
 
 def _too_many(message: str, kind: str, headers: dict[str, str], *, retry_after: int) -> ApiError:

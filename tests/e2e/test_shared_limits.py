@@ -14,12 +14,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import redis
 
-from tests.conftest import png_bytes
-from tests.e2e.test_operations import new_key
+from tests.e2e.test_operations import new_key, post
 from vary.testing import ServerProcess, free_port
 
 REDIS_SERVER = shutil.which("redis-server")
@@ -73,16 +71,6 @@ def replicas(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterat
         first.stop()
 
 
-def post(server: ServerProcess, key: str, n: int = 1) -> httpx.Response:
-    return httpx.post(
-        f"{server.base_url}/v1/images/variations",
-        headers={"Authorization": f"Bearer {key}"},
-        files={"image": ("a.png", png_bytes())},
-        data={"size": "256x256", "n": str(n)},
-        timeout=WAIT_S,
-    )
-
-
 def test_requests_per_minute_are_counted_across_replicas(replicas: tuple[ServerProcess, ServerProcess]) -> None:
     a, b = replicas
     _, key = new_key(a.data_dir, "shared-rpm", requests_per_minute=3)
@@ -95,12 +83,12 @@ def test_requests_per_minute_are_counted_across_replicas(replicas: tuple[ServerP
 def test_images_per_minute_are_counted_across_replicas(replicas: tuple[ServerProcess, ServerProcess]) -> None:
     a, b = replicas
     _, key = new_key(a.data_dir, "shared-ipm", images_per_minute=5)
-    assert post(a, key, n=3).status_code == 200
-    refused = post(b, key, n=3)  # 3 + 3 > 5, though this replica has served none
+    assert post(a, key, n="3").status_code == 200
+    refused = post(b, key, n="3")  # 3 + 3 > 5, though this replica has served none
     assert refused.status_code == 429, refused.text
     assert refused.json()["error"]["type"] == "images"
-    assert post(b, key, n=2).status_code == 200  # exactly up to the bound
-    assert post(a, key, n=1).status_code == 429
+    assert post(b, key, n="2").status_code == 200  # exactly up to the bound
+    assert post(a, key, n="1").status_code == 429
 
 
 def test_requests_are_served_when_redis_is_down(tmp_path: Path) -> None:

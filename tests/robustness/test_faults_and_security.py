@@ -76,7 +76,7 @@ def test_a_trickling_upload_is_cut_off_with_a_408(own_server: tuple[ServerProces
 
 
 def test_trickling_headers_are_cut_off_with_a_408(own_server: tuple[ServerProcess, str, Path]) -> None:
-    server, key, _ = own_server
+    server, _, _ = own_server
     received = b""
     with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) as connection:
         connection.sendall(b"POST /v1/images/variations HTTP/1.1\r\nHost: x\r\nX-Slow: ")
