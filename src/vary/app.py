@@ -8,7 +8,6 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -28,11 +27,13 @@ from vary.db import Database
 from vary.engines.base import Engine
 from vary.engines.diffusion import Placement
 from vary.engines.registry import ModelRegistry
+from vary.imaging import ImageDecoder
+from vary.local_model import LocalModel, QueuePolicy
 from vary.memory import ReleaseMemoryWhenIdle
 from vary.metrics import Metrics
-from vary.ratelimit import Limits, RateLimiter
-from vary.scheduler import Scheduler
-from vary.serving import VariationService
+from vary.ratelimit import RateLimiter
+from vary.services import Services
+from vary.serving import Links, VariationService
 from vary.settings import Settings
 from vary.signing import UrlSigner, load_or_create_secret
 from vary.storage import ImageStore
@@ -40,30 +41,26 @@ from vary.storage import ImageStore
 log = logging.getLogger("vary")
 
 
-@dataclass
-class Services:
-    settings: Settings
-    db: Database
-    store: ImageStore
-    signer: UrlSigner
-    registry: ModelRegistry
-    schedulers: dict[str, Scheduler]
-    variations: VariationService
-    limiter: RateLimiter
-    metrics: Metrics
-    started_at: int
-
-
 def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Engine]] | None = None) -> FastAPI:
     """`load_engines` replaces the catalogue (tests hand in engines they built); all of them load eagerly."""
+    decoder = ImageDecoder(settings.image_rules())
+    queue = QueuePolicy(
+        max_queue=settings.queue_size,
+        max_batch_images=settings.max_batch_images,
+        retry_after_seconds=settings.retry_after_seconds,
+    )
+
+    def local_model(engine: Engine) -> LocalModel:
+        return LocalModel(engine, decoder=decoder, queue=queue)
 
     def build_registry() -> ModelRegistry:
         if load_engines is not None:
-            return ModelRegistry(load_engines(settings))
+            return ModelRegistry.of_engines(load_engines(settings), local=local_model)
         return ModelRegistry.from_catalogue(
             catalogue_for(settings.config, settings.model),
             placement=Placement(device=settings.device, dtype=settings.dtype, compile=settings.compile),
             overrides=settings.render_overrides(),
+            local=local_model,
         )
 
     @contextlib.asynccontextmanager
@@ -75,34 +72,20 @@ def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Eng
         for engine in registry.to_warm_up():
             await run_in_threadpool(engine.warmup)
         metrics = Metrics()
-        schedulers = {
-            e.info.id: Scheduler(
-                e,
-                max_queue=settings.queue_size,
-                max_batch_images=settings.max_batch_images,
-                retry_after_seconds=settings.retry_after_seconds,
-                on_batch=functools.partial(metrics.observe_batch, e.info.id),
-            )
-            for e in registry.engines()
-        }
-        metrics.watch({e.info.id: e for e in registry.engines()}, schedulers)
-        for scheduler in schedulers.values():
-            scheduler.start()
+        metrics.watch(registry.local)
+        for model in registry.local:
+            model.start(on_batch=functools.partial(metrics.observe_batch, model.name))
         app.state.services = Services(
             settings=settings,
             db=db,
             store=store,
             signer=signer,
             registry=registry,
-            schedulers=schedulers,
-            variations=VariationService(settings, registry, schedulers, store, signer),
+            variations=VariationService(
+                registry, decoder, store, Links(signer, settings.url_ttl_seconds, settings.public_url)
+            ),
             limiter=RateLimiter(
-                defaults=Limits(
-                    requests_per_minute=settings.key_requests_per_minute,
-                    images_per_minute=settings.key_images_per_minute,
-                    max_concurrent=settings.key_max_concurrent,
-                    image_quota=settings.key_image_quota,
-                ),
+                defaults=settings.key_limits(),
                 quota_period=settings.quota_period,
                 storage_uri=settings.rate_limit_storage,
             ),
@@ -115,9 +98,9 @@ def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Eng
             yield
         finally:
             sweeper.cancel()
-            for scheduler in schedulers.values():
-                await run_in_threadpool(scheduler.close)
-            for upstream in registry.upstreams():
+            for model in registry.local:
+                await run_in_threadpool(model.close)
+            for upstream in registry.hosted:
                 await upstream.aclose()
             db.close()
 
@@ -138,7 +121,7 @@ def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Eng
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
-        error=request_too_large,
+        error=request_too_large(settings.image_rules()),
         timeout_seconds=settings.body_timeout_seconds,
     )
     app.add_middleware(ReleaseMemoryWhenIdle, quiet_seconds=settings.memory_release_after_seconds)

@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from vary import create as create_command
+from vary.limits import LIMIT_FIELDS, LIMIT_FLAGS, KeyLimits
 from vary.settings import Settings
 from vary.usage_report import FORMATS
 
@@ -61,14 +62,6 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--since", help="only from this date or date-time on (ISO 8601; UTC unless it says)")
     usage.add_argument("--format", choices=FORMATS, default="table", help="table (default), csv or json")
     return parser
-
-
-LIMIT_FLAGS = {
-    "--rpm": ("requests_per_minute", "requests per minute"),
-    "--ipm": ("images_per_minute", "images per minute"),
-    "--concurrency": ("max_concurrent", "requests in flight at once"),
-    "--quota": ("image_quota", "images per quota period (VARY_QUOTA_PERIOD: month or day)"),
-}
 
 
 def _limit_options(default: object) -> argparse.ArgumentParser:
@@ -133,7 +126,7 @@ def _serve(settings: Settings) -> None:
 
 
 def _keys(args: argparse.Namespace, settings: Settings) -> None:
-    from vary.db import LIMIT_FIELDS, Database, KeyInfo, KeyLimits
+    from vary.db import Database, KeyInfo
 
     def limits_text(info: KeyInfo) -> str:
         shown = [f"{flag[2:]}={_shown(getattr(info.limits, dest))}" for flag, (dest, _) in LIMIT_FLAGS.items()]

@@ -20,6 +20,8 @@ from sqlalchemy import Boolean, Float, Integer, String, create_engine, event, fu
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from vary.limits import LIMIT_FIELDS, KeyLimits
+
 KEY_PREFIX = "vary-"
 
 
@@ -36,7 +38,7 @@ class ApiKeyRow(Base):
     created_at: Mapped[float] = mapped_column(Float)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True, default=None)
     admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
-    # Per-key limits: NULL takes the server's default, 0 means unlimited.
+    # Per-key limits (vary.limits.KeyLimits): NULL takes the server's default, 0 means unlimited.
     requests_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
     images_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
     max_concurrent: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
@@ -60,19 +62,6 @@ class UsageRow(Base):
     # Which model answered (a route's target, or the model itself) and after how many attempts.
     target: Mapped[str | None] = mapped_column(String(200), nullable=True, default=None)
     attempts: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
-
-
-LIMIT_FIELDS = ("requests_per_minute", "images_per_minute", "max_concurrent", "image_quota")
-
-
-@dataclass(frozen=True)
-class KeyLimits:
-    """A key's own limits; None takes the server's default, 0 means unlimited."""
-
-    requests_per_minute: int | None = None
-    images_per_minute: int | None = None
-    max_concurrent: int | None = None
-    image_quota: int | None = None  # images per quota period (VARY_QUOTA_PERIOD)
 
 
 @dataclass(frozen=True)
@@ -120,7 +109,7 @@ class Database:
     # --- keys -------------------------------------------------------------------------------
 
     def create_key(
-        self, name: str = "", *, admin: bool = False, limits: KeyLimits = KeyLimits()
+        self, name: str = "", *, admin: bool = False, limits: KeyLimits | None = None
     ) -> tuple[KeyInfo, str]:
         """Returns the key's record and the key itself, which is never stored and never shown again."""
         key_id = secrets.token_hex(4)
@@ -131,7 +120,7 @@ class Database:
             key_hash=_hash(key),
             created_at=time.time(),
             admin=admin,
-            **{field: getattr(limits, field) for field in LIMIT_FIELDS},
+            **{field: getattr(limits or KeyLimits(), field) for field in LIMIT_FIELDS},
         )
         with self.session() as s:
             s.add(row)

@@ -1,14 +1,17 @@
-"""Input PNG checks and conversion, output resizing and PNG encoding.
+"""The image rules in one place: input PNG checks and decoding, output resizing and PNG encoding.
 
 Cheap checks run on the raw bytes and the PNG header before anything is decoded, so that a
-decompression bomb or a non-PNG costs microseconds, not memory.
+decompression bomb or a non-PNG costs microseconds, not memory. Decoding itself is bounded: at most
+`ImageRules.max_concurrent_decodes` inputs are decoded at once, whatever the number of requests.
 """
 
 from __future__ import annotations
 
 import io
 import struct
+import threading
 import zlib
+from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -18,10 +21,10 @@ try:
 except ImportError:  # pragma: no cover - platforms without an fpng build fall back to Pillow
     _fpng = None
 
-from vary.api.errors import invalid
+from vary.errors import ImageRejected
 
+MiB = 1024 * 1024
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-NOT_A_PNG = "Uploaded image must be a PNG and less than 4 MB."
 _IHDR_END = 8 + 4 + 4 + 13 + 4  # magic, length, type, IHDR data, CRC
 _DECODE_ERRORS = (
     OSError,  # truncated data, bad chunk layout
@@ -37,34 +40,79 @@ _DECODE_ERRORS = (
 _WIDE_GREY_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 
 
-def png_dimensions(data: bytes) -> tuple[int, int]:
+@dataclass(frozen=True)
+class ImageRules:
+    """What an input image may be; the settings fill it in (VARY_MAX_IMAGE_BYTES, VARY_MAX_IMAGE_SIDE)."""
+
+    max_bytes: int = 4 * MiB  # OpenAI's contract: the image must be *less than* 4 MB
+    max_side: int = 4096
+    max_concurrent_decodes: int = 4
+
+    @property
+    def size_phrase(self) -> str:
+        """The byte limit as OpenAI words it: "4 MB"."""
+        mib, rest = divmod(self.max_bytes, MiB)
+        return f"{mib} MB" if mib and not rest else f"{self.max_bytes} bytes"
+
+    @property
+    def not_a_png(self) -> str:
+        return f"Uploaded image must be a PNG and less than {self.size_phrase}."
+
+    def too_large(self, limit: int) -> str:
+        return f"Request body is larger than {limit} bytes. {self.not_a_png}"
+
+
+def png_dimensions(data: bytes, rules: ImageRules = ImageRules()) -> tuple[int, int]:
     """Width and height from the IHDR chunk, which the PNG format requires to come first."""
     if len(data) < _IHDR_END or data[:8] != PNG_MAGIC or data[12:16] != b"IHDR":
-        raise invalid(NOT_A_PNG, param="image")
+        raise ImageRejected(rules.not_a_png)
     width, height = struct.unpack(">II", data[16:24])
     return int(width), int(height)
 
 
-def load_variation_input(data: bytes, *, max_bytes: int, max_side: int) -> Image.Image:
+def load_variation_input(data: bytes, rules: ImageRules = ImageRules()) -> Image.Image:
     """Checks an uploaded image against OpenAI's rules and returns it as RGB."""
-    if len(data) >= max_bytes:
-        raise invalid(NOT_A_PNG, param="image")
-    width, height = png_dimensions(data)
+    if len(data) >= rules.max_bytes:
+        raise ImageRejected(rules.not_a_png)
+    width, height = png_dimensions(data, rules)
     if width == 0 or height == 0:
-        raise invalid("Uploaded image has no pixels.", param="image")
+        raise ImageRejected("Uploaded image has no pixels.")
     if width != height:
-        raise invalid(f"Uploaded image must be square, but it is {width}x{height}.", param="image")
-    if width > max_side:
-        raise invalid(
-            f"Uploaded image is {width}x{height} pixels; the largest accepted is {max_side}x{max_side}.",
-            param="image",
-        )
+        raise ImageRejected(f"Uploaded image must be square, but it is {width}x{height}.")
+    if width > rules.max_side:
+        side = rules.max_side
+        raise ImageRejected(f"Uploaded image is {width}x{height} pixels; the largest accepted is {side}x{side}.")
     try:
         with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
             img.load()
             return to_rgb(img)
     except _DECODE_ERRORS:
-        raise invalid("Uploaded image is not a valid PNG: it is truncated or corrupt.", param="image") from None
+        raise ImageRejected("Uploaded image is not a valid PNG: it is truncated or corrupt.") from None
+
+
+@dataclass(eq=False)
+class InputImage:
+    """An uploaded image's bytes, and their checked RGB decode, made once when first needed."""
+
+    data: bytes
+    _rgb: Image.Image | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+class ImageDecoder:
+    """Checks and decodes inputs, at most `rules.max_concurrent_decodes` at a time (each can be ~64 MB)."""
+
+    def __init__(self, rules: ImageRules = ImageRules()) -> None:
+        self.rules = rules
+        self._slots = threading.BoundedSemaphore(rules.max_concurrent_decodes)
+
+    def rgb(self, image: InputImage) -> Image.Image:
+        """The image as RGB, or ImageRejected; blocking, so call it off the event loop."""
+        with image._lock:
+            if image._rgb is None:
+                with self._slots:
+                    image._rgb = load_variation_input(image.data, self.rules)
+            return image._rgb
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

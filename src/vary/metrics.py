@@ -6,13 +6,16 @@ Read at scrape time: queue depth, which models are loaded, and GPU memory when C
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from vary.local_model import LocalModel
 
 # Seconds: from a cached tiny request to a 1024 px n=10 batch on a busy GPU.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
@@ -49,9 +52,9 @@ class Metrics:
             "vary_requests_in_flight", "Variation requests admitted and not yet answered.", registry=self.registry
         )
 
-    def watch(self, models: Mapping[str, Any], schedulers: Mapping[str, Any]) -> None:
-        """Scrape-time gauges over the served engines (by id) and their schedulers."""
-        self.registry.register(_LiveCollector(models, schedulers))
+    def watch(self, models: Sequence[LocalModel]) -> None:
+        """Scrape-time gauges over the local models: their queues and whether they are loaded."""
+        self.registry.register(_LiveCollector(models))
 
     def count_request(self, model: str | None, status: int) -> None:
         self.requests.labels(model or "", str(status)).inc()
@@ -70,18 +73,17 @@ class Metrics:
 
 
 class _LiveCollector(Collector):
-    def __init__(self, models: Mapping[str, Any], schedulers: Mapping[str, Any]) -> None:
+    def __init__(self, models: Sequence[LocalModel]) -> None:
         self.models = models
-        self.schedulers = schedulers
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily("vary_queue_depth", "Requests waiting for the model.", labels=["model"])
-        for model, scheduler in self.schedulers.items():
-            depth.add_metric([model], scheduler.depth())
+        for model in self.models:
+            depth.add_metric([model.name], model.scheduler.depth())
         yield depth
         loaded = GaugeMetricFamily("vary_model_loaded", "1 once the model's weights are loaded.", labels=["model"])
-        for model, engine in self.models.items():
-            loaded.add_metric([model], 1.0 if engine.loaded else 0.0)
+        for model in self.models:
+            loaded.add_metric([model.name], 1.0 if model.engine.loaded else 0.0)
         yield loaded
         # Only once CUDA is in use: asking earlier would create a CUDA context in a CPU-only process.
         if torch.cuda.is_available() and torch.cuda.is_initialized():

@@ -27,37 +27,13 @@ from limits.errors import StorageError
 from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
-from vary.api.errors import ApiError
-from vary.db import KeyLimits
+from vary.errors import QuotaExceeded, RateLimited
+from vary.limits import KeyLimits
 
 log = logging.getLogger("vary.ratelimit")
 
 # Requests under --no-auth share this identity.
 ANONYMOUS = "-"
-
-
-@dataclass(frozen=True)
-class Limits:
-    """A key's effective limits: its own, else the server's defaults; None is unlimited."""
-
-    requests_per_minute: int | None = None
-    images_per_minute: int | None = None
-    max_concurrent: int | None = None
-    image_quota: int | None = None
-
-    @classmethod
-    def for_key(cls, own: KeyLimits, defaults: Limits) -> Limits:
-        def pick(mine: int | None, default: int | None) -> int | None:
-            if mine is None:
-                return default
-            return mine or None  # 0: unlimited, whatever the default
-
-        return cls(
-            pick(own.requests_per_minute, defaults.requests_per_minute),
-            pick(own.images_per_minute, defaults.images_per_minute),
-            pick(own.max_concurrent, defaults.max_concurrent),
-            pick(own.image_quota, defaults.image_quota),
-        )
 
 
 @dataclass
@@ -95,7 +71,7 @@ class RateLimiter:
     def __init__(
         self,
         *,
-        defaults: Limits,
+        defaults: KeyLimits,
         quota_period: str = "month",
         storage_uri: str = "memory://",
     ) -> None:
@@ -106,10 +82,10 @@ class RateLimiter:
         self._in_flight: dict[str, int] = {}
         self._reserved_images: dict[str, int] = {}
 
-    def limits_for(self, own: KeyLimits | None) -> Limits:
-        return Limits.for_key(own, self.defaults) if own is not None else self.defaults
+    def limits_for(self, own: KeyLimits | None) -> KeyLimits:
+        return KeyLimits.for_key(own, self.defaults) if own is not None else self.defaults
 
-    def admit(self, key_id: str, limits: Limits, images: int, *, delivered: int = 0) -> Admission:
+    def admit(self, key_id: str, limits: KeyLimits, images: int, *, delivered: int = 0) -> Admission:
         """Admits a request for `images` images or raises a 429; `delivered` is the quota used so far.
 
         Blocking (a redis:// storage is a network call): call it off the event loop."""
@@ -134,12 +110,9 @@ class RateLimiter:
             if limits.image_quota is not None:
                 used = delivered + self._reserved_images.get(key_id, 0)
                 if used + images > limits.image_quota:
-                    raise ApiError(
-                        429,
+                    raise QuotaExceeded(
                         f"You exceeded your current quota of {limits.image_quota} images per "
                         f"{self.quota_period}: {used} used, {images} requested.",
-                        type="insufficient_quota",
-                        code="insufficient_quota",
                         headers=headers,
                     )
             for item, kind, cost in ((requests, "requests", 1), (image_window, "images", images)):
@@ -199,11 +172,5 @@ def _fail_open(exc: StorageError) -> None:
     log.error("rate-limit storage failed; admitting without the minute windows: %s", exc)
 
 
-def _too_many(message: str, kind: str, headers: dict[str, str], *, retry_after: int) -> ApiError:
-    return ApiError(
-        429,
-        message,
-        type=kind,
-        code="rate_limit_exceeded",
-        headers={**headers, "Retry-After": str(retry_after)},
-    )
+def _too_many(message: str, kind: str, headers: dict[str, str], *, retry_after: int) -> RateLimited:
+    return RateLimited(message, unit=kind, retry_after=retry_after, headers=headers)

@@ -5,9 +5,11 @@ Concurrent requests for the same output size and controls are coalesced into one
 with later jobs of its size in arrival order: no job waits behind more than the jobs queued before it,
 so a big n=10 request cannot starve small ones and small ones cannot starve it.
 
-Every future is resolved or failed, whatever the engine does. A full queue answers 429 at once
-instead of growing a backlog. A job whose client went away is skipped before it starts; a running
-batch stops at its next denoising step once every client in it has gone.
+Every future is resolved or failed, whatever the engine does. A full queue refuses at once
+(`Overloaded`) instead of growing a backlog. A place in the queue can be reserved before the
+request's image is decoded, so that a refusal never costs a decode. A job whose client went away is
+skipped before it starts; a running batch stops at its next denoising step once every client in it
+has gone.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from vary.api.errors import ApiError
 from vary.engines.base import Batch, Controls, Engine, Frames, GenerationCancelled, VariationItem
+from vary.errors import Overloaded, ShuttingDown
 
 log = logging.getLogger("vary.scheduler")
 
@@ -50,8 +52,15 @@ class Job:
         self.future.cancel()
 
 
-def shutting_down() -> ApiError:
-    return ApiError(503, "The server is shutting down; retry the request.", type="server_error")
+@dataclass(eq=False)
+class Reservation:
+    """A place in the queue, held while the request's input is prepared; submit() uses it, release() frees it."""
+
+    scheduler: Scheduler
+    used: bool = False
+
+    def release(self) -> None:
+        self.scheduler._unreserve(self)
 
 
 class Scheduler:
@@ -70,6 +79,7 @@ class Scheduler:
         self.max_batch_images = max_batch_images
         self.retry_after_seconds = retry_after_seconds
         self._pending: deque[Job] = deque()
+        self._reserved = 0
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=f"engine:{engine.info.id}", daemon=True)
@@ -77,26 +87,39 @@ class Scheduler:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, item: VariationItem, size: int, controls: Controls) -> Job:
-        job = Job(item, size, controls)
+    def reserve(self) -> Reservation:
+        """A place in the queue, or Overloaded at once: settled before any work is done for the request."""
         with self._cond:
             if self._closed:
-                raise shutting_down()
-            if len(self._pending) >= self.max_queue:
+                raise ShuttingDown()
+            if len(self._pending) + self._reserved >= self.max_queue:
                 # Jobs whose clients left still sit in the queue until the worker reaches them.
                 self._pending = deque(j for j in self._pending if not j.future.cancelled())
-            if len(self._pending) >= self.max_queue:
-                raise ApiError(
-                    429,
-                    f"The model `{self.engine.info.id}` has more requests queued than it accepts. "
-                    f"Retry after {self.retry_after_seconds} seconds.",
-                    type="requests",
-                    code="queue_full",
-                    headers={"Retry-After": str(self.retry_after_seconds)},
-                )
+            if len(self._pending) + self._reserved >= self.max_queue:
+                raise Overloaded(self.engine.info.id, self.retry_after_seconds)
+            self._reserved += 1
+        return Reservation(self)
+
+    def submit(self, item: VariationItem, size: int, controls: Controls, reservation: Reservation | None = None) -> Job:
+        """Queues a job in its reserved place (or a new one, which may raise Overloaded)."""
+        reservation = reservation or self.reserve()
+        job = Job(item, size, controls)
+        with self._cond:
+            self._take(reservation)
+            if self._closed:
+                raise ShuttingDown()
             self._pending.append(job)
             self._cond.notify()
         return job
+
+    def _unreserve(self, reservation: Reservation) -> None:
+        with self._cond:
+            self._take(reservation)
+
+    def _take(self, reservation: Reservation) -> None:
+        if not reservation.used:  # under self._cond
+            reservation.used = True
+            self._reserved -= 1
 
     def depth(self) -> int:
         """Jobs waiting for the engine (the running batch not included)."""
@@ -111,7 +134,7 @@ class Scheduler:
             self._cond.notify_all()
         for job in queued:
             if job.future.set_running_or_notify_cancel():
-                job.future.set_exception(shutting_down())
+                job.future.set_exception(ShuttingDown())
         self._thread.join(timeout)
 
     def _next_batch(self) -> list[Job] | None:

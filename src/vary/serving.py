@@ -1,41 +1,27 @@
-"""Serving logic between the route and the engine: one variation request, start to finish."""
+"""One variation request, start to finish, in the service's own terms: no HTTP here.
+
+The road: the registry names the model's targets; a model with a remote target has its image
+checked first (a bad image is refused before any provider is called and billed); the gateway tries
+the targets; the images come back as base64 or are stored and signed as URLs, in OpenAI's
+ImagesResponse JSON, built once as bytes.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
-import io
 import json
-import logging
-import secrets
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
 
-import numpy as np
 import pybase64
-from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from vary.api.errors import ApiError, invalid, model_unavailable
-from vary.api.variation_form import VariationForm
-from vary.engines.base import ControlError, Controls, Engine, Frames, ModelUnavailable, VariationItem
 from vary.engines.registry import ModelRegistry
-from vary.engines.upstream import UpstreamEngine, UpstreamImages, UpstreamRequest
 from vary.gateway import Gateway
-from vary.imaging import encode_png, fit_to_size, load_variation_input, to_rgb
-from vary.scheduler import Job, Scheduler
-from vary.settings import Settings
+from vary.imaging import ImageDecoder
+from vary.request import VariationRequest
 from vary.signing import UrlSigner
 from vary.storage import ImageStore
-
-log = logging.getLogger("vary.serving")
-_T = TypeVar("_T")
-
-
-class ClientGone(Exception):
-    """The client disconnected before its images were ready."""
+from vary.targets import Made
 
 
 @dataclass
@@ -43,6 +29,9 @@ class Timings:
     """Seconds spent in each stage of one request, for the Server-Timing header."""
 
     stages: dict[str, float] = field(default_factory=dict)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.stages[stage] = self.stages.get(stage, 0.0) + seconds
 
     def header(self) -> str:
         return ", ".join(f"{name};dur={seconds * 1000:.1f}" for name, seconds in self.stages.items())
@@ -54,145 +43,67 @@ class VariationResult:
     timings: Timings
     batch_images: int  # images in the pipeline call this request shared
     seed: int | None  # the request's seed, given or drawn; None when a provider made the images
-    target: str = ""  # the model that answered: the requested one, or a route's target
+    target: str  # the model that answered: the requested one, or a route's target
     attempts: int = 1
+
+
+@dataclass(frozen=True)
+class Links:
+    """How image URLs are made: signed, valid for `ttl_seconds`, on `public_url` or the request's own base."""
+
+    signer: UrlSigner
+    ttl_seconds: int
+    public_url: str | None = None
 
 
 @dataclass
 class VariationService:
-    settings: Settings
     registry: ModelRegistry
-    schedulers: dict[str, Scheduler]
+    decoder: ImageDecoder
     store: ImageStore
-    signer: UrlSigner
-    gateway: Gateway = dataclasses.field(default_factory=Gateway)
+    links: Links
+    gateway: Gateway = field(default_factory=Gateway)
 
-    async def create(
-        self,
-        form: VariationForm,
-        *,
-        base_url: str,
-        wait_for_disconnect: Callable[[], Awaitable[None]],
-    ) -> VariationResult:
-        targets = self.registry.targets(form.model)
-        if len(targets) == 1 and not isinstance(targets[0], UpstreamEngine):
-            return await self._local(targets[0], form, base_url, wait_for_disconnect)
-        return await self._routed(targets, form, base_url, wait_for_disconnect)
-
-    async def _local(
-        self, engine: Engine, form: VariationForm, base_url: str, wait_for_disconnect: Callable[[], Awaitable[None]]
-    ) -> VariationResult:
+    async def create(self, request: VariationRequest, *, base_url: str) -> VariationResult:
+        served = self.registry.resolve(request.model)
         timings = Timings()
+        if any(target.remote for target in served.targets):
+            # Decoded once: a local target later in the route uses this decode.
+            mark = time.perf_counter()
+            await run_in_threadpool(self.decoder.rgb, request.image)
+            timings.add("prepare", time.perf_counter() - mark)
+
+        made, answered = await self.gateway.run(served.targets, request)
+        for stage, seconds in made.stages.items():
+            timings.add(stage, seconds)
+
         mark = time.perf_counter()
-        # 1. Everything about the request is checked before any model work; the engine's CPU
-        #    preprocessing happens here too, off the thread that drives the GPU.
-        try:
-            controls = engine.controls(form.controls)
-        except ControlError as exc:
-            raise invalid(exc.message, param=exc.param) from None
-        try:
-            conditioning = await run_in_threadpool(self._prepare, engine, form.image, form.size, controls)
-        except ModelUnavailable as exc:
-            raise model_unavailable(exc.model) from None
-        timings.stages["prepare"] = time.perf_counter() - mark
+        body = await run_in_threadpool(self._body, made, request.response_format, int(time.time()), base_url)
+        timings.add("encode", time.perf_counter() - mark)
+        batch_images = made.batch_images or request.n
+        return VariationResult(body, timings, batch_images, made.seed, answered.target, answered.attempts)
 
-        # 2. Queue it; wait for the images or for the client to leave, whichever comes first.
-        seed = form.controls.seed if form.controls.seed is not None else secrets.randbits(63)
-        item = VariationItem(conditioning=conditioning, n=form.n, seed=seed)
-        job = self.schedulers[engine.info.id].submit(item, form.size, controls)
-        frames = await _until_disconnect(job, wait_for_disconnect)
-        timings.stages["queue"] = job.started_at - job.queued_at
-        timings.stages["generate"] = job.finished_at - job.started_at
-
-        # 3. Resize, encode (and store) off the event loop.
-        mark = time.perf_counter()
-        created = int(time.time())
-        body = await run_in_threadpool(self._local_body, engine, frames, form, created, base_url)
-        timings.stages["encode"] = time.perf_counter() - mark
-        return VariationResult(body, timings, job.batch_images, seed, target=engine.info.id)
-
-    async def _routed(
-        self, targets: list[Any], form: VariationForm, base_url: str, wait_for_disconnect: Callable[[], Awaitable[None]]
-    ) -> VariationResult:
-        """Through the gateway: upstream providers and local models, tried in order."""
-        timings = Timings()
-        mark = time.perf_counter()
-        # The image is checked here too, so a bad one is a 400 before any provider is called (and billed).
-        await run_in_threadpool(
-            load_variation_input,
-            form.image,
-            max_bytes=self.settings.max_image_bytes,
-            max_side=self.settings.max_image_side,
-        )
-        timings.stages["prepare"] = time.perf_counter() - mark
-        request = UpstreamRequest(
-            image=form.image,
-            n=form.n,
-            size=form.size,
-            response_format=form.response_format,
-            user=form.user,
-            controls={k: v for k, v in dataclasses.asdict(form.controls).items() if v is not None},
-        )
-        mark = time.perf_counter()
-        answer, served = await _until_disconnect_async(
-            # Local targets need no watcher of their own: this one cancels the whole attempt.
-            self.gateway.run(targets, request, lambda engine: self._local(engine, form, base_url, _never)),
-            wait_for_disconnect,
-        )
-        if isinstance(answer, VariationResult):  # a local model answered
-            return dataclasses.replace(answer, target=served.target, attempts=served.attempts)
-        timings.stages["upstream"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-        body = await run_in_threadpool(self._upstream_body, answer, form, int(time.time()), base_url)
-        timings.stages["encode"] = time.perf_counter() - mark
-        return VariationResult(body, timings, form.n, None, target=served.target, attempts=served.attempts)
-
-    def _prepare(self, engine: Engine, data: bytes, size: int, controls: Controls) -> object:
-        image = load_variation_input(
-            data, max_bytes=self.settings.max_image_bytes, max_side=self.settings.max_image_side
-        )
-        # A lazily loaded model loads here, on the first request's thread, once.
-        return engine.prepare(image, size, controls)
-
-    def _local_body(self, engine: Engine, frames: Frames, form: VariationForm, created: int, base_url: str) -> bytes:
-        pngs = [encode_png(frame) for frame in engine.finish(frames, form.size)]
-        return self._body(pngs, form.response_format, created, base_url)
-
-    def _upstream_body(self, answer: UpstreamImages, form: VariationForm, created: int, base_url: str) -> bytes:
-        if answer.urls is not None:  # handed on as the provider gave them (rehost_urls = false)
-            return _images_body(created, b"url", [json.dumps(url)[1:-1].encode() for url in answer.urls])
-        pngs = [_png_of_size(data, form.size) for data in answer.pngs or []]
-        return self._body(pngs, form.response_format, created, base_url)
-
-    def _body(self, pngs: list[bytes], response_format: str, created: int, base_url: str) -> bytes:
+    def _body(self, made: Made, response_format: str, created: int, base_url: str) -> bytes:
+        if made.urls is not None:  # handed on as the provider gave them (rehost_urls = false)
+            return _images_body(created, b"url", [_json_string(url) for url in made.urls])
         if response_format == "b64_json":
-            return _images_body(created, b"b64_json", [pybase64.b64encode(png) for png in pngs])
+            return _images_body(created, b"b64_json", [pybase64.b64encode(png) for png in made.pngs])
         # The expiry is fixed before the files are written, so the sweeper (which ages files by
         # their mtime) can never delete a file while a URL to it is still valid.
-        expires = created + self.settings.url_ttl_seconds
-        base = (self.settings.public_url or base_url).rstrip("/")
+        expires = created + self.links.ttl_seconds
+        base = (self.links.public_url or base_url).rstrip("/")
         urls = []
-        for png in pngs:
+        for png in made.pngs:
             image_id = self.store.put(png)
-            signature = self.signer.signature(image_id, expires)
-            url = f"{base}/v1/files/{image_id}.png?expires={expires}&signature={signature}"
+            signature = self.links.signer.signature(image_id, expires)
             # Escaped: the base comes from the request's Host header, which a client controls.
-            urls.append(json.dumps(url)[1:-1].encode())
+            urls.append(_json_string(f"{base}/v1/files/{image_id}.png?expires={expires}&signature={signature}"))
         return _images_body(created, b"url", urls)
 
 
-def _png_of_size(data: bytes, size: int) -> bytes:
-    """A provider's image as a PNG of exactly `size` px a side (gpt-image answers at 1024, for one)."""
-    try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except (OSError, ValueError):
-        raise ApiError(
-            502, "A provider answered with an image that is not readable.", type="server_error", code="upstream_error"
-        ) from None
-    if image.format == "PNG" and image.size == (size, size) and image.mode in ("RGB", "RGBA"):
-        return data
-    return encode_png(np.asarray(fit_to_size(to_rgb(image), size)))
+def _json_string(text: str) -> bytes:
+    """`text` as the inside of a JSON string."""
+    return json.dumps(text)[1:-1].encode()
 
 
 def _images_body(created: int, field: bytes, values: list[bytes]) -> bytes:
@@ -205,39 +116,3 @@ def _images_body(created: int, field: bytes, values: list[bytes]) -> bytes:
         parts += [b',{"' if i else b'{"', field, b'":"', value, b'"}']
     parts.append(b"]}")
     return b"".join(parts)
-
-
-async def _never() -> None:
-    await asyncio.Event().wait()
-
-
-async def _until_disconnect_async(work: Awaitable[_T], wait_for_disconnect: Callable[[], Awaitable[None]]) -> _T:
-    """`work`, unless the client hangs up first: then it is cancelled (an upstream call is abandoned)."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.ensure_future(wait_for_disconnect())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-    if not task.done() or task.cancelled():
-        raise ClientGone
-    return task.result()
-
-
-async def _until_disconnect(job: Job, wait_for_disconnect: Callable[[], Awaitable[None]]) -> Frames:
-    result = asyncio.wrap_future(job.future)
-    watcher = asyncio.ensure_future(wait_for_disconnect())
-    try:
-        await asyncio.wait({result, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    except asyncio.CancelledError:
-        job.cancel()
-        raise
-    finally:
-        watcher.cancel()
-    if not result.done():
-        job.cancel()
-        result.cancel()
-        raise ClientGone
-    return result.result()

@@ -8,6 +8,10 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from vary.controls import MAX_GUIDANCE_SCALE, MAX_STEPS
+from vary.imaging import ImageRules
+from vary.limits import LIMIT_FIELDS, KeyLimits
+
 MiB = 1024 * 1024
 
 
@@ -33,12 +37,11 @@ class Settings(BaseSettings):
     compile: bool = False
 
     # Generation overrides for every served model; None keeps each model's own defaults.
-    # At most half the 1000 training timesteps, which DDPM-style schedulers need to space the steps.
-    num_inference_steps: int | None = Field(default=None, ge=1, le=500)
-    guidance_scale: float | None = Field(default=None, ge=0.0, le=50.0)
+    num_inference_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
+    guidance_scale: float | None = Field(default=None, ge=0.0, le=MAX_GUIDANCE_SCALE)
     sampler: Literal["dpmsolver++", "ddpm", "default"] | None = None
     # The most denoising steps a request may ask for with `steps`: each costs GPU time.
-    max_request_steps: int = Field(default=100, ge=1, le=500)
+    max_request_steps: int = Field(default=100, ge=1, le=MAX_STEPS)
 
     # URLs and their files.
     url_ttl_seconds: int = Field(default=3600, ge=1)
@@ -81,6 +84,13 @@ class Settings(BaseSettings):
     memory_release_after_seconds: float = Field(default=2.0, ge=0)
     # glibc malloc arenas for the whole process (fewer: less memory kept after bursts); 0: glibc's default.
     malloc_arenas: int = Field(default=2, ge=0)
+
+    def key_limits(self) -> KeyLimits:
+        """The limits of keys that set none of their own."""
+        return KeyLimits(**{name: getattr(self, f"key_{name}") for name in LIMIT_FIELDS})
+
+    def image_rules(self) -> ImageRules:
+        return ImageRules(max_bytes=self.max_image_bytes, max_side=self.max_image_side)
 
     def render_overrides(self) -> dict[str, object]:
         return {

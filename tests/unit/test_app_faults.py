@@ -37,7 +37,7 @@ def test_a_failing_usage_write_does_not_cost_the_client_its_images(client: TestC
 
 
 def test_a_failing_engine_is_a_500_that_leaks_nothing_and_the_next_request_works(client: TestClient) -> None:
-    engine = client.app.state.services.registry.default  # type: ignore[attr-defined]
+    engine = client.app.state.services.registry.default.engine  # type: ignore[attr-defined]
     real_generate = engine.generate
     calls = 0
 

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from vary.config import ENGINES, model_for_spec
-from vary.engines.base import Batch, ControlError, Controls, RequestedControls, VariationItem
+from vary.engines.base import Batch, Controls, RequestedControls, VariationItem
 from vary.engines.diffusion import DiffusionEngine
+from vary.errors import ControlInvalid
 
 DEFAULT = RequestedControls()
 
@@ -100,7 +101,7 @@ def test_steps_and_guidance_change_the_output(engine: DiffusionEngine) -> None:
 def test_strength_runs_img2img_from_the_input_or_is_refused(engine: DiffusionEngine) -> None:
     low = RequestedControls(strength=0.5, steps=10)
     if not engine.has_img2img:
-        with pytest.raises(ControlError) as refused:
+        with pytest.raises(ControlInvalid) as refused:
             engine.controls(low)
         assert refused.value.param == "strength"
         return
@@ -121,7 +122,7 @@ def test_strength_runs_img2img_from_the_input_or_is_refused(engine: DiffusionEng
 def test_controls_fill_in_the_model_defaults_and_refuse_zero_steps(engine: DiffusionEngine) -> None:
     assert engine.controls(DEFAULT) == Controls(engine.options.steps, engine.options.guidance_scale, 1.0)
     if engine.has_img2img:
-        with pytest.raises(ControlError, match="no denoising step"):
+        with pytest.raises(ControlInvalid, match="no denoising step"):
             engine.controls(RequestedControls(strength=0.1, steps=5))
 
 

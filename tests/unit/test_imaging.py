@@ -7,15 +7,16 @@ import pytest
 from PIL import Image
 
 from tests.conftest import png_bytes
-from vary.api.errors import ApiError
-from vary.imaging import encode_png, fit_to_size, load_variation_input, png_dimensions, to_rgb
+from vary.api.errors import api_error
+from vary.errors import ImageRejected
+from vary.imaging import ImageRules, encode_png, fit_to_size, load_variation_input, png_dimensions, to_rgb
 
-LIMITS = {"max_bytes": 4 * 1024 * 1024, "max_side": 4096}
+LIMITS = ImageRules(max_bytes=4 * 1024 * 1024, max_side=4096)
 
 
 def test_dimensions_come_from_the_header() -> None:
     assert png_dimensions(png_bytes((30, 20))) == (30, 20)
-    with pytest.raises(ApiError):
+    with pytest.raises(ImageRejected):
         png_dimensions(b"GIF89a" + b"\0" * 40)
 
 
@@ -30,21 +31,21 @@ def test_transparency_is_composited_onto_white() -> None:
 
 
 def test_16_bit_grey_is_scaled_not_clipped() -> None:
-    img = load_variation_input(png_bytes(8, "I;16", color=32768), **LIMITS)
+    img = load_variation_input(png_bytes(8, "I;16", color=32768), LIMITS)
     assert img.mode == "RGB" and img.getpixel((0, 0)) == (128, 128, 128)
 
 
 def test_load_checks_size_limit_before_decoding() -> None:
     data = png_bytes(8)
-    with pytest.raises(ApiError) as err:
-        load_variation_input(data, max_bytes=len(data), max_side=4096)
-    assert err.value.param == "image" and err.value.status == 400
-    assert load_variation_input(data, max_bytes=len(data) + 1, max_side=4096).size == (8, 8)
+    with pytest.raises(ImageRejected) as err:
+        load_variation_input(data, ImageRules(max_bytes=len(data), max_side=4096))
+    assert err.value.param == "image" and api_error(err.value).status == 400
+    assert load_variation_input(data, ImageRules(max_bytes=len(data) + 1, max_side=4096)).size == (8, 8)
 
 
 def test_side_limit() -> None:
-    with pytest.raises(ApiError, match="largest accepted is 16x16"):
-        load_variation_input(png_bytes(17), max_bytes=10**7, max_side=16)
+    with pytest.raises(ImageRejected, match="largest accepted is 16x16"):
+        load_variation_input(png_bytes(17), ImageRules(max_bytes=10**7, max_side=16))
 
 
 def test_fit_to_size_and_encode_roundtrip() -> None:

@@ -8,9 +8,11 @@ from datetime import datetime, timezone
 import pytest
 import time_machine
 
-from vary.api.errors import ApiError
-from vary.db import KeyLimits
-from vary.ratelimit import Limits, RateLimiter, quota_period_start, reset_duration
+from vary.api.errors import ApiError, api_error
+from vary.errors import VaryError
+from vary.limits import KeyLimits
+from vary.limits import KeyLimits as Limits
+from vary.ratelimit import RateLimiter, quota_period_start, reset_duration
 
 START = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -22,10 +24,11 @@ def clock() -> Iterator[time_machine.Coordinates]:
 
 
 def refused(limiter: RateLimiter, limits: Limits, images: int = 1, *, delivered: int = 0) -> ApiError:
-    with pytest.raises(ApiError) as error:
+    with pytest.raises(VaryError) as error:
         limiter.admit("k", limits, images, delivered=delivered)
-    assert error.value.status == 429
-    return error.value
+    answer = api_error(error.value)  # what the client is sent
+    assert answer.status == 429
+    return answer
 
 
 def test_requests_per_minute_exactly_at_the_bound_in_a_moving_window(clock: time_machine.Coordinates) -> None:
@@ -76,7 +79,7 @@ def test_keys_are_limited_separately(clock: time_machine.Coordinates) -> None:
     limiter = RateLimiter(defaults=limits)
     limiter.admit("a", limits, 1)
     limiter.admit("b", limits, 1)
-    with pytest.raises(ApiError):
+    with pytest.raises(VaryError):
         limiter.admit("a", limits, 1)
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vary.api.errors import ApiError
+from vary.api.errors import api_error
+from vary.errors import Overloaded, ShuttingDown
 from vary.engines.base import Batch, Controls, GenerationCancelled, RequestedControls, VariationItem
 from vary.engines.kandinsky import KandinskyVariationEngine
 from vary.scheduler import Scheduler
@@ -107,10 +108,11 @@ def test_a_full_queue_answers_429_with_retry_after(scheduler: Scheduler, gated: 
     running = scheduler.submit(item(), 64, C)
     assert gated.entered.wait(WAIT_S)  # the worker holds one job; the queue holds two more
     queued = [scheduler.submit(item(), 64, C), scheduler.submit(item(), 64, C)]
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(Overloaded) as err:
         scheduler.submit(item(), 64, C)
-    assert err.value.status == 429 and err.value.headers == {"Retry-After": "7"}
-    assert err.value.body()["error"]["code"] == "queue_full"
+    answer = api_error(err.value)  # what the client is sent
+    assert answer.status == 429 and answer.headers == {"Retry-After": "7"}
+    assert answer.body()["error"]["code"] == "queue_full"
     gated.open()
     for job in (running, *queued):
         assert len(job.future.result(WAIT_S)) == 1
@@ -156,13 +158,13 @@ def test_close_fails_queued_jobs(gated: GatedEngine) -> None:
     queued = s.submit(item(), 64, C)
     closer = threading.Thread(target=s.close, kwargs={"timeout": WAIT_S})
     closer.start()
-    with pytest.raises(ApiError) as err:
+    with pytest.raises(ShuttingDown) as err:
         queued.future.result(WAIT_S)
-    assert err.value.status == 503
+    assert api_error(err.value).status == 503
     gated.open()
     closer.join(WAIT_S)
     assert len(running.future.result(WAIT_S)) == 1, "the running job still finishes"
-    with pytest.raises(ApiError):
+    with pytest.raises(ShuttingDown):
         s.submit(item(), 64, C)
 
 

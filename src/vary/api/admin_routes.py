@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from starlette.concurrency import run_in_threadpool
 
 from vary.api.auth import require_admin_key
+from vary.api.deps import services_of
 from vary.api.errors import invalid
 from vary.db import KeyInfo
 from vary.usage_report import parse_since, summarise
@@ -25,5 +26,5 @@ async def usage(
         since_ts = parse_since(since) if since else None
     except ValueError as exc:
         raise invalid(str(exc), param="since") from None
-    rows = await run_in_threadpool(request.app.state.services.db.usage_rows, key_id=key, user=user, since=since_ts)
+    rows = await run_in_threadpool(services_of(request).db.usage_rows, key_id=key, user=user, since=since_ts)
     return {"object": "list", "data": [summary.__dict__ for summary in summarise(rows)]}

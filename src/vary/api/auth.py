@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
+from vary.api.deps import services_of
 from vary.api.errors import ApiError
 from vary.db import KeyInfo
 
@@ -18,7 +19,7 @@ NOT_ADMIN = "This API key is not an admin key. Admin endpoints need one: `vary k
 
 async def require_api_key(request: Request) -> KeyInfo | None:
     """The caller's key, or None when the server runs with --no-auth. Never echoes the key."""
-    if request.app.state.services.settings.no_auth:
+    if services_of(request).settings.no_auth:
         return None
     return await _bearer_key(request)
 
@@ -38,8 +39,7 @@ async def _bearer_key(request: Request) -> KeyInfo:
     if not header or scheme.lower() != "bearer" or not token:
         raise ApiError(401, MISSING_KEY, code="invalid_api_key")
     # A database read per request, so a revoked key is refused at once, even by another process.
-    key: KeyInfo | None = await run_in_threadpool(request.app.state.services.db.authenticate, token)
+    key: KeyInfo | None = await run_in_threadpool(services_of(request).db.authenticate, token)
     if key is None:
         raise ApiError(401, WRONG_KEY, code="invalid_api_key")
-    request.state.key = key
     return key

@@ -1,6 +1,8 @@
-"""The one error channel: raise ApiError anywhere on the request path; it leaves as OpenAI's error JSON.
+"""The one place errors become OpenAI's error JSON and an HTTP status.
 
-Every non-2xx answer, FastAPI's own validation errors and unknown routes included, has the shape
+Lower layers raise domain errors (`vary.errors`); `api_error` maps each to its status, type and
+code here. The edge's own refusals (auth, signatures, the form) raise ApiError directly. Every
+non-2xx answer, FastAPI's own validation errors and unknown routes included, has the shape
 {"error": {"message", "type", "param", "code"}}.
 """
 
@@ -13,6 +15,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from vary import errors as domain
 
 log = logging.getLogger("vary.errors")
 
@@ -57,25 +61,6 @@ def invalid(message: str, param: str | None = None, code: str | None = None) -> 
     return ApiError(400, message, param=param, code=code)
 
 
-def model_not_found(model: str) -> ApiError:
-    return ApiError(
-        404,
-        f"The model `{model}` does not exist or you do not have access to it.",
-        param="model",
-        code="model_not_found",
-    )
-
-
-def model_unavailable(model: str) -> ApiError:
-    return ApiError(
-        503,
-        f"The model `{model}` could not be loaded. Retry later; the server's log says why.",
-        type="server_error",
-        param="model",
-        code="model_unavailable",
-    )
-
-
 def server_error() -> ApiError:
     # Says nothing about the cause: internals stay in the server log.
     return ApiError(
@@ -85,9 +70,48 @@ def server_error() -> ApiError:
     )
 
 
+def api_error(exc: domain.VaryError) -> ApiError:
+    """A domain error as OpenAI would answer it."""
+    message, param = exc.message, exc.param
+    if isinstance(exc, domain.RequestInvalid):
+        return ApiError(400, message, param=param, code=exc.code)
+    if isinstance(exc, domain.ModelNotFound):
+        return ApiError(404, message, param=param, code="model_not_found")
+    if isinstance(exc, domain.ModelUnavailable):
+        return ApiError(503, message, type=SERVER_ERROR, param=param, code="model_unavailable")
+    if isinstance(exc, domain.Overloaded):
+        return _retry_later(exc.retry_after, message, type="requests", code="queue_full")
+    if isinstance(exc, domain.ShuttingDown):
+        return ApiError(503, message, type=SERVER_ERROR)
+    if isinstance(exc, domain.RateLimited):
+        return _retry_later(exc.retry_after, message, type=exc.unit, code="rate_limit_exceeded", headers=exc.headers)
+    if isinstance(exc, domain.QuotaExceeded):
+        return ApiError(429, message, type="insufficient_quota", code="insufficient_quota", headers=exc.headers)
+    if isinstance(exc, domain.UpstreamRefused):
+        return ApiError(exc.status, message, type=exc.type or INVALID_REQUEST, param=param, code=exc.code)
+    if isinstance(exc, domain.UpstreamRateLimited):
+        return _retry_later(exc.retry_after, message, type="requests", code="rate_limit_exceeded")
+    if isinstance(exc, domain.UpstreamUnavailable):
+        return ApiError(502, message, type=SERVER_ERROR, code="upstream_unavailable")
+    if isinstance(exc, domain.UpstreamFailure):
+        return ApiError(502, message, type=SERVER_ERROR, code="upstream_error")
+    return server_error()
+
+
+def _retry_later(
+    seconds: int, message: str, *, type: str, code: str, headers: Mapping[str, str] | None = None
+) -> ApiError:
+    return ApiError(429, message, type=type, code=code, headers={**(headers or {}), "Retry-After": str(seconds)})
+
+
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
     return exc.response()
+
+
+async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, domain.VaryError)
+    return api_error(exc).response()
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -124,6 +148,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(domain.VaryError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

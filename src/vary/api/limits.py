@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
 from vary.db import KeyInfo
 from vary.ratelimit import ANONYMOUS, Admission, quota_period_start
+from vary.services import Services
 
 
-async def admit(services: Any, key: KeyInfo | None, images: int) -> Admission:
+async def admit(services: Services, key: KeyInfo | None, images: int) -> Admission:
     """Admits the request or raises a 429; the caller releases the admission when the request ends."""
     limiter = services.limiter
     limits = limiter.limits_for(key.limits if key else None)

@@ -8,6 +8,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from vary.api.deps import services_if_started, services_of
+
 router = APIRouter(include_in_schema=False)
 
 
@@ -20,11 +22,11 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
     """Ready when every eagerly loaded model is loaded, the image store takes writes, and the database answers."""
-    services = getattr(request.app.state, "services", None)
+    services = services_if_started(request)
     if services is None:  # still starting
         return JSONResponse({"status": "starting"}, status_code=503)
     models = {
-        model.id: "loaded" if model.engine.loaded else ("loading" if model.eager else "lazy")
+        model.id: "loaded" if model.loaded else ("loading" if model.eager else "lazy")
         for model in services.registry.models()
     }
     store = await run_in_threadpool(_check, services.store.check_writable)
@@ -44,5 +46,5 @@ def _check(probe: Callable[[], object]) -> str:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    services = request.app.state.services
+    services = services_of(request)
     return Response(services.metrics.render(), media_type=services.metrics.content_type)

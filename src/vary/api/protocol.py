@@ -6,9 +6,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SIZES = ("256x256", "512x512", "1024x1024")
-RESPONSE_FORMATS = ("url", "b64_json")
-MAX_N = 10
+from vary.controls import MAX_GUIDANCE_SCALE, MAX_SEED
+from vary.request import MAX_N, SIDES
+
+SIZES = tuple(f"{side}x{side}" for side in SIDES)
 
 
 class CreateImageVariationRequest(BaseModel):
@@ -39,7 +40,7 @@ class CreateImageVariationRequest(BaseModel):
     seed: int | None = Field(
         default=None,
         ge=0,
-        le=2**63 - 1,
+        le=MAX_SEED,
         description="vary: the same seed and request give the same images on the same machine and model. "
         "The seed used is returned in the x-vary-seed header.",
     )
@@ -54,7 +55,10 @@ class CreateImageVariationRequest(BaseModel):
         default=None, ge=1, description="vary: denoising steps (default: the model's; capped by the server)."
     )
     guidance_scale: float | None = Field(
-        default=None, ge=0, le=50, description="vary: classifier-free guidance scale (default: the model's)."
+        default=None,
+        ge=0,
+        le=MAX_GUIDANCE_SCALE,
+        description="vary: classifier-free guidance scale (default: the model's).",
     )
 
     @classmethod
@@ -104,14 +108,19 @@ class ModelList(BaseModel):
     data: list[Model]
 
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": text}
-    for status, text in {
-        400: "Invalid request",
-        401: "Missing or invalid API key",
-        404: "Unknown model",
+def _errors(described: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorResponse, "description": text} for status, text in described.items()}
+
+
+# What any authenticated route can answer, and what the variations route adds.
+ERROR_RESPONSES = _errors({401: "Missing, wrong or revoked API key", 404: "Unknown model", 500: "Server error"})
+VARIATION_ERRORS = ERROR_RESPONSES | _errors(
+    {
+        400: "A field breaks a rule (param names it)",
+        408: "The body did not arrive in time",
         413: "Request body too large",
-        429: "Queue full; retry after the Retry-After header's seconds",
-        500: "Server error",
-    }.items()
-}
+        429: "A rate limit, the quota, or a full queue; retry after the Retry-After header's seconds",
+        502: "Every hosted provider of the model failed",
+        503: "The model could not be loaded, or the server is shutting down",
+    }
+)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar, overload
 
@@ -16,16 +17,16 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.requests import Request
 
 from vary.api.errors import ApiError, invalid
-from vary.api.protocol import MAX_N, RESPONSE_FORMATS, SIZES
-from vary.engines.base import RequestedControls
+from vary.api.protocol import SIZES
+from vary.controls import MAX_GUIDANCE_SCALE, MAX_SEED, RequestedControls
+from vary.imaging import ImageRules, InputImage
+from vary.request import MAX_N, RESPONSE_FORMATS, VariationRequest
 
 _N = TypeVar("_N", int, float)
 
 # OpenAI's fields, then vary's optional controls (the openai SDK sends those through `extra_body`).
 FIELDS = frozenset({"image", "model", "n", "size", "response_format", "user"})
 CONTROLS = frozenset({"seed", "strength", "steps", "guidance_scale"})
-MAX_SEED = 2**63 - 1
-MAX_GUIDANCE_SCALE = 50.0
 _INTEGER = re.compile(r"[+-]?[0-9]{1,20}")
 # Finite decimals only: Python's float() would also take "nan", "inf" and "1_0".
 _NUMBER = re.compile(r"[+-]?([0-9]{1,20}(\.[0-9]{0,20})?|\.[0-9]{1,20})([eE][+-]?[0-9]{1,3})?")
@@ -44,6 +45,18 @@ class VariationForm:
     response_format: str
     user: str | None
     controls: RequestedControls = RequestedControls()
+
+    def to_request(self) -> VariationRequest:
+        """The service's request: the form's checked fields, with no HTTP in them."""
+        return VariationRequest(
+            image=InputImage(self.image),
+            n=self.n,
+            size=self.size,
+            response_format=self.response_format,
+            model=self.model,
+            user=self.user,
+            controls=self.controls,
+        )
 
 
 async def read_variation_form(request: Request, *, max_user_chars: int, max_steps: int) -> VariationForm:
@@ -168,9 +181,10 @@ def _clip(value: str, limit: int = 64) -> str:
     return value if len(value) <= limit else value[:limit] + "..."
 
 
-def request_too_large(limit: int) -> ApiError:
-    return ApiError(
-        413,
-        f"Request body is larger than {limit} bytes. Uploaded image must be a PNG and less than 4 MB.",
-        param="image",
-    )
+def request_too_large(rules: ImageRules) -> Callable[[int], ApiError]:
+    """The body cap's answer, in the image rules' words."""
+
+    def error(limit: int) -> ApiError:
+        return ApiError(413, rules.too_large(limit), param="image")
+
+    return error

@@ -9,49 +9,16 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
+# Re-exported: engines speak in these.
+from vary.controls import Controls as Controls
+from vary.controls import RequestedControls as RequestedControls
+
 # Images travel as uint8 arrays: (H, W, 3) for one image, (N, H, W, 3) for a request's n images.
 Frames = np.ndarray
 
 
 class GenerationCancelled(Exception):
     """Every client waiting on the batch went away; the engine stopped between steps."""
-
-
-class ModelUnavailable(RuntimeError):
-    """The model's weights failed to load; the next request tries again."""
-
-    def __init__(self, model: str) -> None:
-        super().__init__(model)
-        self.model = model
-
-
-class ControlError(ValueError):
-    """A request's control the model cannot honour; becomes a 400 naming `param`."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
-        self.message = message
-
-
-@dataclass(frozen=True)
-class RequestedControls:
-    """The optional control fields of a request; None leaves the model's own default."""
-
-    seed: int | None = None
-    strength: float | None = None
-    steps: int | None = None
-    guidance_scale: float | None = None
-
-
-@dataclass(frozen=True)
-class Controls:
-    """A request's controls resolved against its model's defaults. Only equal controls share a batch."""
-
-    steps: int
-    guidance_scale: float
-    # 1.0: a pure image-embedding variation. Below 1: img2img from the input, keeping its composition.
-    strength: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -106,7 +73,7 @@ class Engine(Protocol):
     def warmup(self) -> None: ...
 
     def controls(self, requested: RequestedControls) -> Controls:
-        """The request's controls with this model's defaults filled in; raises ControlError."""
+        """The request's controls with this model's defaults filled in; raises ControlInvalid."""
         ...
 
     def prepare(self, image: Image.Image, size: int, controls: Controls) -> Any:

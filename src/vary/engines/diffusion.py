@@ -25,17 +25,17 @@ from diffusers import DDPMScheduler, DiffusionPipeline, DPMSolverMultistepSchedu
 from PIL import Image
 from transformers import CLIPImageProcessorPil as CLIPImageProcessor  # the torchvision-free processor
 
+from vary.controls import MAX_GUIDANCE_SCALE
 from vary.engines.base import (
     Batch,
-    ControlError,
     Controls,
     Frames,
     GenerationCancelled,
     ModelInfo,
-    ModelUnavailable,
     RequestedControls,
     VariationItem,
 )
+from vary.errors import ControlInvalid, ModelUnavailable
 from vary.imaging import fit_to_size
 
 log = logging.getLogger("vary.engines")
@@ -69,8 +69,8 @@ class EngineOptions:
             raise ValueError(f"unknown sampler {self.sampler!r}: use one of {', '.join(SAMPLERS)}")
         if self.steps < 1:
             raise ValueError(f"steps must be at least 1, not {self.steps}")
-        if not 0 <= self.guidance_scale <= 50:
-            raise ValueError(f"guidance_scale must be between 0 and 50, not {self.guidance_scale}")
+        if not 0 <= self.guidance_scale <= MAX_GUIDANCE_SCALE:
+            raise ValueError(f"guidance_scale must be between 0 and {MAX_GUIDANCE_SCALE:g}, not {self.guidance_scale}")
         if not 1 <= self.min_render_side <= self.max_render_side:
             raise ValueError("min_render_side must be at least 1 and at most max_render_side")
 
@@ -257,12 +257,12 @@ class DiffusionEngine(ABC):
             strength=requested.strength if requested.strength is not None else 1.0,
         )
         if resolved.strength < 1 and not self.has_img2img:
-            raise ControlError(
+            raise ControlInvalid(
                 "strength",
                 f"The model '{self.info.id}' has no img2img path, so 'strength' must be 1 (the default).",
             )
         if int(resolved.steps * resolved.strength) < 1:
-            raise ControlError(
+            raise ControlInvalid(
                 "strength",
                 f"'strength' {resolved.strength} with {resolved.steps} steps leaves no denoising step; "
                 "raise strength or steps.",

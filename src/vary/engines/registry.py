@@ -1,90 +1,122 @@
-"""Model names to engines: local models, upstream providers and routes over them; aliases (dall-e-2)."""
+"""Model names to what serves them: each served model is an ordered list of Targets; aliases (dall-e-2).
+
+A local model is one LocalModel target (its engine behind a scheduler), a hosted provider one
+UpstreamEngine target, and a route the targets of the models it names, in order. A target is built
+once and shared: a local model in two routes has one queue.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-from vary.api.errors import model_not_found
 from vary.config import ROUTE, Catalogue
 from vary.engines.base import Engine, ModelInfo
 from vary.engines.diffusion import Placement
 from vary.engines.upstream import UPSTREAM_ENGINES, UpstreamEngine
+from vary.errors import ModelNotFound
+from vary.imaging import ImageDecoder
+from vary.local_model import LocalModel
+from vary.targets import Target
+
+# Wraps an engine in the target that serves it; the app passes one with its queue settings and decoder.
+LocalModelFactory = Callable[[Engine], LocalModel]
 
 
-@dataclass(frozen=True)
-class Route:
-    """A model name that tries other models in order (see gateway.py)."""
-
-    info: ModelInfo
-    targets: tuple[Any, ...]
-    loaded: bool = True
+def default_local_model(engine: Engine) -> LocalModel:
+    return LocalModel(engine, decoder=ImageDecoder())
 
 
 @dataclass(frozen=True)
 class ServedModel:
     id: str
-    engine: Engine
+    info: ModelInfo
+    targets: tuple[Target, ...]
+    engine: Engine | None = None  # the engine, when the model is a local one
     alias_of: str | None = None
     eager: bool = True  # loaded and warmed up at start, rather than on its first request
+
+    @property
+    def loaded(self) -> bool:
+        return self.engine.loaded if self.engine is not None else True
 
 
 class ModelRegistry:
     def __init__(
         self,
-        engines: list[Any],
+        models: list[ServedModel],
         *,
+        local: list[LocalModel] | None = None,
+        hosted: list[UpstreamEngine] | None = None,
         aliases: dict[str, str] | None = None,
         default: str | None = None,
-        lazy: frozenset[str] = frozenset(),
     ) -> None:
-        if not engines:
+        if not models:
             raise ValueError("at least one model must be served")
-        by_id = {engine.info.id: engine for engine in engines}
-        self.default = by_id[default] if default else engines[0]
-        self._by_name: dict[str, ServedModel] = {
-            name: ServedModel(name, engine, eager=name not in lazy) for name, engine in by_id.items()
-        }
-        aliases = aliases if aliases is not None else {"dall-e-2": self.default.info.id}
+        self.local = local or []
+        self.hosted = hosted or []
+        by_id = {model.id: model for model in models}
+        self.default = by_id[default] if default else models[0]
+        self._by_name = dict(by_id)
+        aliases = aliases if aliases is not None else {"dall-e-2": self.default.id}
         for alias, target in aliases.items():
-            self._by_name.setdefault(alias, ServedModel(alias, by_id[target], alias_of=target))
+            model = by_id[target]
+            self._by_name.setdefault(
+                alias, ServedModel(alias, model.info, model.targets, model.engine, alias_of=target)
+            )
+
+    @classmethod
+    def of_engines(cls, engines: list[Engine], *, local: LocalModelFactory = default_local_model) -> ModelRegistry:
+        """Local engines served under their own names, all eager; the first is the default."""
+        targets = [local(engine) for engine in engines]
+        models = [ServedModel(t.name, t.engine.info, (t,), t.engine) for t in targets]
+        return cls(models, local=targets)
 
     @classmethod
     def from_catalogue(
-        cls, catalogue: Catalogue, *, placement: Placement, overrides: dict[str, Any] | None = None
+        cls,
+        catalogue: Catalogue,
+        *,
+        placement: Placement,
+        overrides: dict[str, object] | None = None,
+        local: LocalModelFactory = default_local_model,
     ) -> ModelRegistry:
-        """Every model's engine, built but not loaded: loading is the lifespan's (eager) or the first request's."""
-        built: dict[str, Any] = {}
+        """Every model's targets, built but not loaded: loading is the lifespan's (eager) or the first request's."""
+        by_name: dict[str, ServedModel] = {}
+        local_models: list[LocalModel] = []
+        hosted: list[UpstreamEngine] = []
         for model in catalogue.models:
             if model.engine in UPSTREAM_ENGINES:
-                built[model.name] = model.build_upstream()
+                upstream = model.build_upstream()
+                hosted.append(upstream)
+                by_name[model.name] = ServedModel(model.name, upstream.info, (upstream,))
             elif model.engine != ROUTE:
-                built[model.name] = model.build(placement=placement, overrides=overrides)
+                engine = model.build(placement=placement, overrides=overrides)
+                target = local(engine)
+                local_models.append(target)
+                by_name[model.name] = ServedModel(model.name, engine.info, (target,), engine, eager=model.eager)
         for model in catalogue.models:
             if model.engine == ROUTE:
-                targets = tuple(built[name] for name in model.route)
+                members = tuple(target for name in model.route for target in by_name[name].targets)
                 description = model.description or "Tries, in order: " + ", ".join(model.route) + "."
                 info = ModelInfo(model.name, "vary", description, model.license or "that of the target that answers")
-                built[model.name] = Route(info, targets)
-        engines = [built[model.name] for model in catalogue.models]
+                by_name[model.name] = ServedModel(model.name, info, members)
         return cls(
-            engines,
+            [by_name[model.name] for model in catalogue.models],
+            local=local_models,
+            hosted=hosted,
             aliases=catalogue.aliases(),
             default=catalogue.default,
-            lazy=frozenset(model.name for model in catalogue.models if not model.eager),
         )
 
-    def resolve(self, name: str | None) -> Any:
-        """The engine for a request's `model` field; None means the default model."""
+    def resolve(self, name: str | None) -> ServedModel:
+        """What serves a request's `model` field; None means the default model."""
         if name is None:
             return self.default
         served = self._by_name.get(name)
         if served is None:
-            raise model_not_found(name)
-        return served.engine
-
-    def get(self, name: str) -> ServedModel | None:
-        return self._by_name.get(name)
+            raise ModelNotFound(name)
+        return served
 
     def served(self) -> list[ServedModel]:
         return list(self._by_name.values())
@@ -95,16 +127,8 @@ class ModelRegistry:
 
     def engines(self) -> list[Engine]:
         """The local engines: what gets a scheduler, a warm-up and a GPU."""
-        return [m.engine for m in self.models() if not isinstance(m.engine, (UpstreamEngine, Route))]
+        return [target.engine for target in self.local]
 
     def to_warm_up(self) -> list[Engine]:
         """The local engines to load and warm up at start: the eager ones."""
-        return [m.engine for m in self.models() if m.eager and not isinstance(m.engine, (UpstreamEngine, Route))]
-
-    def upstreams(self) -> list[UpstreamEngine]:
-        return [m.engine for m in self.models() if isinstance(m.engine, UpstreamEngine)]
-
-    def targets(self, name: str | None) -> list[Any]:
-        """What a request for `name` may be served by, in order."""
-        served = self.resolve(name)
-        return list(served.targets) if isinstance(served, Route) else [served]
+        return [m.engine for m in self.models() if m.engine is not None and m.eager]

@@ -1,8 +1,9 @@
-"""Hosted providers as models: another OpenAI-compatible server, Azure OpenAI, and OpenAI's gpt-image edits.
+"""Hosted providers as Targets: another OpenAI-compatible server, Azure OpenAI, and OpenAI's gpt-image edits.
 
-One call here is one attempt: a multipart request rebuilt from the validated form (never the
-client's body forwarded), and its answer read into images or an UpstreamError that says whether a
-retry could help. Retries, fallbacks and the circuit breaker are the gateway's (gateway.py).
+One call of `make` is one attempt: a multipart request rebuilt from the validated request (never the
+client's body forwarded), and its answer read into PNGs of the asked size, or a domain error whose
+kind says whether a retry could help: UpstreamFailure (retryable or not) or UpstreamRefused (the
+request itself, passed on). Retries, fallbacks and the circuit breaker are the gateway's (gateway.py).
 
 Upstream keys come from environment variables named in the configuration, are sent only to the
 configured base URL, and never appear in a response, a log line or an error.
@@ -11,14 +12,23 @@ configured base URL, and never appear in a response, a log line or an error.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import numpy as np
 import pybase64
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
 
 from vary.engines.base import ModelInfo
+from vary.errors import UpstreamFailure, UpstreamRefused
+from vary.imaging import encode_png, fit_to_size, to_rgb
+from vary.request import VariationRequest
+from vary.targets import Made, Resilience
 
 UPSTREAM_ENGINES = ("openai-compatible", "azure-openai", "openai-gpt-image")
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -74,52 +84,10 @@ class UpstreamOptions:
         return options
 
 
-@dataclass(frozen=True)
-class UpstreamRequest:
-    image: bytes  # the validated square PNG
-    n: int
-    size: int
-    response_format: str
-    user: str | None
-    controls: dict[str, Any]  # only the ones the client gave
-
-
-@dataclass(frozen=True)
-class UpstreamImages:
-    """What came back: PNG bytes (b64_json, or downloaded URLs), or URLs handed on as they are."""
-
-    pngs: list[bytes] | None = None
-    urls: list[str] | None = None
-
-
-class UpstreamError(Exception):
-    """One failed attempt. `retryable`: the same target may succeed later (429, 5xx, timeouts, resets).
-    `client_error`: the request itself was refused (4xx but 429), so no other target is tried either."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        retryable: bool = False,
-        client_error: bool = False,
-        retry_after: float | None = None,
-        body: dict[str, Any] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.retryable = retryable
-        self.client_error = client_error
-        self.retry_after = retry_after
-        self.body = body
-        self.attempts = 1  # set by the gateway to the attempts made on the target before it gave up
-
-
 class UpstreamEngine:
     """A hosted provider served under a model name: no weights, no scheduler, an HTTP pool of its own."""
 
-    loaded = True
+    remote = True
 
     def __init__(
         self, *, name: str, engine: str, options: UpstreamOptions, license: str | None, description: str | None
@@ -136,6 +104,18 @@ class UpstreamEngine:
         self.client = httpx.AsyncClient(base_url=options.base_url.rstrip("/") + "/", timeout=timeout)
         # Downloads of answer URLs go wherever the provider points, so never with the provider's key.
         self.downloads = httpx.AsyncClient(timeout=timeout, follow_redirects=True)
+        self.resilience = Resilience(
+            max_attempts=options.max_attempts,
+            timeout_seconds=options.timeout_seconds,
+            backoff_seconds=options.backoff_seconds,
+            max_backoff_seconds=options.max_backoff_seconds,
+            circuit_failures=options.circuit_failures,
+            circuit_cooldown_seconds=options.circuit_cooldown_seconds,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.info.id
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -147,30 +127,37 @@ class UpstreamEngine:
             return None
         return os.environ.get(self.options.api_key_env) or None
 
-    async def create(self, request: UpstreamRequest) -> UpstreamImages:
-        """One attempt; raises UpstreamError."""
+    def scrub(self, text: str) -> str:
+        """`text` without the provider's key in it, for anything that leaves this module."""
+        secret = self.secret()
+        return text.replace(secret, "[redacted]") if secret else text
+
+    async def make(self, request: VariationRequest) -> Made:
+        """One attempt; raises UpstreamFailure or UpstreamRefused."""
+        started = time.perf_counter()
         key = self.secret()
         if self.options.api_key_env and key is None:
-            raise UpstreamError(f"the environment variable {self.options.api_key_env} is not set")
+            raise UpstreamFailure(f"the environment variable {self.options.api_key_env} is not set")
         path, headers, data = self._request(request, key)
-        files = {"image": ("image.png", request.image, "image/png")}
+        files = {"image": ("image.png", request.image.data, "image/png")}
         try:
             response = await self.client.post(path, headers=headers, data=data, files=files)
         except httpx.TimeoutException:
-            raise UpstreamError("the provider did not answer in time", retryable=True) from None
+            raise UpstreamFailure("the provider did not answer in time", retryable=True) from None
         except httpx.TransportError as exc:
-            raise UpstreamError(f"the connection failed ({type(exc).__name__})", retryable=True) from None
+            raise UpstreamFailure(f"the connection failed ({type(exc).__name__})", retryable=True) from None
         if response.status_code != 200:
-            raise _error_from(response, self.kind)
+            raise self._error_from(response)
         try:
             items = response.json()["data"]
             if not isinstance(items, list) or len(items) != request.n:
                 raise ValueError
         except (ValueError, KeyError, TypeError):
-            raise UpstreamError("the provider's answer was not an ImagesResponse", retryable=True) from None
-        return await self._images(items)
+            raise UpstreamFailure("the provider's answer was not an ImagesResponse", retryable=True) from None
+        made = await self._images(items, request.size)
+        return dataclasses.replace(made, stages={"upstream": time.perf_counter() - started})
 
-    def _request(self, request: UpstreamRequest, key: str | None) -> tuple[str, dict[str, str], dict[str, str]]:
+    def _request(self, request: VariationRequest, key: str | None) -> tuple[str, dict[str, str], dict[str, str]]:
         options = self.options
         data = {"n": str(request.n)}
         if request.user:
@@ -187,35 +174,68 @@ class UpstreamEngine:
         if options.upstream_model:
             data["model"] = options.upstream_model
         if options.forward_controls:
-            data |= {name: str(value) for name, value in request.controls.items()}
+            data |= {name: str(value) for name, value in request.controls.given().items()}
         return "images/variations", _bearer(key), data
 
-    async def _images(self, items: list[Any]) -> UpstreamImages:
+    async def _images(self, items: list[Any], size: int) -> Made:
         if all(isinstance(item, dict) and isinstance(item.get("b64_json"), str) for item in items):
             try:
-                return UpstreamImages(pngs=[pybase64.b64decode(item["b64_json"], validate=True) for item in items])
+                answers = [pybase64.b64decode(item["b64_json"], validate=True) for item in items]
             except ValueError:
-                raise UpstreamError("the provider's base64 was corrupt", retryable=True) from None
-        if not all(isinstance(item, dict) and isinstance(item.get("url"), str) for item in items):
-            raise UpstreamError("the provider's answer had neither b64_json nor url", retryable=True)
-        urls = [item["url"] for item in items]
-        if not self.options.rehost_urls:
-            return UpstreamImages(urls=urls)
-        return UpstreamImages(pngs=[await self._download(url) for url in urls])
+                raise UpstreamFailure("the provider's base64 was corrupt", retryable=True) from None
+        elif all(isinstance(item, dict) and isinstance(item.get("url"), str) for item in items):
+            urls = [item["url"] for item in items]
+            if not self.options.rehost_urls:
+                return Made(urls=urls)
+            answers = [await self._download(url) for url in urls]
+        else:
+            raise UpstreamFailure("the provider's answer had neither b64_json nor url", retryable=True)
+        # Read here, inside the attempt: an unreadable image is this target's failure, not the client's.
+        return Made(pngs=await run_in_threadpool(_pngs_of_size, answers, size))
+
+    def _error_from(self, response: httpx.Response) -> UpstreamFailure | UpstreamRefused:
+        status = response.status_code
+        body: dict[str, Any] = {}
+        try:
+            parsed = response.json()
+            if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+                body = parsed["error"]
+        except ValueError:
+            pass
+        # Scrubbed before it is cut short, so no part of a key can cross the cut.
+        detail = self.scrub(str(body.get("message") or response.text))[:200]
+        if status == 429:
+            return UpstreamFailure(
+                f"the provider is rate limiting: {detail}", status=429, retryable=True, retry_after=_seconds(response)
+            )
+        if status >= 500:
+            return UpstreamFailure(f"the provider failed ({status})", status=status, retryable=True)
+        if status in (401, 403) or status < 400:
+            # vary's own credential or configuration, not the client's request: a fault of this target.
+            return UpstreamFailure(
+                f"the provider refused vary's credentials or configuration ({status})", status=status
+            )
+        return UpstreamRefused(
+            detail,
+            status=status,
+            type=_text(body.get("type")),
+            param=_text(body.get("param")),
+            code=_text(body.get("code")),
+        )
 
     async def _download(self, url: str) -> bytes:
         try:
             async with self.downloads.stream("GET", url) as response:
                 if response.status_code != 200:
-                    raise UpstreamError(f"an image URL answered {response.status_code}", retryable=True)
+                    raise UpstreamFailure(f"an image URL answered {response.status_code}", retryable=True)
                 chunks, total = [], 0
                 async for chunk in response.aiter_bytes():
                     total += len(chunk)
                     if total > MAX_DOWNLOAD_BYTES:
-                        raise UpstreamError("an image URL served more than 32 MB", retryable=False)
+                        raise UpstreamFailure("an image URL served more than 32 MB", retryable=False)
                     chunks.append(chunk)
         except httpx.HTTPError as exc:
-            raise UpstreamError(f"downloading an image failed ({type(exc).__name__})", retryable=True) from None
+            raise UpstreamFailure(f"downloading an image failed ({type(exc).__name__})", retryable=True) from None
         return b"".join(chunks)
 
 
@@ -223,26 +243,24 @@ def _bearer(key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-def _error_from(response: httpx.Response, kind: str) -> UpstreamError:
-    status = response.status_code
-    body: dict[str, Any] | None = None
-    try:
-        parsed = response.json()
-        if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-            body = parsed["error"]
-    except ValueError:
-        pass
-    detail = str(body.get("message")) if body and body.get("message") else response.text[:200]
-    if status == 429:
-        return UpstreamError(
-            f"the provider is rate limiting: {detail}", status=429, retryable=True, retry_after=_seconds(response)
-        )
-    if status >= 500:
-        return UpstreamError(f"the provider failed ({status})", status=status, retryable=True)
-    if status in (401, 403):
-        # vary's own credential for the provider, not the client's: a fault of this target, not of the request.
-        return UpstreamError(f"the provider refused vary's credentials ({status})", status=status)
-    return UpstreamError(detail, status=status, client_error=True, body=body)
+def _pngs_of_size(answers: list[bytes], size: int) -> list[bytes]:
+    """A provider's images as PNGs of exactly `size` px a side (gpt-image answers at 1024, for one)."""
+    pngs = []
+    for data in answers:
+        try:
+            image = Image.open(io.BytesIO(data))
+            image.load()
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            raise UpstreamFailure("the provider answered with an image that is not readable", retryable=True) from None
+        if image.format == "PNG" and image.size == (size, size) and image.mode in ("RGB", "RGBA"):
+            pngs.append(data)
+        else:
+            pngs.append(encode_png(np.asarray(fit_to_size(to_rgb(image), size))))
+    return pngs
+
+
+def _text(value: object) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _seconds(response: httpx.Response) -> float | None:

@@ -1,0 +1,138 @@
+"""What one variation request leaves behind, recorded in one place whatever its outcome.
+
+The usage row, the request metrics, the access-log fields and the rate-limit headers are all
+written here, around the route's work, so the route itself stays a few lines. Statuses tell the
+truth: the client's faults are 4xx, a client that hung up is 499, and only the server's own
+failures are 5xx.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from types import TracebackType
+
+from fastapi import Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+
+from vary.api.cancellation import ClientGone
+from vary.api.errors import ApiError, api_error
+from vary.api.limits import admit
+from vary.api.request_context import describe_request, request_id_of
+from vary.api.variation_form import VariationForm
+from vary.db import KeyInfo, UsageRow
+from vary.errors import VaryError, clip
+from vary.ratelimit import Admission
+from vary.services import Services
+from vary.serving import VariationResult
+
+log = logging.getLogger("vary.accounting")
+# nginx's code for "client closed the request"; only ever recorded, never sent to anyone.
+CLIENT_CLOSED_REQUEST = 499
+
+
+class RequestAccount:
+    """`async with RequestAccount(...) as account:` around a variation request's work.
+
+    A domain error leaving the block becomes the edge's ApiError, with the limit headers added; a
+    client that left is recorded as 499 and the exception is swallowed (nobody is there to answer).
+    """
+
+    def __init__(self, request: Request, services: Services, key: KeyInfo | None) -> None:
+        self.request = request
+        self.services = services
+        self.key = key
+        self.started = time.perf_counter()
+        self.usage = UsageRow(
+            created_at=time.time(), key_id=key.id if key else None, status=500, request_id=request_id_of(request)
+        )
+        self.admission: Admission | None = None
+        self.stages: dict[str, float] = {}
+
+    def describe(self, form: VariationForm) -> None:
+        usage = self.usage
+        usage.model = clip(form.model) if form.model else self.services.registry.default.id
+        usage.n, usage.size, usage.response_format, usage.user = (
+            form.n,
+            form.size_label,
+            form.response_format,
+            form.user,
+        )
+
+    async def admit(self, images: int) -> None:
+        """The key's limits and quota, or a 429; held until the request ends."""
+        self.admission = await admit(self.services, self.key, images)
+        self.services.metrics.in_flight.inc()
+
+    def respond(self, result: VariationResult) -> Response:
+        usage = self.usage
+        usage.status, usage.target, usage.attempts = 200, result.target, result.attempts
+        result.timings.stages["total"] = time.perf_counter() - self.started
+        self.stages = result.timings.stages
+        self.services.metrics.observe_request(usage.model, self.stages)
+        headers = {"Server-Timing": result.timings.header(), "x-vary-batch-images": str(result.batch_images)}
+        if self.admission is not None:
+            headers.update(self.admission.headers)
+        if result.seed is not None:
+            headers["x-vary-seed"] = str(result.seed)  # so a request without `seed` can be repeated exactly
+        if result.target != usage.model:
+            headers["x-vary-target"] = result.target  # which of a route's targets answered
+        return Response(result.body, media_type="application/json", headers=headers)
+
+    async def __aenter__(self) -> RequestAccount:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        try:
+            return self._outcome(exc)
+        finally:
+            await self._record()
+
+    def _outcome(self, exc: BaseException | None) -> bool:
+        """Records the status `exc` means; True swallows it (a client that left gets no answer)."""
+        if exc is None:
+            return False
+        if isinstance(exc, (ClientGone, ClientDisconnect)):
+            self.usage.status = CLIENT_CLOSED_REQUEST
+            return True
+        if isinstance(exc, VaryError):
+            error = api_error(exc)
+            self._add_limit_headers(error)
+            self.usage.status = error.status
+            raise error from None
+        if isinstance(exc, ApiError):
+            self._add_limit_headers(exc)
+            self.usage.status = exc.status
+        elif isinstance(exc, HTTPException):  # Starlette's own, e.g. a malformed multipart body
+            self.usage.status = exc.status_code
+        return False
+
+    def _add_limit_headers(self, error: ApiError) -> None:
+        if self.admission is not None:
+            error.headers = {**self.admission.headers, **error.headers}
+
+    async def _record(self) -> None:
+        usage, services = self.usage, self.services
+        usage.latency_ms = (time.perf_counter() - self.started) * 1000.0
+        services.metrics.count_request(usage.model, usage.status)
+        describe_request(
+            self.request,
+            key_id=usage.key_id,
+            user=usage.user,
+            model=usage.model,
+            n=usage.n,
+            size=usage.size,
+            timings_ms={stage: round(seconds * 1000, 1) for stage, seconds in self.stages.items()},
+        )
+        # Accounting must never cost the client the images it was already given.
+        try:
+            await run_in_threadpool(services.db.record_usage, usage)
+        except Exception:
+            log.exception("could not record usage")
+        if self.admission is not None:
+            services.limiter.release(self.admission)  # after the usage row: the quota never double-counts low
+            services.metrics.in_flight.dec()

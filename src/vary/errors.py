@@ -1,0 +1,170 @@
+"""Domain errors: what went wrong, in the service's terms, with no HTTP in them.
+
+Lower layers (imaging, scheduler, engines, limits, gateway, service) raise these; only the HTTP edge
+(`vary.api.errors`) turns them into OpenAI's error JSON and a status, in one place.
+
+Each error has a `kind`, which is all the gateway reads to decide what to do next:
+- refused: the request itself is wrong; every other target would say the same, so nothing else is tried.
+- retryable: the same target may succeed if asked again (a provider's 5xx, a timeout, a reset).
+- overloaded: the target is full or rate limiting right now; another target may have room.
+- unavailable: the target cannot serve at all (weights failed to load, bad credentials, shutting down).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+Kind = Literal["refused", "retryable", "overloaded", "unavailable"]
+
+
+class VaryError(Exception):
+    kind: Kind = "refused"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+# --- the request ------------------------------------------------------------------------------
+
+
+class RequestInvalid(VaryError):
+    """A field of the request breaks a rule; `param` names it."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.code = code
+
+
+class ImageRejected(RequestInvalid):
+    """The input image breaks a rule (format, size, shape, corruption)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, param="image")
+
+
+class ControlInvalid(RequestInvalid):
+    """A control (seed, strength, steps, guidance_scale) the model cannot honour."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message, param=param)
+
+
+# --- the model --------------------------------------------------------------------------------
+
+
+class ModelNotFound(VaryError):
+    def __init__(self, model: str) -> None:
+        super().__init__(f"The model `{clip(model)}` does not exist or you do not have access to it.", param="model")
+        self.model = model
+
+
+class ModelUnavailable(VaryError):
+    """The model's weights failed to load; the next request tries again."""
+
+    kind: Kind = "unavailable"
+
+    def __init__(self, model: str) -> None:
+        super().__init__(
+            f"The model `{model}` could not be loaded. Retry later; the server's log says why.", param="model"
+        )
+        self.model = model
+
+
+class Overloaded(VaryError):
+    """The model's queue is full: a cheap refusal instead of a growing backlog."""
+
+    kind: Kind = "overloaded"
+
+    def __init__(self, model: str, retry_after: int) -> None:
+        super().__init__(
+            f"The model `{model}` has more requests queued than it accepts. Retry after {retry_after} seconds."
+        )
+        self.retry_after = retry_after
+
+
+class ShuttingDown(VaryError):
+    kind: Kind = "unavailable"
+
+    def __init__(self) -> None:
+        super().__init__("The server is shutting down; retry the request.")
+
+
+# --- the caller's limits ----------------------------------------------------------------------
+
+
+class RateLimited(VaryError):
+    """A per-key window or the concurrency limit is full. `unit` is "requests" or "images"."""
+
+    kind: Kind = "overloaded"
+
+    def __init__(self, message: str, *, unit: str, retry_after: int, headers: Mapping[str, str]) -> None:
+        super().__init__(message)
+        self.unit = unit
+        self.retry_after = retry_after
+        self.headers = dict(headers)  # the x-ratelimit-* headers as they stand
+
+
+class QuotaExceeded(VaryError):
+    def __init__(self, message: str, *, headers: Mapping[str, str]) -> None:
+        super().__init__(message)
+        self.headers = dict(headers)
+
+
+# --- hosted providers -------------------------------------------------------------------------
+
+
+class UpstreamFailure(VaryError):
+    """One failed attempt at a provider. Its message is already free of the provider's secret."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+        self.kind = "retryable" if retryable else "unavailable"
+        self.attempts = 1  # set by the gateway to the attempts made on the target before it gave up
+
+    @property
+    def rate_limited(self) -> bool:
+        return self.status == 429
+
+
+class UpstreamRefused(VaryError):
+    """The provider refused the request itself (a 4xx but 429): passed on as the provider said it."""
+
+    def __init__(self, message: str, *, status: int, type: str | None, param: str | None, code: str | None) -> None:
+        super().__init__(message, param=param)
+        self.status = status
+        self.type = type
+        self.code = code
+
+
+class UpstreamUnavailable(VaryError):
+    """Every target of a model failed or was skipped."""
+
+    kind: Kind = "unavailable"
+
+    def __init__(self, names: str) -> None:
+        super().__init__(f"No target could serve this model ({names}): the providers failed or did not answer.")
+
+
+class UpstreamRateLimited(VaryError):
+    kind: Kind = "overloaded"
+
+    def __init__(self, names: str, retry_after: int) -> None:
+        super().__init__(f"Every target for this model is rate limited ({names}). Retry after {retry_after} seconds.")
+        self.retry_after = retry_after
+
+
+def clip(value: str, limit: int = 200) -> str:
+    """Enough of a client's value to recognise it in a message, never a megabyte of it."""
+    return value if len(value) <= limit else value[:limit] + "..."

@@ -1,0 +1,53 @@
+"""The one seam every way of making images goes through: a Target makes n images for a request.
+
+A local model (its scheduler and engine), a hosted provider, and a remote replica are all Targets.
+A served model is a list of them, tried in order by the gateway (gateway.py), which reads only a
+target's `resilience` and the kind of the domain error it raised (vary/errors.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from vary.request import VariationRequest
+
+
+@dataclass(frozen=True)
+class Resilience:
+    """How the gateway treats a target: attempts, their timeout and backoff, and its circuit breaker."""
+
+    max_attempts: int = 1
+    timeout_seconds: float | None = None  # one attempt, the whole answer included; None: no limit
+    backoff_seconds: float = 0.5  # the first retry's wait; it doubles, with jitter
+    max_backoff_seconds: float = 20.0  # also caps a Retry-After
+    circuit_failures: int | None = None  # failed attempts in a row that open the circuit; None: no breaker
+    circuit_cooldown_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class Made:
+    """A target's images: PNGs of exactly the asked size, or URLs handed on as a provider gave them."""
+
+    pngs: list[bytes] = field(default_factory=list)
+    urls: list[str] | None = None
+    seed: int | None = None  # the seed used, when the target draws one
+    batch_images: int = 0  # images in the pipeline call the request shared (0: not batched here)
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage, for Server-Timing
+
+
+class Target(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def resilience(self) -> Resilience: ...
+
+    @property
+    def remote(self) -> bool:
+        """True when a call costs elsewhere (a provider bills it): the input is checked before it is called."""
+        ...
+
+    async def make(self, request: VariationRequest) -> Made:
+        """The request's n images; raises domain errors, and is cancelled when the client leaves."""
+        ...
