@@ -94,10 +94,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 def _serve(settings: Settings) -> None:
     import uvicorn
 
+    from vary.api.http_protocol import vary_http_protocol
     from vary.app import build_app
     from vary.config import ConfigError, catalogue_for
     from vary.db import Database
-    from vary.http_protocol import vary_http_protocol
     from vary.logs import configure_logging
     from vary.memory import cap_malloc_arenas
 

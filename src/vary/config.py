@@ -41,7 +41,6 @@ ENGINES: dict[str, type[DiffusionEngine]] = {
     engine.engine_id: engine
     for engine in (KandinskyVariationEngine, SdxlIpAdapterEngine, StableUnclipEngine, SdImageVariationsEngine)
 }
-DEFAULT_MODEL = "kandinsky-2.2"
 ROUTE = "route"  # the engine of a model that is an ordered list of other models
 # Unchanged OpenAI clients may send dall-e-2; unless the catalogue gives it to a model, it names the default.
 DALL_E_2 = "dall-e-2"

@@ -37,6 +37,7 @@ class SquarePng:
 
 def square_png(data: bytes, *, fit: str = "crop", max_side: int = MAX_SIDE, max_bytes: int = MAX_BYTES) -> SquarePng:
     """Any image Pillow reads as a square RGB(A) PNG of at most `max_side` px and under `max_bytes`."""
+    image: Image.Image
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
@@ -130,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"cannot reach a server at {base_url}; is `vary serve` running there?", 1)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    for k, item in enumerate(result.data, start=1):
+    for k, item in enumerate(result.data or [], start=1):
         path = args.out / f"{args.image.stem}-variation-{k}.png"
         path.write_bytes(base64.b64decode(item.b64_json or ""))
         print(path)

@@ -48,6 +48,13 @@ class LocalModel:
     def name(self) -> str:
         return self.engine.info.id
 
+    @property
+    def loaded(self) -> bool:
+        return self.engine.loaded
+
+    def queue_depth(self) -> int:
+        return self.scheduler.depth()
+
     def start(self, on_batch: Callable[[int, float], None] | None = None) -> None:
         self.scheduler.on_batch = on_batch
         self.scheduler.start()

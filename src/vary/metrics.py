@@ -7,19 +7,28 @@ Read at scrape time: queue depth, which models are loaded, and GPU memory when C
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from vary.local_model import LocalModel
-
 # Seconds: from a cached tiny request to a 1024 px n=10 batch on a busy GPU.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 24, 32, 64)
+
+
+class Watched(Protocol):
+    """A local model, as the scrape-time gauges see it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def loaded(self) -> bool: ...
+
+    def queue_depth(self) -> int: ...
 
 
 class Metrics:
@@ -52,7 +61,7 @@ class Metrics:
             "vary_requests_in_flight", "Variation requests admitted and not yet answered.", registry=self.registry
         )
 
-    def watch(self, models: Sequence[LocalModel]) -> None:
+    def watch(self, models: Sequence[Watched]) -> None:
         """Scrape-time gauges over the local models: their queues and whether they are loaded."""
         self.registry.register(_LiveCollector(models))
 
@@ -73,20 +82,20 @@ class Metrics:
 
 
 class _LiveCollector(Collector):
-    def __init__(self, models: Sequence[LocalModel]) -> None:
+    def __init__(self, models: Sequence[Watched]) -> None:
         self.models = models
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily("vary_queue_depth", "Requests waiting for the model.", labels=["model"])
         for model in self.models:
-            depth.add_metric([model.name], model.scheduler.depth())
+            depth.add_metric([model.name], model.queue_depth())
         yield depth
         loaded = GaugeMetricFamily("vary_model_loaded", "1 once the model's weights are loaded.", labels=["model"])
         for model in self.models:
-            loaded.add_metric([model.name], 1.0 if model.engine.loaded else 0.0)
+            loaded.add_metric([model.name], 1.0 if model.loaded else 0.0)
         yield loaded
         # Only once CUDA is in use: asking earlier would create a CUDA context in a CPU-only process.
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
+        if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
             allocated = GaugeMetricFamily("vary_gpu_memory_allocated_bytes", "Tensor memory.", labels=["device"])
             reserved = GaugeMetricFamily("vary_gpu_memory_reserved_bytes", "Caching allocator.", labels=["device"])
             for index in range(torch.cuda.device_count()):

@@ -173,7 +173,7 @@ RAW: list[tuple[str, Callable[[str], tuple[bytes, list[bytes]]], tuple[int, ...]
     ),
     (
         # The bytes past Content-Length read as a second, malformed request: the HTTP layer refuses it
-        # (vary.http_protocol, in OpenAI's JSON too) and closes.
+        # (vary.api.http_protocol, in OpenAI's JSON too) and closes.
         "Content-Length claims less than is sent",
         lambda key: (request_head(key, MULTIPART, "Content-Length: 150\r\n"),
                      [multipart([IMAGE_PART])[0]]),

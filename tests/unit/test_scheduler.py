@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from vary.api.errors import api_error
-from vary.errors import Overloaded, ShuttingDown
 from vary.engines.base import Batch, Controls, GenerationCancelled, RequestedControls, VariationItem
 from vary.engines.kandinsky import KandinskyVariationEngine
+from vary.errors import Overloaded, ShuttingDown
 from vary.scheduler import Scheduler
 
 WAIT_S = 30

@@ -171,6 +171,8 @@ class DiffusionEngine(ABC):
     has_img2img: ClassVar[bool] = True
     # The built-in model id of the tiny twin.
     tiny_name: ClassVar[str]
+    # The CLIP preprocessing of the model's image encoder, set by `_load`.
+    image_processor: CLIPImageProcessor
 
     def __init__(
         self,
@@ -278,9 +280,14 @@ class DiffusionEngine(ABC):
             init = _to_tensor(fit_to_size(image, side))
         return Prepared(pixels=self._encoder_pixels(image), init=init)
 
-    @abstractmethod
     def _encoder_pixels(self, image: Image.Image) -> torch.Tensor:
-        """(1, 3, h, w) pixels as this model's image encoder expects them."""
+        """(1, 3, h, w) pixels as this model's image encoder expects them: its own CLIP processor's."""
+        pixels: torch.Tensor = self.image_processor(image, return_tensors="pt").pixel_values
+        return pixels
+
+    def _write_options(self, path: Path) -> None:
+        """The options beside saved weights, so a directory serves as it was saved (read_options_file)."""
+        (path / OPTIONS_FILE).write_text(json.dumps(dataclasses.asdict(self.options), indent=2))
 
     def warmup(self) -> None:
         """Loads, then one small batch per render size this model uses (every size when compiled)."""

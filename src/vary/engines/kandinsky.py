@@ -13,8 +13,7 @@ computes it. Below strength 1 the same decoder runs img2img from the input (Kand
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,12 +24,11 @@ from diffusers import (
     UNet2DConditionModel,
     VQModel,
 )
-from PIL import Image
 from transformers import CLIPImageProcessorPil as CLIPImageProcessor  # the torchvision-free processor
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from vary.engines.base import Batch
-from vary.engines.diffusion import OPTIONS_FILE, DiffusionEngine, EngineOptions, clip_image_processor
+from vary.engines.diffusion import DiffusionEngine, EngineOptions, clip_image_processor
 
 PRIOR_REPO = "kandinsky-community/kandinsky-2-2-prior"
 DECODER_REPO = "kandinsky-community/kandinsky-2-2-decoder"
@@ -80,11 +78,7 @@ class KandinskyVariationEngine(DiffusionEngine):
         self.image_encoder.save_pretrained(path / "prior" / "image_encoder")
         self.image_processor.save_pretrained(path / "prior" / "image_processor")
         self.pipeline.save_pretrained(path / "decoder")
-        (path / OPTIONS_FILE).write_text(json.dumps(asdict(self.options), indent=2))
-
-    def _encoder_pixels(self, image: Image.Image) -> torch.Tensor:
-        pixels: torch.Tensor = self.image_processor(image, return_tensors="pt").pixel_values
-        return pixels
+        self._write_options(path)
 
     def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
         embeds: torch.Tensor = self.image_encoder(pixel_values=pixels).image_embeds

@@ -8,8 +8,7 @@ Below strength 1, diffusers' SD img2img pipeline runs with the image embedding a
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,6 @@ from vary.engines.base import Batch
 from vary.engines.diffusion import (
     CLIP_MEAN,
     CLIP_STD,
-    OPTIONS_FILE,
     DiffusionEngine,
     EngineOptions,
     clip_image_processor,
@@ -86,7 +84,7 @@ class SdImageVariationsEngine(DiffusionEngine):
     def save_pretrained(self, path: Path) -> None:
         self.load()
         self.pipeline.save_pretrained(path)
-        (path / OPTIONS_FILE).write_text(json.dumps(asdict(self.options), indent=2))
+        self._write_options(path)
 
     def _encoder_pixels(self, image: Image.Image) -> torch.Tensor:
         """Bicubic resize to the encoder's side without antialiasing, as in training, then CLIP's normalisation."""

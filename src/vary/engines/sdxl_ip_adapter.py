@@ -12,8 +12,7 @@ otherwise both come from h94/IP-Adapter.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,13 +22,12 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from PIL import Image
 from safetensors.torch import save_file
 from transformers import CLIPVisionModelWithProjection
 
 from vary.engines import tiny
 from vary.engines.base import Batch
-from vary.engines.diffusion import OPTIONS_FILE, DiffusionEngine, EngineOptions, clip_image_processor
+from vary.engines.diffusion import DiffusionEngine, EngineOptions, clip_image_processor
 
 SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
 IP_ADAPTER_REPO = "h94/IP-Adapter"
@@ -124,11 +122,7 @@ class SdxlIpAdapterEngine(DiffusionEngine):
         flat = {f"{group}.{key}": value for group, values in state.items() for key, value in values.items()}
         (path / IP_ADAPTER_DIR).mkdir(parents=True, exist_ok=True)
         save_file(flat, path / IP_ADAPTER_DIR / self.options.ip_adapter_weight_name)
-        (path / OPTIONS_FILE).write_text(json.dumps(asdict(self.options), indent=2))
-
-    def _encoder_pixels(self, image: Image.Image) -> torch.Tensor:
-        pixels: torch.Tensor = self.image_processor(image, return_tensors="pt").pixel_values
-        return pixels
+        self._write_options(path)
 
     def _hidden(self, pixels: torch.Tensor) -> torch.Tensor:
         """IP-Adapter-Plus conditions on the penultimate layer's hidden states, not the pooled embedding."""

@@ -7,19 +7,17 @@ conditions the UNet (0 = closest to the input). The model has no img2img path, s
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, StableUnCLIPImg2ImgPipeline, UNet2DConditionModel
 from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import StableUnCLIPImageNormalizer
-from PIL import Image
 from transformers import CLIPImageProcessorPil as CLIPImageProcessor  # the torchvision-free processor
 
 from vary.engines import tiny
 from vary.engines.base import Batch
-from vary.engines.diffusion import OPTIONS_FILE, DiffusionEngine, EngineOptions, clip_image_processor
+from vary.engines.diffusion import DiffusionEngine, EngineOptions, clip_image_processor
 
 UNCLIP_REPO = "stabilityai/stable-diffusion-2-1-unclip"
 UNCLIP_SMALL_REPO = "stabilityai/stable-diffusion-2-1-unclip-small"
@@ -70,11 +68,7 @@ class StableUnclipEngine(DiffusionEngine):
     def save_pretrained(self, path: Path) -> None:
         self.load()
         self.pipeline.save_pretrained(path)
-        (path / OPTIONS_FILE).write_text(json.dumps(asdict(self.options), indent=2))
-
-    def _encoder_pixels(self, image: Image.Image) -> torch.Tensor:
-        pixels: torch.Tensor = self.image_processor(image, return_tensors="pt").pixel_values
-        return pixels
+        self._write_options(path)
 
     def _render(self, batch: Batch, rows: torch.Tensor, side: int, generators: list[torch.Generator]) -> torch.Tensor:
         controls = batch.controls
