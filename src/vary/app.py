@@ -74,7 +74,7 @@ def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Eng
         registry = await run_in_threadpool(build_registry)
         for engine in registry.to_warm_up():
             await run_in_threadpool(engine.warmup)
-        metrics = Metrics()
+        metrics = Metrics(served=(model.id for model in registry.served()))
         schedulers = {
             e.info.id: Scheduler(
                 e,

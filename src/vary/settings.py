@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(default=60.0, gt=0)
     # A new connection must send a request, and each request its headers, within this (slow loris).
     header_timeout_seconds: float = Field(default=10.0, gt=0)
+    # The request line (414 past it) and the whole head, request line and headers (431), as nginx caps them.
+    max_request_line_bytes: int = Field(default=8 * 1024, ge=256)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    # A client that reads none of its response for this long is dropped, and its buffered response freed.
+    send_timeout_seconds: float = Field(default=60.0, gt=0)
 
     # Pending variation requests per model before answering 429.
     queue_size: int = Field(default=64, ge=1)

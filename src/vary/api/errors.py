@@ -14,6 +14,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from vary.echo import clipped
+
 log = logging.getLogger("vary.errors")
 
 INVALID_REQUEST = "invalid_request_error"
@@ -60,7 +62,7 @@ def invalid(message: str, param: str | None = None, code: str | None = None) -> 
 def model_not_found(model: str) -> ApiError:
     return ApiError(
         404,
-        f"The model `{model}` does not exist or you do not have access to it.",
+        f"The model `{clipped(model)}` does not exist or you do not have access to it.",
         param="model",
         code="model_not_found",
     )
@@ -102,9 +104,9 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 404:
-        error = ApiError(404, f"Invalid URL ({request.method} {request.url.path})")
+        error = ApiError(404, f"Invalid URL ({request.method} {clipped(request.url.path)})")
     elif exc.status_code == 405:
-        error = ApiError(405, f"Method not allowed ({request.method} {request.url.path})")
+        error = ApiError(405, f"Method not allowed ({request.method} {clipped(request.url.path)})")
     else:
         # Starlette raises 400s itself, e.g. for malformed multipart bodies; keep its reason.
         error = ApiError(exc.status_code, str(exc.detail))

@@ -18,6 +18,7 @@ from vary.api.protocol import ERROR_RESPONSES, CreateImageVariationRequest, Imag
 from vary.api.request_context import describe_request, request_id_of
 from vary.api.variation_form import read_variation_form
 from vary.db import Database, KeyInfo, UsageRow
+from vary.echo import clipped
 from vary.ratelimit import Admission
 from vary.serving import ClientGone
 from vary.signing import ExpiredError, SignatureError
@@ -53,7 +54,7 @@ async def create_variation(request: Request, key: CallerKey) -> Response:
             max_user_chars=services.settings.max_user_chars,
             max_steps=services.settings.max_request_steps,
         )
-        usage.model = form.model or services.registry.default.info.id
+        usage.model = clipped(form.model or services.registry.default.info.id)
         usage.n, usage.size, usage.response_format, usage.user = (
             form.n,
             form.size_label,
@@ -121,6 +122,7 @@ async def _disconnected(request: Request) -> None:
             return
 
 
+@router.head("/v1/files/{filename}", include_in_schema=False)  # what answers GET answers HEAD
 @router.get("/v1/files/{filename}", responses={403: ERROR_RESPONSES[401] | {"description": "Bad or expired signature"}})
 async def get_file(request: Request, filename: str, expires: str = "", signature: str = "") -> Response:
     """A generated PNG, for as long as its signed URL is valid. The signature is the credential."""
