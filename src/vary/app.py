@@ -68,7 +68,12 @@ def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Eng
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.db_path)
+        db = Database(
+            settings.db_path,
+            busy_timeout_seconds=settings.db_busy_timeout_seconds,
+            spool_path=settings.usage_spool_path,
+            spool_max_rows=settings.usage_spool_max_rows,
+        )
         store = ImageStore(settings.images_dir)
         signer = UrlSigner(load_or_create_secret(settings.secret_path))
         registry = await run_in_threadpool(build_registry)

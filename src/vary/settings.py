@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     # Where rate-limit windows live: memory:// for one process; a limits storage URI (redis://...) to share.
     rate_limit_storage: str = "memory://"
 
+    # The server's wait for a database locked by another writer; a usage row that cannot wait is spooled.
+    db_busy_timeout_seconds: float = Field(default=0.25, gt=0)
+    # Usage rows kept (in a file in the data dir) while the database cannot take them; past this, dropped.
+    usage_spool_max_rows: int = Field(default=100_000, ge=1)
+
     # Operations.
     log_format: Literal["json", "text"] = "json"
     # On SIGTERM: stop accepting, let in-flight requests finish for this long, then exit.
@@ -101,6 +106,10 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "vary.db"
+
+    @property
+    def usage_spool_path(self) -> Path:
+        return self.data_dir / "usage-spool.jsonl"
 
     @property
     def images_dir(self) -> Path:
