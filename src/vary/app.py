@@ -65,13 +65,18 @@ def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Eng
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.db_path)
+        db = Database(
+            settings.db_path,
+            busy_timeout_seconds=settings.db_busy_timeout_seconds,
+            spool_path=settings.usage_spool_path,
+            spool_max_rows=settings.usage_spool_max_rows,
+        )
         store = ImageStore(settings.images_dir)
         signer = UrlSigner(load_or_create_secret(settings.secret_path))
         registry = await run_in_threadpool(build_registry)
         for engine in registry.to_warm_up():
             await run_in_threadpool(engine.warmup)
-        metrics = Metrics()
+        metrics = Metrics(served=(model.id for model in registry.served()))
         metrics.watch(registry.local)
         for model in registry.local:
             model.start(on_batch=functools.partial(metrics.observe_batch, model.name))

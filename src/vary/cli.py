@@ -121,7 +121,13 @@ def _serve(settings: Settings) -> None:
         access_log=False,  # vary.access writes one line per request instead, without query strings
         # SIGTERM: stop accepting, let requests in flight finish for this long, then shut the models down.
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
-        http=vary_http_protocol(settings.header_timeout_seconds),
+        http=vary_http_protocol(
+            settings.header_timeout_seconds,
+            max_request_line_bytes=settings.max_request_line_bytes,
+            max_header_bytes=settings.max_header_bytes,
+            send_timeout_seconds=settings.send_timeout_seconds,
+        ),
+        ws="none",  # no WebSocket routes: an upgrade is answered as the plain request it is (http_protocol.py)
     )
 
 

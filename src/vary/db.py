@@ -3,13 +3,19 @@
 Keys look like `vary-<key id>-<secret>`. Only a SHA-256 of the whole key is stored: the secret is
 32 random bytes, so a slow password hash would add latency without adding safety. The key id
 finds the row; the hashes are then compared in constant time.
+
+The server opens the database with a short busy timeout and a usage spool (`usage_spool.py`): a usage
+row that cannot be written at once is spooled, and one writer thread writes the spool to the database
+when it takes writes again. Commands (`vary keys`, `vary usage`) wait longer and do not spool.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,11 +24,16 @@ from pathlib import Path
 
 from sqlalchemy import Boolean, Float, Integer, String, create_engine, event, func, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from vary.limits import LIMIT_FIELDS, KeyLimits
+from vary.usage_spool import UsageSpool, Values
 
 KEY_PREFIX = "vary-"
+log = logging.getLogger("vary.usage")
+# How often the writer thread tries the database again while rows are spooled.
+SPOOL_RETRY_SECONDS = 1.0
 
 
 class Base(DeclarativeBase):
@@ -64,6 +75,22 @@ class UsageRow(Base):
     attempts: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
 
 
+class WriteProbeRow(Base):
+    """One row, rewritten by each readiness probe: the database is ready when it takes a write."""
+
+    __tablename__ = "write_probe"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    written_at: Mapped[float] = mapped_column(Float)
+
+
+_USAGE_COLUMNS = tuple(column.name for column in UsageRow.__table__.columns if column.name != "id")
+
+
+def _values(row: UsageRow) -> Values:
+    return {name: getattr(row, name) for name in _USAGE_COLUMNS}
+
+
 @dataclass(frozen=True)
 class KeyInfo:
     id: str
@@ -84,15 +111,30 @@ def _info(row: ApiKeyRow) -> KeyInfo:
 
 
 class Database:
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        busy_timeout_seconds: float = 10.0,
+        spool_path: Path | None = None,
+        spool_max_rows: int = 100_000,
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.engine: Engine = create_engine(
-            f"sqlite:///{path}", connect_args={"check_same_thread": False, "timeout": 10}
+            f"sqlite:///{path}", connect_args={"check_same_thread": False, "timeout": busy_timeout_seconds}
         )
-        event.listen(self.engine, "connect", _sqlite_pragmas)
+        busy_ms = max(1, int(busy_timeout_seconds * 1000))
+        event.listen(self.engine, "connect", lambda connection, _: _sqlite_pragmas(connection, busy_ms))
         Base.metadata.create_all(self.engine)
         _add_missing_columns(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.spool: UsageSpool | None = None
+        self._stop = threading.Event()
+        self._writer: threading.Thread | None = None
+        if spool_path is not None:
+            self.spool = UsageSpool(spool_path, max_rows=spool_max_rows)
+            self._writer = threading.Thread(target=self._write_spool_forever, name="vary-usage-spool", daemon=True)
+            self._writer.start()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -100,11 +142,20 @@ class Database:
             yield session
 
     def close(self) -> None:
+        if self._writer is not None:
+            self._stop.set()
+            self._writer.join()
+            self.write_spool()  # one last try; what remains stays in the spool file for the next start
         self.engine.dispose()
 
     def ping(self) -> None:
         with self.session() as s:
             s.execute(select(1))
+
+    def check_writable(self) -> None:
+        """A real write, under the short busy timeout: raises when the database cannot take one now."""
+        with self.session() as s:
+            s.merge(WriteProbeRow(id=1, written_at=time.time()))
 
     # --- keys -------------------------------------------------------------------------------
 
@@ -172,8 +223,58 @@ class Database:
     # --- usage ------------------------------------------------------------------------------
 
     def record_usage(self, row: UsageRow) -> None:
-        with self.session() as s:
-            s.add(row)
+        """Writes the row, or spools it when the database cannot take it at once (with a spool)."""
+        if self.spool is None:
+            with self.session() as s:
+                s.add(row)
+            return
+        values = _values(row)
+        if len(self.spool):  # the database was failing a moment ago: do not wait on it again
+            self.spool.add(values)
+            return
+        try:
+            with self.session() as s:
+                s.add(UsageRow(**values))
+        except SQLAlchemyError as exc:
+            log.warning(
+                "usage row spooled: the database cannot take it now (%s)",
+                type(getattr(exc, "orig", None) or exc).__name__,
+            )
+            self.spool.add(values)
+
+    def write_spool(self) -> int:
+        """Writes the spooled rows to the database in one transaction; how many were written (0 on failure)."""
+        if self.spool is None:
+            return 0
+        rows = self.spool.rows()
+        if not rows:
+            return 0
+        try:
+            with self.session() as s:
+                for values in rows:
+                    # A row may already be there if the spool file could not be emptied after a write.
+                    present = s.scalar(
+                        select(func.count())
+                        .select_from(UsageRow)
+                        .where(
+                            UsageRow.created_at == values.get("created_at"),
+                            UsageRow.request_id == values.get("request_id"),
+                        )
+                    )
+                    if not present:
+                        s.add(UsageRow(**{k: v for k, v in values.items() if k in _USAGE_COLUMNS}))
+        except SQLAlchemyError:
+            return 0
+        self.spool.written(len(rows))
+        log.info("wrote %d spooled usage rows to the database", len(rows))
+        return len(rows)
+
+    def _write_spool_forever(self) -> None:
+        while not self._stop.wait(SPOOL_RETRY_SECONDS):
+            try:
+                self.write_spool()
+            except Exception:  # noqa: BLE001 - the writer thread must outlive any one failure
+                log.exception("writing spooled usage rows failed")
 
     def usage_rows(
         self, *, key_id: str | None = None, user: str | None = None, since: float | None = None
@@ -194,7 +295,9 @@ class Database:
             UsageRow.key_id == key_id, UsageRow.status == 200, UsageRow.created_at >= since
         )
         with self.session() as s:
-            return int(s.scalar(query) or 0)
+            delivered = int(s.scalar(query) or 0)
+        # Rows spooled and not yet written count too; one being written may count twice for a moment.
+        return delivered + (self.spool.images(key_id, since) if self.spool is not None else 0)
 
 
 def _add_missing_columns(engine: Engine) -> None:
@@ -210,10 +313,10 @@ def _add_missing_columns(engine: Engine) -> None:
                     connection.exec_driver_sql(ddl)
 
 
-def _sqlite_pragmas(dbapi_connection: object, _: object) -> None:
+def _sqlite_pragmas(dbapi_connection: object, busy_timeout_ms: int) -> None:
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
     # WAL lets `vary keys` write while the server reads; the busy timeout waits out the other writer.
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     cursor.close()

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Literal
 
+from vary.echo import clipped
+
 Kind = Literal["refused", "retryable", "overloaded", "unavailable"]
 
 
@@ -57,7 +59,7 @@ class ControlInvalid(RequestInvalid):
 
 class ModelNotFound(VaryError):
     def __init__(self, model: str) -> None:
-        super().__init__(f"The model `{clip(model)}` does not exist or you do not have access to it.", param="model")
+        super().__init__(f"The model `{clipped(model)}` does not exist or you do not have access to it.", param="model")
         self.model = model
 
 
@@ -163,8 +165,3 @@ class UpstreamRateLimited(VaryError):
     def __init__(self, names: str, retry_after: int) -> None:
         super().__init__(f"Every target for this model is rate limited ({names}). Retry after {retry_after} seconds.")
         self.retry_after = retry_after
-
-
-def clip(value: str, limit: int = 200) -> str:
-    """Enough of a client's value to recognise it in a message, never a megabyte of it."""
-    return value if len(value) <= limit else value[:limit] + "..."

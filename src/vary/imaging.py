@@ -1,8 +1,11 @@
 """The image rules in one place: input PNG checks and decoding, output resizing and PNG encoding.
 
 Cheap checks run on the raw bytes and the PNG header before anything is decoded, so that a
-decompression bomb or a non-PNG costs microseconds, not memory. Decoding itself is bounded: at most
-`ImageRules.max_concurrent_decodes` inputs are decoded at once, whatever the number of requests.
+decompression bomb or a non-PNG costs microseconds, not memory. The limits are then checked again on
+Pillow's own view of the image, the one it will decode: a PNG with a second IHDR (which Pillow obeys
+and the first-chunk read would not see) is refused outright, and any other disagreement is caught there.
+Decoding itself is bounded: at most `ImageRules.max_concurrent_decodes` inputs are decoded at once,
+whatever the number of requests, and each is at most max_side² pixels.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ _DECODE_ERRORS = (
     UnidentifiedImageError,
     Image.DecompressionBombError,
 )
+# A chunk is its length, type, data and CRC.
+_CHUNK_OVERHEAD = 12
 # 16-bit greyscale PNGs decode to one of these 32-bit integer modes holding 0..65535.
 _WIDE_GREY_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
 
@@ -70,11 +75,26 @@ def png_dimensions(data: bytes, rules: ImageRules = ImageRules()) -> tuple[int, 
     return int(width), int(height)
 
 
-def load_variation_input(data: bytes, rules: ImageRules = ImageRules()) -> Image.Image:
-    """Checks an uploaded image against OpenAI's rules and returns it as RGB."""
-    if len(data) >= rules.max_bytes:
-        raise ImageRejected(rules.not_a_png)
-    width, height = png_dimensions(data, rules)
+def check_single_header(data: bytes) -> None:
+    """Refuses a PNG whose IHDR chunk is not the only one: Pillow would decode with the last.
+
+    Walks the chunk list by lengths and types alone (no decompression). The walk only runs when the
+    bytes "IHDR" occur again past the first chunk at all, which they almost never do by chance.
+    """
+    if data.find(b"IHDR", _IHDR_END) < 0:
+        return
+    offset = _IHDR_END
+    while offset + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, offset)
+        if kind == b"IHDR":
+            raise ImageRejected("Uploaded image is not a valid PNG: its IHDR chunk must come first and only once.")
+        if kind == b"IEND":
+            return
+        offset += _CHUNK_OVERHEAD + length
+
+
+def check_dimensions(width: int, height: int, rules: ImageRules) -> None:
+    """OpenAI's rules on a size: some pixels, square, at most max_side a side."""
     if width == 0 or height == 0:
         raise ImageRejected("Uploaded image has no pixels.")
     if width != height:
@@ -82,12 +102,37 @@ def load_variation_input(data: bytes, rules: ImageRules = ImageRules()) -> Image
     if width > rules.max_side:
         side = rules.max_side
         raise ImageRejected(f"Uploaded image is {width}x{height} pixels; the largest accepted is {side}x{side}.")
+
+
+def load_variation_input(data: bytes, rules: ImageRules = ImageRules()) -> Image.Image:
+    """Checks an uploaded image against OpenAI's rules and returns it as RGB.
+
+    Memory for one image is bounded by max_side² pixels (Pillow's own bomb limit is set to that too).
+    """
+    if len(data) >= rules.max_bytes:
+        raise ImageRejected(rules.not_a_png)
+    width, height = png_dimensions(data, rules)
+    check_dimensions(width, height, rules)
+    check_single_header(data)
+    _limit_pillow(rules.max_side * rules.max_side)
     try:
         with Image.open(io.BytesIO(data), formats=["PNG"]) as img:
+            if img.size != (width, height):  # what Pillow will decode is not what the header said
+                raise ImageRejected("Uploaded image is not a valid PNG: its header and its decoded size disagree.")
+            check_dimensions(*img.size, rules)
             img.load()
             return to_rgb(img)
+    except Image.DecompressionBombError:
+        side = rules.max_side
+        raise ImageRejected(f"Uploaded image has more pixels than the largest accepted, {side}x{side}.") from None
     except _DECODE_ERRORS:
         raise ImageRejected("Uploaded image is not a valid PNG: it is truncated or corrupt.") from None
+
+
+def _limit_pillow(max_pixels: int) -> None:
+    # Pillow's own decompression-bomb check, at open: it warns past MAX_IMAGE_PIXELS and refuses past
+    # twice that. It is process-wide; a server has one max_side, so this is set once in practice.
+    Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 @dataclass(eq=False)

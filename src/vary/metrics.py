@@ -2,11 +2,14 @@
 
 Counted as things happen: requests by model and status, each stage's latency, batches, images.
 Read at scrape time: queue depth, which models are loaded, and GPU memory when CUDA is in use.
+
+The `model` label only takes the served catalogue's names (and "" for a request that named none):
+any other name is counted as "unknown", so hostile names cannot add series without end.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 import torch
@@ -17,6 +20,7 @@ from prometheus_client.registry import Collector
 # Seconds: from a cached tiny request to a 1024 px n=10 batch on a busy GPU.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 24, 32, 64)
+UNKNOWN_MODEL = "unknown"
 
 
 class Watched(Protocol):
@@ -34,7 +38,8 @@ class Watched(Protocol):
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
-    def __init__(self) -> None:
+    def __init__(self, served: Iterable[str] = ()) -> None:
+        self.served = frozenset(served)
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "vary_requests", "Variation requests by model and HTTP status.", ["model", "status"], registry=self.registry
@@ -65,12 +70,21 @@ class Metrics:
         """Scrape-time gauges over the local models: their queues and whether they are loaded."""
         self.registry.register(_LiveCollector(models))
 
+    def serve(self, names: Iterable[str]) -> None:
+        """Adds model names that may be labels (the catalogue's, with their aliases)."""
+        self.served = self.served | frozenset(names)
+
+    def model_label(self, model: str | None) -> str:
+        if not model:
+            return ""
+        return model if model in self.served else UNKNOWN_MODEL
+
     def count_request(self, model: str | None, status: int) -> None:
-        self.requests.labels(model or "", str(status)).inc()
+        self.requests.labels(self.model_label(model), str(status)).inc()
 
     def observe_request(self, model: str | None, stages: Mapping[str, float]) -> None:
         for stage, seconds in stages.items():
-            self.stage_seconds.labels(model or "", stage).observe(seconds)
+            self.stage_seconds.labels(self.model_label(model), stage).observe(seconds)
 
     def observe_batch(self, model: str, images: int, seconds: float) -> None:
         self.batch_images.labels(model).observe(images)

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(default=60.0, gt=0)
     # A new connection must send a request, and each request its headers, within this (slow loris).
     header_timeout_seconds: float = Field(default=10.0, gt=0)
+    # The request line (414 past it) and the whole head, request line and headers (431), as nginx caps them.
+    max_request_line_bytes: int = Field(default=8 * 1024, ge=256)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
+    # A client that reads none of its response for this long is dropped, and its buffered response freed.
+    send_timeout_seconds: float = Field(default=60.0, gt=0)
 
     # Pending variation requests per model before answering 429.
     queue_size: int = Field(default=64, ge=1)
@@ -75,6 +80,11 @@ class Settings(BaseSettings):
     quota_period: Literal["day", "month"] = "month"
     # Where rate-limit windows live: memory:// for one process; a limits storage URI (redis://...) to share.
     rate_limit_storage: str = "memory://"
+
+    # The server's wait for a database locked by another writer; a usage row that cannot wait is spooled.
+    db_busy_timeout_seconds: float = Field(default=0.25, gt=0)
+    # Usage rows kept (in a file in the data dir) while the database cannot take them; past this, dropped.
+    usage_spool_max_rows: int = Field(default=100_000, ge=1)
 
     # Operations.
     log_format: Literal["json", "text"] = "json"
@@ -106,6 +116,10 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "vary.db"
+
+    @property
+    def usage_spool_path(self) -> Path:
+        return self.data_dir / "usage-spool.jsonl"
 
     @property
     def images_dir(self) -> Path:

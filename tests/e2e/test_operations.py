@@ -211,7 +211,13 @@ def test_health_and_readiness(server: ServerProcess, data_dir: Path) -> None:
     assert httpx.get(f"{server.base_url}/healthz", timeout=WAIT_S).json() == {"status": "ok"}
     ready = httpx.get(f"{server.base_url}/readyz", timeout=WAIT_S)
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "models": {"tiny-random": "loaded"}, "store": "ok", "database": "ok"}
+    assert ready.json() == {
+        "status": "ready",
+        "models": {"tiny-random": "loaded"},
+        "store": "ok",
+        "database": "ok",
+        "usage_spooled": 0,
+    }
     images = data_dir / "images"
     images.rename(data_dir / "images-away")
     images.write_text("not a directory")  # the store can no longer write, whoever runs the tests

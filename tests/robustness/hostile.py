@@ -116,3 +116,38 @@ def raw_exchange(port: int, head: bytes, body_chunks: list[bytes], *, timeout: f
         except (ConnectionResetError, TimeoutError):
             pass
         return answer
+
+
+def two_headers(first: tuple[int, int], second: tuple[int, int], *, colour_type: int = 2) -> bytes:
+    """A PNG with two IHDR chunks: a small one first, then the one whose pixels the IDAT really holds.
+
+    Pillow decodes with the last IHDR; a check that reads only the first sees a harmless image. The
+    pixels are all zero, so 9000x9000 RGB compresses to about 240 KB.
+    """
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour_type]
+    width, height = second
+    squeeze = zlib.compressobj(9)
+    row = b"\0" * (1 + width * channels)
+    stream = b"".join(squeeze.compress(row) for _ in range(height)) + squeeze.flush()
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", *first, 8, colour_type, 0, 0, 0))
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0))
+        + chunk(b"IDAT", stream)
+        + chunk(b"IEND", b"")
+    )
+
+
+def rss(pid: int, field: str = "VmRSS") -> int:
+    """Resident bytes of a process (VmRSS), or its peak since the last reset_peak (VmHWM)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def reset_peak(pid: int) -> None:
+    """Resets the kernel's peak-RSS mark (VmHWM) of a process we own."""
+    with open(f"/proc/{pid}/clear_refs", "w") as refs:
+        refs.write("5")

@@ -23,7 +23,8 @@ from vary.api.limits import admit
 from vary.api.request_context import describe_request, request_id_of
 from vary.api.variation_form import VariationForm
 from vary.db import KeyInfo, UsageRow
-from vary.errors import VaryError, clip
+from vary.echo import clipped
+from vary.errors import VaryError
 from vary.ratelimit import Admission
 from vary.services import Services
 from vary.serving import VariationResult
@@ -53,7 +54,7 @@ class RequestAccount:
 
     def describe(self, form: VariationForm) -> None:
         usage = self.usage
-        usage.model = clip(form.model) if form.model else self.services.registry.default.id
+        usage.model = clipped(form.model) if form.model else self.services.registry.default.id
         usage.n, usage.size, usage.response_format, usage.user = (
             form.n,
             form.size_label,

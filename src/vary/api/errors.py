@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vary import errors as domain
+from vary.echo import clipped
 
 log = logging.getLogger("vary.errors")
 
@@ -126,9 +127,9 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 404:
-        error = ApiError(404, f"Invalid URL ({request.method} {request.url.path})")
+        error = ApiError(404, f"Invalid URL ({request.method} {clipped(request.url.path)})")
     elif exc.status_code == 405:
-        error = ApiError(405, f"Method not allowed ({request.method} {request.url.path})")
+        error = ApiError(405, f"Method not allowed ({request.method} {clipped(request.url.path)})")
     else:
         # Starlette raises 400s itself, e.g. for malformed multipart bodies; keep its reason.
         error = ApiError(exc.status_code, str(exc.detail))

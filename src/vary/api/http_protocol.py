@@ -9,6 +9,18 @@ its own deadline (`api/body_limit.py`), enforced in the app where the error can 
 
 Bytes that are not HTTP (or that follow a body longer than its Content-Length) are refused by uvicorn
 before the app sees them; its plain-text 400 is replaced by OpenAI's error JSON, like every other answer.
+
+Sizes, as nginx bounds them: a request line longer than `max_request_line_bytes` gets a 414 and a head
+(request line and headers) longer than `max_header_bytes` a 431, as soon as the cap is crossed and
+before anything else is parsed. The connection is then half-closed: what the client still sends is
+read and dropped for a moment (so it sees the answer rather than a reset), never kept.
+
+A client that stops reading its response holds the response in the socket's write buffer. When the
+buffer stays over uvicorn's high-water mark for `send_timeout_seconds`, the connection is aborted,
+which frees the buffer.
+
+A WebSocket upgrade is answered as the plain HTTP request it also is (uvicorn runs with `ws="none"`;
+vary has no WebSocket routes): a 401, 404 or 405 in OpenAI's JSON, then the connection closes.
 """
 
 from __future__ import annotations
@@ -16,6 +28,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+import struct
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -23,7 +37,15 @@ from vary.api.errors import ApiError
 
 log = logging.getLogger("vary.http")
 
-REASONS = {400: "Bad Request", 408: "Request Timeout"}
+REASONS = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+}
+# How long a refused connection is still read (and dropped) before it is closed.
+LINGER_SECONDS = 2.0
+_HEAD_END = b"\r\n\r\n"
 
 
 def raw_error(error: ApiError) -> bytes:
@@ -36,8 +58,14 @@ def raw_error(error: ApiError) -> bytes:
     return head.encode() + body
 
 
-def vary_http_protocol(header_timeout_seconds: float) -> type[HttpToolsProtocol]:
-    """The protocol class to hand to uvicorn (`http=`), closing over the deadline."""
+def vary_http_protocol(
+    header_timeout_seconds: float,
+    *,
+    max_request_line_bytes: int = 8 * 1024,
+    max_header_bytes: int = 64 * 1024,
+    send_timeout_seconds: float = 60.0,
+) -> type[HttpToolsProtocol]:
+    """The protocol class to hand to uvicorn (`http=`), closing over the deadlines and limits."""
     headers_too_slow = raw_error(
         ApiError(
             408,
@@ -45,33 +73,140 @@ def vary_http_protocol(header_timeout_seconds: float) -> type[HttpToolsProtocol]
             code="request_timeout",
         )
     )
+    line_too_long = raw_error(
+        ApiError(414, f"The request line is longer than {max_request_line_bytes} bytes.", code="uri_too_long")
+    )
+    head_too_large = raw_error(
+        ApiError(
+            431,
+            f"The request headers are larger than {max_header_bytes} bytes in all.",
+            code="request_header_fields_too_large",
+        )
+    )
 
     class VaryHttpProtocol(HttpToolsProtocol):
         _header_deadline: asyncio.TimerHandle | None = None
+        _send_deadline: asyncio.TimerHandle | None = None
         _request_begun = False  # a byte of the request arrived: the client is owed an answer
+        _refused = False  # answered and half-closed: whatever else arrives is dropped
+        # Between requests and until a request's headers end, bytes count towards the head's size.
+        _in_head = True
+        _head_bytes = 0
+        _line_bytes = 0
+        _line_ended = False
+        _tail = b""  # the last bytes seen, to find a head's end split across two reads
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             self._arm()
 
+        def data_received(self, data: bytes) -> None:
+            if self._refused:
+                return
+            if self._in_head:
+                joined = self._tail + data
+                end = joined.find(_HEAD_END)
+                self._head_bytes += len(data) if end < 0 else max(0, end + len(_HEAD_END) - len(self._tail))
+                self._tail = joined[-(len(_HEAD_END) - 1) :]
+                line_ended = self._line_ended or b"\r\n" in joined
+                if self._head_bytes > max_header_bytes:
+                    if line_ended:
+                        self._refuse(head_too_large, f"headers over {max_header_bytes} bytes")
+                    else:
+                        self._refuse(line_too_long, f"a request line over {max_request_line_bytes} bytes")
+                    return
+                self._line_ended = line_ended
+            super().data_received(data)
+
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._request_begun = True
+            self._line_bytes = 0
             self._arm()  # the next request on a kept-alive connection gets its own deadline
+
+        def on_url(self, url: bytes) -> None:
+            # The parser hands the URL over as it arrives, a read at a time, so this sees it grow.
+            if self._refused:
+                return
+            self._line_bytes += len(url)
+            if self._line_bytes > max_request_line_bytes:
+                self._refuse(line_too_long, f"a request line over {max_request_line_bytes} bytes")
+                return
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            if not self._refused:
+                super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
             self._disarm()
             self._request_begun = False
-            super().on_headers_complete()
+            self._in_head = False
+            if not self._refused:
+                super().on_headers_complete()
+
+        def on_body(self, body: bytes) -> None:
+            if not self._refused:
+                super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            self._in_head, self._head_bytes, self._tail, self._line_ended = True, 0, b"", False
+            if not self._refused:
+                super().on_message_complete()
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            self._disarm_send()
             super().connection_lost(exc)
 
         def send_400_response(self, msg: str) -> None:
+            if self._refused:
+                return
             self._disarm()
             self.transport.write(raw_error(ApiError(400, msg)))
             self.transport.close()
+
+        def _unsupported_upgrade_warning(self) -> None:
+            # An upgrade (WebSocket or other) is served as the plain request it is; the parser stops at
+            # the upgrade, so this connection ends with that answer.
+            if self.cycle is not None:
+                self.cycle.keep_alive = False
+
+        def pause_writing(self) -> None:
+            super().pause_writing()
+            if self._send_deadline is None:
+                self._send_deadline = self.loop.call_later(send_timeout_seconds, self._send_expired)
+
+        def resume_writing(self) -> None:
+            self._disarm_send()
+            super().resume_writing()
+
+        def _send_expired(self) -> None:
+            self._send_deadline = None
+            if self.transport.is_closing() and self.transport.get_write_buffer_size() == 0:
+                return
+            buffered = self.transport.get_write_buffer_size()
+            log.info(
+                "dropped a client that read none of its response for %gs (%d bytes unsent)",
+                send_timeout_seconds,
+                buffered,
+            )
+            _reset_on_close(self.transport)
+            self.transport.abort()  # close() would wait for the buffer to drain, i.e. for ever
+
+        def _disarm_send(self) -> None:
+            if self._send_deadline is not None:
+                self._send_deadline.cancel()
+                self._send_deadline = None
+
+        def _refuse(self, answer: bytes, what: str) -> None:
+            self._refused = True
+            self._disarm()
+            log.info("refused %s", what)
+            self.transport.write(answer)
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(LINGER_SECONDS, self.transport.abort)
 
         def _arm(self) -> None:
             if self._header_deadline is None:
@@ -95,3 +230,14 @@ def vary_http_protocol(header_timeout_seconds: float) -> type[HttpToolsProtocol]
             self.transport.close()
 
     return VaryHttpProtocol
+
+
+def _reset_on_close(transport: asyncio.BaseTransport) -> None:
+    """Makes closing the socket a reset, so the kernel drops what it still holds to send as well."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass  # already closed

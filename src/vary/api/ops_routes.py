@@ -21,7 +21,7 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """Ready when every eagerly loaded model is loaded, the image store takes writes, and the database answers."""
+    """Ready when every eagerly loaded model is loaded, and the image store and the database take writes."""
     services = services_if_started(request)
     if services is None:  # still starting
         return JSONResponse({"status": "starting"}, status_code=503)
@@ -30,9 +30,16 @@ async def readyz(request: Request) -> JSONResponse:
         for model in services.registry.models()
     }
     store = await run_in_threadpool(_check, services.store.check_writable)
-    database = await run_in_threadpool(_check, services.db.ping)
+    database = await run_in_threadpool(_check, services.db.check_writable)
     ready = store == "ok" and database == "ok" and "loading" not in models.values()
-    body = {"status": "ready" if ready else "not ready", "models": models, "store": store, "database": database}
+    body = {
+        "status": "ready" if ready else "not ready",
+        "models": models,
+        "store": store,
+        "database": database,
+        # Usage rows waiting for the database (usage_spool.py); they are written once it takes writes.
+        "usage_spooled": len(services.db.spool) if services.db.spool is not None else 0,
+    }
     return JSONResponse(body, status_code=200 if ready else 503)
 
 

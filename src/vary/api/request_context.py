@@ -18,6 +18,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vary.echo import clipped
+
 log = logging.getLogger("vary.access")
 HEADER = "x-request-id"
 _SANE_ID = re.compile(r"[A-Za-z0-9._:/+=-]{1,128}")
@@ -61,12 +63,12 @@ class RequestContextMiddleware:
             fields = {
                 "request_id": request_id,
                 "method": scope["method"],
-                "path": scope["path"],
+                "path": clipped(scope["path"]),
                 "status": status,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 1),
                 **{k: v for k, v in state.get("log_fields", {}).items() if v is not None},
             }
-            log.info("%s %s %d", scope["method"], scope["path"], status, extra=fields)
+            log.info("%s %s %d", scope["method"], fields["path"], status, extra=fields)
 
 
 def _client_id(scope: Scope) -> str | None:

@@ -57,6 +57,7 @@ async def create_variation(request: Request, key: CallerKey) -> Response:
     return Response(status_code=CLIENT_CLOSED_REQUEST)  # the client left: nobody reads this
 
 
+@router.head("/v1/files/{filename}", include_in_schema=False)  # what answers GET answers HEAD
 @router.get("/v1/files/{filename}", responses={403: ERROR_RESPONSES[401] | {"description": "Bad or expired signature"}})
 async def get_file(request: Request, filename: str, expires: str = "", signature: str = "") -> Response:
     """A generated PNG, for as long as its signed URL is valid. The signature is the credential."""

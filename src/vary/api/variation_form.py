@@ -62,7 +62,7 @@ class VariationForm:
 async def read_variation_form(request: Request, *, max_user_chars: int, max_steps: int) -> VariationForm:
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
-        shown = content_type.split(";", 1)[0].strip() or "none"
+        shown = _clip(content_type.split(";", 1)[0].strip()) or "none"
         raise invalid(
             f"Invalid Content-Type header ({shown}); this endpoint expects multipart/form-data.",
             code="invalid_content_type",
