@@ -16,11 +16,12 @@ from vary.errors import (
     ModelUnavailable,
     Overloaded,
     UpstreamFailure,
+    UpstreamMisconfigured,
     UpstreamRateLimited,
     UpstreamRefused,
     UpstreamUnavailable,
 )
-from vary.gateway import Gateway
+from vary.gateway import Gateway, Tried, tried_of
 from vary.imaging import InputImage
 from vary.request import VariationRequest
 from vary.targets import Made, Resilience
@@ -114,10 +115,10 @@ def test_when_every_target_fails_otherwise_the_answer_is_a_502() -> None:
     assert answer.status == 502 and answer.code == "upstream_unavailable" and "a, b" in answer.message
 
 
-def test_retry_after_is_honoured_up_to_the_cap() -> None:
+def test_a_retry_after_longer_than_the_cap_moves_on_at_once_instead_of_waiting_short() -> None:
     waits: list[float] = []
-    target = Scripted("a", [UpstreamFailure("busy", status=429, retryable=True, retry_after=60.0)])
-    target.resilience = Resilience(max_attempts=2, backoff_seconds=0.0, max_backoff_seconds=0.01)
+    busy = Scripted("busy", [UpstreamFailure("busy", status=429, retryable=True, retry_after=60.0)])
+    busy.resilience = Resilience(max_attempts=3, backoff_seconds=0.0, max_backoff_seconds=20.0)
     real_sleep = asyncio.sleep
 
     async def recording_sleep(seconds: float) -> None:
@@ -126,10 +127,170 @@ def test_retry_after_is_honoured_up_to_the_cap() -> None:
 
     asyncio.sleep = recording_sleep  # type: ignore[assignment]
     try:
-        run(Gateway(), target)
+        _, served = run(Gateway(), busy, Scripted("next"))
+        busy.script.append(UpstreamFailure("busy", status=429, retryable=True, retry_after=60.0))
+        with pytest.raises(UpstreamRateLimited) as raised:
+            run(Gateway(), busy)
     finally:
         asyncio.sleep = real_sleep  # type: ignore[assignment]
-    assert waits == [0.01]
+    assert busy.calls == 2 and waits == [], "never retried, never waited"
+    assert served.target == "next"  # type: ignore[attr-defined]
+    assert api_error(raised.value).headers["Retry-After"] == "60", "the provider's own wait goes back to the client"
+
+
+def test_a_retry_after_within_the_cap_is_waited_out() -> None:
+    waits: list[float] = []
+    busy = Scripted("busy", [UpstreamFailure("busy", status=429, retryable=True, retry_after=0.25)])
+    busy.resilience = Resilience(max_attempts=2, backoff_seconds=0.0, max_backoff_seconds=1.0)
+    real_sleep = asyncio.sleep
+
+    async def recording_sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await real_sleep(0)
+
+    asyncio.sleep = recording_sleep  # type: ignore[assignment]
+    try:
+        run(Gateway(), busy)
+    finally:
+        asyncio.sleep = real_sleep  # type: ignore[assignment]
+    assert waits == [0.25] and busy.calls == 2
+
+
+class Slow(Scripted):
+    """Sleeps `seconds` on each call before playing its script."""
+
+    seconds: float = 30.0
+
+    async def make(self, request: VariationRequest) -> Made:
+        self.calls += 1
+        await asyncio.sleep(self.seconds)
+        return Made(pngs=[b"png"] * request.n)
+
+
+def test_the_deadline_cuts_the_route_short_and_nothing_after_it_is_tried() -> None:
+    slow = Slow("slow", resilience=Resilience(max_attempts=3, timeout_seconds=10.0, backoff_seconds=0.0))
+    after = Scripted("after")
+    with pytest.raises(UpstreamUnavailable) as raised:
+        asyncio.run(Gateway().run([slow, after], REQUEST, deadline_seconds=0.2))
+    assert slow.calls == 1 and after.calls == 0, "the deadline is not a retryable timeout"
+    tried = tried_of(raised.value)
+    assert tried is not None and tried.describe() == "slow:1"
+
+
+def test_a_backoff_past_the_deadline_skips_the_retry_and_the_next_target_gets_the_time_left() -> None:
+    flaky = Scripted("flaky", [retryable()], resilience=Resilience(max_attempts=3, backoff_seconds=30.0))
+    flaky.resilience = Resilience(max_attempts=3, backoff_seconds=30.0, max_backoff_seconds=60.0)
+    other = Scripted("other")
+    _, served = asyncio.run(Gateway().run([flaky, other], REQUEST, deadline_seconds=5.0))
+    assert flaky.calls == 1 and served.target == "other" and served.tried.describe() == "flaky:1,other:1"
+
+
+def test_failed_requests_carry_the_targets_tried_and_their_attempts() -> None:
+    a, b = Scripted("a", [retryable()] * 3), Scripted("b", [UpstreamMisconfigured("no such deployment", status=404)])
+    with pytest.raises(UpstreamUnavailable) as raised:
+        run(Gateway(), a, b)
+    tried = tried_of(raised.value)
+    assert tried is not None and (tried.describe(), tried.total) == ("a:3,b:1", 4)
+    refusing = Scripted("refusing", [UpstreamRefused("no", status=400, type=None, param=None, code=None)])
+    with pytest.raises(UpstreamRefused) as refused:
+        run(Gateway(), Scripted("down", [retryable()] * 3), refusing)
+    assert (tried_of(refused.value) or Tried()).describe() == "down:3,refusing:1"
+
+
+def test_a_configuration_error_falls_through_without_a_retry_and_counts_toward_the_circuit() -> None:
+    policy = Resilience(max_attempts=3, backoff_seconds=0.0, circuit_failures=2)
+    wrong = Scripted("wrong", [UpstreamMisconfigured("DeploymentNotFound", status=404)] * 5, resilience=policy)
+    good = Scripted("good")
+    gateway = Gateway()
+    for _ in range(3):
+        _, served = run(gateway, wrong, good)
+        assert served.target == "good"  # type: ignore[attr-defined]
+    breaker = gateway.breaker(wrong)
+    assert wrong.calls == 2 and breaker is not None and breaker.open, "two failures opened it; the third skipped"
+
+
+class Observer:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def observe_attempt(self, target: str, outcome: str, seconds: float) -> None:
+        assert seconds >= 0
+        self.seen.append((target, outcome))
+
+
+def test_every_attempt_is_observed_with_its_outcome_class() -> None:
+    observer = Observer()
+    gateway = Gateway(observer=observer)
+    run(gateway, Scripted("a", [retryable(), UpstreamMisconfigured("bad key", status=401)]), Scripted("b"))
+    with pytest.raises(UpstreamRefused):
+        run(gateway, Scripted("c", [UpstreamRefused("no", status=400, type=None, param=None, code=None)]))
+    run(gateway, Scripted("d", [Overloaded("d", 1)], remote=False), Scripted("e", [RuntimeError("crash")]), Scripted("f"))
+    assert observer.seen == [
+        ("a", "retryable"),
+        ("a", "configuration"),
+        ("b", "success"),
+        ("c", "refused"),
+        ("d", "overloaded"),
+        ("e", "unavailable"),
+        ("f", "success"),
+    ]
+
+
+class Held(Scripted):
+    """Holds each call until `release` is set: a probe still in flight."""
+
+    release: asyncio.Event | None = None
+
+    async def make(self, request: VariationRequest) -> Made:
+        self.calls += 1
+        assert self.release is not None
+        await self.release.wait()
+        return Made(pngs=[b"png"] * request.n)
+
+
+def test_a_half_open_circuit_lets_exactly_one_of_eight_concurrent_requests_probe() -> None:
+    now = [0.0]
+    gateway = Gateway()
+    policy = Resilience(max_attempts=1, circuit_failures=1, circuit_cooldown_seconds=30.0)
+    held = Held("held", resilience=policy)
+    fallback = Scripted("fallback")
+    breaker = gateway.breaker(held)
+    assert breaker is not None
+    breaker.clock = lambda: now[0]
+    breaker.failed()
+    assert breaker.state == "open"
+    now[0] = 31.0
+
+    async def eight() -> list[str]:
+        held.release = asyncio.Event()
+        runs = [asyncio.create_task(gateway.run([held, fallback], REQUEST)) for _ in range(8)]
+        while fallback.calls < 7:  # the seven others skip the probed target
+            await asyncio.sleep(0)
+        assert breaker.state == "half-open" and not breaker.allows()
+        held.release.set()
+        return [served.target for _, served in await asyncio.gather(*runs)]
+
+    targets = asyncio.run(eight())
+    assert held.calls == 1 and sorted(targets) == ["fallback"] * 7 + ["held"]
+    assert breaker.state == "closed", "the probe succeeded"
+
+
+def test_a_probe_that_ends_without_a_verdict_lets_the_next_request_probe() -> None:
+    now = [0.0]
+    gateway = Gateway()
+    policy = Resilience(max_attempts=1, circuit_failures=1, circuit_cooldown_seconds=30.0)
+    refuses = UpstreamRefused("bad image", status=400, type=None, param="image", code=None)
+    target = Scripted("t", [refuses], resilience=policy)
+    breaker = gateway.breaker(target)
+    assert breaker is not None
+    breaker.clock = lambda: now[0]
+    breaker.failed()
+    now[0] = 31.0
+    with pytest.raises(UpstreamRefused):
+        run(gateway, target)
+    assert breaker.state == "half-open" and breaker.allows(), "the client's fault is no verdict on the target"
+    _, served = run(gateway, target)
+    assert served.target == "t" and breaker.state == "closed"  # type: ignore[attr-defined]
 
 
 def test_a_timeout_is_a_retryable_failure() -> None:
@@ -190,8 +351,13 @@ def test_the_breaker_opens_after_its_failures_in_a_row_and_closes_on_success() -
     breaker.failed()
     assert breaker.allows()
     breaker.failed()
-    assert not breaker.allows()
+    assert not breaker.allows() and breaker.enter() is None
     now[0] += 10.0
     assert breaker.allows(), "half open after the cooldown"
+    assert breaker.enter() == "probe" and breaker.enter() is None, "one probe at a time"
+    breaker.failed()
+    assert breaker.state == "open", "a failed probe reopens at once"
+    now[0] += 10.0
+    assert breaker.enter() == "probe"
     breaker.succeeded()
-    assert breaker.allows() and not breaker.open
+    assert breaker.allows() and not breaker.open and breaker.enter() == "closed"
