@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import io
+import json
+import re
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from email.utils import formatdate
+from urllib.parse import quote, quote_plus
 
 import pytest
+from PIL import Image
 
 from tests.conftest import png_bytes
 from vary.api.errors import api_error
 from vary.breaker import CircuitBreaker
+from vary.engines.upstream import MAX_IMAGE_BYTES, UpstreamEngine, UpstreamOptions, _pngs_of_size, retry_after
 from vary.errors import (
     ImageRejected,
     ModelUnavailable,
@@ -21,7 +31,7 @@ from vary.errors import (
     UpstreamRefused,
     UpstreamUnavailable,
 )
-from vary.gateway import Gateway, Tried, tried_of
+from vary.gateway import Gateway, Tried, outcome_of, tried_of
 from vary.imaging import InputImage
 from vary.request import VariationRequest
 from vary.targets import Made, Resilience
@@ -224,7 +234,12 @@ def test_every_attempt_is_observed_with_its_outcome_class() -> None:
     run(gateway, Scripted("a", [retryable(), UpstreamMisconfigured("bad key", status=401)]), Scripted("b"))
     with pytest.raises(UpstreamRefused):
         run(gateway, Scripted("c", [UpstreamRefused("no", status=400, type=None, param=None, code=None)]))
-    run(gateway, Scripted("d", [Overloaded("d", 1)], remote=False), Scripted("e", [RuntimeError("crash")]), Scripted("f"))
+    run(
+        gateway,
+        Scripted("d", [Overloaded("d", 1)], remote=False),
+        Scripted("e", [RuntimeError("crash")]),
+        Scripted("f"),
+    )
     assert observer.seen == [
         ("a", "retryable"),
         ("a", "configuration"),
@@ -361,3 +376,126 @@ def test_the_breaker_opens_after_its_failures_in_a_row_and_closes_on_success() -
     assert breaker.enter() == "probe"
     breaker.succeeded()
     assert breaker.allows() and not breaker.open and breaker.enter() == "closed"
+
+
+# --- one provider attempt's answer, classified where it is read (engines/upstream.py) ------------
+
+KEY = 'sk-unit/KEY+with=odd"chars-0123456789'
+
+
+@pytest.fixture
+def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[UpstreamEngine]:
+    monkeypatch.setenv("VARY_UNIT_KEY", KEY)
+    engine = UpstreamEngine(
+        name="u",
+        engine="openai-compatible",
+        options=UpstreamOptions(api_key_env="VARY_UNIT_KEY"),
+        license=None,
+        description=None,
+    )
+    yield engine
+    asyncio.run(engine.aclose())
+
+
+def error_body(message: str, code: str | None = None) -> bytes:
+    return json.dumps(
+        {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (500, error_body("boom"), "retryable"),
+        (429, error_body("slow down"), "retryable"),
+        (401, error_body("bad key"), "configuration"),
+        (403, error_body("forbidden"), "configuration"),
+        (301, b"", "configuration"),
+        (
+            404,
+            error_body("The API deployment for this resource does not exist.", "DeploymentNotFound"),
+            "configuration",
+        ),
+        (404, error_body("The model `dall-e-9` does not exist", "model_not_found"), "configuration"),
+        (404, b"Not Found", "configuration"),
+        (400, error_body("unknown model", "model_not_found"), "configuration"),
+        (400, error_body("Your request was rejected by the safety system."), "refused"),
+        (413, error_body("too large"), "refused"),
+    ],
+)
+def test_every_provider_status_is_classified_once(
+    upstream: UpstreamEngine, status: int, body: bytes, expected: str
+) -> None:
+    assert outcome_of(upstream.error_from(status, {}, body)) == expected
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        KEY,
+        quote(KEY, safe=""),
+        re.sub("%[0-9A-F]{2}", lambda escape: escape.group().lower(), quote(KEY, safe="")),
+        quote_plus(KEY),
+        json.dumps(KEY)[1:-1],
+        json.dumps(KEY)[1:-1].replace("/", "\\/"),
+    ],
+    ids=["whole", "url-encoded", "url-encoded-lower", "form-encoded", "json-escaped", "json-escaped-slash"],
+)
+def test_a_key_echoed_in_any_form_is_scrubbed_before_the_message_is_cut(upstream: UpstreamEngine, echo: str) -> None:
+    for padding in (0, 180, 195):  # the echo crossing the 200-character cut included
+        plain = ("x" * padding + f"key={echo} was refused").encode()
+        as_json = error_body("x" * padding + f'{{"key": "{echo}"}}')
+        for body in (plain, as_json):
+            error = upstream.error_from(400, {}, body)
+            assert isinstance(error, UpstreamRefused)
+            assert all(fragment not in error.message for fragment in _fragments(KEY) | _fragments(echo))
+
+
+def _fragments(secret: str, length: int = 8) -> set[str]:
+    return {secret[i : i + length] for i in range(len(secret) - length + 1)}
+
+
+def test_retry_after_in_seconds_http_date_and_milliseconds() -> None:
+    now = 1_800_000_000.0
+    assert retry_after({"retry-after": "60"}, now) == 60.0
+    assert retry_after({"retry-after": formatdate(now + 120, usegmt=True)}, now) == 120.0
+    assert retry_after({"retry-after": formatdate(now - 5, usegmt=True)}, now) == 0.0
+    assert retry_after({"retry-after-ms": "250", "retry-after": "1"}, now) == 0.25
+    assert retry_after({"retry-after": "soon"}, now) is None and retry_after({}, now) is None
+
+
+def test_a_rate_limit_carries_the_provider_s_http_date(upstream: UpstreamEngine) -> None:
+    error = upstream.error_from(429, {"retry-after": formatdate(time.time() + 90, usegmt=True)}, error_body("busy"))
+    assert isinstance(error, UpstreamFailure) and error.retry_after is not None and 85 < error.retry_after <= 90
+
+
+def bomb_png(side: int = 100_000) -> bytes:
+    """A PNG whose header claims side x side pixels: what a decompression bomb looks like before decoding."""
+    data = bytearray(png_bytes(8))
+    data[16:24] = struct.pack(">II", side, side)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"not an image", png_bytes(64)[:60], bomb_png(), png_bytes((64, 32))],
+    ids=["garbage", "truncated", "bomb", "not-square"],
+)
+def test_a_provider_image_is_checked_as_an_input_is_and_refused_as_retryable(answer: bytes) -> None:
+    with pytest.raises(UpstreamFailure) as raised:
+        _pngs_of_size([answer], 64, True)
+    assert raised.value.kind == "retryable"
+
+
+def test_a_provider_image_of_the_asked_size_passes_as_it_is_and_others_are_resized() -> None:
+    same, other = png_bytes(64), png_bytes(128)
+    out = _pngs_of_size([same, other], 64, True)
+    assert out[0] is same and Image.open(io.BytesIO(out[1])).size == (64, 64)
+
+
+def test_an_oversized_base64_answer_is_refused_before_it_is_decoded(upstream: UpstreamEngine) -> None:
+    huge = "A" * (MAX_IMAGE_BYTES // 3 * 4 + 8)
+    with pytest.raises(UpstreamFailure) as raised:
+        asyncio.run(upstream._images([{"b64_json": huge}], 64))
+    assert raised.value.kind == "retryable" and "larger than" in raised.value.message
