@@ -217,6 +217,8 @@ def _model(entry: dict[str, Any], where: str, base: Path) -> ModelConfig:
         raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}; known: {', '.join(sorted(_MODEL_KEYS))}")
     if "route" in entry:
         return _route(entry, where)
+    if "deadline_seconds" in entry:
+        raise ConfigError(f"{where}: deadline_seconds is for a route; a hosted model takes it in its options")
     engine = entry.get("engine")
     if engine not in ENGINES and engine not in UPSTREAM_ENGINES:
         known = ", ".join((*ENGINES, *UPSTREAM_ENGINES))

@@ -12,6 +12,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.utils import formatdate
+from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -20,6 +21,9 @@ from PIL import Image
 from tests.conftest import png_bytes
 from vary.api.errors import api_error
 from vary.breaker import CircuitBreaker
+from vary.config import ConfigError, read_catalogue
+from vary.engines.diffusion import Placement
+from vary.engines.registry import ModelRegistry
 from vary.engines.upstream import MAX_IMAGE_BYTES, UpstreamEngine, UpstreamOptions, _pngs_of_size, retry_after
 from vary.errors import (
     ImageRejected,
@@ -499,3 +503,27 @@ def test_an_oversized_base64_answer_is_refused_before_it_is_decoded(upstream: Up
     with pytest.raises(UpstreamFailure) as raised:
         asyncio.run(upstream._images([{"b64_json": huge}], 64))
     assert raised.value.kind == "retryable" and "larger than" in raised.value.message
+
+
+def test_odd_retry_after_values_are_bounded_or_ignored() -> None:
+    assert retry_after({"retry-after": "inf"}) is None and retry_after({"retry-after": "nan"}) is None
+    assert retry_after({"retry-after": "-5"}) == 0.0 and retry_after({"retry-after": "1e12"}) == 86400.0
+
+
+def test_a_route_s_deadline_comes_from_the_configuration(tmp_path: Path) -> None:
+    path = tmp_path / "vary.toml"
+    hosted = (
+        '[[models]]\nname = "up"\nengine = "openai-compatible"\n[models.options]\nbase_url = "http://127.0.0.1:9"\n'
+    )
+    path.write_text(hosted + '[[models]]\nname = "r"\nroute = ["up"]\ndeadline_seconds = 12.5\n')
+    assert [model.deadline_seconds for model in read_catalogue(path).models] == [None, 12.5]
+    registry = ModelRegistry.from_catalogue(read_catalogue(path), placement=Placement())
+    assert [registry.resolve(name).deadline_seconds for name in ("up", "r")] == [300.0, 12.5]
+    for engine in registry.hosted:
+        asyncio.run(engine.aclose())
+    path.write_text(hosted.replace('"openai-compatible"', '"openai-compatible"\ndeadline_seconds = 3'))
+    with pytest.raises(ConfigError, match="deadline_seconds is for a route"):
+        read_catalogue(path)
+    path.write_text(hosted + '[[models]]\nname = "r"\nroute = ["up"]\ndeadline_seconds = 0\n')
+    with pytest.raises(ConfigError, match="above 0"):
+        read_catalogue(path)

@@ -21,6 +21,7 @@ import dataclasses
 import datetime
 import email.utils
 import json
+import math
 import os
 import re
 import time
@@ -57,6 +58,7 @@ OUTPUT_RULES = ImageRules(max_bytes=MAX_IMAGE_BYTES, max_side=4096)
 # Error codes that name vary's deployment or upstream model, whatever the status they come with.
 CONFIGURATION_CODES = frozenset({"DeploymentNotFound", "model_not_found"})
 DEFAULT_DEADLINE_SECONDS = 300.0
+MAX_RETRY_AFTER = 86400.0  # a provider's wait beyond a day is read as a day
 
 
 @dataclass(frozen=True)
@@ -279,7 +281,11 @@ class UpstreamEngine:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await asyncio.wait_for(self._fetch(url), options.timeout_seconds)
+                    try:
+                        return await asyncio.wait_for(self._fetch(url), options.timeout_seconds)
+                    except asyncio.TimeoutError:
+                        # Never out of make() as a timeout: the gateway would read it as the attempt's own.
+                        raise UpstreamFailure("an image URL did not answer in time", retryable=True) from None
         except UpstreamFailure as exc:
             raise UpstreamFailure(f"re-hosting the provider's image failed: {exc.message}") from None
         raise AssertionError("unreachable: tenacity either returns or reraises")
@@ -291,8 +297,6 @@ class UpstreamEngine:
                     retryable = response.status_code >= 500 or response.status_code == 429
                     raise UpstreamFailure(f"an image URL answered {response.status_code}", retryable=retryable)
                 return await _read_capped(response, MAX_IMAGE_BYTES, "an image URL", retryable=False)
-        except asyncio.TimeoutError:
-            raise UpstreamFailure("an image URL did not answer in time", retryable=True) from None
         except httpx.HTTPError as exc:
             raise UpstreamFailure(f"downloading an image failed ({type(exc).__name__})", retryable=True) from None
 
@@ -364,23 +368,28 @@ def _text(value: object) -> str | None:
 
 def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """Seconds to wait, from `retry-after-ms` (OpenAI's) or `Retry-After` in seconds or as an HTTP-date."""
-    try:
-        milliseconds = headers.get("retry-after-ms")
-        if milliseconds is not None:
-            return max(0.0, float(milliseconds) / 1000.0)
-    except ValueError:
-        pass
+    milliseconds = _number(headers.get("retry-after-ms"))
+    if milliseconds is not None:
+        return milliseconds / 1000.0
     value = headers.get("retry-after")
     if value is None:
         return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
+    seconds = _number(value)
+    if seconds is not None:
+        return seconds
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:  # an HTTP-date is GMT
         when = when.replace(tzinfo=datetime.timezone.utc)
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return min(MAX_RETRY_AFTER, max(0.0, when.timestamp() - (time.time() if now is None else now)))
+
+
+def _number(value: str | None) -> float | None:
+    """A finite wait of 0 to MAX_RETRY_AFTER seconds, or None when `value` is none ("inf" and "nan" are not)."""
+    try:
+        number = float(value) if value is not None else math.nan
+    except ValueError:
+        return None
+    return min(MAX_RETRY_AFTER, max(0.0, number)) if math.isfinite(number) else None
