@@ -410,7 +410,7 @@ def test_secrets_never_reach_logs_or_answers(
         f"{server.base_url}/v1/models", headers={"Authorization": f"Bearer {client.api_key}"}, timeout=30
     ).text
     assert "up-openai" in models
-    for secret in (SECRET, AZURE_SECRET, "sk-not-the-key"):
+    for secret in (SECRET, AZURE_SECRET, SECOND_SECRET, "sk-not-the-key"):
         assert secret not in server.log()
         assert secret not in models
 
