@@ -27,6 +27,7 @@ from vary.db import Database
 from vary.engines.base import Engine
 from vary.engines.diffusion import Placement
 from vary.engines.registry import ModelRegistry
+from vary.gateway import Gateway
 from vary.imaging import ImageDecoder
 from vary.local_model import LocalModel, QueuePolicy
 from vary.memory import ReleaseMemoryWhenIdle
@@ -78,6 +79,8 @@ def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Eng
             await run_in_threadpool(engine.warmup)
         metrics = Metrics(served=(model.id for model in registry.served()))
         metrics.watch(registry.local)
+        gateway = Gateway(observer=metrics)
+        metrics.watch_circuits(gateway.circuit_states)
         for model in registry.local:
             model.start(on_batch=functools.partial(metrics.observe_batch, model.name))
         app.state.services = Services(
@@ -87,7 +90,7 @@ def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Eng
             signer=signer,
             registry=registry,
             variations=VariationService(
-                registry, decoder, store, Links(signer, settings.url_ttl_seconds, settings.public_url)
+                registry, decoder, store, Links(signer, settings.url_ttl_seconds, settings.public_url), gateway
             ),
             limiter=RateLimiter(
                 defaults=settings.key_limits(),

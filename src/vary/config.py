@@ -72,6 +72,7 @@ _MODEL_KEYS = {
     "defaults",
     "options",
     "route",
+    "deadline_seconds",
 }
 _DEFAULTS_KEYS = {"steps", "guidance_scale"}
 
@@ -91,6 +92,7 @@ class ModelConfig:
     description: str | None = None
     options: dict[str, Any] = field(default_factory=dict)  # defaults and engine options, one namespace
     route: tuple[str, ...] = ()  # for a route: the models it tries, in order
+    deadline_seconds: float | None = None  # for a route: its whole time, every attempt and wait in it
 
     def build_upstream(self) -> UpstreamEngine:
         return UpstreamEngine(
@@ -215,6 +217,8 @@ def _model(entry: dict[str, Any], where: str, base: Path) -> ModelConfig:
         raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}; known: {', '.join(sorted(_MODEL_KEYS))}")
     if "route" in entry:
         return _route(entry, where)
+    if "deadline_seconds" in entry:
+        raise ConfigError(f"{where}: deadline_seconds is for a route; a hosted model takes it in its options")
     engine = entry.get("engine")
     if engine not in ENGINES and engine not in UPSTREAM_ENGINES:
         known = ", ".join((*ENGINES, *UPSTREAM_ENGINES))
@@ -254,9 +258,13 @@ def _route(entry: dict[str, Any], where: str) -> ModelConfig:
     members = entry["route"]
     if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
         raise ConfigError(f"{where}: 'route' must be a list of model names, tried in order")
-    extra = sorted(set(entry) - {"name", "route", "aliases", "description", "license"})
+    keys = ("name", "route", "aliases", "description", "license", "deadline_seconds")
+    extra = sorted(set(entry) - set(keys))
     if extra:
-        raise ConfigError(f"{where}: a route takes name, route, aliases, description and license, not {extra[0]!r}")
+        raise ConfigError(f"{where}: a route takes {', '.join(keys)}, not {extra[0]!r}")
+    deadline = entry.get("deadline_seconds")
+    if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or deadline <= 0):
+        raise ConfigError(f"{where}: deadline_seconds must be a number of seconds above 0")
     return ModelConfig(
         name=entry["name"],
         engine=ROUTE,
@@ -264,6 +272,7 @@ def _route(entry: dict[str, Any], where: str) -> ModelConfig:
         license=_optional_text(entry, "license", where),
         description=_optional_text(entry, "description", where),
         route=tuple(members),
+        deadline_seconds=float(deadline) if deadline is not None else None,
     )
 
 

@@ -73,6 +73,8 @@ class UsageRow(Base):
     # Which model answered (a route's target, or the model itself) and after how many attempts.
     target: Mapped[str | None] = mapped_column(String(200), nullable=True, default=None)
     attempts: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
+    # A routed request's targets tried and the attempts on each ("a:2,b:1"), failed requests included.
+    targets_tried: Mapped[str | None] = mapped_column(String(1000), nullable=True, default=None)
 
 
 class WriteProbeRow(Base):

@@ -140,6 +140,13 @@ class UpstreamFailure(VaryError):
         return self.status == 429
 
 
+class UpstreamMisconfigured(UpstreamFailure):
+    """vary's own setup for this target is wrong (its key, deployment, model or URL): not the client's fault.
+
+    Not retried; the next target is tried, and it counts toward the target's circuit.
+    """
+
+
 class UpstreamRefused(VaryError):
     """The provider refused the request itself (a 4xx but 429): passed on as the provider said it."""
 

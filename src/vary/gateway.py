@@ -1,42 +1,77 @@
-"""Trying a served model's targets in order: retries, a circuit breaker per target, fallback.
+"""Trying a served model's targets in order: retries, a circuit breaker per target, fallback, a deadline.
 
 Decisions follow the kind of the domain error a target raised (vary/errors.py), never an HTTP status:
 - refused: the request itself is wrong; it goes back to the client and no other target is tried.
 - retryable: the same target is tried again (tenacity: exponential backoff with jitter, or the
-  provider's Retry-After), up to its `max_attempts`, while its circuit stays closed.
-- overloaded, unavailable, or an unexpected failure (an engine crash): the next target is tried.
+  provider's Retry-After), up to its `max_attempts`, while its circuit stays closed. A Retry-After
+  longer than the target's `max_backoff_seconds`, or any wait past the route's deadline, is not
+  waited out: the next target is tried at once.
+- overloaded, unavailable (vary's own configuration of a provider included), or an unexpected
+  failure (an engine crash): the next target is tried.
 A target whose attempts keep failing opens its circuit and is skipped until its cooldown has passed;
-then one request probes it. When every target failed, a lone target's own error goes back as it is
-(a local model's 429 or 503); otherwise the answer is UpstreamRateLimited or UpstreamUnavailable.
+then one request probes it while the others skip it (breaker.py). Every attempt and wait of a
+request fits in its deadline. When every target failed, a lone target's own error goes back as it
+is (a local model's 429 or 503); otherwise the answer is UpstreamRateLimited or UpstreamUnavailable.
+Whatever leaves `run`, answer or error, carries the targets tried and the attempts on each.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from vary.breaker import CircuitBreaker
-from vary.errors import Kind, UpstreamFailure, UpstreamRateLimited, UpstreamUnavailable, VaryError
+from vary.errors import (
+    Kind,
+    UpstreamFailure,
+    UpstreamMisconfigured,
+    UpstreamRateLimited,
+    UpstreamUnavailable,
+    VaryError,
+)
 from vary.request import VariationRequest
 from vary.targets import Made, Target
 
 log = logging.getLogger("vary.gateway")
 
+# How an attempt ended, for the metrics: a fixed set, so labels never come from a provider's answer.
+Outcome = Literal["success", "retryable", "configuration", "refused", "overloaded", "unavailable"]
+
+
+class AttemptObserver(Protocol):
+    """Told of every attempt (vary.metrics.Metrics is one)."""
+
+    def observe_attempt(self, target: str, outcome: str, seconds: float) -> None: ...
+
+
+@dataclass
+class Tried:
+    """The attempts made on each target tried, in order; a skipped target (open circuit) is not in it."""
+
+    attempts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.attempts.values())
+
+    def describe(self) -> str:
+        """`a:2,b:1`, as the usage row records it."""
+        return ",".join(f"{name}:{count}" for name, count in self.attempts.items())
+
 
 @dataclass(frozen=True)
 class Served:
-    """Which target answered, after how many attempts in all."""
+    """Which target answered, after how many attempts in all, and on which targets."""
 
     target: str
     attempts: int
-
-
-class _Tally:
-    attempts = 0
+    tried: Tried = field(default_factory=Tried)
 
 
 def kind_of(error: BaseException) -> Kind:
@@ -44,9 +79,31 @@ def kind_of(error: BaseException) -> Kind:
     return error.kind if isinstance(error, VaryError) else "unavailable"
 
 
-class Gateway:
+def outcome_of(error: BaseException | None) -> Outcome:
+    if error is None:
+        return "success"
+    if isinstance(error, UpstreamMisconfigured):
+        return "configuration"
+    return kind_of(error)
+
+
+def tried_of(error: BaseException) -> Tried | None:
+    """The targets tried by the request that ended in `error`, when the gateway raised it."""
+    tried = getattr(error, "vary_tried", None)
+    return tried if isinstance(tried, Tried) else None
+
+
+class DeadlinePassed(UpstreamFailure):
+    """The route's deadline cut an attempt short; nothing more is tried."""
+
     def __init__(self) -> None:
+        super().__init__("the route's deadline passed")
+
+
+class Gateway:
+    def __init__(self, observer: AttemptObserver | None = None) -> None:
         self._breakers: dict[str, CircuitBreaker] = {}
+        self.observer = observer
 
     def breaker(self, target: Target) -> CircuitBreaker | None:
         policy = target.resilience
@@ -56,64 +113,133 @@ class Gateway:
             self._breakers[target.name] = CircuitBreaker(policy.circuit_failures, policy.circuit_cooldown_seconds)
         return self._breakers[target.name]
 
-    async def run(self, targets: Sequence[Target], request: VariationRequest) -> tuple[Made, Served]:
+    def circuit_states(self) -> dict[str, str]:
+        """Each target with a breaker and its state now (read at scrape time by the metrics)."""
+        return {name: breaker.state for name, breaker in self._breakers.items()}
+
+    async def run(
+        self, targets: Sequence[Target], request: VariationRequest, *, deadline_seconds: float | None = None
+    ) -> tuple[Made, Served]:
         """The first target's images that succeed; raises the refusal, or what every failure adds up to."""
-        tally = _Tally()
+        ends = None if deadline_seconds is None else time.monotonic() + deadline_seconds
+        tried = Tried()
+        try:
+            return await self._run(targets, request, ends, tried)
+        except BaseException as exc:
+            exc.vary_tried = tried  # type: ignore[attr-defined]  # read by the usage row (tried_of)
+            raise
+
+    async def _run(
+        self, targets: Sequence[Target], request: VariationRequest, ends: float | None, tried: Tried
+    ) -> tuple[Made, Served]:
         last: BaseException | None = None
         for target in targets:
+            if ends is not None and time.monotonic() >= ends:
+                log.warning("the deadline passed before target %s could be tried", target.name)
+                last = last or DeadlinePassed()
+                break
             breaker = self.breaker(target)
-            if breaker is not None and not breaker.allows():
-                log.warning("target %s skipped: its circuit is open", target.name)
+            entry = breaker.enter() if breaker is not None else "closed"
+            if entry is None:
+                log.warning("target %s skipped: its circuit is open or being probed", target.name)
                 continue
             try:
-                made = await self._attempts(target, breaker, request, tally)
-                return made, Served(target.name, tally.attempts)
+                made = await self._attempts(target, breaker, entry == "probe", request, ends, tried)
+                return made, Served(target.name, tried.total, tried)
             except Exception as exc:  # noqa: BLE001 - classified below; cancellation is not an Exception
                 if kind_of(exc) == "refused":
                     raise
                 last = exc
                 if len(targets) > 1:
-                    log.warning("target %s gave up (%s): %s", target.name, kind_of(exc), _describe(exc))
+                    log.warning("target %s gave up (%s): %s", target.name, outcome_of(exc), _describe(exc))
         raise _all_failed(last, targets)
 
     async def _attempts(
-        self, target: Target, breaker: CircuitBreaker | None, request: VariationRequest, tally: _Tally
+        self,
+        target: Target,
+        breaker: CircuitBreaker | None,
+        probe: bool,
+        request: VariationRequest,
+        ends: float | None,
+        tried: Tried,
     ) -> Made:
         policy = target.resilience
         backoff = wait_exponential_jitter(
             multiplier=policy.backoff_seconds, max=policy.max_backoff_seconds, jitter=policy.backoff_seconds
         )
+        verdict = False  # whether this request told the breaker how the target did
 
         def wait(state: RetryCallState) -> float:
             error = state.outcome.exception() if state.outcome else None
             if isinstance(error, UpstreamFailure) and error.retry_after is not None:
-                return min(error.retry_after, policy.max_backoff_seconds)
+                return error.retry_after  # uncapped: stop() moves on rather than wait short
             return float(backoff(state))
 
-        def worth_retrying(error: BaseException) -> bool:
-            return kind_of(error) == "retryable" and (breaker is None or breaker.allows())
+        def stop(state: RetryCallState) -> bool:
+            """Called after wait(): its upcoming_sleep is the wait before the next attempt."""
+            if state.attempt_number >= policy.max_attempts:
+                return True
+            if state.upcoming_sleep > policy.max_backoff_seconds:
+                log.warning("target %s asks to wait %.1fs, past its cap: moving on", target.name, state.upcoming_sleep)
+                return True
+            if ends is not None and time.monotonic() + state.upcoming_sleep >= ends:
+                log.warning("target %s: no time left before the deadline for another attempt", target.name)
+                return True
+            return False
 
-        async for attempt in AsyncRetrying(
-            stop=stop_after_attempt(policy.max_attempts),
-            wait=wait,
-            retry=retry_if_exception(worth_retrying),
-            reraise=True,
-        ):
-            with attempt:
-                tally.attempts += 1
-                try:
-                    # The whole answer within the timeout: a body that trickles in counts as a timeout.
-                    made = await asyncio.wait_for(target.make(request), policy.timeout_seconds)
-                except asyncio.TimeoutError:
-                    raise UpstreamFailure("the target did not answer in time", retryable=True) from None
-                except Exception as exc:
-                    if breaker is not None and kind_of(exc) != "refused":
-                        breaker.failed()
-                    raise
-                if breaker is not None:
-                    breaker.succeeded()
-                return made
+        def worth_retrying(error: BaseException) -> bool:
+            return kind_of(error) == "retryable" and (breaker is None or breaker.state == "closed")
+
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop, wait=wait, retry=retry_if_exception(worth_retrying), reraise=True
+            ):
+                with attempt:
+                    tried.attempts[target.name] = tried.attempts.get(target.name, 0) + 1
+                    try:
+                        made = await self._attempt(target, request, ends)
+                    except Exception as exc:
+                        # Each failed attempt counts, but never the client's fault or the route's deadline.
+                        if breaker is not None and kind_of(exc) != "refused" and not isinstance(exc, DeadlinePassed):
+                            breaker.failed()
+                            verdict = True
+                        raise
+                    if breaker is not None:
+                        breaker.succeeded()
+                        verdict = True
+                    return made
+        finally:
+            if probe and not verdict and breaker is not None:
+                breaker.end_probe()
         raise AssertionError("unreachable: tenacity either returns or reraises")
+
+    async def _attempt(self, target: Target, request: VariationRequest, ends: float | None) -> Made:
+        """One attempt, within the target's timeout and the route's deadline, told to the observer."""
+        policy = target.resilience
+        remaining = None if ends is None else ends - time.monotonic()
+        limits = [t for t in (policy.timeout_seconds, remaining) if t is not None]
+        timeout = min(limits) if limits else None
+        started = time.perf_counter()
+        outcome: Outcome | None = None  # stays None when the client left: nothing to tell
+        try:
+            # The whole answer within the timeout: a body that trickles in counts as a timeout.
+            made = await asyncio.wait_for(target.make(request), timeout)
+            outcome = "success"
+            return made
+        except asyncio.TimeoutError:
+            error: Exception = (
+                DeadlinePassed()
+                if remaining is not None and timeout == remaining
+                else UpstreamFailure("the target did not answer in time", retryable=True)
+            )
+            outcome = outcome_of(error)
+            raise error from None
+        except Exception as exc:
+            outcome = outcome_of(exc)
+            raise
+        finally:
+            if self.observer is not None and outcome is not None:
+                self.observer.observe_attempt(target.name, outcome, time.perf_counter() - started)
 
 
 def _describe(error: BaseException) -> str:
@@ -125,5 +251,5 @@ def _all_failed(last: BaseException | None, targets: Sequence[Target]) -> BaseEx
         return last  # a lone local model's own answer: its 429, 503 or 500
     names = ", ".join(target.name for target in targets)
     if isinstance(last, UpstreamFailure) and last.rate_limited:
-        return UpstreamRateLimited(names, int(last.retry_after or 1))
+        return UpstreamRateLimited(names, max(1, round(last.retry_after or 1)))
     return UpstreamUnavailable(names)

@@ -9,7 +9,7 @@ any other name is counted as "unknown", so hostile names cannot add series witho
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 import torch
@@ -62,6 +62,20 @@ class Metrics:
             registry=self.registry,
         )
         self.images = Counter("vary_images_generated", "Images generated.", ["model"], registry=self.registry)
+        # Per target of the gateway; labels are configuration names and a fixed set of outcomes.
+        self.attempts = Counter(
+            "vary_target_attempts",
+            "Attempts at each target, by outcome: success, retryable, configuration, refused, overloaded, unavailable.",
+            ["target", "outcome"],
+            registry=self.registry,
+        )
+        self.attempt_seconds = Histogram(
+            "vary_target_attempt_seconds",
+            "Seconds per attempt.",
+            ["target"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "vary_requests_in_flight", "Variation requests admitted and not yet answered.", registry=self.registry
         )
@@ -79,6 +93,14 @@ class Metrics:
             return ""
         return model if model in self.served else UNKNOWN_MODEL
 
+    def observe_attempt(self, target: str, outcome: str, seconds: float) -> None:
+        self.attempts.labels(target, outcome).inc()
+        self.attempt_seconds.labels(target).observe(seconds)
+
+    def watch_circuits(self, states: Callable[[], Mapping[str, str]]) -> None:
+        """A scrape-time gauge per target and circuit state (closed, open, half-open): 1 for the current one."""
+        self.registry.register(_CircuitCollector(states))
+
     def count_request(self, model: str | None, status: int) -> None:
         self.requests.labels(self.model_label(model), str(status)).inc()
 
@@ -93,6 +115,20 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _CircuitCollector(Collector):
+    def __init__(self, states: Callable[[], Mapping[str, str]]) -> None:
+        self.states = states
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "vary_target_circuit_state", "1 for each target's circuit state now.", labels=["target", "state"]
+        )
+        for target, current in self.states().items():
+            for state in ("closed", "open", "half-open"):
+                family.add_metric([target, state], 1.0 if state == current else 0.0)
+        yield family
 
 
 class _LiveCollector(Collector):

@@ -45,6 +45,7 @@ class VariationResult:
     seed: int | None  # the request's seed, given or drawn; None when a provider made the images
     target: str  # the model that answered: the requested one, or a route's target
     attempts: int = 1
+    tried: str = ""  # the targets tried and the attempts on each, "a:2,b:1"
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class VariationService:
             await run_in_threadpool(self.decoder.rgb, request.image)
             timings.add("prepare", time.perf_counter() - mark)
 
-        made, answered = await self.gateway.run(served.targets, request)
+        made, answered = await self.gateway.run(served.targets, request, deadline_seconds=served.deadline_seconds)
         for stage, seconds in made.stages.items():
             timings.add(stage, seconds)
 
@@ -81,7 +82,9 @@ class VariationService:
         body = await run_in_threadpool(self._body, made, request.response_format, int(time.time()), base_url)
         timings.add("encode", time.perf_counter() - mark)
         batch_images = made.batch_images or request.n
-        return VariationResult(body, timings, batch_images, made.seed, answered.target, answered.attempts)
+        return VariationResult(
+            body, timings, batch_images, made.seed, answered.target, answered.attempts, answered.tried.describe()
+        )
 
     def _body(self, made: Made, response_format: str, created: int, base_url: str) -> bytes:
         if made.urls is not None:  # handed on as the provider gave them (rehost_urls = false)

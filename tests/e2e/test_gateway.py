@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+import struct
+import threading
+import time
+import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import httpx
 import openai
@@ -15,14 +22,32 @@ from PIL import Image
 
 from tests.conftest import create_key, png_bytes
 from tests.fakes.providers import FakeProvider, ResetServer
-from vary.db import Database
+from vary.db import Database, UsageRow
 from vary.testing import ServerProcess
 
 SECRET = "sk-fake-upstream-SECRET-0123456789"
 AZURE_SECRET = "azure-fake-SECRET-9876543210"
+# Characters that URL and JSON encoding change, so each form of an echo differs from the key.
+SECOND_SECRET = 'sk-second/KEY+with="quotes"-0123456789'
 
 
-def config(provider: FakeProvider, reset: ResetServer) -> str:
+@pytest.fixture(scope="module")
+def second() -> Iterator[FakeProvider]:
+    """A second provider, for routes: its faults never touch the first one's."""
+    fake = FakeProvider(key=SECOND_SECRET).start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def probe() -> Iterator[FakeProvider]:
+    """A provider whose circuit opens after one failure and cools down in a second."""
+    fake = FakeProvider(key=SECRET).start()
+    yield fake
+    fake.stop()
+
+
+def config(provider: FakeProvider, reset: ResetServer, second: FakeProvider, probe: FakeProvider) -> str:
     fast = "timeout_seconds = 2\nbackoff_seconds = 0.05\nmax_backoff_seconds = 2\ncircuit_failures = 1000"
     return f"""
 default = "local"
@@ -104,20 +129,73 @@ route = ["up-reset", "up-openai", "local"]
 [[models]]
 name = "cloud-then-local"
 route = ["up-flaky", "local"]
+
+[[models]]
+name = "up-second"
+engine = "openai-compatible"
+[models.options]
+base_url = "{second.base_url}/v1"
+api_key_env = "FAKE_SECOND_KEY"
+max_attempts = 2
+{fast}
+
+[[models]]
+name = "second-then-openai"
+route = ["up-second", "up-openai"]
+
+[[models]]
+name = "deadline-route"
+route = ["up-second", "up-openai"]
+deadline_seconds = 1
+
+[[models]]
+name = "azure-missing"
+engine = "azure-openai"
+[models.options]
+base_url = "{provider.base_url}"
+deployment = "missing"
+api_key_env = "FAKE_AZURE_KEY"
+max_attempts = 3
+circuit_failures = 2
+circuit_cooldown_seconds = 600
+
+[[models]]
+name = "missing-then-openai"
+route = ["azure-missing", "up-openai"]
+
+[[models]]
+name = "up-probe"
+engine = "openai-compatible"
+[models.options]
+base_url = "{probe.base_url}/v1"
+api_key_env = "FAKE_OPENAI_KEY"
+max_attempts = 1
+timeout_seconds = 60
+circuit_failures = 1
+circuit_cooldown_seconds = 1
+
+[[models]]
+name = "probe-then-openai"
+route = ["up-probe", "up-openai"]
 """
 
 
 @pytest.fixture(scope="module")
 def gateway(
-    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path_factory: pytest.TempPathFactory, second: FakeProvider, probe: FakeProvider
 ) -> Iterator[tuple[ServerProcess, FakeProvider, ResetServer, Path]]:
     provider = FakeProvider(key=SECRET, azure_key=AZURE_SECRET).start()
     reset = ResetServer()
     root = tmp_path_factory.mktemp("gateway")
-    (root / "vary.toml").write_text(config(provider, reset))
+    (root / "vary.toml").write_text(config(provider, reset, second, probe))
     data_dir = root / "data"
     data_dir.mkdir()
-    env = {"FAKE_OPENAI_KEY": SECRET, "FAKE_AZURE_KEY": AZURE_SECRET, "FAKE_WRONG_KEY": "sk-not-the-key"}
+    env = {
+        "FAKE_OPENAI_KEY": SECRET,
+        "FAKE_AZURE_KEY": AZURE_SECRET,
+        "FAKE_WRONG_KEY": "sk-not-the-key",
+        "FAKE_SECOND_KEY": SECOND_SECRET,
+    }
     server = ServerProcess(data_dir, extra_args=["--config", str(root / "vary.toml")], env=env).start()
     yield server, provider, reset, data_dir
     server.stop()
@@ -136,6 +214,14 @@ def last_usage(data_dir: Path) -> tuple[str | None, int | None, int]:
     try:
         row = db.usage_rows()[-1]
         return row.target, row.attempts, row.status
+    finally:
+        db.close()
+
+
+def last_row(data_dir: Path) -> UsageRow:
+    db = Database(data_dir / "vary.db")
+    try:
+        return db.usage_rows()[-1]
     finally:
         db.close()
 
@@ -324,6 +410,242 @@ def test_secrets_never_reach_logs_or_answers(
         f"{server.base_url}/v1/models", headers={"Authorization": f"Bearer {client.api_key}"}, timeout=30
     ).text
     assert "up-openai" in models
-    for secret in (SECRET, AZURE_SECRET, "sk-not-the-key"):
+    for secret in (SECRET, AZURE_SECRET, SECOND_SECRET, "sk-not-the-key"):
         assert secret not in server.log()
         assert secret not in models
+
+
+# --- every provider failure, classified and survived (issue 17) --------------------------------
+
+Gateway = tuple[ServerProcess, FakeProvider, ResetServer, Path]
+
+
+def bomb_png(side: int = 100_000) -> bytes:
+    """A PNG whose header claims side x side pixels: a decompression bomb, as Pillow meets it."""
+    data = bytearray(png_bytes(8))
+    data[16:24] = struct.pack(">II", side, side)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+HUGE_PNG = png_bytes(8) + b"\0" * (48 * 1024 * 1024)  # a 48 MiB answer
+
+
+def variation(client: OpenAI, model: str) -> tuple[int, dict[str, str], dict[str, object]]:
+    """Status, headers and JSON of one request, whatever the status."""
+    raw = httpx.post(
+        f"{client.base_url}images/variations",
+        headers={"Authorization": f"Bearer {client.api_key}"},
+        files={"image": ("a.png", png_bytes())},
+        data={"model": model, "size": "256x256"},
+        timeout=60,
+    )
+    return raw.status_code, dict(raw.headers), raw.json()
+
+
+def served_by(client: OpenAI, model: str) -> str:
+    raw = client.images.with_raw_response.create_variation(image=png_bytes(), model=model, size="256x256")
+    assert len(raw.parse().data) == 1
+    return raw.headers.get("x-vary-target", model)
+
+
+def test_an_unreadable_provider_image_falls_back_to_the_next_target(
+    gateway: Gateway, second: FakeProvider, client: OpenAI
+) -> None:
+    _, provider, _, data_dir = gateway
+    before, good_before = len(second.calls), len(provider.calls_to("openai"))
+    second.fail("openai", ("b64", b"not an image at all"), ("b64", png_bytes(64)[:60]))
+    assert served_by(client, "second-then-openai") == "up-openai"
+    assert len(second.calls) - before == 2, "retried, as any unreadable answer"
+    assert len(provider.calls_to("openai")) - good_before == 1
+    row = last_row(data_dir)
+    assert (row.status, row.target, row.attempts, row.targets_tried) == (200, "up-openai", 3, "up-second:2,up-openai:1")
+
+
+def test_a_decompression_bomb_from_a_provider_is_a_502_never_a_500(
+    gateway: Gateway, second: FakeProvider, client: OpenAI
+) -> None:
+    server, _, _, _ = gateway
+    second.fail("openai", ("b64", bomb_png()), ("b64", bomb_png()))
+    with httpx.Client(base_url=str(client.base_url), headers={"Authorization": f"Bearer {client.api_key}"}) as http:
+        failed = http.post(
+            "images/variations", files={"image": ("a.png", png_bytes())}, data={"model": "up-second"}, timeout=60
+        )
+        assert failed.status_code == 502 and failed.json()["error"]["code"] == "upstream_unavailable"
+        assert failed.headers.get("connection") != "close", "the client's kept-alive connection stays open"
+        again = http.post(
+            "images/variations", files={"image": ("a.png", png_bytes())}, data={"model": "up-second"}, timeout=60
+        )
+        assert again.status_code == 200
+    assert "DecompressionBombError" not in server.log() and "Traceback" not in server.log()
+    second.fail("openai", ("b64", bomb_png()), ("b64", bomb_png()))
+    assert served_by(client, "second-then-openai") == "up-openai"
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        ("status", 400, "x" * 190 + f"key {SECOND_SECRET} refused"),  # the key crosses the 200-character cut
+        ("text", 400, f"bad request for key={quote(SECOND_SECRET, safe='')}"),
+        ("text", 400, '{"error": "bad key ' + json.dumps(SECOND_SECRET)[1:-1] + '"}'),
+        ("status", 422, "rejected: " + quote_plus(SECOND_SECRET)),
+    ],
+    ids=["across-the-cut", "url-encoded", "json-escaped-text", "form-encoded"],
+)
+def test_a_key_echoed_by_a_provider_reaches_the_client_in_no_form(
+    gateway: Gateway, second: FakeProvider, client: OpenAI, fault: tuple[object, ...]
+) -> None:
+    server, _, _, _ = gateway
+    second.fail("openai", fault)
+    status, _, body = variation(client, "up-second")
+    assert status == fault[1]
+    text = json.dumps(body) + server.log()
+    for form in (SECOND_SECRET, quote(SECOND_SECRET, safe=""), json.dumps(SECOND_SECRET)[1:-1]):
+        leaked = [form[i : i + 8] for i in range(len(form) - 7) if form[i : i + 8] in text]
+        assert leaked == [], f"fragments of the key reached the client or the log: {leaked}"
+
+
+def test_a_provider_redirect_is_vary_s_configuration_and_falls_back(
+    gateway: Gateway, second: FakeProvider, client: OpenAI
+) -> None:
+    before = len(second.calls)
+    second.fail("openai", ("redirect", 301, "https://elsewhere.example/v1/images/variations"))
+    assert served_by(client, "second-then-openai") == "up-openai"
+    assert len(second.calls) - before == 1, "a configuration failure is not retried"
+    second.fail("openai", ("redirect", 308, "https://elsewhere.example/v1/images/variations"))
+    status, _, body = variation(client, "up-second")
+    assert status == 502 and body["error"]["code"] == "upstream_unavailable"  # type: ignore[index]
+
+
+def test_a_missing_azure_deployment_falls_through_and_opens_its_circuit(gateway: Gateway, client: OpenAI) -> None:
+    server, provider, _, data_dir = gateway
+    missing = lambda: len([c for c in provider.calls_to("azure") if "/missing/" in c.path])  # noqa: E731
+    for expected in (1, 2, 2):  # not retried; two failures open the circuit; then skipped
+        assert served_by(client, "missing-then-openai") == "up-openai"
+        assert missing() == expected
+    assert last_row(data_dir).targets_tried == "up-openai:1"
+    metrics = httpx.get(f"{server.base_url}/metrics", timeout=30).text
+    assert 'vary_target_attempts_total{outcome="configuration",target="azure-missing"} 2.0' in metrics
+    assert 'vary_target_circuit_state{state="open",target="azure-missing"} 1.0' in metrics
+
+
+def test_after_the_cooldown_one_of_eight_concurrent_requests_probes(
+    gateway: Gateway, probe: FakeProvider, client: OpenAI
+) -> None:
+    probe.fail("openai", ("status", 500))
+    assert served_by(client, "probe-then-openai") == "up-openai"  # one failure opens the circuit
+    assert len(probe.calls) == 1
+    time.sleep(1.5)  # past the 1 s cooldown: the circuit is half-open
+    release = threading.Event()
+    probe.fail("openai", ("hold", release))  # the probe is held until the seven others are answered
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(served_by, client, "probe-then-openai") for _ in range(8)]
+        done = []
+        for future in as_completed(futures):
+            done.append(future.result())
+            if len(done) == 7:
+                assert len(probe.calls) == 2, "one probe, held"
+                release.set()
+    release.set()
+    assert sorted(done) == ["up-openai"] * 7 + ["up-probe"]
+    assert len(probe.calls) == 2
+    assert served_by(client, "probe-then-openai") == "up-probe", "the probe succeeded: the circuit is closed"
+
+
+def test_a_retry_after_past_the_cap_moves_on_instead_of_waiting_short(
+    gateway: Gateway, second: FakeProvider, client: OpenAI
+) -> None:
+    before = len(second.calls)
+    second.fail("openai", ("429", 60))
+    assert served_by(client, "second-then-openai") == "up-openai"
+    second.fail("openai", ("429-date", 60))
+    assert served_by(client, "second-then-openai") == "up-openai"
+    assert len(second.calls) - before == 2, "neither 60 s wait was taken, nor cut short to the 2 s cap"
+    second.fail("openai", ("429", 60))
+    status, headers, body = variation(client, "up-second")
+    assert status == 429 and headers["retry-after"] == "60"
+    assert body["error"]["code"] == "rate_limit_exceeded"  # type: ignore[index]
+    assert len(second.calls) - before == 3
+    second.fail("openai", ("429-ms", 50, 60))  # retry-after-ms wins over its Retry-After: waited out
+    assert served_by(client, "up-second") == "up-second"
+    assert len(second.calls) - before == 5
+
+
+def test_a_route_s_deadline_bounds_every_attempt_and_wait(
+    gateway: Gateway, second: FakeProvider, client: OpenAI
+) -> None:
+    _, provider, _, data_dir = gateway
+    before, good_before = len(second.calls), len(provider.calls_to("openai"))
+    second.fail("openai", ("delay", 5))  # within the target's 2 s timeout? no: the route has 1 s in all
+    status, _, body = variation(client, "deadline-route")
+    assert status == 502 and body["error"]["code"] == "upstream_unavailable"  # type: ignore[index]
+    assert len(second.calls) - before == 1 and len(provider.calls_to("openai")) == good_before
+    row = last_row(data_dir)
+    assert (row.status, row.target, row.attempts, row.targets_tried) == (502, None, 1, "up-second:1")
+
+
+def test_a_48_mib_provider_image_is_refused_in_base64_and_behind_a_url(
+    gateway: Gateway, second: FakeProvider, client: OpenAI
+) -> None:
+    before, downloads = len(second.calls), second.downloads
+    second.fail("openai", ("b64", HUGE_PNG), ("b64", HUGE_PNG))
+    status, _, _ = variation(client, "up-second")
+    assert status == 502 and len(second.calls) - before == 2
+    second.fail("openai", ("url", HUGE_PNG))
+    status, _, _ = variation(client, "up-second")
+    assert status == 502
+    assert len(second.calls) - before == 3, "a refused download never asks for the generation again"
+    assert second.downloads - downloads == 1, "nor the download: it would be as large"
+
+
+def test_re_hosting_retries_the_download_never_the_generation(
+    gateway: Gateway, second: FakeProvider, client: OpenAI
+) -> None:
+    before, downloads = len(second.calls), second.downloads
+    second.fail("files", ("status", 500))
+    assert served_by(client, "up-second") == "up-second"
+    assert (len(second.calls) - before, second.downloads - downloads) == (1, 2)
+    second.fail("files", ("status", 503), ("status", 503))  # both download attempts fail
+    assert served_by(client, "second-then-openai") == "up-openai"
+    assert (len(second.calls) - before, second.downloads - downloads) == (2, 4)
+
+
+def test_a_failed_routed_request_records_the_targets_tried_and_every_attempt(
+    gateway: Gateway, second: FakeProvider, client: OpenAI
+) -> None:
+    _, provider, _, data_dir = gateway
+    second.fail("openai", ("status", 500), ("status", 500))
+    provider.fail("openai", ("status", 503), ("status", 503), ("status", 503))
+    status, _, _ = variation(client, "second-then-openai")
+    assert status == 502
+    row = last_row(data_dir)
+    assert (row.status, row.target, row.attempts, row.targets_tried) == (502, None, 5, "up-second:2,up-openai:3")
+
+
+def test_per_target_metrics_carry_configuration_names_only(
+    gateway: Gateway, second: FakeProvider, client: OpenAI
+) -> None:
+    server, provider, _, _ = gateway
+    second.fail("openai", ("status", 500))
+    assert served_by(client, "up-second") == "up-second"
+    metrics = httpx.get(f"{server.base_url}/metrics", timeout=30).text
+    for line in (
+        'vary_target_attempts_total{outcome="retryable",target="up-second"}',
+        'vary_target_attempts_total{outcome="success",target="up-second"}',
+        'vary_target_attempt_seconds_count{target="up-second"}',
+        'vary_target_circuit_state{state="closed",target="up-second"} 1.0',
+    ):
+        assert line in metrics
+    for url in (provider.base_url, second.base_url, "127.0.0.1"):
+        assert url not in metrics
+
+
+def test_v1_models_shows_no_provider_url(gateway: Gateway, second: FakeProvider, client: OpenAI) -> None:
+    server, provider, reset, _ = gateway
+    models = httpx.get(
+        f"{server.base_url}/v1/models", headers={"Authorization": f"Bearer {client.api_key}"}, timeout=30
+    )
+    cards = {card["id"]: card for card in models.json()["data"]}
+    assert cards["up-second"]["description"] == "A hosted provider (openai-compatible)."
+    for url in (provider.base_url, second.base_url, reset.base_url, "127.0.0.1"):
+        assert url not in models.text

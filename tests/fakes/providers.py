@@ -4,8 +4,12 @@
 - Azure OpenAI's `POST /openai/deployments/{deployment}/images/variations?api-version=...` (`api-key` header),
 - OpenAI's `POST /v1/images/edits` for gpt-image (prompt, model; always b64_json, 1024x1024),
 - and a TCP server that resets every connection.
-A test queues faults per route; each request takes the next one: a status, a 429 with Retry-After,
-a delay past the client's timeout, malformed JSON, a body that trickles.
+A test queues faults per route ("openai", "azure", "edits", and "files" for the downloads of URL
+answers); each request takes the next one: a status, a 429 with Retry-After in any of its forms, a
+redirect, a plain-text error, a delay past the client's timeout, a hold until the test releases
+it, malformed JSON, a body that trickles, or an answer of given bytes (an unreadable image, a
+bomb, 48 MiB) in base64 or behind a URL. An Azure deployment the fake does not know answers 404
+`DeploymentNotFound`, as Azure does.
 """
 
 from __future__ import annotations
@@ -20,13 +24,14 @@ import time
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from typing import Any
 
 import uvicorn
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from vary.testing import free_port
@@ -46,9 +51,11 @@ class Call:
 class FakeProvider:
     key: str
     azure_key: str = ""
+    deployments: tuple[str, ...] = ("vary-dalle", "flaky")
     faults: dict[str, deque[tuple[Any, ...]]] = field(default_factory=lambda: defaultdict(deque))
     calls: list[Call] = field(default_factory=list)
     files: dict[str, bytes] = field(default_factory=dict)
+    downloads: int = 0  # GETs of answer URLs
     port: int = 0
     _server: uvicorn.Server | None = None
 
@@ -97,6 +104,12 @@ class FakeProvider:
             return _error(401, "Access denied due to invalid subscription key.")
         if request.query_params.get("api-version") is None:
             return _error(404, "Resource not found")
+        if request.path_params["deployment"] not in self.deployments:
+            self.calls.append(
+                Call("azure", request.url.path, dict(request.query_params), dict(request.headers), {}, None)
+            )
+            message = "The API deployment for this resource does not exist."
+            return _error(404, message, code="DeploymentNotFound")
         return await self._answer("azure", request, default_format="url")
 
     async def _edits(self, request: Request) -> Response:
@@ -105,6 +118,11 @@ class FakeProvider:
         return await self._answer("edits", request, default_format="b64_json", fixed_size=1024)
 
     async def _file(self, request: Request) -> Response:
+        self.downloads += 1
+        if self.faults["files"]:
+            fault = self.faults["files"].popleft()
+            if fault[0] == "status":
+                return Response(status_code=fault[1])
         data = self.files.get(request.path_params["name"])
         return Response(data, media_type="image/png") if data else Response(status_code=404)
 
@@ -127,6 +145,27 @@ class FakeProvider:
                 return _error(fault[1], fault[2] if len(fault) > 2 else "The server had an error.")
             if kind == "429":
                 return _error(429, "Rate limit reached for images per min.", headers={"Retry-After": str(fault[1])})
+            if kind == "429-date":  # Retry-After as an HTTP-date, fault[1] seconds from now
+                when = formatdate(time.time() + fault[1], usegmt=True)
+                return _error(429, "Rate limit reached.", headers={"Retry-After": when})
+            if kind == "429-ms":  # OpenAI's retry-after-ms, next to a Retry-After in seconds
+                headers = {"retry-after-ms": str(fault[1]), "Retry-After": str(fault[2])}
+                return _error(429, "Rate limit reached.", headers=headers)
+            if kind == "error":  # status, message, code
+                return _error(fault[1], fault[2], code=fault[3])
+            if kind == "text":  # a plain-text error body
+                return PlainTextResponse(fault[2], status_code=fault[1])
+            if kind == "redirect":
+                return RedirectResponse(fault[2], status_code=fault[1])
+            if kind == "hold":  # until the test sets the event
+                await asyncio.to_thread(fault[1].wait, 60)
+            if kind == "b64":  # these bytes as every image, in base64
+                items = [{"b64_json": base64.b64encode(fault[1]).decode()} for _ in range(int(fields.get("n", "1")))]
+                return JSONResponse({"created": int(time.time()), "data": items})
+            if kind == "url":  # these bytes behind a URL
+                self.files[f"given-{len(self.calls)}.png"] = fault[1]
+                items = [{"url": f"{self.base_url}/files/given-{len(self.calls)}.png"}]
+                return JSONResponse({"created": int(time.time()), "data": items})
             if kind == "delay":
                 await asyncio.sleep(fault[1])
             if kind == "malformed":
@@ -148,8 +187,8 @@ class FakeProvider:
         return JSONResponse({"created": int(time.time()), "data": items})
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+def _error(status: int, message: str, headers: dict[str, str] | None = None, code: str | None = None) -> JSONResponse:
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
     return JSONResponse(body, status_code=status, headers=headers)
 
 

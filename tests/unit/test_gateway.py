@@ -3,24 +3,39 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import io
+import json
+import re
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from email.utils import formatdate
+from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import pytest
+from PIL import Image
 
 from tests.conftest import png_bytes
 from vary.api.errors import api_error
 from vary.breaker import CircuitBreaker
+from vary.config import ConfigError, read_catalogue
+from vary.engines.diffusion import Placement
+from vary.engines.registry import ModelRegistry
+from vary.engines.upstream import MAX_IMAGE_BYTES, UpstreamEngine, UpstreamOptions, _pngs_of_size, retry_after
 from vary.errors import (
     ImageRejected,
     ModelUnavailable,
     Overloaded,
     UpstreamFailure,
+    UpstreamMisconfigured,
     UpstreamRateLimited,
     UpstreamRefused,
     UpstreamUnavailable,
 )
-from vary.gateway import Gateway
+from vary.gateway import Gateway, Tried, outcome_of, tried_of
 from vary.imaging import InputImage
 from vary.request import VariationRequest
 from vary.targets import Made, Resilience
@@ -114,10 +129,10 @@ def test_when_every_target_fails_otherwise_the_answer_is_a_502() -> None:
     assert answer.status == 502 and answer.code == "upstream_unavailable" and "a, b" in answer.message
 
 
-def test_retry_after_is_honoured_up_to_the_cap() -> None:
+def test_a_retry_after_longer_than_the_cap_moves_on_at_once_instead_of_waiting_short() -> None:
     waits: list[float] = []
-    target = Scripted("a", [UpstreamFailure("busy", status=429, retryable=True, retry_after=60.0)])
-    target.resilience = Resilience(max_attempts=2, backoff_seconds=0.0, max_backoff_seconds=0.01)
+    busy = Scripted("busy", [UpstreamFailure("busy", status=429, retryable=True, retry_after=60.0)])
+    busy.resilience = Resilience(max_attempts=3, backoff_seconds=0.0, max_backoff_seconds=20.0)
     real_sleep = asyncio.sleep
 
     async def recording_sleep(seconds: float) -> None:
@@ -126,10 +141,175 @@ def test_retry_after_is_honoured_up_to_the_cap() -> None:
 
     asyncio.sleep = recording_sleep  # type: ignore[assignment]
     try:
-        run(Gateway(), target)
+        _, served = run(Gateway(), busy, Scripted("next"))
+        busy.script.append(UpstreamFailure("busy", status=429, retryable=True, retry_after=60.0))
+        with pytest.raises(UpstreamRateLimited) as raised:
+            run(Gateway(), busy)
     finally:
         asyncio.sleep = real_sleep  # type: ignore[assignment]
-    assert waits == [0.01]
+    assert busy.calls == 2 and waits == [], "never retried, never waited"
+    assert served.target == "next"  # type: ignore[attr-defined]
+    assert api_error(raised.value).headers["Retry-After"] == "60", "the provider's own wait goes back to the client"
+
+
+def test_a_retry_after_within_the_cap_is_waited_out() -> None:
+    waits: list[float] = []
+    busy = Scripted("busy", [UpstreamFailure("busy", status=429, retryable=True, retry_after=0.25)])
+    busy.resilience = Resilience(max_attempts=2, backoff_seconds=0.0, max_backoff_seconds=1.0)
+    real_sleep = asyncio.sleep
+
+    async def recording_sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await real_sleep(0)
+
+    asyncio.sleep = recording_sleep  # type: ignore[assignment]
+    try:
+        run(Gateway(), busy)
+    finally:
+        asyncio.sleep = real_sleep  # type: ignore[assignment]
+    assert waits == [0.25] and busy.calls == 2
+
+
+class Slow(Scripted):
+    """Sleeps `seconds` on each call before playing its script."""
+
+    seconds: float = 30.0
+
+    async def make(self, request: VariationRequest) -> Made:
+        self.calls += 1
+        await asyncio.sleep(self.seconds)
+        return Made(pngs=[b"png"] * request.n)
+
+
+def test_the_deadline_cuts_the_route_short_and_nothing_after_it_is_tried() -> None:
+    slow = Slow("slow", resilience=Resilience(max_attempts=3, timeout_seconds=10.0, backoff_seconds=0.0))
+    after = Scripted("after")
+    with pytest.raises(UpstreamUnavailable) as raised:
+        asyncio.run(Gateway().run([slow, after], REQUEST, deadline_seconds=0.2))
+    assert slow.calls == 1 and after.calls == 0, "the deadline is not a retryable timeout"
+    tried = tried_of(raised.value)
+    assert tried is not None and tried.describe() == "slow:1"
+
+
+def test_a_backoff_past_the_deadline_skips_the_retry_and_the_next_target_gets_the_time_left() -> None:
+    flaky = Scripted("flaky", [retryable()], resilience=Resilience(max_attempts=3, backoff_seconds=30.0))
+    flaky.resilience = Resilience(max_attempts=3, backoff_seconds=30.0, max_backoff_seconds=60.0)
+    other = Scripted("other")
+    _, served = asyncio.run(Gateway().run([flaky, other], REQUEST, deadline_seconds=5.0))
+    assert flaky.calls == 1 and served.target == "other" and served.tried.describe() == "flaky:1,other:1"
+
+
+def test_failed_requests_carry_the_targets_tried_and_their_attempts() -> None:
+    a, b = Scripted("a", [retryable()] * 3), Scripted("b", [UpstreamMisconfigured("no such deployment", status=404)])
+    with pytest.raises(UpstreamUnavailable) as raised:
+        run(Gateway(), a, b)
+    tried = tried_of(raised.value)
+    assert tried is not None and (tried.describe(), tried.total) == ("a:3,b:1", 4)
+    refusing = Scripted("refusing", [UpstreamRefused("no", status=400, type=None, param=None, code=None)])
+    with pytest.raises(UpstreamRefused) as refused:
+        run(Gateway(), Scripted("down", [retryable()] * 3), refusing)
+    assert (tried_of(refused.value) or Tried()).describe() == "down:3,refusing:1"
+
+
+def test_a_configuration_error_falls_through_without_a_retry_and_counts_toward_the_circuit() -> None:
+    policy = Resilience(max_attempts=3, backoff_seconds=0.0, circuit_failures=2)
+    wrong = Scripted("wrong", [UpstreamMisconfigured("DeploymentNotFound", status=404)] * 5, resilience=policy)
+    good = Scripted("good")
+    gateway = Gateway()
+    for _ in range(3):
+        _, served = run(gateway, wrong, good)
+        assert served.target == "good"  # type: ignore[attr-defined]
+    breaker = gateway.breaker(wrong)
+    assert wrong.calls == 2 and breaker is not None and breaker.open, "two failures opened it; the third skipped"
+
+
+class Observer:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def observe_attempt(self, target: str, outcome: str, seconds: float) -> None:
+        assert seconds >= 0
+        self.seen.append((target, outcome))
+
+
+def test_every_attempt_is_observed_with_its_outcome_class() -> None:
+    observer = Observer()
+    gateway = Gateway(observer=observer)
+    run(gateway, Scripted("a", [retryable(), UpstreamMisconfigured("bad key", status=401)]), Scripted("b"))
+    with pytest.raises(UpstreamRefused):
+        run(gateway, Scripted("c", [UpstreamRefused("no", status=400, type=None, param=None, code=None)]))
+    run(
+        gateway,
+        Scripted("d", [Overloaded("d", 1)], remote=False),
+        Scripted("e", [RuntimeError("crash")]),
+        Scripted("f"),
+    )
+    assert observer.seen == [
+        ("a", "retryable"),
+        ("a", "configuration"),
+        ("b", "success"),
+        ("c", "refused"),
+        ("d", "overloaded"),
+        ("e", "unavailable"),
+        ("f", "success"),
+    ]
+
+
+class Held(Scripted):
+    """Holds each call until `release` is set: a probe still in flight."""
+
+    release: asyncio.Event | None = None
+
+    async def make(self, request: VariationRequest) -> Made:
+        self.calls += 1
+        assert self.release is not None
+        await self.release.wait()
+        return Made(pngs=[b"png"] * request.n)
+
+
+def test_a_half_open_circuit_lets_exactly_one_of_eight_concurrent_requests_probe() -> None:
+    now = [0.0]
+    gateway = Gateway()
+    policy = Resilience(max_attempts=1, circuit_failures=1, circuit_cooldown_seconds=30.0)
+    held = Held("held", resilience=policy)
+    fallback = Scripted("fallback")
+    breaker = gateway.breaker(held)
+    assert breaker is not None
+    breaker.clock = lambda: now[0]
+    breaker.failed()
+    assert breaker.state == "open"
+    now[0] = 31.0
+
+    async def eight() -> list[str]:
+        held.release = asyncio.Event()
+        runs = [asyncio.create_task(gateway.run([held, fallback], REQUEST)) for _ in range(8)]
+        while fallback.calls < 7:  # the seven others skip the probed target
+            await asyncio.sleep(0)
+        assert breaker.state == "half-open" and not breaker.allows()
+        held.release.set()
+        return [served.target for _, served in await asyncio.gather(*runs)]
+
+    targets = asyncio.run(eight())
+    assert held.calls == 1 and sorted(targets) == ["fallback"] * 7 + ["held"]
+    assert breaker.state == "closed", "the probe succeeded"
+
+
+def test_a_probe_that_ends_without_a_verdict_lets_the_next_request_probe() -> None:
+    now = [0.0]
+    gateway = Gateway()
+    policy = Resilience(max_attempts=1, circuit_failures=1, circuit_cooldown_seconds=30.0)
+    refuses = UpstreamRefused("bad image", status=400, type=None, param="image", code=None)
+    target = Scripted("t", [refuses], resilience=policy)
+    breaker = gateway.breaker(target)
+    assert breaker is not None
+    breaker.clock = lambda: now[0]
+    breaker.failed()
+    now[0] = 31.0
+    with pytest.raises(UpstreamRefused):
+        run(gateway, target)
+    assert breaker.state == "half-open" and breaker.allows(), "the client's fault is no verdict on the target"
+    _, served = run(gateway, target)
+    assert served.target == "t" and breaker.state == "closed"  # type: ignore[attr-defined]
 
 
 def test_a_timeout_is_a_retryable_failure() -> None:
@@ -190,8 +370,160 @@ def test_the_breaker_opens_after_its_failures_in_a_row_and_closes_on_success() -
     breaker.failed()
     assert breaker.allows()
     breaker.failed()
-    assert not breaker.allows()
+    assert not breaker.allows() and breaker.enter() is None
     now[0] += 10.0
     assert breaker.allows(), "half open after the cooldown"
+    assert breaker.enter() == "probe" and breaker.enter() is None, "one probe at a time"
+    breaker.failed()
+    assert breaker.state == "open", "a failed probe reopens at once"
+    now[0] += 10.0
+    assert breaker.enter() == "probe"
     breaker.succeeded()
-    assert breaker.allows() and not breaker.open
+    assert breaker.allows() and not breaker.open and breaker.enter() == "closed"
+
+
+# --- one provider attempt's answer, classified where it is read (engines/upstream.py) ------------
+
+KEY = 'sk-unit/KEY+with=odd"chars-0123456789'
+
+
+@pytest.fixture
+def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[UpstreamEngine]:
+    monkeypatch.setenv("VARY_UNIT_KEY", KEY)
+    engine = UpstreamEngine(
+        name="u",
+        engine="openai-compatible",
+        options=UpstreamOptions(api_key_env="VARY_UNIT_KEY"),
+        license=None,
+        description=None,
+    )
+    yield engine
+    asyncio.run(engine.aclose())
+
+
+def error_body(message: str, code: str | None = None) -> bytes:
+    return json.dumps(
+        {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (500, error_body("boom"), "retryable"),
+        (429, error_body("slow down"), "retryable"),
+        (401, error_body("bad key"), "configuration"),
+        (403, error_body("forbidden"), "configuration"),
+        (301, b"", "configuration"),
+        (
+            404,
+            error_body("The API deployment for this resource does not exist.", "DeploymentNotFound"),
+            "configuration",
+        ),
+        (404, error_body("The model `dall-e-9` does not exist", "model_not_found"), "configuration"),
+        (404, b"Not Found", "configuration"),
+        (400, error_body("unknown model", "model_not_found"), "configuration"),
+        (400, error_body("Your request was rejected by the safety system."), "refused"),
+        (413, error_body("too large"), "refused"),
+    ],
+)
+def test_every_provider_status_is_classified_once(
+    upstream: UpstreamEngine, status: int, body: bytes, expected: str
+) -> None:
+    assert outcome_of(upstream.error_from(status, {}, body)) == expected
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        KEY,
+        quote(KEY, safe=""),
+        re.sub("%[0-9A-F]{2}", lambda escape: escape.group().lower(), quote(KEY, safe="")),
+        quote_plus(KEY),
+        json.dumps(KEY)[1:-1],
+        json.dumps(KEY)[1:-1].replace("/", "\\/"),
+    ],
+    ids=["whole", "url-encoded", "url-encoded-lower", "form-encoded", "json-escaped", "json-escaped-slash"],
+)
+def test_a_key_echoed_in_any_form_is_scrubbed_before_the_message_is_cut(upstream: UpstreamEngine, echo: str) -> None:
+    for padding in (0, 180, 195):  # the echo crossing the 200-character cut included
+        plain = ("x" * padding + f"key={echo} was refused").encode()
+        as_json = error_body("x" * padding + f'{{"key": "{echo}"}}')
+        for body in (plain, as_json):
+            error = upstream.error_from(400, {}, body)
+            assert isinstance(error, UpstreamRefused)
+            assert all(fragment not in error.message for fragment in _fragments(KEY) | _fragments(echo))
+
+
+def _fragments(secret: str, length: int = 8) -> set[str]:
+    return {secret[i : i + length] for i in range(len(secret) - length + 1)}
+
+
+def test_retry_after_in_seconds_http_date_and_milliseconds() -> None:
+    now = 1_800_000_000.0
+    assert retry_after({"retry-after": "60"}, now) == 60.0
+    assert retry_after({"retry-after": formatdate(now + 120, usegmt=True)}, now) == 120.0
+    assert retry_after({"retry-after": formatdate(now - 5, usegmt=True)}, now) == 0.0
+    assert retry_after({"retry-after-ms": "250", "retry-after": "1"}, now) == 0.25
+    assert retry_after({"retry-after": "soon"}, now) is None and retry_after({}, now) is None
+
+
+def test_a_rate_limit_carries_the_provider_s_http_date(upstream: UpstreamEngine) -> None:
+    error = upstream.error_from(429, {"retry-after": formatdate(time.time() + 90, usegmt=True)}, error_body("busy"))
+    assert isinstance(error, UpstreamFailure) and error.retry_after is not None and 85 < error.retry_after <= 90
+
+
+def bomb_png(side: int = 100_000) -> bytes:
+    """A PNG whose header claims side x side pixels: what a decompression bomb looks like before decoding."""
+    data = bytearray(png_bytes(8))
+    data[16:24] = struct.pack(">II", side, side)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"not an image", png_bytes(64)[:60], bomb_png(), png_bytes((64, 32))],
+    ids=["garbage", "truncated", "bomb", "not-square"],
+)
+def test_a_provider_image_is_checked_as_an_input_is_and_refused_as_retryable(answer: bytes) -> None:
+    with pytest.raises(UpstreamFailure) as raised:
+        _pngs_of_size([answer], 64, True)
+    assert raised.value.kind == "retryable"
+
+
+def test_a_provider_image_of_the_asked_size_passes_as_it_is_and_others_are_resized() -> None:
+    same, other = png_bytes(64), png_bytes(128)
+    out = _pngs_of_size([same, other], 64, True)
+    assert out[0] is same and Image.open(io.BytesIO(out[1])).size == (64, 64)
+
+
+def test_an_oversized_base64_answer_is_refused_before_it_is_decoded(upstream: UpstreamEngine) -> None:
+    huge = "A" * (MAX_IMAGE_BYTES // 3 * 4 + 8)
+    with pytest.raises(UpstreamFailure) as raised:
+        asyncio.run(upstream._images([{"b64_json": huge}], 64))
+    assert raised.value.kind == "retryable" and "larger than" in raised.value.message
+
+
+def test_odd_retry_after_values_are_bounded_or_ignored() -> None:
+    assert retry_after({"retry-after": "inf"}) is None and retry_after({"retry-after": "nan"}) is None
+    assert retry_after({"retry-after": "-5"}) == 0.0 and retry_after({"retry-after": "1e12"}) == 86400.0
+
+
+def test_a_route_s_deadline_comes_from_the_configuration(tmp_path: Path) -> None:
+    path = tmp_path / "vary.toml"
+    hosted = (
+        '[[models]]\nname = "up"\nengine = "openai-compatible"\n[models.options]\nbase_url = "http://127.0.0.1:9"\n'
+    )
+    path.write_text(hosted + '[[models]]\nname = "r"\nroute = ["up"]\ndeadline_seconds = 12.5\n')
+    assert [model.deadline_seconds for model in read_catalogue(path).models] == [None, 12.5]
+    registry = ModelRegistry.from_catalogue(read_catalogue(path), placement=Placement())
+    assert [registry.resolve(name).deadline_seconds for name in ("up", "r")] == [300.0, 12.5]
+    for engine in registry.hosted:
+        asyncio.run(engine.aclose())
+    path.write_text(hosted.replace('"openai-compatible"', '"openai-compatible"\ndeadline_seconds = 3'))
+    with pytest.raises(ConfigError, match="deadline_seconds is for a route"):
+        read_catalogue(path)
+    path.write_text(hosted + '[[models]]\nname = "r"\nroute = ["up"]\ndeadline_seconds = 0\n')
+    with pytest.raises(ConfigError, match="above 0"):
+        read_catalogue(path)

@@ -25,6 +25,7 @@ from vary.api.variation_form import VariationForm
 from vary.db import KeyInfo, UsageRow
 from vary.echo import clipped
 from vary.errors import VaryError
+from vary.gateway import tried_of
 from vary.ratelimit import Admission
 from vary.services import Services
 from vary.serving import VariationResult
@@ -70,6 +71,7 @@ class RequestAccount:
     def respond(self, result: VariationResult) -> Response:
         usage = self.usage
         usage.status, usage.target, usage.attempts = 200, result.target, result.attempts
+        usage.targets_tried = result.tried or None
         result.timings.stages["total"] = time.perf_counter() - self.started
         self.stages = result.timings.stages
         self.services.metrics.observe_request(usage.model, self.stages)
@@ -97,6 +99,9 @@ class RequestAccount:
         """Records the status `exc` means; True swallows it (a client that left gets no answer)."""
         if exc is None:
             return False
+        tried = tried_of(exc)
+        if tried is not None and tried.attempts:  # what a failed request cost, whoever pays for it
+            self.usage.attempts, self.usage.targets_tried = tried.total, clipped(tried.describe(), 990)
         if isinstance(exc, (ClientGone, ClientDisconnect)):
             self.usage.status = CLIENT_CLOSED_REQUEST
             return True

@@ -7,13 +7,14 @@ once and shared: a local model in two routes has one queue.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from vary.config import ROUTE, Catalogue
 from vary.engines.base import Engine, ModelInfo
 from vary.engines.diffusion import Placement
-from vary.engines.upstream import UPSTREAM_ENGINES, UpstreamEngine
+from vary.engines.upstream import DEFAULT_DEADLINE_SECONDS, UPSTREAM_ENGINES, UpstreamEngine
 from vary.errors import ModelNotFound
 from vary.imaging import ImageDecoder
 from vary.local_model import LocalModel
@@ -35,6 +36,7 @@ class ServedModel:
     engine: Engine | None = None  # the engine, when the model is a local one
     alias_of: str | None = None
     eager: bool = True  # loaded and warmed up at start, rather than on its first request
+    deadline_seconds: float | None = None  # for every attempt and wait of a request; None: none (a local model)
 
     @property
     def loaded(self) -> bool:
@@ -61,9 +63,7 @@ class ModelRegistry:
         aliases = aliases if aliases is not None else {"dall-e-2": self.default.id}
         for alias, target in aliases.items():
             model = by_id[target]
-            self._by_name.setdefault(
-                alias, ServedModel(alias, model.info, model.targets, model.engine, alias_of=target)
-            )
+            self._by_name.setdefault(alias, dataclasses.replace(model, id=alias, alias_of=target, eager=True))
 
     @classmethod
     def of_engines(cls, engines: list[Engine], *, local: LocalModelFactory = default_local_model) -> ModelRegistry:
@@ -89,7 +89,9 @@ class ModelRegistry:
             if model.engine in UPSTREAM_ENGINES:
                 upstream = model.build_upstream()
                 hosted.append(upstream)
-                by_name[model.name] = ServedModel(model.name, upstream.info, (upstream,))
+                by_name[model.name] = ServedModel(
+                    model.name, upstream.info, (upstream,), deadline_seconds=upstream.options.deadline_seconds
+                )
             elif model.engine != ROUTE:
                 engine = model.build(placement=placement, overrides=overrides)
                 target = local(engine)
@@ -100,7 +102,8 @@ class ModelRegistry:
                 members = tuple(target for name in model.route for target in by_name[name].targets)
                 description = model.description or "Tries, in order: " + ", ".join(model.route) + "."
                 info = ModelInfo(model.name, "vary", description, model.license or "that of the target that answers")
-                by_name[model.name] = ServedModel(model.name, info, members)
+                deadline = model.deadline_seconds or DEFAULT_DEADLINE_SECONDS
+                by_name[model.name] = ServedModel(model.name, info, members, deadline_seconds=deadline)
         return cls(
             [by_name[model.name] for model in catalogue.models],
             local=local_models,

@@ -5,28 +5,40 @@ client's body forwarded), and its answer read into PNGs of the asked size, or a 
 kind says whether a retry could help: UpstreamFailure (retryable or not) or UpstreamRefused (the
 request itself, passed on). Retries, fallbacks and the circuit breaker are the gateway's (gateway.py).
 
+Every answer is classified here, where it is read, images decoded and checked included (the table
+is in the README's gateway section): success; retryable (5xx, 429, timeouts, resets, malformed,
+oversized or unreadable answers); vary's own configuration (UpstreamMisconfigured: 401, 403, 404,
+3xx, a missing key); or the client's request (UpstreamRefused: any other 4xx).
+
 Upstream keys come from environment variables named in the configuration, are sent only to the
 configured base URL, and never appear in a response, a log line or an error.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import io
+import datetime
+import email.utils
+import json
+import math
 import os
+import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import httpx
 import numpy as np
 import pybase64
-from PIL import Image
 from starlette.concurrency import run_in_threadpool
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from vary.engines.base import ModelInfo
-from vary.errors import UpstreamFailure, UpstreamRefused
-from vary.imaging import encode_png, fit_to_size, to_rgb
+from vary.errors import ImageRejected, UpstreamFailure, UpstreamMisconfigured, UpstreamRefused
+from vary.imaging import ImageRules, MiB, encode_png, fit_to_size, load_variation_input
 from vary.request import VariationRequest
 from vary.targets import Made, Resilience
 
@@ -38,7 +50,15 @@ DEFAULT_PROMPT = (
 )
 # gpt-image edits produce these sizes; the others are resized from 1024x1024 by vary.
 GPT_IMAGE_SIZE = "1024x1024"
-MAX_DOWNLOAD_BYTES = 32 * 1024 * 1024
+# One provider image, base64-decoded or downloaded: a 1536 px RGBA PNG is under 10 MiB.
+MAX_IMAGE_BYTES = 16 * MiB
+# A provider's images go through the checks of an input image (vary.imaging): a PNG, square, at
+# most 4096 px a side (so no decompression bomb), read whole.
+OUTPUT_RULES = ImageRules(max_bytes=MAX_IMAGE_BYTES, max_side=4096)
+# Error codes that name vary's deployment or upstream model, whatever the status they come with.
+CONFIGURATION_CODES = frozenset({"DeploymentNotFound", "model_not_found"})
+DEFAULT_DEADLINE_SECONDS = 300.0
+MAX_RETRY_AFTER = 86400.0  # a provider's wait beyond a day is read as a day
 
 
 @dataclass(frozen=True)
@@ -54,6 +74,8 @@ class UpstreamOptions:
     max_backoff_seconds: float = 20.0  # also caps a Retry-After
     circuit_failures: int = 5  # failed attempts in a row that open the circuit
     circuit_cooldown_seconds: float = 30.0
+    # The model served alone: every attempt and wait within this; a route has its own deadline_seconds.
+    deadline_seconds: float = DEFAULT_DEADLINE_SECONDS
     # URL answers: downloaded, stored and signed by vary (its expiry, its host), or handed on as they are.
     rehost_urls: bool = True
     # Also send vary's controls (seed, strength, steps, guidance_scale): for an upstream that is a vary.
@@ -77,8 +99,8 @@ class UpstreamOptions:
             raise ValueError(
                 "azure-openai needs options.deployment (and base_url = https://<resource>.openai.azure.com)"
             )
-        if options.max_attempts < 1 or options.timeout_seconds <= 0:
-            raise ValueError("max_attempts must be at least 1 and timeout_seconds above 0")
+        if options.max_attempts < 1 or options.timeout_seconds <= 0 or options.deadline_seconds <= 0:
+            raise ValueError("max_attempts must be at least 1, timeout_seconds and deadline_seconds above 0")
         if not options.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL, not {options.base_url!r}")
         return options
@@ -97,7 +119,8 @@ class UpstreamEngine:
         self.info = ModelInfo(
             id=name,
             owned_by="openai" if "openai" in engine else "upstream",
-            description=description or options.description or f"{engine} at {options.base_url}",
+            # Never the base URL: which providers vary uses, and where, is not the clients' business.
+            description=description or options.description or f"A hosted provider ({engine}).",
             license=license or "the provider's terms",
         )
         timeout = httpx.Timeout(options.timeout_seconds, connect=min(10.0, options.timeout_seconds))
@@ -106,7 +129,9 @@ class UpstreamEngine:
         self.downloads = httpx.AsyncClient(timeout=timeout, follow_redirects=True)
         self.resilience = Resilience(
             max_attempts=options.max_attempts,
-            timeout_seconds=options.timeout_seconds,
+            # None: make() times the generation itself, so a slow re-hosting download never
+            # makes the gateway ask for (and pay for) the generation again.
+            timeout_seconds=None,
             backoff_seconds=options.backoff_seconds,
             max_backoff_seconds=options.max_backoff_seconds,
             circuit_failures=options.circuit_failures,
@@ -128,34 +153,45 @@ class UpstreamEngine:
         return os.environ.get(self.options.api_key_env) or None
 
     def scrub(self, text: str) -> str:
-        """`text` without the provider's key in it, for anything that leaves this module."""
+        """`text` without the provider's key in it, in any form it can be echoed, for anything that leaves here."""
         secret = self.secret()
-        return text.replace(secret, "[redacted]") if secret else text
+        return scrub(text, secret) if secret else text
 
     async def make(self, request: VariationRequest) -> Made:
-        """One attempt; raises UpstreamFailure or UpstreamRefused."""
+        """One attempt; raises UpstreamFailure (or UpstreamMisconfigured) or UpstreamRefused."""
         started = time.perf_counter()
         key = self.secret()
         if self.options.api_key_env and key is None:
-            raise UpstreamFailure(f"the environment variable {self.options.api_key_env} is not set")
+            raise UpstreamMisconfigured(f"the environment variable {self.options.api_key_env} is not set")
         path, headers, data = self._request(request, key)
         files = {"image": ("image.png", request.image.data, "image/png")}
         try:
-            response = await self.client.post(path, headers=headers, data=data, files=files)
-        except httpx.TimeoutException:
+            # The whole answer within the timeout: a body that trickles in counts as a timeout.
+            status, answer_headers, body = await asyncio.wait_for(
+                self._post(path, headers, data, files, _answer_limit(request.n)), self.options.timeout_seconds
+            )
+        except asyncio.TimeoutError:
             raise UpstreamFailure("the provider did not answer in time", retryable=True) from None
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:
             raise UpstreamFailure(f"the connection failed ({type(exc).__name__})", retryable=True) from None
-        if response.status_code != 200:
-            raise self._error_from(response)
+        if status != 200:
+            raise self.error_from(status, answer_headers, body)
         try:
-            items = response.json()["data"]
+            items = json.loads(body)["data"]
             if not isinstance(items, list) or len(items) != request.n:
                 raise ValueError
         except (ValueError, KeyError, TypeError):
             raise UpstreamFailure("the provider's answer was not an ImagesResponse", retryable=True) from None
         made = await self._images(items, request.size)
         return dataclasses.replace(made, stages={"upstream": time.perf_counter() - started})
+
+    async def _post(
+        self, path: str, headers: dict[str, str], data: dict[str, str], files: dict[str, Any], limit: int
+    ) -> tuple[int, httpx.Headers, bytes]:
+        """Status, headers and body, read as it streams in and refused past `limit` bytes."""
+        async with self.client.stream("POST", path, headers=headers, data=data, files=files) as response:
+            body = await _read_capped(response, limit, "the provider's answer")
+            return response.status_code, response.headers, body
 
     def _request(self, request: VariationRequest, key: str | None) -> tuple[str, dict[str, str], dict[str, str]]:
         options = self.options
@@ -179,93 +215,181 @@ class UpstreamEngine:
 
     async def _images(self, items: list[Any], size: int) -> Made:
         if all(isinstance(item, dict) and isinstance(item.get("b64_json"), str) for item in items):
+            if any(len(item["b64_json"]) // 4 * 3 > MAX_IMAGE_BYTES for item in items):
+                raise UpstreamFailure(f"the provider's image was larger than {MAX_IMAGE_BYTES} bytes", retryable=True)
             try:
                 answers = [pybase64.b64decode(item["b64_json"], validate=True) for item in items]
             except ValueError:
                 raise UpstreamFailure("the provider's base64 was corrupt", retryable=True) from None
-        elif all(isinstance(item, dict) and isinstance(item.get("url"), str) for item in items):
+            # Read here, inside the attempt: an unreadable image is this target's failure, not the client's.
+            return Made(pngs=await run_in_threadpool(_pngs_of_size, answers, size, True))
+        if all(isinstance(item, dict) and isinstance(item.get("url"), str) for item in items):
             urls = [item["url"] for item in items]
             if not self.options.rehost_urls:
                 return Made(urls=urls)
+            # The generation is paid for: from here on a failure retries the download, and if that
+            # fails too, the next target is tried; this one is never asked to generate again.
             answers = [await self._download(url) for url in urls]
-        else:
-            raise UpstreamFailure("the provider's answer had neither b64_json nor url", retryable=True)
-        # Read here, inside the attempt: an unreadable image is this target's failure, not the client's.
-        return Made(pngs=await run_in_threadpool(_pngs_of_size, answers, size))
+            return Made(pngs=await run_in_threadpool(_pngs_of_size, answers, size, False))
+        raise UpstreamFailure("the provider's answer had neither b64_json nor url", retryable=True)
 
-    def _error_from(self, response: httpx.Response) -> UpstreamFailure | UpstreamRefused:
-        status = response.status_code
-        body: dict[str, Any] = {}
+    def error_from(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamFailure | UpstreamRefused:
+        """A provider's non-200 answer, classified (the README's table)."""
+        error: dict[str, Any] = {}
         try:
-            parsed = response.json()
+            parsed = json.loads(body)
             if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
-                body = parsed["error"]
+                error = parsed["error"]
         except ValueError:
             pass
+        text = body.decode("utf-8", "replace")
         # Scrubbed before it is cut short, so no part of a key can cross the cut.
-        detail = self.scrub(str(body.get("message") or response.text))[:200]
+        detail = self.scrub(str(error.get("message") or text))[:200]
+        code = _text(error.get("code"))
         if status == 429:
             return UpstreamFailure(
-                f"the provider is rate limiting: {detail}", status=429, retryable=True, retry_after=_seconds(response)
+                f"the provider is rate limiting: {detail}", status=429, retryable=True, retry_after=retry_after(headers)
             )
         if status >= 500:
             return UpstreamFailure(f"the provider failed ({status})", status=status, retryable=True)
-        if status in (401, 403) or status < 400:
-            # vary's own credential or configuration, not the client's request: a fault of this target.
-            return UpstreamFailure(
-                f"the provider refused vary's credentials or configuration ({status})", status=status
+        if status in (401, 403, 404) or status < 400 or code in CONFIGURATION_CODES:
+            # vary's own credential, deployment, model or URL, not the client's request: a fault of this
+            # target. A 404 here is always vary's: the client's model name is never sent upstream.
+            return UpstreamMisconfigured(
+                f"the provider refused vary's credentials or configuration ({status}{f', {code}' if code else ''})",
+                status=status,
             )
         return UpstreamRefused(
             detail,
             status=status,
-            type=_text(body.get("type")),
-            param=_text(body.get("param")),
-            code=_text(body.get("code")),
+            type=_text(error.get("type")),
+            param=_text(error.get("param")),
+            code=code,
         )
 
     async def _download(self, url: str) -> bytes:
+        """An answer's image, the download retried as the target's own attempts are."""
+        options = self.options
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(options.max_attempts),
+            wait=wait_exponential_jitter(
+                multiplier=options.backoff_seconds, max=options.max_backoff_seconds, jitter=options.backoff_seconds
+            ),
+            retry=retry_if_exception(lambda error: isinstance(error, UpstreamFailure) and error.kind == "retryable"),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    try:
+                        return await asyncio.wait_for(self._fetch(url), options.timeout_seconds)
+                    except asyncio.TimeoutError:
+                        # Never out of make() as a timeout: the gateway would read it as the attempt's own.
+                        raise UpstreamFailure("an image URL did not answer in time", retryable=True) from None
+        except UpstreamFailure as exc:
+            raise UpstreamFailure(f"re-hosting the provider's image failed: {exc.message}") from None
+        raise AssertionError("unreachable: tenacity either returns or reraises")
+
+    async def _fetch(self, url: str) -> bytes:
         try:
             async with self.downloads.stream("GET", url) as response:
                 if response.status_code != 200:
-                    raise UpstreamFailure(f"an image URL answered {response.status_code}", retryable=True)
-                chunks, total = [], 0
-                async for chunk in response.aiter_bytes():
-                    total += len(chunk)
-                    if total > MAX_DOWNLOAD_BYTES:
-                        raise UpstreamFailure("an image URL served more than 32 MB", retryable=False)
-                    chunks.append(chunk)
+                    retryable = response.status_code >= 500 or response.status_code == 429
+                    raise UpstreamFailure(f"an image URL answered {response.status_code}", retryable=retryable)
+                return await _read_capped(response, MAX_IMAGE_BYTES, "an image URL", retryable=False)
         except httpx.HTTPError as exc:
             raise UpstreamFailure(f"downloading an image failed ({type(exc).__name__})", retryable=True) from None
-        return b"".join(chunks)
 
 
 def _bearer(key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-def _pngs_of_size(answers: list[bytes], size: int) -> list[bytes]:
-    """A provider's images as PNGs of exactly `size` px a side (gpt-image answers at 1024, for one)."""
+async def _read_capped(response: httpx.Response, limit: int, what: str, *, retryable: bool = True) -> bytes:
+    chunks, total = [], 0
+    async for chunk in response.aiter_bytes():
+        total += len(chunk)
+        if total > limit:
+            raise UpstreamFailure(f"{what} was larger than {limit} bytes", retryable=retryable)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _answer_limit(n: int) -> int:
+    """The most an ImagesResponse of n images may weigh: n base64 images at the cap, and room for the JSON."""
+    return n * (MAX_IMAGE_BYTES // 3 + 1) * 4 + 64 * 1024
+
+
+def _pngs_of_size(answers: list[bytes], size: int, retryable: bool) -> list[bytes]:
+    """A provider's images as PNGs of exactly `size` px a side (gpt-image answers at 1024, for one).
+
+    Each is checked as an input image is (vary.imaging): a readable PNG, square, within the size
+    limits. One already of the size, 8-bit RGB or RGBA, is passed on as the provider made it.
+    """
     pngs = []
     for data in answers:
         try:
-            image = Image.open(io.BytesIO(data))
-            image.load()
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-            raise UpstreamFailure("the provider answered with an image that is not readable", retryable=True) from None
-        if image.format == "PNG" and image.size == (size, size) and image.mode in ("RGB", "RGBA"):
+            image = load_variation_input(data, OUTPUT_RULES)
+        except ImageRejected as exc:
+            raise UpstreamFailure(
+                f"the provider answered with an image vary does not accept ({exc.message})", retryable=retryable
+            ) from None
+        bit_depth, colour_type = data[24], data[25]  # IHDR, already checked by load_variation_input
+        if image.size == (size, size) and bit_depth == 8 and colour_type in (2, 6):
             pngs.append(data)
         else:
-            pngs.append(encode_png(np.asarray(fit_to_size(to_rgb(image), size))))
+            pngs.append(encode_png(np.asarray(fit_to_size(image, size))))
     return pngs
+
+
+def scrub(text: str, secret: str) -> str:
+    """`text` with `secret` replaced wherever it appears: whole, URL-encoded, or escaped in a JSON string."""
+    encoded = {
+        quote(secret, safe=""),
+        quote_plus(secret, safe=""),
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        json.dumps(secret)[1:-1].replace("/", "\\/"),  # some encoders escape "/" too
+    }
+    # Percent-escapes and \u escapes may come in either case.
+    forms = {secret} | {_ESCAPE.sub(lambda m: m.group().upper().replace("\\U", "\\u"), f) for f in encoded}
+    forms |= {_ESCAPE.sub(lambda m: m.group().lower(), f) for f in encoded}
+    for form in sorted(forms, key=len, reverse=True):
+        text = text.replace(form, "[redacted]")
+    return text
+
+
+_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}")
 
 
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _seconds(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
+def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds to wait, from `retry-after-ms` (OpenAI's) or `Retry-After` in seconds or as an HTTP-date."""
+    milliseconds = _number(headers.get("retry-after-ms"))
+    if milliseconds is not None:
+        return milliseconds / 1000.0
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    seconds = _number(value)
+    if seconds is not None:
+        return seconds
     try:
-        return max(0.0, float(value)) if value is not None else None
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # an HTTP-date is GMT
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return min(MAX_RETRY_AFTER, max(0.0, when.timestamp() - (time.time() if now is None else now)))
+
+
+def _number(value: str | None) -> float | None:
+    """A finite wait of 0 to MAX_RETRY_AFTER seconds, or None when `value` is none ("inf" and "nan" are not)."""
+    try:
+        number = float(value) if value is not None else math.nan
     except ValueError:
         return None
+    return min(MAX_RETRY_AFTER, max(0.0, number)) if math.isfinite(number) else None
