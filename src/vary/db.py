@@ -248,7 +248,10 @@ class Database:
             with self.session() as s:
                 s.add(UsageRow(**values))
         except SQLAlchemyError as exc:
-            log.warning("usage row spooled: the database cannot take it now (%s)", type(exc.orig or exc).__name__)
+            log.warning(
+                "usage row spooled: the database cannot take it now (%s)",
+                type(getattr(exc, "orig", None) or exc).__name__,
+            )
             self.spool.add(values)
 
     def write_spool(self) -> int:

@@ -48,7 +48,6 @@ LINGER_SECONDS = 2.0
 _HEAD_END = b"\r\n\r\n"
 
 
-
 def raw_error(error: ApiError) -> bytes:
     """A whole HTTP/1.1 response, written straight to the socket, for when the connection then closes."""
     body = json.dumps(error.body()).encode()

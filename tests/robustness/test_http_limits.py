@@ -176,5 +176,3 @@ def test_a_websocket_upgrade_gets_openai_json(
     assert b"content-type: application/json" in answer.lower()
     assert set(json.loads(body)["error"]) == {"message", "type", "param", "code"}
     assert "WebSocket library" not in server.log()  # uvicorn's advice, wrong here: vary serves none
-
-

@@ -99,7 +99,9 @@ def test_rows_are_kept_while_another_process_holds_the_write_lock(setup: tuple[P
         lock = WriteLock(data_dir / "vary.db")
         try:
             statuses: list[int] = []
-            threads = [threading.Thread(target=lambda: statuses.append(post(server, key).status_code)) for _ in range(24)]
+            threads = [
+                threading.Thread(target=lambda: statuses.append(post(server, key).status_code)) for _ in range(24)
+            ]
             for thread in threads:
                 thread.start()
             listed = httpx.get(f"{server.base_url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
