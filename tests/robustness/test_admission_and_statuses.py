@@ -1,6 +1,5 @@
-"""Tests for work the lead implements in the "one road down" refactor: admission before decode (a refused
-request costs no decode) and truthful statuses (4xx for the client's faults, 499 for hang-ups, in rows,
-metrics and logs, with no traceback). Marked xfail until then."""
+"""Admission before decode (a refused request costs no decode) and truthful statuses (4xx for the
+client's faults, 499 for hang-ups, in rows, metrics and logs, with no traceback)."""
 
 from __future__ import annotations
 
@@ -24,7 +23,6 @@ from vary.db import Database
 from vary.testing import ServerProcess
 
 WAIT_S = 120
-LEAD = pytest.mark.xfail(reason="lead implements: admission before decode / truthful statuses", strict=False)
 
 
 def big_png(side: int = 4096) -> bytes:
@@ -61,7 +59,6 @@ def post(server: ServerProcess, key: str, image: bytes) -> httpx.Response:
     )
 
 
-@LEAD
 def test_refused_requests_do_not_decode_their_images(small_queue: tuple[ServerProcess, Path, str]) -> None:
     """16 concurrent 4096x4096 uploads against a queue of 1: the 429s cost no decode, so the peak memory
     of the burst stays within a few single requests' worth, not 16 decodes'."""
@@ -119,7 +116,6 @@ MALFORMED: list[tuple[bytes, str]] = [
 ]
 
 
-@LEAD
 def test_malformed_multipart_bodies_are_recorded_as_400(small_queue: tuple[ServerProcess, Path, str]) -> None:
     server, data_dir, key = small_queue
     before = usage_statuses(data_dir).count(400)
@@ -139,7 +135,6 @@ def test_malformed_multipart_bodies_are_recorded_as_400(small_queue: tuple[Serve
     assert requests_total(server, 500) == 0
 
 
-@LEAD
 def test_clients_hanging_up_mid_upload_are_recorded_as_499(small_queue: tuple[ServerProcess, Path, str]) -> None:
     server, data_dir, key = small_queue
     before = usage_statuses(data_dir).count(499)
