@@ -129,44 +129,36 @@ def test_when_every_target_fails_otherwise_the_answer_is_a_502() -> None:
     assert answer.status == 502 and answer.code == "upstream_unavailable" and "a, b" in answer.message
 
 
-def test_a_retry_after_longer_than_the_cap_moves_on_at_once_instead_of_waiting_short() -> None:
-    waits: list[float] = []
-    busy = Scripted("busy", [UpstreamFailure("busy", status=429, retryable=True, retry_after=60.0)])
-    busy.resilience = Resilience(max_attempts=3, backoff_seconds=0.0, max_backoff_seconds=20.0)
+@pytest.fixture()
+def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Every asyncio.sleep the gateway makes, recorded instead of slept."""
+    recorded: list[float] = []
     real_sleep = asyncio.sleep
 
     async def recording_sleep(seconds: float) -> None:
-        waits.append(seconds)
+        recorded.append(seconds)
         await real_sleep(0)
 
-    asyncio.sleep = recording_sleep  # type: ignore[assignment]
-    try:
-        _, served = run(Gateway(), busy, Scripted("next"))
-        busy.script.append(UpstreamFailure("busy", status=429, retryable=True, retry_after=60.0))
-        with pytest.raises(UpstreamRateLimited) as raised:
-            run(Gateway(), busy)
-    finally:
-        asyncio.sleep = real_sleep  # type: ignore[assignment]
+    monkeypatch.setattr(asyncio, "sleep", recording_sleep)
+    return recorded
+
+
+def test_a_retry_after_longer_than_the_cap_moves_on_at_once_instead_of_waiting_short(waits: list[float]) -> None:
+    busy = Scripted("busy", [UpstreamFailure("busy", status=429, retryable=True, retry_after=60.0)])
+    busy.resilience = Resilience(max_attempts=3, backoff_seconds=0.0, max_backoff_seconds=20.0)
+    _, served = run(Gateway(), busy, Scripted("next"))
+    busy.script.append(UpstreamFailure("busy", status=429, retryable=True, retry_after=60.0))
+    with pytest.raises(UpstreamRateLimited) as raised:
+        run(Gateway(), busy)
     assert busy.calls == 2 and waits == [], "never retried, never waited"
     assert served.target == "next"  # type: ignore[attr-defined]
     assert api_error(raised.value).headers["Retry-After"] == "60", "the provider's own wait goes back to the client"
 
 
-def test_a_retry_after_within_the_cap_is_waited_out() -> None:
-    waits: list[float] = []
+def test_a_retry_after_within_the_cap_is_waited_out(waits: list[float]) -> None:
     busy = Scripted("busy", [UpstreamFailure("busy", status=429, retryable=True, retry_after=0.25)])
     busy.resilience = Resilience(max_attempts=2, backoff_seconds=0.0, max_backoff_seconds=1.0)
-    real_sleep = asyncio.sleep
-
-    async def recording_sleep(seconds: float) -> None:
-        waits.append(seconds)
-        await real_sleep(0)
-
-    asyncio.sleep = recording_sleep  # type: ignore[assignment]
-    try:
-        run(Gateway(), busy)
-    finally:
-        asyncio.sleep = real_sleep  # type: ignore[assignment]
+    run(Gateway(), busy)
     assert waits == [0.25] and busy.calls == 2
 
 
