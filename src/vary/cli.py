@@ -6,6 +6,7 @@ Every option of `vary serve` is also an environment variable VARY_<OPTION>.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from datetime import datetime, timezone
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from vary import create as create_command
+from vary.datadir import DataDir, choose_data_dir
 from vary.settings import Settings
 from vary.usage_report import FORMATS
 
@@ -22,7 +24,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     data_dir = argparse.ArgumentParser(add_help=False)
-    data_dir.add_argument("--data-dir", help="database, images and URL secret (default ./vary-data; VARY_DATA_DIR)")
+    data_dir.add_argument(
+        "--data-dir",
+        help="database, images and URL secret (default: the per-user data dir, ~/.local/share/vary on Linux; "
+        "VARY_DATA_DIR)",
+    )
 
     serve = commands.add_parser("serve", parents=[data_dir], help="start the API server")
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1; VARY_HOST)")
@@ -89,16 +95,17 @@ def _limit(text: str) -> int | None:
     return int(text)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    options = ("host", "port", "data_dir", "config", "model", "no_auth", "public_url", "device", "log_format")
+def _settings(args: argparse.Namespace) -> tuple[Settings, DataDir]:
+    options = ("host", "port", "config", "model", "no_auth", "public_url", "device", "log_format")
     given: dict[str, Any] = {name: getattr(args, name) for name in options if getattr(args, name, None) is not None}
+    data_dir = choose_data_dir(getattr(args, "data_dir", None))
     try:
-        return Settings(**given)
+        return Settings(**given, data_dir=data_dir.path), data_dir
     except ValidationError as exc:
         sys.exit(f"vary: invalid setting: {exc}")
 
 
-def _serve(settings: Settings) -> None:
+def _serve(settings: Settings, data_dir: DataDir) -> None:
     import uvicorn
 
     from vary.app import build_app
@@ -113,6 +120,7 @@ def _serve(settings: Settings) -> None:
     except ConfigError as exc:
         sys.exit(f"vary: {exc}")
     configure_logging(settings.log_format)
+    logging.getLogger("vary").info(data_dir.line())
     cap_malloc_arenas(settings.malloc_arenas)
     if not settings.no_auth:
         db = Database(settings.db_path)
@@ -193,10 +201,12 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "create":  # a client: the server's settings do not apply
         sys.exit(create_command.run(args))
-    settings = _settings(args)
+    settings, data_dir = _settings(args)
     if args.command == "serve":
-        _serve(settings)
-    elif args.command == "usage":
+        _serve(settings, data_dir)
+        return
+    print(f"vary: {data_dir.line()}", file=sys.stderr)  # stdout stays the command's own output
+    if args.command == "usage":
         _usage(args, settings)
     else:
         _keys(args, settings)

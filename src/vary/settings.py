@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from vary.datadir import default_data_dir
+
 MiB = 1024 * 1024
 
 
@@ -17,7 +19,8 @@ class Settings(BaseSettings):
     # Where to listen and what to serve.
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    data_dir: Path = Path("./vary-data")
+    # Database, images and URL secret; the per-user data directory unless given (see datadir.py).
+    data_dir: Path = Field(default_factory=default_data_dir)
     # A TOML model catalogue (see config.py); without one, `model` is served alone.
     config: Path | None = None
     # A built-in model id or a local model directory.
