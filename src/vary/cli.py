@@ -6,7 +6,6 @@ Every option of `vary serve` is also an environment variable VARY_<OPTION>.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from datetime import datetime, timezone
 from typing import Any
@@ -105,41 +104,6 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, DataDir]:
         sys.exit(f"vary: invalid setting: {exc}")
 
 
-def _serve(settings: Settings, data_dir: DataDir) -> None:
-    import uvicorn
-
-    from vary.app import build_app
-    from vary.config import ConfigError, catalogue_for
-    from vary.db import Database
-    from vary.http_protocol import vary_http_protocol
-    from vary.logs import configure_logging
-    from vary.memory import cap_malloc_arenas
-
-    try:
-        catalogue_for(settings.config, settings.model)  # every mistake in one line, before anything loads
-    except ConfigError as exc:
-        sys.exit(f"vary: {exc}")
-    configure_logging(settings.log_format)
-    logging.getLogger("vary").info(data_dir.line())
-    cap_malloc_arenas(settings.malloc_arenas)
-    if not settings.no_auth:
-        db = Database(settings.db_path)
-        if db.count_active_keys() == 0:
-            _, key = db.create_key("default")
-            print(f"No API key existed, so one was created. It is shown only this once:\n{key}", flush=True)
-        db.close()
-    uvicorn.run(
-        build_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # configure_logging's handlers stay
-        access_log=False,  # vary.access writes one line per request instead, without query strings
-        # SIGTERM: stop accepting, let requests in flight finish for this long, then shut the models down.
-        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
-        http=vary_http_protocol(settings.header_timeout_seconds),
-    )
-
-
 def _keys(args: argparse.Namespace, settings: Settings) -> None:
     from vary.db import LIMIT_FIELDS, Database, KeyInfo, KeyLimits
 
@@ -203,7 +167,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(create_command.run(args))
     settings, data_dir = _settings(args)
     if args.command == "serve":
-        _serve(settings, data_dir)
+        from vary.serve import serve
+
+        serve(settings, data_dir)
         return
     print(f"vary: {data_dir.line()}", file=sys.stderr)  # stdout stays the command's own output
     if args.command == "usage":
