@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", help="torch device, e.g. cuda or cpu (default: cuda when present; VARY_DEVICE)")
 
     serve.add_argument("--log-format", choices=("json", "text"), help="log lines (default json; VARY_LOG_FORMAT)")
+    serve.add_argument(
+        "--log-level", choices=("debug", "info", "warning"), help="debug adds tracebacks (default info; VARY_LOG_LEVEL)"
+    )
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser(
@@ -95,7 +98,7 @@ def _limit(text: str) -> int | None:
 
 
 def _settings(args: argparse.Namespace) -> tuple[Settings, DataDir]:
-    options = ("host", "port", "config", "model", "no_auth", "public_url", "device", "log_format")
+    options = ("host", "port", "config", "model", "no_auth", "public_url", "device", "log_format", "log_level")
     given: dict[str, Any] = {name: getattr(args, name) for name in options if getattr(args, name, None) is not None}
     data_dir = choose_data_dir(getattr(args, "data_dir", None))
     try:

@@ -36,17 +36,20 @@ class ReadyServer(uvicorn.Server):
 
 
 def serve(settings: Settings, data_dir: DataDir) -> None:
+    from vary.logs import configure_logging
+
+    # First: importing the ML libraries below already logs, and those lines must be in the log's format.
+    configure_logging(settings.log_format, level=settings.log_level)
+
     from vary.app import build_app
     from vary.config import ConfigError, catalogue_for
     from vary.http_protocol import vary_http_protocol
-    from vary.logs import configure_logging
     from vary.memory import cap_malloc_arenas
 
     try:
         catalogue_for(settings.config, settings.model)  # every mistake in one line, before anything loads
     except ConfigError as exc:
         sys.exit(f"vary: {exc}")
-    configure_logging(settings.log_format)
     log.info(data_dir.line())
     cap_malloc_arenas(settings.malloc_arenas)
     key = None if settings.no_auth else first_key(settings.data_dir)

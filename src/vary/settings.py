@@ -78,6 +78,8 @@ class Settings(BaseSettings):
 
     # Operations.
     log_format: Literal["json", "text"] = "json"
+    # debug adds the tracebacks behind one-line errors (a model that fails to load, for one).
+    log_level: Literal["debug", "info", "warning"] = "info"
     # On SIGTERM: stop accepting, let in-flight requests finish for this long, then exit.
     shutdown_timeout_seconds: int = Field(default=30, ge=0)
     # After this many quiet seconds (no request in flight), freed heap is handed back to the OS; 0: never.
