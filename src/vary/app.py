@@ -54,8 +54,14 @@ class Services:
     started_at: int
 
 
-def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Engine]] | None = None) -> FastAPI:
-    """`load_engines` replaces the catalogue (tests hand in engines they built); all of them load eagerly."""
+def build_app(
+    settings: Settings,
+    *,
+    load_engines: Callable[[Settings], list[Engine]] | None = None,
+    registry: ModelRegistry | None = None,
+) -> FastAPI:
+    """`load_engines` replaces the catalogue (tests hand in engines they built); all of them load eagerly.
+    `registry`: models already built and warmed up (`vary serve` loads them before uvicorn starts)."""
 
     def build_registry() -> ModelRegistry:
         if load_engines is not None:
@@ -71,9 +77,11 @@ def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Eng
         db = Database(settings.db_path)
         store = ImageStore(settings.images_dir)
         signer = UrlSigner(load_or_create_secret(settings.secret_path))
-        registry = await run_in_threadpool(build_registry)
-        for engine in registry.to_warm_up():
-            await run_in_threadpool(engine.warmup)
+        nonlocal registry
+        if registry is None:
+            registry = await run_in_threadpool(build_registry)
+            for engine in registry.to_warm_up():
+                await run_in_threadpool(engine.warmup)
         metrics = Metrics()
         schedulers = {
             e.info.id: Scheduler(

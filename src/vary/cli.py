@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -60,6 +61,16 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_parser("list", parents=[data_dir], help="list keys and their limits (never the keys themselves)")
     revoke = keys.add_parser("revoke", parents=[data_dir], help="revoke a key; it is refused from the next request on")
     revoke.add_argument("key_id", help="the key's id, as `vary keys list` shows it")
+
+    pull = commands.add_parser(
+        "pull", help="download the files a model loads, and no more, into the Hugging Face cache"
+    )
+    pull.add_argument("models", nargs="*", metavar="MODEL", help="built-in models (default: kandinsky-2.2)")
+    pull.add_argument("--config", help="every local model of this TOML catalogue")
+    pull.add_argument("--local-dir", help="a directory instead of the HF cache: one folder per repository in it")
+    pull.add_argument(
+        "--device", help="the device the models will run on: GPUs get fp16 files where served (VARY_DEVICE)"
+    )
 
     create_command.add_parser(commands)
 
@@ -169,6 +180,17 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "create":  # a client: the server's settings do not apply
         sys.exit(create_command.run(args))
     settings, data_dir = _settings(args)
+    if args.command == "pull":
+        from vary import pull
+
+        sys.exit(
+            pull.run(
+                args.models,
+                Path(args.config) if args.config else None,
+                Path(args.local_dir) if args.local_dir else None,
+                settings,
+            )
+        )
     if args.command == "serve":
         from vary.serve import serve
 

@@ -40,6 +40,7 @@ def configure_logging(log_format: str, *, level: str = "info", progress_bars: bo
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # huggingface_hub's client: a line per request
     logging.captureWarnings(True)  # warnings.warn(...) becomes a record of the py.warnings logger
     _adopt_library_loggers()
     if not progress_bars:

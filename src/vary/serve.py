@@ -1,4 +1,11 @@
-"""`vary serve`: check the catalogue, make the first key if none exists, run uvicorn, say when it is ready.
+"""`vary serve`: check the catalogue, make the first key if none exists, load the models, run uvicorn, say
+when it is ready.
+
+The eager models load before uvicorn starts, in a daemon thread the main thread waits on, so SIGTERM
+and Ctrl-C stop a start at any moment: uvicorn, loading in its lifespan, would only note the signal
+and wait for the load to finish. (A worker thread, as before: torch's CPU kernels ran many times
+slower in the main thread of a busy machine.)
+Weights that cannot be had end the start with one logged line and exit status 1.
 
 The first key is written to a file readable only by its owner as soon as it exists (a start that
 fails later does not lose it) and printed once the server answers, after the loading's output, with
@@ -10,14 +17,21 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import uvicorn
 
 from vary.datadir import DataDir
 from vary.settings import Settings
 
+if TYPE_CHECKING:  # the ML libraries are imported only once logging is set up: their import logs
+    from vary.engines.registry import ModelRegistry
+
 log = logging.getLogger("vary")
+T = TypeVar("T")
 
 FIRST_KEY_FILE = "first-api-key"
 
@@ -43,6 +57,7 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
 
     from vary.app import build_app
     from vary.config import ConfigError, catalogue_for
+    from vary.engines.base import ModelUnavailable
     from vary.http_protocol import vary_http_protocol
     from vary.memory import cap_malloc_arenas
 
@@ -53,8 +68,14 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
     log.info(data_dir.line())
     cap_malloc_arenas(settings.malloc_arenas)
     key = None if settings.no_auth else first_key(settings.data_dir)
+    try:
+        registry = in_background(lambda: load_models(settings))
+    except ModelUnavailable:
+        sys.exit(1)  # the reason is logged, in one line
+    except KeyboardInterrupt:
+        sys.exit(130)
     config = uvicorn.Config(
-        build_app(settings),
+        build_app(settings, registry=registry),
         host=settings.host,
         port=settings.port,
         log_config=None,  # configure_logging's handlers stay
@@ -70,6 +91,45 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
         pass
     if not server.started:
         sys.exit(3)  # uvicorn's own code for a failed start
+
+
+def in_background(work: Callable[[], T]) -> T:
+    """`work`'s result, computed in a daemon thread: the main thread stays free for signals, and an exit
+    does not wait for a load stuck in the Hub or in torch."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # handed to the main thread, which decides
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="vary-load", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)  # short waits: Python runs signal handlers between them
+    if "error" in outcome:
+        raise outcome["error"]
+    value: T = outcome["value"]
+    return value
+
+
+def load_models(settings: Settings) -> ModelRegistry:
+    """Every model built; the eager ones loaded (the local cache first, the Hub with timeouts) and warmed up."""
+    from vary.config import catalogue_for
+    from vary.engines.diffusion import Placement
+    from vary.engines.registry import ModelRegistry
+    from vary.engines.weights import bound_hub_timeouts
+
+    bound_hub_timeouts()
+    registry = ModelRegistry.from_catalogue(
+        catalogue_for(settings.config, settings.model),
+        placement=Placement(device=settings.device, dtype=settings.dtype, compile=settings.compile),
+        overrides=settings.render_overrides(),
+    )
+    for engine in registry.to_warm_up():
+        engine.warmup()
+    return registry
 
 
 def first_key(data_dir: Path) -> str | None:

@@ -36,6 +36,7 @@ from vary.engines.base import (
     RequestedControls,
     VariationItem,
 )
+from vary.engines.weights import HubFiles, WeightsUnavailable, locate
 from vary.imaging import fit_to_size
 
 log = logging.getLogger("vary.engines")
@@ -171,6 +172,8 @@ class DiffusionEngine(ABC):
     has_img2img: ClassVar[bool] = True
     # The built-in model id of the tiny twin.
     tiny_name: ClassVar[str]
+    # Repositories that serve an "fp16" variant of their weights: half the download where the model runs in float16.
+    fp16_repos: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self,
@@ -220,11 +223,22 @@ class DiffusionEngine(ABC):
         with self._load_lock:
             if not self._loaded:
                 started = time.perf_counter()
+                # The cause goes to the log in one line, never to the client; the traceback only at debug level.
                 try:
                     self._load()
+                except WeightsUnavailable as exc:
+                    log.error(exc.line())
+                    raise ModelUnavailable(self.info.id) from exc
                 except Exception as exc:
-                    # The cause (a path, a Hub error) goes to the log, never to the client.
-                    log.exception("loading model %s from %s failed", self.info.id, self.weights)
+                    reason = " ".join(str(exc).split())[:300] or "no message"
+                    log.error(
+                        "loading model %s from %s failed: %s: %s",
+                        self.info.id,
+                        self.weights,
+                        type(exc).__name__,
+                        reason,
+                    )
+                    log.debug("loading model %s failed", self.info.id, exc_info=True)
                     raise ModelUnavailable(self.info.id) from exc
                 self._loaded = True
                 log.info("loaded model %s (%s) in %.1f s", self.info.id, self.weights, time.perf_counter() - started)
@@ -232,6 +246,19 @@ class DiffusionEngine(ABC):
     @abstractmethod
     def _load(self) -> None:
         """Loads `self.weights` (or builds the tiny twin) and places the pipelines with `_place`."""
+
+    def hub_files(self) -> dict[str, HubFiles]:
+        """What this model loads from the Hub, by role: the one list `vary pull` fetches and `_load` reads.
+        Empty for the tiny twin and for local directories."""
+        return {}
+
+    def _local_weights(self) -> dict[str, Path]:
+        """Each role's local snapshot folder: the cache first, the Hub only for missing files."""
+        return {role: locate(self.info.id, files) for role, files in self.hub_files().items()}
+
+    def variant(self, repo_id: str) -> str | None:
+        """ "fp16" where the model runs in float16 and the repository serves that variant."""
+        return "fp16" if self.dtype == torch.float16 and repo_id in self.fp16_repos else None
 
     def _place(self, pipeline: DiffusionPipeline, *conv_modules: str) -> DiffusionPipeline:
         # Cast only when needed: weights loaded with the right dtype stay exactly as diffusers loaded them.
