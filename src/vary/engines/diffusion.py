@@ -317,7 +317,23 @@ class DiffusionEngine(ABC):
         grey = Image.new("RGB", (64, 64), (128, 128, 128))
         for side in sorted({self.options.render_side(size, self.side_multiple) for size in sizes}):
             item = VariationItem(self.prepare(grey, side, controls), 1, 0)
+            started = time.perf_counter()
             self.generate(Batch(items=(item,), size=side, controls=controls))
+            if self.device.type == "cpu" and side == self.options.render_side(0, self.side_multiple):
+                self._say_cpu_cost(side, controls.steps, time.perf_counter() - started)
+
+    def _say_cpu_cost(self, side: int, steps: int, seconds: float) -> None:
+        """On a CPU an image can take minutes: say so once, from the warm-up's own measured time."""
+        log.info(
+            "on this CPU one %dx%d image of %s takes about %.0f s (%d steps at %.2f s each, measured by the warm-up); "
+            "a GPU is much faster, and VARY_NUM_INFERENCE_STEPS trades quality for time",
+            side,
+            side,
+            self.info.id,
+            seconds,
+            steps,
+            seconds / steps,
+        )
 
     @torch.inference_mode()
     def generate(self, batch: Batch) -> list[Frames]:
