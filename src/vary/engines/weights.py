@@ -142,6 +142,8 @@ def hub_trouble(exc: BaseException) -> str:
     while cause is not None and cause not in chain:
         chain.append(cause)
         cause = cause.__cause__ or cause.__context__
+    if any(isinstance(e, OfflineModeIsEnabled) for e in chain):
+        return "HF_HUB_OFFLINE is set, so the Hub is not asked"
     if any(isinstance(e, (httpx2.TimeoutException, TimeoutError)) for e in chain):
         return f"the Hub at {constants.ENDPOINT} did not answer within {HUB_TIMEOUT_SECONDS:g} s"
     if any(isinstance(e, (httpx2.ConnectError, ConnectionError)) for e in chain):
