@@ -39,6 +39,14 @@ def create_key(data_dir: Path, name: str = "test") -> tuple[str, str]:
         db.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_writes_to_the_real_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A command a test starts without --data-dir uses a throwaway per-user data dir, never the real one."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_DATA_HOME", str(tmp_path_factory.mktemp("xdg-data-home")))
+        yield
+
+
 @pytest.fixture(scope="session")
 def server_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("vary-data")

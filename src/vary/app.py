@@ -42,9 +42,10 @@ from vary.storage import ImageStore
 log = logging.getLogger("vary")
 
 
-def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Engine]] | None = None) -> FastAPI:
-    """`load_engines` replaces the catalogue (tests hand in engines they built); all of them load eagerly."""
-    decoder = ImageDecoder(settings.image_rules())
+def build_registry(
+    settings: Settings, decoder: ImageDecoder, load_engines: Callable[[Settings], list[Engine]] | None = None
+) -> ModelRegistry:
+    """Every served model's targets, built but not loaded; local models decode their inputs with `decoder`."""
     queue = QueuePolicy(
         max_queue=settings.queue_size,
         max_batch_images=settings.max_batch_images,
@@ -54,15 +55,29 @@ def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Eng
     def local_model(engine: Engine) -> LocalModel:
         return LocalModel(engine, decoder=decoder, queue=queue)
 
-    def build_registry() -> ModelRegistry:
-        if load_engines is not None:
-            return ModelRegistry.of_engines(load_engines(settings), local=local_model)
-        return ModelRegistry.from_catalogue(
-            catalogue_for(settings.config, settings.model),
-            placement=Placement(device=settings.device, dtype=settings.dtype, compile=settings.compile),
-            overrides=settings.render_overrides(),
-            local=local_model,
-        )
+    if load_engines is not None:
+        return ModelRegistry.of_engines(load_engines(settings), local=local_model)
+    return ModelRegistry.from_catalogue(
+        catalogue_for(settings.config, settings.model),
+        placement=Placement(device=settings.device, dtype=settings.dtype, compile=settings.compile),
+        overrides=settings.render_overrides(),
+        local=local_model,
+    )
+
+
+def build_app(
+    settings: Settings,
+    *,
+    load_engines: Callable[[Settings], list[Engine]] | None = None,
+    registry: ModelRegistry | None = None,
+    decoder: ImageDecoder | None = None,
+) -> FastAPI:
+    """`load_engines` replaces the catalogue (tests hand in engines they built); all of them load eagerly.
+
+    `registry`: models already built and warmed up, with the `decoder` they were built with (`vary serve`
+    loads them before uvicorn starts). Without one, the lifespan builds and warms them up.
+    """
+    inputs = decoder or ImageDecoder(settings.image_rules())
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -74,9 +89,11 @@ def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Eng
         )
         store = ImageStore(settings.images_dir)
         signer = UrlSigner(load_or_create_secret(settings.secret_path))
-        registry = await run_in_threadpool(build_registry)
-        for engine in registry.to_warm_up():
-            await run_in_threadpool(engine.warmup)
+        nonlocal registry
+        if registry is None:
+            registry = await run_in_threadpool(build_registry, settings, inputs, load_engines)
+            for engine in registry.to_warm_up():
+                await run_in_threadpool(engine.warmup)
         metrics = Metrics(served=(model.id for model in registry.served()))
         metrics.watch(registry.local)
         gateway = Gateway(observer=metrics)
@@ -90,7 +107,7 @@ def build_app(settings: Settings, *, load_engines: Callable[[Settings], list[Eng
             signer=signer,
             registry=registry,
             variations=VariationService(
-                registry, decoder, store, Links(signer, settings.url_ttl_seconds, settings.public_url), gateway
+                registry, inputs, store, Links(signer, settings.url_ttl_seconds, settings.public_url), gateway
             ),
             limiter=RateLimiter(
                 defaults=settings.key_limits(),

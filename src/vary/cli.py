@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from vary import create as create_command
+from vary.datadir import DataDir, choose_data_dir
 from vary.limits import LIMIT_FIELDS, LIMIT_FLAGS, KeyLimits
 from vary.settings import Settings
 from vary.usage_report import FORMATS
@@ -23,7 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     data_dir = argparse.ArgumentParser(add_help=False)
-    data_dir.add_argument("--data-dir", help="database, images and URL secret (default ./vary-data; VARY_DATA_DIR)")
+    data_dir.add_argument(
+        "--data-dir",
+        help="database, images and URL secret (default: the per-user data dir, ~/.local/share/vary on Linux; "
+        "VARY_DATA_DIR)",
+    )
 
     serve = commands.add_parser("serve", parents=[data_dir], help="start the API server")
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1; VARY_HOST)")
@@ -39,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", help="torch device, e.g. cuda or cpu (default: cuda when present; VARY_DEVICE)")
 
     serve.add_argument("--log-format", choices=("json", "text"), help="log lines (default json; VARY_LOG_FORMAT)")
+    serve.add_argument(
+        "--log-level", choices=("debug", "info", "warning"), help="debug adds tracebacks (default info; VARY_LOG_LEVEL)"
+    )
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser(
@@ -53,6 +62,16 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_parser("list", parents=[data_dir], help="list keys and their limits (never the keys themselves)")
     revoke = keys.add_parser("revoke", parents=[data_dir], help="revoke a key; it is refused from the next request on")
     revoke.add_argument("key_id", help="the key's id, as `vary keys list` shows it")
+
+    pull = commands.add_parser(
+        "pull", help="download the files a model loads, and no more, into the Hugging Face cache"
+    )
+    pull.add_argument("models", nargs="*", metavar="MODEL", help="built-in models (default: kandinsky-2.2)")
+    pull.add_argument("--config", help="every local model of this TOML catalogue")
+    pull.add_argument("--local-dir", help="a directory instead of the HF cache: one folder per repository in it")
+    pull.add_argument(
+        "--device", help="the device the models will run on: GPUs get fp16 files where served (VARY_DEVICE)"
+    )
 
     create_command.add_parser(commands)
 
@@ -82,53 +101,14 @@ def _limit(text: str) -> int | None:
     return int(text)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    options = ("host", "port", "data_dir", "config", "model", "no_auth", "public_url", "device", "log_format")
+def _settings(args: argparse.Namespace) -> tuple[Settings, DataDir]:
+    options = ("host", "port", "config", "model", "no_auth", "public_url", "device", "log_format", "log_level")
     given: dict[str, Any] = {name: getattr(args, name) for name in options if getattr(args, name, None) is not None}
+    data_dir = choose_data_dir(getattr(args, "data_dir", None))
     try:
-        return Settings(**given)
+        return Settings(**given, data_dir=data_dir.path), data_dir
     except ValidationError as exc:
         sys.exit(f"vary: invalid setting: {exc}")
-
-
-def _serve(settings: Settings) -> None:
-    import uvicorn
-
-    from vary.api.http_protocol import vary_http_protocol
-    from vary.app import build_app
-    from vary.config import ConfigError, catalogue_for
-    from vary.db import Database
-    from vary.logs import configure_logging
-    from vary.memory import cap_malloc_arenas
-
-    try:
-        catalogue_for(settings.config, settings.model)  # every mistake in one line, before anything loads
-    except ConfigError as exc:
-        sys.exit(f"vary: {exc}")
-    configure_logging(settings.log_format)
-    cap_malloc_arenas(settings.malloc_arenas)
-    if not settings.no_auth:
-        db = Database(settings.db_path)
-        if db.count_active_keys() == 0:
-            _, key = db.create_key("default")
-            print(f"No API key existed, so one was created. It is shown only this once:\n{key}", flush=True)
-        db.close()
-    uvicorn.run(
-        build_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # configure_logging's handlers stay
-        access_log=False,  # vary.access writes one line per request instead, without query strings
-        # SIGTERM: stop accepting, let requests in flight finish for this long, then shut the models down.
-        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
-        http=vary_http_protocol(
-            settings.header_timeout_seconds,
-            max_request_line_bytes=settings.max_request_line_bytes,
-            max_header_bytes=settings.max_header_bytes,
-            send_timeout_seconds=settings.send_timeout_seconds,
-        ),
-        ws="none",  # no WebSocket routes: an upgrade is answered as the plain request it is (http_protocol.py)
-    )
 
 
 def _keys(args: argparse.Namespace, settings: Settings) -> None:
@@ -192,10 +172,25 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "create":  # a client: the server's settings do not apply
         sys.exit(create_command.run(args))
-    settings = _settings(args)
+    settings, data_dir = _settings(args)
+    if args.command == "pull":
+        from vary import pull
+
+        sys.exit(
+            pull.run(
+                args.models,
+                Path(args.config) if args.config else None,
+                Path(args.local_dir) if args.local_dir else None,
+                settings,
+            )
+        )
     if args.command == "serve":
-        _serve(settings)
-    elif args.command == "usage":
+        from vary.serve import serve
+
+        serve(settings, data_dir)
+        return
+    print(f"vary: {data_dir.line()}", file=sys.stderr)  # stdout stays the command's own output
+    if args.command == "usage":
         _usage(args, settings)
     else:
         _keys(args, settings)

@@ -1,4 +1,9 @@
-"""Logging set-up: one JSON object per line (python-json-logger), or plain text for a terminal."""
+"""Logging set-up: one JSON object per line (python-json-logger), or plain text for a terminal.
+
+Everything a start prints goes through the one handler: Python warnings, and the loggers of
+transformers, diffusers and huggingface_hub (each ships its own stderr handler, in its own format).
+Progress bars are for a terminal, so `vary serve` turns them off; `vary pull` keeps them.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,12 @@ class EscapingFormatter(logging.Formatter):
         return super().formatMessage(record).translate(_ESCAPES)
 
 
-def configure_logging(log_format: str) -> None:
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
+# Notices that carry nothing for a vary user: vary uses the PIL image processors on purpose.
+SILENCED = ("requires torchvision (not installed)",)
+
+
+def configure_logging(log_format: str, *, level: str = "info", progress_bars: bool = False) -> None:
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(
@@ -33,10 +43,45 @@ def configure_logging(log_format: str) -> None:
         )
     else:
         handler.setFormatter(EscapingFormatter(TEXT_FORMAT))
+    handler.addFilter(_not_silenced)
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
+    root.setLevel(LEVELS[level])
     # uvicorn's own loggers propagate to ours; its access log is replaced by vary.access's line.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # huggingface_hub's client: a line per request
+    logging.captureWarnings(True)  # warnings.warn(...) becomes a record of the py.warnings logger
+    _adopt_library_loggers()
+    if not progress_bars:
+        _disable_progress_bars()
+
+
+def _not_silenced(record: logging.LogRecord) -> bool:
+    message = record.getMessage()
+    return not any(text in message for text in SILENCED)
+
+
+def _adopt_library_loggers() -> None:
+    """The ML libraries' loggers lose their own handlers and propagate to ours, keeping their levels."""
+    import diffusers.utils.logging as diffusers_logging
+    import huggingface_hub.utils.logging as hub_logging
+    import transformers.utils.logging as transformers_logging
+
+    for library in (transformers_logging, diffusers_logging):
+        library.disable_default_handler()  # configures the library's logger first, so nothing re-adds it
+        library.enable_propagation()
+    hub_logging.get_logger()  # the same for huggingface_hub, which has no disable_default_handler
+    logging.getLogger("huggingface_hub").handlers[:] = []
+    hub_logging.enable_propagation()
+
+
+def _disable_progress_bars() -> None:
+    import diffusers.utils.logging as diffusers_logging
+    import transformers.utils.logging as transformers_logging
+    from huggingface_hub.utils.tqdm import disable_progress_bars
+
+    disable_progress_bars()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()

@@ -9,10 +9,13 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vary.controls import MAX_GUIDANCE_SCALE, MAX_STEPS
+from vary.datadir import default_data_dir
 from vary.imaging import ImageRules
 from vary.limits import LIMIT_FIELDS, KeyLimits
 
 MiB = 1024 * 1024
+# The model `vary serve` and `vary pull` use when none is named.
+DEFAULT_MODEL = "kandinsky-2.2"
 
 
 class Settings(BaseSettings):
@@ -21,11 +24,12 @@ class Settings(BaseSettings):
     # Where to listen and what to serve.
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    data_dir: Path = Path("./vary-data")
+    # Database, images and URL secret; the per-user data directory unless given (see datadir.py).
+    data_dir: Path = Field(default_factory=default_data_dir)
     # A TOML model catalogue (see config.py); without one, `model` is served alone.
     config: Path | None = None
     # A built-in model id or a local model directory.
-    model: str = "kandinsky-2.2"
+    model: str = DEFAULT_MODEL
     no_auth: bool = False
     # Base of the URLs handed out, for deployments behind a proxy; None = the request's own base URL.
     public_url: str | None = None
@@ -88,6 +92,8 @@ class Settings(BaseSettings):
 
     # Operations.
     log_format: Literal["json", "text"] = "json"
+    # debug adds the tracebacks behind one-line errors (a model that fails to load, for one).
+    log_level: Literal["debug", "info", "warning"] = "info"
     # On SIGTERM: stop accepting, let in-flight requests finish for this long, then exit.
     shutdown_timeout_seconds: int = Field(default=30, ge=0)
     # After this many quiet seconds (no request in flight), freed heap is handed back to the OS; 0: never.

@@ -9,7 +9,7 @@ import vary
 
 PACKAGE = Path(vary.__file__).parent
 # The HTTP edge and the programs around it: only these may import vary.api.
-EDGE = ("vary.api", "vary.app", "vary.cli", "vary.__main__")
+EDGE = ("vary.api", "vary.app", "vary.cli", "vary.serve", "vary.__main__")
 # The service and what wires it together: nothing below them may import these.
 SERVICE = ("vary.serving", "vary.services", "vary.gateway", "vary.engines.registry", "vary.local_model")
 # Used by the programs only (the server's CLI, the `vary create` client, the tests' server helper).

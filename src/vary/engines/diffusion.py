@@ -35,6 +35,7 @@ from vary.engines.base import (
     RequestedControls,
     VariationItem,
 )
+from vary.engines.weights import HubFiles, WeightsUnavailable, locate
 from vary.errors import ControlInvalid, ModelUnavailable
 from vary.imaging import fit_to_size
 
@@ -173,6 +174,8 @@ class DiffusionEngine(ABC):
     tiny_name: ClassVar[str]
     # The CLIP preprocessing of the model's image encoder, set by `_load`.
     image_processor: CLIPImageProcessor
+    # Repositories that serve an "fp16" variant of their weights: half the download where the model runs in float16.
+    fp16_repos: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(
         self,
@@ -222,11 +225,22 @@ class DiffusionEngine(ABC):
         with self._load_lock:
             if not self._loaded:
                 started = time.perf_counter()
+                # The cause goes to the log in one line, never to the client; the traceback only at debug level.
                 try:
                     self._load()
+                except WeightsUnavailable as exc:
+                    log.error(exc.line())
+                    raise ModelUnavailable(self.info.id) from exc
                 except Exception as exc:
-                    # The cause (a path, a Hub error) goes to the log, never to the client.
-                    log.exception("loading model %s from %s failed", self.info.id, self.weights)
+                    reason = " ".join(str(exc).split())[:300] or "no message"
+                    log.error(
+                        "loading model %s from %s failed: %s: %s",
+                        self.info.id,
+                        self.weights,
+                        type(exc).__name__,
+                        reason,
+                    )
+                    log.debug("loading model %s failed", self.info.id, exc_info=True)
                     raise ModelUnavailable(self.info.id) from exc
                 self._loaded = True
                 log.info("loaded model %s (%s) in %.1f s", self.info.id, self.weights, time.perf_counter() - started)
@@ -234,6 +248,19 @@ class DiffusionEngine(ABC):
     @abstractmethod
     def _load(self) -> None:
         """Loads `self.weights` (or builds the tiny twin) and places the pipelines with `_place`."""
+
+    def hub_files(self) -> dict[str, HubFiles]:
+        """What this model loads from the Hub, by role: the one list `vary pull` fetches and `_load` reads.
+        Empty for the tiny twin and for local directories."""
+        return {}
+
+    def _local_weights(self) -> dict[str, Path]:
+        """Each role's local snapshot folder: the cache first, the Hub only for missing files."""
+        return {role: locate(self.info.id, files) for role, files in self.hub_files().items()}
+
+    def variant(self, repo_id: str) -> str | None:
+        """ "fp16" where the model runs in float16 and the repository serves that variant."""
+        return "fp16" if self.dtype == torch.float16 and repo_id in self.fp16_repos else None
 
     def _place(self, pipeline: DiffusionPipeline, *conv_modules: str) -> DiffusionPipeline:
         # Cast only when needed: weights loaded with the right dtype stay exactly as diffusers loaded them.
@@ -297,7 +324,23 @@ class DiffusionEngine(ABC):
         grey = Image.new("RGB", (64, 64), (128, 128, 128))
         for side in sorted({self.options.render_side(size, self.side_multiple) for size in sizes}):
             item = VariationItem(self.prepare(grey, side, controls), 1, 0)
+            started = time.perf_counter()
             self.generate(Batch(items=(item,), size=side, controls=controls))
+            if self.device.type == "cpu" and side == self.options.render_side(0, self.side_multiple):
+                self._say_cpu_cost(side, controls.steps, time.perf_counter() - started)
+
+    def _say_cpu_cost(self, side: int, steps: int, seconds: float) -> None:
+        """On a CPU an image can take minutes: say so once, from the warm-up's own measured time."""
+        log.info(
+            "on this CPU one %dx%d image of %s takes about %.0f s (%d steps at %.2f s each, measured by the warm-up); "
+            "a GPU is much faster, and VARY_NUM_INFERENCE_STEPS trades quality for time",
+            side,
+            side,
+            self.info.id,
+            seconds,
+            steps,
+            seconds / steps,
+        )
 
     @torch.inference_mode()
     def generate(self, batch: Batch) -> list[Frames]:

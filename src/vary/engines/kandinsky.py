@@ -29,6 +29,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from vary.engines.base import Batch
 from vary.engines.diffusion import DiffusionEngine, EngineOptions, clip_image_processor
+from vary.engines.weights import HubFiles, diffusers_model, is_local, scheduler, transformers_model
 
 PRIOR_REPO = "kandinsky-community/kandinsky-2-2-prior"
 DECODER_REPO = "kandinsky-community/kandinsky-2-2-decoder"
@@ -52,13 +53,28 @@ class KandinskyVariationEngine(DiffusionEngine):
 
     options: KandinskyOptions
 
+    def hub_files(self) -> dict[str, HubFiles]:
+        # The decoder's UNet and MoVQ, and only the image encoder of the prior repository (not its prior
+        # transformer or text encoder). Neither repository has an fp16 variant; the encoder is stored in fp16.
+        wanted: dict[str, HubFiles] = {}
+        if not self.tiny and not is_local(self.weights):
+            decoder_files = ("model_index.json", *scheduler(), *diffusers_model("unet"), *diffusers_model("movq"))
+            wanted["decoder"] = HubFiles(self.weights, decoder_files, local_name="decoder")
+        prior = self.options.prior
+        if not self.tiny and not (prior is None and (Path(self.weights).expanduser() / "prior").is_dir()):
+            if prior is None or not is_local(prior):
+                prior_files = (*transformers_model("image_encoder"), "image_processor/preprocessor_config.json")
+                wanted["prior"] = HubFiles(prior or PRIOR_REPO, prior_files, local_name="prior")
+        return wanted
+
     def _load(self) -> None:
         if self.tiny:
             image_encoder, self.image_processor, pipeline = build_tiny_components(self.seed)
         else:
+            fetched = self._local_weights()
             local = Path(self.weights).expanduser()
-            decoder = local / "decoder" if (local / "decoder").is_dir() else self.weights
-            prior = self.options.prior or (local / "prior" if (local / "prior").is_dir() else PRIOR_REPO)
+            decoder = fetched.get("decoder") or (local / "decoder" if (local / "decoder").is_dir() else local)
+            prior = fetched.get("prior") or Path(self.options.prior or local / "prior").expanduser()
             image_encoder = CLIPVisionModelWithProjection.from_pretrained(
                 prior, subfolder="image_encoder", dtype=self.dtype
             )

@@ -30,6 +30,7 @@ from vary.engines.diffusion import (
     EngineOptions,
     clip_image_processor,
 )
+from vary.engines.weights import HubFiles, diffusers_model, is_local, scheduler, transformers_model
 
 VARIATIONS_REPO = "lambdalabs/sd-image-variations-diffusers"
 
@@ -60,10 +61,8 @@ class SdImageVariationsEngine(DiffusionEngine):
         if self.tiny:
             pipeline = build_tiny_pipeline(self.seed)
         else:
-            local = Path(self.weights).expanduser().is_dir()
             pipeline = StableDiffusionImageVariationPipeline.from_pretrained(
-                self.weights,
-                revision=None if local else self.options.revision,
+                self._local_weights().get("pipeline", Path(self.weights).expanduser()),
                 safety_checker=None,  # vary does not filter images; see the README's licences section
                 feature_extractor=clip_image_processor(),  # unused: vary preprocesses itself
                 dtype=self.dtype,
@@ -80,6 +79,20 @@ class SdImageVariationsEngine(DiffusionEngine):
             requires_safety_checker=False,
         )
         self.img2img.set_progress_bar_config(disable=True)
+
+    def hub_files(self) -> dict[str, HubFiles]:
+        # The image encoder, UNet and VAE at the revision the model card asks for; no safety checker, and the
+        # feature extractor is vary's own. The repository has no fp16 variant.
+        if self.tiny or is_local(self.weights):
+            return {}
+        files = (
+            "model_index.json",
+            *transformers_model("image_encoder"),
+            *scheduler(),
+            *diffusers_model("unet"),
+            *diffusers_model("vae"),
+        )
+        return {"pipeline": HubFiles(self.weights, files, revision=self.options.revision)}
 
     def save_pretrained(self, path: Path) -> None:
         self.load()

@@ -28,6 +28,14 @@ from transformers import CLIPVisionModelWithProjection
 from vary.engines import tiny
 from vary.engines.base import Batch
 from vary.engines.diffusion import DiffusionEngine, EngineOptions, clip_image_processor
+from vary.engines.weights import (
+    HubFiles,
+    clip_tokenizer,
+    diffusers_model,
+    is_local,
+    scheduler,
+    transformers_model,
+)
 
 SDXL_REPO = "stabilityai/stable-diffusion-xl-base-1.0"
 IP_ADAPTER_REPO = "h94/IP-Adapter"
@@ -50,7 +58,8 @@ class SdxlIpAdapterOptions(EngineOptions):
     ip_adapter_weight_name: str = "ip-adapter-plus_sdxl_vit-h.safetensors"
     image_encoder: str = IP_ADAPTER_REPO
     image_encoder_subfolder: str = "models/image_encoder"
-    # e.g. "fp16": the repo's half-precision files, half the download.
+    # e.g. "fp16": the repo's half-precision files, half the download; None: fp16 where the model runs in
+    # float16 and the repository is known to serve it (SDXL base 1.0 does).
     variant: str | None = None
 
     def __post_init__(self) -> None:
@@ -67,6 +76,7 @@ class SdxlIpAdapterEngine(DiffusionEngine):
     # SDXL base 1.0 is CreativeML Open RAIL++-M; the IP-Adapter weights are Apache-2.0.
     license = "openrail++ (SDXL base 1.0), apache-2.0 (IP-Adapter)"
     tiny_name = "tiny-random-sdxl-ip-adapter"
+    fp16_repos = frozenset({SDXL_REPO})
 
     options: SdxlIpAdapterOptions
 
@@ -80,23 +90,29 @@ class SdxlIpAdapterEngine(DiffusionEngine):
             subfolder, weight_name = "", ""
             self.image_processor = clip_image_processor(tiny.IMAGE_SIDE)
         else:
+            fetched = self._local_weights()
             local = Path(self.weights).expanduser()
-            encoder_source, encoder_subfolder = (
-                (local, IMAGE_ENCODER_DIR)
-                if (local / IMAGE_ENCODER_DIR).is_dir()
-                else (options.image_encoder, options.image_encoder_subfolder)
-            )
+            if "image_encoder" in fetched:
+                encoder_source, encoder_subfolder = fetched["image_encoder"], options.image_encoder_subfolder
+            elif (local / IMAGE_ENCODER_DIR).is_dir():
+                encoder_source, encoder_subfolder = local, IMAGE_ENCODER_DIR
+            else:
+                encoder_source, encoder_subfolder = Path(options.image_encoder), options.image_encoder_subfolder
             image_encoder = CLIPVisionModelWithProjection.from_pretrained(
                 encoder_source, subfolder=encoder_subfolder, dtype=self.dtype
             )
             pipeline = StableDiffusionXLPipeline.from_pretrained(
-                self.weights, image_encoder=image_encoder, dtype=self.dtype, variant=options.variant
+                fetched.get("pipeline", local),
+                image_encoder=image_encoder,
+                dtype=self.dtype,
+                variant=options.variant or self.variant(self.weights),
             )
-            adapter, subfolder = (
-                (local, IP_ADAPTER_DIR)
-                if (local / IP_ADAPTER_DIR).is_dir()
-                else (options.ip_adapter, options.ip_adapter_subfolder)
-            )
+            if "ip_adapter" in fetched:
+                adapter, subfolder = fetched["ip_adapter"], options.ip_adapter_subfolder
+            elif (local / IP_ADAPTER_DIR).is_dir():
+                adapter, subfolder = local, IP_ADAPTER_DIR
+            else:
+                adapter, subfolder = Path(options.ip_adapter), options.ip_adapter_subfolder
             weight_name = options.ip_adapter_weight_name
             self.image_processor = clip_image_processor(image_encoder.config.image_size)
         # Our own image embeddings go in, so the adapter loads without diffusers' image encoder lookup.
@@ -111,6 +127,34 @@ class SdxlIpAdapterEngine(DiffusionEngine):
             self._prompt = self.pipeline.encode_prompt("", device=self.device, do_classifier_free_guidance=True)
             side = self.image_encoder.config.image_size
             self._negative = self._hidden(torch.zeros(1, 3, side, side, device=self.device, dtype=self.dtype))
+
+    def hub_files(self) -> dict[str, HubFiles]:
+        # SDXL's UNet, VAE, both text encoders and tokenizers (the empty prompt); IP-Adapter's ViT-H image
+        # encoder and the one adapter file. SDXL base serves fp16 files; IP-Adapter's encoder has no variant.
+        if self.tiny:
+            return {}
+        options, local = self.options, Path(self.weights).expanduser()
+        wanted: dict[str, HubFiles] = {}
+        if not is_local(self.weights):
+            variant = options.variant or self.variant(self.weights)
+            pipeline_files = (
+                "model_index.json",
+                *scheduler(),
+                *diffusers_model("unet", variant),
+                *diffusers_model("vae", variant),
+                *transformers_model("text_encoder", variant),
+                *transformers_model("text_encoder_2", variant),
+                *clip_tokenizer("tokenizer"),
+                *clip_tokenizer("tokenizer_2"),
+            )
+            wanted["pipeline"] = HubFiles(self.weights, pipeline_files)
+        if not (local / IMAGE_ENCODER_DIR).is_dir() and not is_local(options.image_encoder):
+            encoder_files = transformers_model(options.image_encoder_subfolder)
+            wanted["image_encoder"] = HubFiles(options.image_encoder, encoder_files)
+        if not (local / IP_ADAPTER_DIR).is_dir() and not is_local(options.ip_adapter):
+            adapter_file = f"{options.ip_adapter_subfolder}/{options.ip_adapter_weight_name}"
+            wanted["ip_adapter"] = HubFiles(options.ip_adapter, (adapter_file,))
+        return wanted
 
     def save_pretrained(self, path: Path) -> None:
         """Writes the tiny twin in the layout `_load` reads: the pipeline, its image encoder, the adapter file."""

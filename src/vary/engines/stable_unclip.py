@@ -18,6 +18,14 @@ from transformers import CLIPImageProcessorPil as CLIPImageProcessor  # the torc
 from vary.engines import tiny
 from vary.engines.base import Batch
 from vary.engines.diffusion import DiffusionEngine, EngineOptions, clip_image_processor
+from vary.engines.weights import (
+    HubFiles,
+    clip_tokenizer,
+    diffusers_model,
+    is_local,
+    scheduler,
+    transformers_model,
+)
 
 UNCLIP_REPO = "stabilityai/stable-diffusion-2-1-unclip"
 UNCLIP_SMALL_REPO = "stabilityai/stable-diffusion-2-1-unclip-small"
@@ -48,6 +56,7 @@ class StableUnclipEngine(DiffusionEngine):
     license = "openrail++"
     has_img2img = False
     tiny_name = "tiny-random-stable-unclip"
+    fp16_repos = frozenset({UNCLIP_REPO, UNCLIP_SMALL_REPO})
 
     options: StableUnclipOptions
 
@@ -55,15 +64,35 @@ class StableUnclipEngine(DiffusionEngine):
         if self.tiny:
             pipeline = build_tiny_pipeline(self.seed)
         else:
-            processor = CLIPImageProcessor.from_pretrained(self.weights, subfolder="feature_extractor")
+            folder = self._local_weights().get("pipeline", Path(self.weights).expanduser())
+            processor = CLIPImageProcessor.from_pretrained(folder, subfolder="feature_extractor")
             pipeline = StableUnCLIPImg2ImgPipeline.from_pretrained(
-                self.weights, feature_extractor=processor, dtype=self.dtype
+                folder, feature_extractor=processor, dtype=self.dtype, variant=self.variant(self.weights)
             )
         self.image_processor = pipeline.feature_extractor
         self.pipeline = self._place(pipeline, "vae")
         with torch.inference_mode():
             # The empty prompt, once: the image embedding is the only condition.
             self._prompt, _ = self.pipeline.encode_prompt("", self.device, 1, do_classifier_free_guidance=False)
+
+    def hub_files(self) -> dict[str, HubFiles]:
+        # Every pipeline component but the safety checker: the text side encodes the empty prompt once.
+        if self.tiny or is_local(self.weights):
+            return {}
+        variant = self.variant(self.weights)
+        files = (
+            "model_index.json",
+            "feature_extractor/preprocessor_config.json",
+            *transformers_model("image_encoder", variant),
+            *diffusers_model("image_normalizer", variant),
+            *scheduler("image_noising_scheduler"),
+            *scheduler(),
+            *transformers_model("text_encoder", variant),
+            *clip_tokenizer("tokenizer"),
+            *diffusers_model("unet", variant),
+            *diffusers_model("vae", variant),
+        )
+        return {"pipeline": HubFiles(self.weights, files)}
 
     def save_pretrained(self, path: Path) -> None:
         self.load()

@@ -1,0 +1,82 @@
+"""`vary pull [MODEL ...]`: download exactly the files each model loads, and no more, before serving it.
+
+The files come from each engine's `hub_files()`, the same declaration loading reads, through
+huggingface_hub's `snapshot_download`: into the standard HF cache (or `--local-dir`), resumable,
+with its progress bars. The total size is said first.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from vary.settings import Settings
+
+
+def run(models: list[str], config: Path | None, local_dir: Path | None, settings: Settings) -> int:
+    from vary.logs import configure_logging
+
+    configure_logging("text", level=settings.log_level, progress_bars=True)  # before the ML libraries log
+
+    from vary.config import ENGINES, ConfigError, ModelConfig, catalogue_for
+    from vary.engines.diffusion import Placement
+    from vary.engines.weights import (
+        HubFiles,
+        bound_hub_timeouts,
+        download,
+        hub_trouble,
+        missing_files,
+        total_size,
+    )
+    from vary.settings import DEFAULT_MODEL
+
+    try:
+        chosen: list[ModelConfig] = (
+            list(catalogue_for(config, DEFAULT_MODEL).models)
+            if config is not None
+            else [model for name in models or [DEFAULT_MODEL] for model in catalogue_for(None, name).models]
+        )
+    except ConfigError as exc:
+        print(f"vary: {exc}", file=sys.stderr)
+        return 2
+    # The same placement as `vary serve`: it decides whether fp16 files are the ones to fetch.
+    placement = Placement(device=settings.device, dtype=settings.dtype)
+    plan: list[tuple[str, HubFiles]] = [
+        (model.name, files)
+        for model in chosen
+        if model.engine in ENGINES
+        for files in model.build(placement=placement).hub_files().values()
+    ]
+    if not plan:
+        print("Nothing to download: these models are tiny-random twins, local directories or remote providers.")
+        return 0
+    bound_hub_timeouts()
+    try:
+        sizes = [total_size(files) for _, files in plan]
+        for (name, files), size in zip(plan, sizes, strict=True):
+            print(f"{name}: {len(files.files)} files from {files.repo_id}, {_human(size)}")
+        print(f"{_human(sum(sizes))} in all (files already downloaded are not fetched again).", flush=True)
+        for name, files in plan:
+            folder = download(files, local_dir=local_dir)
+            missing = missing_files(folder, files)
+            if missing:
+                print(f"vary: {name}: {files.repo_id} has no {missing[0]}", file=sys.stderr)
+                return 1
+            print(f"{name}: {files.repo_id} is in {folder}", flush=True)
+    except KeyboardInterrupt:
+        print("vary: interrupted; `vary pull` again resumes where it stopped.", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the Hub's many errors, said in one line; resumable from where it stopped
+        print(f"vary: pull failed: {hub_trouble(exc)}", file=sys.stderr)
+        return 1
+    served = " ".join(f"--model {name}" for name in dict.fromkeys(name for name, _ in plan))
+    where = f" (point --model or the catalogue's weights at {local_dir})" if local_dir else ""
+    print(f"Done: `vary serve {served if not config else '--config ' + str(config)}` now starts offline{where}.")
+    return 0
+
+
+def _human(size: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"

@@ -1,0 +1,171 @@
+"""`vary serve`: check the catalogue, make the first key if none exists, load the models, run uvicorn, say
+when it is ready.
+
+The eager models load before uvicorn starts, in a daemon thread the main thread waits on, so SIGTERM
+and Ctrl-C stop a start at any moment: uvicorn, loading in its lifespan, would only note the signal
+and wait for the load to finish. (A worker thread, as before: torch's CPU kernels ran many times
+slower in the main thread of a busy machine.)
+Weights that cannot be had end the start with one logged line and exit status 1.
+
+The first key is written to a file readable only by its owner as soon as it exists (a start that
+fails later does not lose it) and printed once the server answers, after the loading's output, with
+the URL and a curl line to paste.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import uvicorn
+
+from vary.datadir import DataDir
+from vary.settings import Settings
+
+if TYPE_CHECKING:  # the ML libraries are imported only once logging is set up: their import logs
+    from vary.engines.registry import ModelRegistry
+    from vary.imaging import ImageDecoder
+
+log = logging.getLogger("vary")
+T = TypeVar("T")
+
+FIRST_KEY_FILE = "first-api-key"
+
+
+class ReadyServer(uvicorn.Server):
+    """uvicorn's server, plus a message printed once it listens."""
+
+    def __init__(self, config: uvicorn.Config, on_ready: str | None) -> None:
+        super().__init__(config)
+        self.on_ready = on_ready
+
+    async def startup(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
+        await super().startup(sockets=sockets)  # type: ignore[arg-type]
+        if self.started and self.on_ready:
+            print(self.on_ready, flush=True)  # stdout, for the person at the terminal; the log is stderr
+
+
+def serve(settings: Settings, data_dir: DataDir) -> None:
+    from vary.logs import configure_logging
+
+    # First: importing the ML libraries below already logs, and those lines must be in the log's format.
+    configure_logging(settings.log_format, level=settings.log_level)
+
+    from vary.api.http_protocol import vary_http_protocol
+    from vary.app import build_app
+    from vary.config import ConfigError, catalogue_for
+    from vary.errors import ModelUnavailable
+    from vary.memory import cap_malloc_arenas
+
+    try:
+        catalogue_for(settings.config, settings.model)  # every mistake in one line, before anything loads
+    except ConfigError as exc:
+        sys.exit(f"vary: {exc}")
+    log.info(data_dir.line())
+    cap_malloc_arenas(settings.malloc_arenas)
+    key = None if settings.no_auth else first_key(settings.data_dir)
+    try:
+        registry, decoder = in_background(lambda: load_models(settings))
+    except ModelUnavailable:
+        sys.exit(1)  # the reason is logged, in one line
+    except KeyboardInterrupt:
+        sys.exit(130)
+    config = uvicorn.Config(
+        build_app(settings, registry=registry, decoder=decoder),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # configure_logging's handlers stay
+        access_log=False,  # vary.access writes one line per request instead, without query strings
+        # SIGTERM: stop accepting, let requests in flight finish for this long, then shut the models down.
+        timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
+        http=vary_http_protocol(
+            settings.header_timeout_seconds,
+            max_request_line_bytes=settings.max_request_line_bytes,
+            max_header_bytes=settings.max_header_bytes,
+            send_timeout_seconds=settings.send_timeout_seconds,
+        ),
+        ws="none",  # no WebSocket routes: an upgrade is answered as the plain request it is (http_protocol.py)
+    )
+    server = ReadyServer(config, on_ready=key and ready_message(settings, key))
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    if not server.started:
+        sys.exit(3)  # uvicorn's own code for a failed start
+
+
+def in_background(work: Callable[[], T]) -> T:
+    """`work`'s result, computed in a daemon thread: the main thread stays free for signals, and an exit
+    does not wait for a load stuck in the Hub or in torch."""
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # handed to the main thread, which decides
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, name="vary-load", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)  # short waits: Python runs signal handlers between them
+    if "error" in outcome:
+        raise outcome["error"]
+    value: T = outcome["value"]
+    return value
+
+
+def load_models(settings: Settings) -> tuple[ModelRegistry, ImageDecoder]:
+    """Every model built; the eager ones loaded (the local cache first, the Hub with timeouts) and warmed up."""
+    from vary.app import build_registry
+    from vary.engines.weights import bound_hub_timeouts
+    from vary.imaging import ImageDecoder
+
+    bound_hub_timeouts()
+    decoder = ImageDecoder(settings.image_rules())
+    registry = build_registry(settings, decoder)
+    for engine in registry.to_warm_up():
+        engine.warmup()
+    return registry, decoder
+
+
+def first_key(data_dir: Path) -> str | None:
+    """A key when none is active yet, kept in a 0600 file until the user deletes it; None otherwise."""
+    from vary.db import Database
+
+    db = Database(data_dir / "vary.db")
+    try:
+        if db.count_active_keys():
+            return None
+        _, key = db.create_key("default")
+    finally:
+        db.close()
+    path = data_dir / FIRST_KEY_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(fd, 0o600)  # also when the file was already there with wider permissions
+        file.write(key + "\n")
+    log.info("no API key existed, so one was created: it is in %s and is printed once the server is ready", path)
+    return key
+
+
+def ready_message(settings: Settings, key: str) -> str:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    base = f"http://{host}:{settings.port}"
+    return "\n".join(
+        (
+            f"vary is ready: {base}/ (playground), {base}/v1 (API).",
+            "No API key existed, so one was created. It is shown only this once (and kept in "
+            f"{settings.data_dir / FIRST_KEY_FILE}, readable by you only, until you delete it):",
+            key,
+            "Try it:",
+            f'  curl {base}/v1/images/variations -H "Authorization: Bearer {key}" '
+            "-F image=@input.png -F size=512x512 -F response_format=url",
+        )
+    )

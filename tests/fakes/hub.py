@@ -1,0 +1,146 @@
+"""A Hugging Face Hub on loopback, for HF_ENDPOINT: the endpoints huggingface_hub's downloads use, over files on disk.
+
+It serves each repository from a folder (the layout the real repository has) at one fixed commit:
+repo info (`/api/models/{repo}[/revision/{rev}]`, with `siblings`), the file tree, paths-info, and
+`/{repo}/resolve/{rev}/{path}` with the headers huggingface_hub reads (X-Repo-Commit, ETag,
+Content-Length), ranges included so interrupted downloads resume. Every request is recorded.
+
+`SilentHub` accepts connections and never answers: a proxy, a captive portal, a dropping firewall.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from vary.testing import free_port
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+@dataclass
+class FakeHub:
+    repos: dict[str, Path]  # repo id -> the folder it serves
+    port: int = 0
+    requests: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _files(self, repo: str) -> dict[str, Path]:
+        root = self.repos[repo]
+        return {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
+
+    def _entry(self, path: str, file: Path) -> dict[str, object]:
+        data = file.read_bytes()
+        entry: dict[str, object] = {"type": "file", "path": path, "size": len(data), "oid": _git_oid(data)}
+        if path.endswith(".safetensors"):
+            entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+        return entry
+
+    def _etag(self, path: str, file: Path) -> str:
+        data = file.read_bytes()
+        return hashlib.sha256(data).hexdigest() if path.endswith(".safetensors") else _git_oid(data)
+
+    def app(self) -> Starlette:
+        async def info(request: Request) -> Response:
+            repo = f"{request.path_params['owner']}/{request.path_params['name']}"
+            if repo not in self.repos:
+                return JSONResponse({"error": "Repository not found"}, status_code=404)
+            files = self._files(repo)
+            siblings = [{"rfilename": path, "size": file.stat().st_size} for path, file in files.items()]
+            return JSONResponse({"id": repo, "modelId": repo, "sha": COMMIT, "private": False, "siblings": siblings})
+
+        async def tree(request: Request) -> Response:
+            repo = f"{request.path_params['owner']}/{request.path_params['name']}"
+            if repo not in self.repos:
+                return JSONResponse({"error": "Repository not found"}, status_code=404)
+            return JSONResponse([self._entry(path, file) for path, file in self._files(repo).items()])
+
+        async def paths_info(request: Request) -> Response:
+            repo = f"{request.path_params['owner']}/{request.path_params['name']}"
+            files = self._files(repo)
+            form = await request.form()
+            wanted = [str(p) for p in form.getlist("paths")]
+            return JSONResponse([self._entry(path, files[path]) for path in wanted if path in files])
+
+        async def resolve(request: Request) -> Response:
+            repo = f"{request.path_params['owner']}/{request.path_params['name']}"
+            path = request.path_params["path"]
+            file = self._files(repo).get(path) if repo in self.repos else None
+            if file is None:
+                return Response(status_code=404, headers={"X-Error-Code": "EntryNotFound"})
+            data = file.read_bytes()
+            headers = {
+                "X-Repo-Commit": COMMIT,
+                "ETag": f'"{self._etag(path, file)}"',
+                "Accept-Ranges": "bytes",
+            }
+            start = 0
+            ranged = request.headers.get("range", "")
+            if ranged.startswith("bytes=") and request.method == "GET":
+                start = int(ranged[6:].split("-")[0] or 0)
+                headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+            headers["Content-Length"] = str(len(data) - start)
+            if request.method == "HEAD":
+                return Response(status_code=200, headers=headers)
+            return Response(data[start:], status_code=206 if start else 200, headers=headers)
+
+        async def record(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
+            self.requests.append(f"{scope['method']} {scope['path']}")
+            await inner(scope, receive, send)  # type: ignore[arg-type]
+
+        repo = "/{owner}/{name}"
+        inner = Starlette(
+            routes=[
+                Route(f"/api/models{repo}", info),
+                Route(f"/api/models{repo}/revision/{{rev}}", info),
+                Route(f"/api/models{repo}/tree/{{rev}}", tree),
+                Route(f"/api/models{repo}/tree/{{rev}}/{{sub:path}}", tree),
+                Route(f"/api/models{repo}/paths-info/{{rev}}", paths_info, methods=["POST"]),
+                Route(f"{repo}/resolve/{{rev}}/{{path:path}}", resolve, methods=["GET", "HEAD"]),
+            ]
+        )
+        return record  # type: ignore[return-value]
+
+    def __enter__(self) -> FakeHub:
+        self.port = self.port or free_port()
+        config = uvicorn.Config(self.app(), host="127.0.0.1", port=self.port, log_config=None, access_log=False)
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        while not self._server.started:
+            self._thread.join(0.05)  # bounded by uvicorn's own start, which binds a free port at once
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
+
+
+class SilentHub:
+    """Listens and accepts connections, then never sends a byte."""
+
+    def __enter__(self) -> SilentHub:
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(64)  # the kernel completes the handshakes; nobody reads or answers
+        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.socket.close()
+
+
+def _git_oid(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
