@@ -25,7 +25,7 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from vary.engines.base import ModelInfo
-from vary.errors import UpstreamFailure, UpstreamRefused
+from vary.errors import RequestInvalid, UpstreamFailure, UpstreamRefused
 from vary.imaging import encode_png, fit_to_size, to_rgb
 from vary.request import VariationRequest
 from vary.targets import Made, Resilience
@@ -139,7 +139,7 @@ class UpstreamEngine:
         if self.options.api_key_env and key is None:
             raise UpstreamFailure(f"the environment variable {self.options.api_key_env} is not set")
         path, headers, data = self._request(request, key)
-        files = {"image": ("image.png", request.image.data, "image/png")}
+        files = self._files(request)
         try:
             response = await self.client.post(path, headers=headers, data=data, files=files)
         except httpx.TimeoutException:
@@ -156,6 +156,20 @@ class UpstreamEngine:
             raise UpstreamFailure("the provider's answer was not an ImagesResponse", retryable=True) from None
         made = await self._images(items, request.size)
         return dataclasses.replace(made, stages={"upstream": time.perf_counter() - started})
+
+    def takes_several_images(self) -> bool:
+        """gpt-image edits take `image[]`; an upstream vary takes them with its controls; others take one."""
+        return self.kind == "openai-gpt-image" or (self.kind == "openai-compatible" and self.options.forward_controls)
+
+    def _files(self, request: VariationRequest) -> list[tuple[str, tuple[str, bytes, str]]]:
+        if len(request.images) == 1:
+            return [("image", ("image.png", request.images[0].data, "image/png"))]
+        if not self.takes_several_images():
+            # Refused before the provider is called (and bills): it would use one image, or refuse them all.
+            raise RequestInvalid(
+                f"The model '{self.info.id}' takes one input image; {len(request.images)} were given.", param="image"
+            )
+        return [("image[]", (f"image-{k}.png", image.data, "image/png")) for k, image in enumerate(request.images)]
 
     def _request(self, request: VariationRequest, key: str | None) -> tuple[str, dict[str, str], dict[str, str]]:
         options = self.options
@@ -175,6 +189,8 @@ class UpstreamEngine:
             data["model"] = options.upstream_model
         if options.forward_controls:
             data |= {name: str(value) for name, value in request.controls.given().items()}
+            if request.weights:
+                data["image_weights"] = ",".join(f"{weight:g}" for weight in request.weights)
         return "images/variations", _bearer(key), data
 
     async def _images(self, items: list[Any], size: int) -> Made:
