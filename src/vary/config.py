@@ -30,12 +30,17 @@ if sys.version_info >= (3, 11):
 else:  # the same parser, before it joined the standard library
     import tomli as tomllib
 
+from vary.engines.bedrock import BEDROCK_ENGINE, BedrockNovaCanvas, BedrockOptions
 from vary.engines.diffusion import TINY_WEIGHTS, DiffusionEngine, Placement
 from vary.engines.kandinsky import KandinskyVariationEngine
 from vary.engines.sd_image_variations import SdImageVariationsEngine
 from vary.engines.sdxl_ip_adapter import SdxlIpAdapterEngine
 from vary.engines.stable_unclip import UNCLIP_SMALL_REPO, StableUnclipEngine
 from vary.engines.upstream import UPSTREAM_ENGINES, UpstreamEngine, UpstreamOptions
+
+# Hosted providers: no weights, a Target each.
+HOSTED_ENGINES = (*UPSTREAM_ENGINES, BEDROCK_ENGINE)
+HostedEngine = UpstreamEngine | BedrockNovaCanvas
 
 ENGINES: dict[str, type[DiffusionEngine]] = {
     engine.engine_id: engine
@@ -94,7 +99,14 @@ class ModelConfig:
     route: tuple[str, ...] = ()  # for a route: the models it tries, in order
     deadline_seconds: float | None = None  # for a route: its whole time, every attempt and wait in it
 
-    def build_upstream(self) -> UpstreamEngine:
+    def build_upstream(self) -> HostedEngine:
+        if self.engine == BEDROCK_ENGINE:
+            return BedrockNovaCanvas(
+                name=self.name,
+                options=BedrockOptions.of(self.options),
+                license=self.license,
+                description=self.description,
+            )
         return UpstreamEngine(
             name=self.name,
             engine=self.engine,
@@ -220,8 +232,8 @@ def _model(entry: dict[str, Any], where: str, base: Path) -> ModelConfig:
     if "deadline_seconds" in entry:
         raise ConfigError(f"{where}: deadline_seconds is for a route; a hosted model takes it in its options")
     engine = entry.get("engine")
-    if engine not in ENGINES and engine not in UPSTREAM_ENGINES:
-        known = ", ".join((*ENGINES, *UPSTREAM_ENGINES))
+    if engine not in ENGINES and engine not in HOSTED_ENGINES:
+        known = ", ".join((*ENGINES, *HOSTED_ENGINES))
         raise ConfigError(f"{where}: unknown engine {engine!r}; use one of {known}, or give a route")
     load = entry.get("load", "eager")
     if load not in ("eager", "lazy"):
@@ -234,13 +246,15 @@ def _model(entry: dict[str, Any], where: str, base: Path) -> ModelConfig:
     options = {**_table(entry, "options", where), **defaults}
     try:
         # Built now, so a bad option fails at start-up, not at the first request.
-        if engine in UPSTREAM_ENGINES:
+        if engine == BEDROCK_ENGINE:
+            BedrockOptions.of(options)
+        elif engine in UPSTREAM_ENGINES:
             UpstreamOptions.for_engine(engine, options)
         else:
             ENGINES[engine].options_type().merged(**options)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    if engine in UPSTREAM_ENGINES and "weights" in entry:
+    if engine in HOSTED_ENGINES and "weights" in entry:
         raise ConfigError(f"{where}: an upstream engine has no weights; give options.base_url instead")
     return ModelConfig(
         name=name,

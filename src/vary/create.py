@@ -1,8 +1,8 @@
-"""`vary create IMAGE`: variations of any common image, from the command line, through the openai SDK.
+"""`vary create IMAGE...`: variations of any common image, from the command line, through the openai SDK.
 
-The endpoint takes only square PNGs under 4 MB. Most photos are not, so the image is turned into
+The endpoint takes only square PNGs under 4 MB. Most photos are not, so each image is turned into
 one first (EXIF rotation applied, cropped or padded to a square, scaled down to at most 1024 px,
-PNG), and the command says what it did.
+PNG), and the command says what it did. Several images are blended, by `--weights` if given.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 MAX_SIDE = 1024  # the largest output size: a bigger input adds upload time, not detail
 MAX_BYTES = 4 * 1024 * 1024  # the endpoint's limit: a PNG *less than* 4 MB
 SIZES = ("256x256", "512x512", "1024x1024")
+MAX_IMAGES = 5  # the endpoint's limit
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 ORIENTATION = 0x0112  # the EXIF tag
 
@@ -87,7 +88,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     create = commands.add_parser(
         "create", help="make variations of an image on a vary server (any common format, any shape)"
     )
-    create.add_argument("image", type=Path, help="the image: PNG, JPEG, WebP, GIF, BMP or TIFF, any shape")
+    create.add_argument(
+        "images",
+        type=Path,
+        nargs="+",
+        metavar="image",
+        help="the image: PNG, JPEG, WebP, GIF, BMP or TIFF, any shape; up to five are blended",
+    )
+    create.add_argument("--weights", help="how much each image weighs in the blend, e.g. 0.7,0.3 (default equal)")
     create.add_argument("-n", type=int, default=1, choices=range(1, 11), metavar="N", help="how many (1-10, default 1)")
     create.add_argument("--size", choices=SIZES, default="1024x1024", help="output size (default 1024x1024)")
     create.add_argument("--model", help="the model (default: the server's default)")
@@ -101,14 +109,28 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def run(args: argparse.Namespace) -> int:
     import openai
 
-    try:
-        square = square_png(args.image.read_bytes(), fit=args.fit)
-    except OSError as exc:
-        return _fail(f"cannot read {args.image}: {exc.strerror}", 2)
-    except ValueError as exc:
-        return _fail(f"{args.image}: {exc}", 2)
-    if square.changes:
-        print(f"{args.image.name}: {', '.join(square.changes)}", file=sys.stderr)
+    paths: list[Path] = args.images
+    if len(paths) > MAX_IMAGES:
+        return _fail(f"at most {MAX_IMAGES} images can be blended, not {len(paths)}", 2)
+    weights = _weights(args.weights, len(paths))
+    if isinstance(weights, str):
+        return _fail(weights, 2)
+    uploads = []
+    for path in paths:
+        try:
+            square = square_png(path.read_bytes(), fit=args.fit)
+        except OSError as exc:
+            return _fail(f"cannot read {path}: {exc.strerror}", 2)
+        except ValueError as exc:
+            return _fail(f"{path}: {exc}", 2)
+        if square.changes:
+            print(f"{path.name}: {', '.join(square.changes)}", file=sys.stderr)
+        uploads.append((path.stem + ".png", square.data, "image/png"))
+    extra: dict[str, object] = {}
+    if args.seed is not None:
+        extra["seed"] = args.seed
+    if weights is not None:
+        extra["image_weights"] = args.weights
 
     base_url = _api_base(args.server or os.environ.get("VARY_SERVER") or os.environ.get("OPENAI_BASE_URL"))
     api_key = args.api_key or os.environ.get("VARY_API_KEY") or os.environ.get("OPENAI_API_KEY")
@@ -118,12 +140,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         with _progress(f"Making {args.n} variation{'s' if args.n > 1 else ''} at {args.size} on {base_url}"):
             result = client.images.create_variation(
-                image=(args.image.stem + ".png", square.data, "image/png"),
+                # A list goes out as image[] parts; the SDK's type names one file.
+                image=uploads[0] if len(uploads) == 1 else uploads,  # type: ignore[arg-type]
                 n=args.n,
                 size=args.size,
                 response_format="b64_json",
                 **({"model": args.model} if args.model else {}),
-                extra_body={"seed": args.seed} if args.seed is not None else None,
+                extra_body=extra or None,
             )
     except openai.APIStatusError as exc:
         return _fail(f"the server refused the request ({exc.status_code}): {_message(exc)}", 1)
@@ -131,11 +154,26 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"cannot reach a server at {base_url}; is `vary serve` running there?", 1)
 
     args.out.mkdir(parents=True, exist_ok=True)
+    stem = "+".join(path.stem for path in paths)
     for k, item in enumerate(result.data or [], start=1):
-        path = args.out / f"{args.image.stem}-variation-{k}.png"
+        path = args.out / f"{stem}-variation-{k}.png"
         path.write_bytes(base64.b64decode(item.b64_json or ""))
         print(path)
     return 0
+
+
+def _weights(raw: str | None, count: int) -> list[float] | str | None:
+    """`--weights` as numbers, or what is wrong with it; the server checks them again."""
+    if raw is None:
+        return None
+    try:
+        weights = [float(part) for part in raw.split(",")]
+    except ValueError:
+        return f"--weights must be comma-separated numbers, not {raw!r}"
+    if len(weights) != count:
+        values = f"{len(weights)} value{'s' if len(weights) != 1 else ''}"
+        return f"--weights has {values} for {count} image{'s' if count != 1 else ''}: give one per image"
+    return weights
 
 
 def _api_base(server: str | None) -> str:

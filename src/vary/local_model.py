@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from vary.controls import Controls
 from vary.engines.base import Engine, Frames, VariationItem
-from vary.imaging import ImageDecoder, InputImage, encode_png
+from vary.imaging import ImageDecoder, encode_png
 from vary.request import VariationRequest
 from vary.scheduler import Scheduler
 from vary.targets import Made, Resilience
@@ -70,7 +70,7 @@ class LocalModel:
         reservation = self.scheduler.reserve()
         try:
             # The CLIP preprocessing (and a lazy model's first load) runs here, off the GPU thread.
-            conditioning = await run_in_threadpool(self._prepare, request.image, request.size, controls)
+            conditioning = await run_in_threadpool(self._prepare, request, controls)
             seed = request.controls.seed if request.controls.seed is not None else secrets.randbits(63)
             item = VariationItem(conditioning=conditioning, n=request.n, seed=seed)
             job = self.scheduler.submit(item, request.size, controls, reservation)
@@ -93,8 +93,9 @@ class LocalModel:
         stages["encode"] = time.perf_counter() - mark
         return Made(pngs=pngs, seed=seed, batch_images=job.batch_images, stages=stages)
 
-    def _prepare(self, image: InputImage, size: int, controls: Controls) -> object:
-        return self.engine.prepare(self.decoder.rgb(image), size, controls)
+    def _prepare(self, request: VariationRequest, controls: Controls) -> object:
+        images = [self.decoder.rgb(image) for image in request.images]
+        return self.engine.prepare(images, request.size, controls, request.blend)
 
     def _encode(self, frames: Frames, size: int) -> list[bytes]:
         return [encode_png(frame) for frame in self.engine.finish(frames, size)]

@@ -10,16 +10,36 @@ from vary.imaging import InputImage
 RESPONSE_FORMATS = ("url", "b64_json")
 SIDES = (256, 512, 1024)
 MAX_N = 10
+# Input images one request may blend (Nova Canvas takes the same 1 to 5).
+MAX_IMAGES = 5
 
 
 @dataclass(frozen=True)
 class VariationRequest:
-    """What the edge has checked: every field within OpenAI's rules. The image is checked when decoded."""
+    """What the edge has checked: every field within OpenAI's rules. The images are checked when decoded.
 
-    image: InputImage
+    Several images are blended by `weights` (one per image, non-negative, not all zero; relative, so
+    only their ratios matter). One image is the OpenAI request as it always was.
+    """
+
+    images: tuple[InputImage, ...]
     n: int
     size: int  # the side in pixels; every size is square
     response_format: str = "url"
     model: str | None = None  # None: the default model
     user: str | None = None
     controls: RequestedControls = RequestedControls()
+    weights: tuple[float, ...] = ()  # empty: equal weights
+
+    def __post_init__(self) -> None:
+        if not 1 <= len(self.images) <= MAX_IMAGES:
+            raise ValueError(f"a request has 1 to {MAX_IMAGES} images, not {len(self.images)}")
+        if self.weights and (len(self.weights) != len(self.images) or min(self.weights) < 0 or not any(self.weights)):
+            raise ValueError("weights: one non-negative number per image, not all zero")
+
+    @property
+    def blend(self) -> tuple[float, ...]:
+        """The weights normalised to sum to 1."""
+        weights = self.weights or (1.0,) * len(self.images)
+        total = sum(weights)
+        return tuple(w / total for w in weights)

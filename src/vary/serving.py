@@ -1,6 +1,6 @@
 """One variation request, start to finish, in the service's own terms: no HTTP here.
 
-The road: the registry names the model's targets; a model with a remote target has its image
+The road: the registry names the model's targets; a model with a remote target has its images
 checked first (a bad image is refused before any provider is called and billed); the gateway tries
 the targets; the images come back as base64 or are stored and signed as URLs, in OpenAI's
 ImagesResponse JSON, built once as bytes.
@@ -71,7 +71,8 @@ class VariationService:
         if any(target.remote for target in served.targets):
             # Decoded once: a local target later in the route uses this decode.
             mark = time.perf_counter()
-            await run_in_threadpool(self.decoder.rgb, request.image)
+            for image in request.images:
+                await run_in_threadpool(self.decoder.rgb, image)
             timings.add("prepare", time.perf_counter() - mark)
 
         made, answered = await self.gateway.run(served.targets, request, deadline_seconds=served.deadline_seconds)

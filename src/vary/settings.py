@@ -12,6 +12,7 @@ from vary.controls import MAX_GUIDANCE_SCALE, MAX_STEPS
 from vary.datadir import default_data_dir
 from vary.imaging import ImageRules
 from vary.limits import LIMIT_FIELDS, KeyLimits
+from vary.request import MAX_IMAGES
 
 MiB = 1024 * 1024
 # The model `vary serve` and `vary pull` use when none is named.
@@ -53,7 +54,7 @@ class Settings(BaseSettings):
 
     # Input limits. OpenAI's contract: the image must be *less than* 4 MiB.
     max_image_bytes: int = Field(default=4 * MiB, ge=1)
-    # Slack on top of the image for the other form fields and multipart framing.
+    # Slack on top of the images for the other form fields and multipart framing.
     max_body_overhead_bytes: int = Field(default=64 * 1024, ge=1024)
     # Decoded pixels are checked from the PNG header before decoding (decompression bombs).
     max_image_side: int = Field(default=4096, ge=1)
@@ -117,7 +118,8 @@ class Settings(BaseSettings):
 
     @property
     def max_body_bytes(self) -> int:
-        return self.max_image_bytes + self.max_body_overhead_bytes
+        # A request may carry up to MAX_IMAGES images, each under the image limit.
+        return MAX_IMAGES * self.max_image_bytes + self.max_body_overhead_bytes
 
     @property
     def db_path(self) -> Path:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from tests.conftest import decode_png
@@ -67,6 +68,31 @@ def test_a_wrong_key_or_no_server_is_a_clear_message_and_a_failure(server: Serve
     assert unreadable.returncode == 2 and "not an image" in unreadable.stderr
     missing = vary_create(str(tmp_path / "missing.png"), "--api-key", "k")
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+def test_several_images_are_blended_by_their_weights(server: ServerProcess, api_key: str, tmp_path: Path) -> None:
+    a = jpeg(tmp_path / "a.jpg", (80, 64))
+    b = tmp_path / "b.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(b)
+    env = {"VARY_SERVER": server.base_url, "VARY_API_KEY": api_key}
+    common = ("--size", "256x256", "--seed", "3")
+    done = vary_create(str(a), str(b), "--weights", "0.7,0.3", "--out", str(tmp_path / "mix"), *common, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [str(tmp_path / "mix" / "a+b-variation-1.png")]
+    # Weights 0,1 are the second image alone: what `vary create b.png` makes with the same seed, but for the
+    # float rounding of encoding two inputs in one call (a level or two; different images differ by tens).
+    second = vary_create(str(a), str(b), "--weights", "0,1", "--out", str(tmp_path / "w"), *common, env=env)
+    alone = vary_create(str(b), "--out", str(tmp_path / "alone"), *common, env=env)
+    assert second.returncode == 0 and alone.returncode == 0, second.stderr + alone.stderr
+    weighted, single = (
+        np.asarray(decode_png(path.read_bytes()), dtype=np.int16)
+        for path in (tmp_path / "w" / "a+b-variation-1.png", tmp_path / "alone" / "b-variation-1.png")
+    )
+    assert float(np.abs(weighted - single).mean()) < 2
+    wrong = vary_create(str(a), str(b), "--weights", "1", *common, env=env)
+    assert wrong.returncode == 2 and "--weights has 1 value for 2 images" in wrong.stderr
+    refused = vary_create(str(a), str(b), "--weights", "0,0", *common, env=env)
+    assert refused.returncode == 1 and "'image_weights' are all zero" in refused.stderr
 
 
 def test_square_png_pads_scales_and_keeps_under_the_limit() -> None:

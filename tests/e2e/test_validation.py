@@ -217,7 +217,8 @@ def test_malformed_multipart_is_a_400_in_openai_shape(http: httpx.Client) -> Non
 
 
 def test_oversized_bodies_are_refused_with_413(http: httpx.Client) -> None:
-    big = padded_to(png_bytes(8), 5 * MiB)
+    # The cap is five images' worth (a request may blend up to five), plus room for the other fields.
+    big = padded_to(png_bytes(8), 21 * MiB)
     declared = post(http, big)
     assert declared.status_code == 413
     assert declared.json()["error"]["param"] == "image"
@@ -225,7 +226,7 @@ def test_oversized_bodies_are_refused_with_413(http: httpx.Client) -> None:
     def chunks() -> object:  # no Content-Length: the cap applies as the bytes arrive
         head = b'--b\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
         yield head
-        for _ in range(6):
+        for _ in range(22):
             yield b"\0" * MiB
 
     streamed = http.post(

@@ -45,6 +45,7 @@ class Call:
     headers: dict[str, str]
     fields: dict[str, str]
     image_size: tuple[int, int] | None
+    images: list[tuple[str, tuple[int, int]]] = field(default_factory=list)  # (part name, size) per image part
 
 
 @dataclass
@@ -134,9 +135,14 @@ class FakeProvider:
         size = None
         if image is not None and not isinstance(image, str):
             size = Image.open(io.BytesIO(await image.read())).size
+        images = []
+        for name, value in form.multi_items():
+            if name in ("image", "image[]") and not isinstance(value, str):
+                await value.seek(0)
+                images.append((name, Image.open(io.BytesIO(await value.read())).size))
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         self.calls.append(
-            Call(route, request.url.path, dict(request.query_params), dict(request.headers), fields, size)
+            Call(route, request.url.path, dict(request.query_params), dict(request.headers), fields, size, images)
         )
         if self.faults[route]:
             fault = self.faults[route].popleft()

@@ -192,7 +192,7 @@ RAW: list[tuple[str, Callable[[str], tuple[bytes, list[bytes]]], tuple[int, ...]
     (
         "an endless chunked body",
         lambda key: (request_head(key, MULTIPART, "Transfer-Encoding: chunked\r\n"),
-                     [chunked(ENDLESS_IMAGE_HEAD)] + [chunked(b"a" * 0x10000)] * 160),  # 10 MiB and no end
+                     [chunked(ENDLESS_IMAGE_HEAD)] + [chunked(b"a" * 0x10000)] * 400),  # 25 MiB and no end
         (413,),
     ),
 ]  # fmt: skip

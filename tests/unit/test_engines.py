@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from vary.config import ENGINES, model_for_spec
@@ -143,3 +144,54 @@ def test_a_lazy_engine_loads_once_on_first_use() -> None:
     assert not engine.loaded
     run(engine, 64, (red(), 1, 1))
     assert engine.loaded
+
+
+def blended(
+    engine: DiffusionEngine, images: list[Image.Image], weights: list[float], n: int, seed: int
+) -> VariationItem:
+    return VariationItem(engine.prepare(images, 64, engine.controls(DEFAULT), weights), n, seed)
+
+
+def generate(engine: DiffusionEngine, *items: VariationItem) -> list[list[np.ndarray]]:
+    controls = engine.controls(DEFAULT)
+    return [list(frames) for frames in engine.generate(Batch(items, 64, controls))]
+
+
+def test_weights_blend_the_inputs(engine: DiffusionEngine) -> None:
+    red_alone = run(engine, 64, (red(), 2, 9))[0]
+    blue_alone = run(engine, 64, (blue(), 2, 9))[0]
+    assert mean_difference(red_alone[0], blue_alone[0]) > 2  # the two inputs are told apart at all
+    # 1,0 is the first image alone and 0,1 the second, up to float noise; an equal mix is neither.
+    assert_same_images(generate(engine, blended(engine, [red(), blue()], [1, 0], 2, 9))[0], red_alone)
+    assert_same_images(generate(engine, blended(engine, [red(), blue()], [0, 1], 2, 9))[0], blue_alone)
+    mix = generate(engine, blended(engine, [red(), blue()], [0.5, 0.5], 2, 9))[0]
+    assert min(mean_difference(mix[0], red_alone[0]), mean_difference(mix[0], blue_alone[0])) > 0.5
+    # Weights are relative: 3,1 is 0.75,0.25.
+    assert_same_images(
+        generate(engine, blended(engine, [red(), blue()], [3, 1], 1, 9))[0],
+        generate(engine, blended(engine, [red(), blue()], [0.75, 0.25], 1, 9))[0],
+    )
+
+
+def test_blended_items_batch_with_others(engine: DiffusionEngine) -> None:
+    three = [red(), blue(), Image.new("RGB", (48, 48), (0, 255, 0))]
+    mix_alone = generate(engine, blended(engine, three, [0.2, 0.3, 0.5], 2, 4))[0]
+    single_alone = generate(engine, blended(engine, [blue()], [1], 1, 5))[0]
+    batched = generate(
+        engine,
+        blended(engine, [blue()], [1], 1, 5),
+        blended(engine, three, [0.2, 0.3, 0.5], 2, 4),
+        blended(engine, [red(), blue()], [1, 1], 1, 6),
+    )
+    assert_same_images(batched[0], single_alone)
+    assert_same_images(batched[1], mix_alone)
+
+
+def test_img2img_of_several_images_starts_from_the_first(engine: DiffusionEngine) -> None:
+    if not engine.has_img2img:
+        return
+    controls = engine.controls(RequestedControls(strength=0.5, steps=10))
+    two = engine.prepare([red(), blue()], 64, controls, [0, 1])
+    first = engine.prepare(red(), 64, controls)
+    assert two.init is not None and first.init is not None
+    assert torch.equal(two.init, first.init)

@@ -40,7 +40,7 @@ from vary.imaging import InputImage
 from vary.request import VariationRequest
 from vary.targets import Made, Resilience
 
-REQUEST = VariationRequest(image=InputImage(png_bytes(8)), n=2, size=256)
+REQUEST = VariationRequest(images=(InputImage(png_bytes(8)),), n=2, size=256)
 FAST = Resilience(max_attempts=3, backoff_seconds=0.0, max_backoff_seconds=0.0)
 
 

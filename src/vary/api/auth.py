@@ -1,4 +1,8 @@
-"""Bearer keys: `Authorization: Bearer vary-...`, checked against hashed keys in SQLite."""
+"""Bearer keys: `Authorization: Bearer vary-...`, checked against hashed keys in SQLite.
+
+Azure OpenAI's clients send the key as `api-key: ...` instead; that header is read when there is no
+Authorization header.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +40,9 @@ async def _bearer_key(request: Request) -> KeyInfo:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     token = token.strip()
-    if not header or scheme.lower() != "bearer" or not token:
+    if not header and request.headers.get("api-key"):
+        scheme, token = "bearer", request.headers["api-key"].strip()
+    if scheme.lower() != "bearer" or not token:
         raise ApiError(401, MISSING_KEY, code="invalid_api_key")
     # A database read per request, so a revoked key is refused at once, even by another process.
     key: KeyInfo | None = await run_in_threadpool(services_of(request).db.authenticate, token)

@@ -17,7 +17,8 @@ class CreateImageVariationRequest(BaseModel):
 
     image: bytes = Field(
         description=(
-            "The image to use as the basis for the variation(s). Must be a valid PNG file, less than 4MB, and square."
+            "The image to use as the basis for the variation(s). Must be a valid PNG file, less than 4MB, and square. "
+            "vary: up to five images, as `image[]` parts or repeated `image` parts, are blended (see image_weights)."
         ),
         json_schema_extra={"type": "string", "format": "binary"},
     )
@@ -59,6 +60,12 @@ class CreateImageVariationRequest(BaseModel):
         ge=0,
         le=MAX_GUIDANCE_SCALE,
         description="vary: classifier-free guidance scale (default: the model's).",
+    )
+    image_weights: str | None = Field(
+        default=None,
+        description="vary: with several images, one non-negative weight per image, comma-separated, not all zero "
+        "(relative: 3,1 is 0.75,0.25). Default: equal.",
+        examples=["0.7,0.3"],
     )
 
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from pathlib import Path
@@ -44,12 +45,31 @@ _EXPIRES = re.compile(r"[0-9]{1,12}")
     operation_id="createImageVariation",
 )
 async def create_variation(request: Request, key: CallerKey) -> Response:
+    return await _create_variation(request, key)
+
+
+# Azure OpenAI's path scheme, so an unchanged `AzureOpenAI` client works: its `api-version` query
+# parameter is accepted and ignored, its `api-key` header is a key (api/auth.py), and the deployment
+# in the path names the model. Not in the schema: the OpenAI route is the one documented.
+@router.post("/openai/deployments/{deployment}/images/variations", include_in_schema=False)
+async def create_variation_azure_deployment(request: Request, deployment: str, key: CallerKey) -> Response:
+    return await _create_variation(request, key, deployment=deployment)
+
+
+@router.post("/openai/images/variations", include_in_schema=False)
+async def create_variation_azure(request: Request, key: CallerKey) -> Response:
+    return await _create_variation(request, key)
+
+
+async def _create_variation(request: Request, key: KeyInfo | None, *, deployment: str | None = None) -> Response:
     services = services_of(request)
     settings = services.settings
     async with RequestAccount(request, services, key) as account:
         form = await read_variation_form(
             request, max_user_chars=settings.max_user_chars, max_steps=settings.max_request_steps
         )
+        if deployment is not None:  # Azure's deployment is the model, whatever the form says
+            form = dataclasses.replace(form, model=deployment)
         account.describe(form)
         await account.admit(form.n)
         work = services.variations.create(form.to_request(), base_url=str(request.base_url))

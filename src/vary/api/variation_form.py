@@ -3,6 +3,9 @@
 vary parses the multipart body itself rather than through FastAPI's Form() parameters so that
 unknown and repeated fields are refused, every message matches OpenAI's, and the parser's limits
 (parts, field sizes) are set here. The image's PNG checks live in imaging.py.
+
+Several images come as `image[]` parts (what the SDKs send for a list) or as repeated `image` parts;
+they are the one field that may repeat. `image_weights` blends them.
 """
 
 from __future__ import annotations
@@ -20,24 +23,25 @@ from vary.api.errors import ApiError, invalid
 from vary.api.protocol import SIZES
 from vary.controls import MAX_GUIDANCE_SCALE, MAX_SEED, RequestedControls
 from vary.imaging import ImageRules, InputImage
-from vary.request import MAX_N, RESPONSE_FORMATS, VariationRequest
+from vary.request import MAX_IMAGES, MAX_N, RESPONSE_FORMATS, VariationRequest
 
 _N = TypeVar("_N", int, float)
 
 # OpenAI's fields, then vary's optional controls (the openai SDK sends those through `extra_body`).
 FIELDS = frozenset({"image", "model", "n", "size", "response_format", "user"})
-CONTROLS = frozenset({"seed", "strength", "steps", "guidance_scale"})
+CONTROLS = frozenset({"seed", "strength", "steps", "guidance_scale", "image_weights"})
+IMAGE_PARTS = ("image", "image[]")
 _INTEGER = re.compile(r"[+-]?[0-9]{1,20}")
 # Finite decimals only: Python's float() would also take "nan", "inf" and "1_0".
 _NUMBER = re.compile(r"[+-]?([0-9]{1,20}(\.[0-9]{0,20})?|\.[0-9]{1,20})([eE][+-]?[0-9]{1,3})?")
-# Generous bounds for the parser: a valid form has at most ten parts, none but the image large.
+# Generous bounds for the parser: a valid form has at most sixteen parts, none but the images large.
 MAX_PARTS = 32
 MAX_FIELD_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
 class VariationForm:
-    image: bytes
+    images: tuple[bytes, ...]
     model: str | None
     n: int
     size: int  # the side in pixels; every size is square
@@ -45,17 +49,19 @@ class VariationForm:
     response_format: str
     user: str | None
     controls: RequestedControls = RequestedControls()
+    weights: tuple[float, ...] = ()
 
     def to_request(self) -> VariationRequest:
         """The service's request: the form's checked fields, with no HTTP in them."""
         return VariationRequest(
-            image=InputImage(self.image),
+            images=tuple(InputImage(data) for data in self.images),
             n=self.n,
             size=self.size,
             response_format=self.response_format,
             model=self.model,
             user=self.user,
             controls=self.controls,
+            weights=self.weights,
         )
 
 
@@ -76,18 +82,25 @@ async def read_variation_form(request: Request, *, max_user_chars: int, max_step
 
 async def _validate(form: FormData, *, max_user_chars: int, max_steps: int) -> VariationForm:
     seen: set[str] = set()
-    for name, _ in form.multi_items():
+    images: list[UploadFile | str] = []
+    for name, value in form.multi_items():
+        if name in IMAGE_PARTS:
+            images.append(value)
+            continue
         if name not in FIELDS and name not in CONTROLS:
             raise invalid(f"Unrecognized request argument supplied: {_clip(name)}")
         if name in seen:
             raise invalid(f"Duplicate parameter: '{name}' was given more than once.", param=name)
         seen.add(name)
 
-    image = form.get("image")
-    if image is None:
+    if not images:
         raise invalid("Missing required parameter: 'image'.", param="image", code="missing_required_parameter")
-    if not isinstance(image, UploadFile):
+    if len(images) > MAX_IMAGES:
+        raise invalid(f"Too many images: {len(images)} were given; the most is {MAX_IMAGES}.", param="image")
+    uploads = [image for image in images if isinstance(image, UploadFile)]
+    if len(uploads) != len(images):
         raise invalid("'image' must be a file upload (multipart/form-data with a filename).", param="image")
+    weights = _weights(_text(form, "image_weights"), len(uploads))
 
     model = _text(form, "model")
     n = _integer(_text(form, "n"), "n", 1, MAX_N, default=1)
@@ -104,9 +117,8 @@ async def _validate(form: FormData, *, max_user_chars: int, max_steps: int) -> V
         guidance_scale=_number(_text(form, "guidance_scale"), "guidance_scale", 0.0, MAX_GUIDANCE_SCALE),
     )
 
-    data = await image.read()
     return VariationForm(
-        image=data,
+        images=tuple([await upload.read() for upload in uploads]),
         model=model,
         n=n,
         size=int(size_label.split("x", 1)[0]),
@@ -114,7 +126,30 @@ async def _validate(form: FormData, *, max_user_chars: int, max_steps: int) -> V
         response_format=response_format,
         user=user,
         controls=controls,
+        weights=weights,
     )
+
+
+def _weights(raw: str | None, count: int) -> tuple[float, ...]:
+    """`image_weights`: one non-negative number per image, not all zero; absent: equal weights."""
+    if raw is None:
+        return ()
+    parts = [part.strip() for part in raw.split(",")]
+    if len(parts) != count:
+        raise invalid(
+            f"'image_weights' has {len(parts)} value{'s' if len(parts) != 1 else ''} "
+            f"for {count} image{'s' if count != 1 else ''}; give one weight per image.",
+            param="image_weights",
+        )
+    weights = []
+    for part in parts:
+        value = float(part) if _NUMBER.fullmatch(part) else math.nan
+        if not math.isfinite(value) or value < 0:
+            raise invalid(f"{_quote(part)} is not a non-negative number - 'image_weights'", param="image_weights")
+        weights.append(value)
+    if not any(weights):
+        raise invalid("'image_weights' are all zero; at least one image needs weight.", param="image_weights")
+    return tuple(weights)
 
 
 def _text(form: FormData, name: str) -> str | None:

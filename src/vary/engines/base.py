@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -76,8 +76,14 @@ class Engine(Protocol):
         """The request's controls with this model's defaults filled in; raises ControlInvalid."""
         ...
 
-    def prepare(self, image: Image.Image, size: int, controls: Controls) -> Any:
-        """Per-request preprocessing of a validated RGB input; thread-safe."""
+    def prepare(
+        self,
+        images: Image.Image | Sequence[Image.Image],
+        size: int,
+        controls: Controls,
+        weights: Sequence[float] | None = None,
+    ) -> Any:
+        """Per-request preprocessing of validated RGB inputs, blended by `weights` (default equal); thread-safe."""
         ...
 
     def generate(self, batch: Batch) -> list[Frames]:

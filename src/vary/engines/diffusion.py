@@ -14,8 +14,8 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -101,8 +101,9 @@ class Placement:
 class Prepared:
     """A request's input as the engine needs it: image-encoder pixels, and the img2img start image if any."""
 
-    pixels: torch.Tensor  # (1, 3, h, w), normalised for the image encoder
-    init: torch.Tensor | None  # (1, 3, side, side) in [0, 1], only when strength < 1
+    pixels: torch.Tensor  # (k, 3, h, w), one per input image, normalised for the image encoder
+    init: torch.Tensor | None  # (1, 3, side, side) in [0, 1], only when strength < 1: the first image
+    weights: torch.Tensor = field(default_factory=lambda: torch.ones(1))  # (k,), summing to 1
 
 
 def pick_device(requested: str | None) -> torch.device:
@@ -298,14 +299,28 @@ class DiffusionEngine(ABC):
             )
         return resolved
 
-    def prepare(self, image: Image.Image, size: int, controls: Controls) -> Prepared:
-        """The image encoder's input and, for img2img, the start image at render size, on the request's thread."""
+    def prepare(
+        self,
+        images: Image.Image | Sequence[Image.Image],
+        size: int,
+        controls: Controls,
+        weights: Sequence[float] | None = None,
+    ) -> Prepared:
+        """The image encoder's input and, for img2img, the start image at render size, on the request's thread.
+
+        Several images are blended by `weights` (normalised here); img2img starts from the first image.
+        """
         self.load()
+        inputs = [images] if isinstance(images, Image.Image) else list(images)
+        blend = torch.tensor(weights if weights is not None else [1.0] * len(inputs), dtype=torch.float32)
+        if blend.shape != (len(inputs),) or bool((blend < 0).any()) or float(blend.sum()) <= 0:
+            raise ValueError("one non-negative weight per image, not all zero")
         init = None
         if controls.strength < 1:
             side = self.options.render_side(size, self.side_multiple)
-            init = _to_tensor(fit_to_size(image, side))
-        return Prepared(pixels=self._encoder_pixels(image), init=init)
+            init = _to_tensor(fit_to_size(inputs[0], side))
+        pixels = torch.cat([self._encoder_pixels(image) for image in inputs])
+        return Prepared(pixels=pixels, init=init, weights=blend / blend.sum())
 
     def _encoder_pixels(self, image: Image.Image) -> torch.Tensor:
         """(1, 3, h, w) pixels as this model's image encoder expects them: its own CLIP processor's."""
@@ -376,9 +391,25 @@ class DiffusionEngine(ABC):
     # --- helpers for _render ----------------------------------------------------------------
 
     def _stacked_pixels(self, batch: Batch, dtype: torch.dtype) -> torch.Tensor:
-        """Every item's encoder pixels, one row per item (not per image: each input is encoded once)."""
+        """Every item's encoder pixels, one row per input image (not per output: each input is encoded once)."""
         pixels = torch.cat([item.conditioning.pixels for item in batch.items])
         return pixels.to(device=self.device, dtype=dtype, non_blocking=True)
+
+    def _blend(self, embeds: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """Per-input embeddings (rows as `_stacked_pixels`) to one per item: each item's weighted mean.
+
+        As diffusers' KandinskyV22PriorPipeline.interpolate mixes image embeddings. A weight of 1 with
+        the others 0 gives that image's embedding exactly, so one image is conditioned as it always was.
+        """
+        blended = []
+        start = 0
+        for item in batch.items:
+            weights = item.conditioning.weights.to(device=embeds.device, dtype=embeds.dtype)
+            count = weights.shape[0]
+            rows = embeds[start : start + count]
+            blended.append((weights.view(-1, *[1] * (rows.dim() - 1)) * rows).sum(0))
+            start += count
+        return torch.stack(blended)
 
     def _init_images(self, batch: Batch, rows: torch.Tensor) -> torch.Tensor:
         """The img2img start images, one per output image."""

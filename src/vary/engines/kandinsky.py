@@ -102,8 +102,10 @@ class KandinskyVariationEngine(DiffusionEngine):
 
     def _render(self, batch: Batch, rows: torch.Tensor, side: int, generators: list[torch.Generator]) -> torch.Tensor:
         controls = batch.controls
-        # 1. One CLIP image embedding per input, one row per output image; the blank image's as negative.
-        image_embeds = self._embed(self._stacked_pixels(batch, self.image_encoder.dtype)).index_select(0, rows)
+        # 1. One CLIP image embedding per input, blended per item, one row per output image; the blank
+        #    image's as negative.
+        embeds = self._embed(self._stacked_pixels(batch, self.image_encoder.dtype))
+        image_embeds = self._blend(embeds, batch).index_select(0, rows)
         negative = self._negative.expand(image_embeds.shape[0], -1)
         # 2. Denoise all images in one call (guidance is batched inside), from noise or from the input.
         common = {

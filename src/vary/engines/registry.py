@@ -11,10 +11,10 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vary.config import ROUTE, Catalogue
+from vary.config import HOSTED_ENGINES, ROUTE, Catalogue, HostedEngine
 from vary.engines.base import Engine, ModelInfo
 from vary.engines.diffusion import Placement
-from vary.engines.upstream import DEFAULT_DEADLINE_SECONDS, UPSTREAM_ENGINES, UpstreamEngine
+from vary.engines.upstream import DEFAULT_DEADLINE_SECONDS
 from vary.errors import ModelNotFound
 from vary.imaging import ImageDecoder
 from vary.local_model import LocalModel
@@ -49,7 +49,7 @@ class ModelRegistry:
         models: list[ServedModel],
         *,
         local: list[LocalModel] | None = None,
-        hosted: list[UpstreamEngine] | None = None,
+        hosted: list[HostedEngine] | None = None,
         aliases: dict[str, str] | None = None,
         default: str | None = None,
     ) -> None:
@@ -84,9 +84,9 @@ class ModelRegistry:
         """Every model's targets, built but not loaded: loading is the lifespan's (eager) or the first request's."""
         by_name: dict[str, ServedModel] = {}
         local_models: list[LocalModel] = []
-        hosted: list[UpstreamEngine] = []
+        hosted: list[HostedEngine] = []
         for model in catalogue.models:
-            if model.engine in UPSTREAM_ENGINES:
+            if model.engine in HOSTED_ENGINES:
                 upstream = model.build_upstream()
                 hosted.append(upstream)
                 by_name[model.name] = ServedModel(

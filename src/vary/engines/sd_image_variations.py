@@ -3,7 +3,9 @@
 The UNet cross-attends to the CLIP ViT-L/14 image embedding instead of text. The model card notes
 that training resized the encoder's input to 224x224 without antialiasing, and that matching it
 gives better results, so preprocessing here does exactly that rather than CLIP's own resize.
-Below strength 1, diffusers' SD img2img pipeline runs with the image embedding as its "prompt".
+The variations pipeline encodes its input itself, so vary runs its denoising through diffusers' SD
+text-to-image and img2img pipelines on the same modules, with the (blended) image embedding as the
+"prompt" embedding and zeros as the negative, exactly as the variations pipeline conditions the UNet.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from diffusers import (
     PNDMScheduler,
     StableDiffusionImageVariationPipeline,
     StableDiffusionImg2ImgPipeline,
+    StableDiffusionPipeline,
 )
 from PIL import Image
 
@@ -68,17 +71,20 @@ class SdImageVariationsEngine(DiffusionEngine):
                 dtype=self.dtype,
             )
         self.pipeline = self._place(pipeline, "vae")
-        self.img2img = StableDiffusionImg2ImgPipeline(
-            vae=self.pipeline.vae,
-            text_encoder=None,
-            tokenizer=None,
-            unet=self.pipeline.unet,
-            scheduler=self.pipeline.scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-        self.img2img.set_progress_bar_config(disable=True)
+        modules = {
+            "vae": self.pipeline.vae,
+            "text_encoder": None,
+            "tokenizer": None,
+            "unet": self.pipeline.unet,
+            "scheduler": self.pipeline.scheduler,
+            "safety_checker": None,
+            "feature_extractor": None,
+            "requires_safety_checker": False,
+        }
+        self.text2img = StableDiffusionPipeline(**modules)
+        self.img2img = StableDiffusionImg2ImgPipeline(**modules)
+        for pipe in (self.text2img, self.img2img):
+            pipe.set_progress_bar_config(disable=True)
 
     def hub_files(self) -> dict[str, HubFiles]:
         # The image encoder, UNet and VAE at the revision the model card asks for; no safety checker, and the
@@ -111,33 +117,24 @@ class SdImageVariationsEngine(DiffusionEngine):
     def _render(self, batch: Batch, rows: torch.Tensor, side: int, generators: list[torch.Generator]) -> torch.Tensor:
         controls = batch.controls
         encoder = self.pipeline.image_encoder
-        pixels = self._stacked_pixels(batch, encoder.dtype)
+        # 1. Each input's CLIP image embedding once, blended per item, one row per output image. It stands
+        #    in for the text embedding, as in the variations pipeline; the negative is zeros, as there.
+        embeds = encoder(self._stacked_pixels(batch, encoder.dtype)).image_embeds
+        embeds = self._blend(embeds, batch).index_select(0, rows)[:, None]
         common = {
+            "prompt_embeds": embeds,
+            "negative_prompt_embeds": torch.zeros_like(embeds),
             "num_inference_steps": controls.steps,
             "guidance_scale": controls.guidance_scale,
             "generator": generators,
             "output_type": "pt",
+            "callback_on_step_end": self._stop_on_step_end(batch),
         }
+        # 2. All images in one call, from noise or from the input.
         if controls.strength < 1:
-            # The image embedding stands in for the text embedding, as in the variations pipeline; the
-            # negative is zeros, as there.
-            embeds = encoder(pixels).image_embeds.index_select(0, rows)[:, None]
-            output = self.img2img(
-                image=self._init_images(batch, rows),
-                strength=controls.strength,
-                prompt_embeds=embeds,
-                negative_prompt_embeds=torch.zeros_like(embeds),
-                callback_on_step_end=self._stop_on_step_end(batch),
-                **common,
-            )
+            output = self.img2img(image=self._init_images(batch, rows), strength=controls.strength, **common)
         else:
-            output = self.pipeline(
-                image=pixels.index_select(0, rows),
-                height=side,
-                width=side,
-                callback=self._stop_on_step(batch),
-                **common,
-            )
+            output = self.text2img(height=side, width=side, **common)
         images: torch.Tensor = output.images
         return images
 

@@ -176,9 +176,10 @@ class SdxlIpAdapterEngine(DiffusionEngine):
     def _render(self, batch: Batch, rows: torch.Tensor, side: int, generators: list[torch.Generator]) -> torch.Tensor:
         controls = batch.controls
         count = rows.shape[0]
-        # 1. Each input encoded once, one row per output image; with guidance, negatives first, as diffusers
-        #    expects precomputed IP-Adapter embeddings.
-        hidden = self._hidden(self._stacked_pixels(batch, self.image_encoder.dtype)).index_select(0, rows)
+        # 1. Each input encoded once, blended per item (the adapter's input, weighted), one row per output
+        #    image; with guidance, negatives first, as diffusers expects precomputed IP-Adapter embeddings.
+        hidden = self._hidden(self._stacked_pixels(batch, self.image_encoder.dtype))
+        hidden = self._blend(hidden, batch).index_select(0, rows)
         if controls.guidance_scale > 1:
             hidden = torch.cat([self._negative.expand(count, -1, -1), hidden])
         prompt, negative_prompt, pooled, negative_pooled = self._prompt

@@ -103,9 +103,10 @@ class StableUnclipEngine(DiffusionEngine):
         controls = batch.controls
         count = rows.shape[0]
         encoder = self.pipeline.image_encoder
-        # 1. Each input's CLIP image embedding once, one row per output image; the pipeline noises it
-        #    by noise_level and adds the zero embedding as the negative.
-        embeds = encoder(self._stacked_pixels(batch, encoder.dtype)).image_embeds.index_select(0, rows)
+        # 1. Each input's CLIP image embedding once, blended per item, one row per output image; the
+        #    pipeline noises it by noise_level and adds the zero embedding as the negative.
+        embeds = encoder(self._stacked_pixels(batch, encoder.dtype)).image_embeds
+        embeds = self._blend(embeds, batch).index_select(0, rows)
         prompt = self._prompt.expand(count, -1, -1)
         # 2. All images in one call; the pipeline decodes.
         output = self.pipeline(

@@ -37,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from vary.engines.base import ModelInfo
-from vary.errors import ImageRejected, UpstreamFailure, UpstreamMisconfigured, UpstreamRefused
+from vary.errors import ImageRejected, RequestInvalid, UpstreamFailure, UpstreamMisconfigured, UpstreamRefused
 from vary.imaging import ImageRules, MiB, encode_png, fit_to_size, load_variation_input
 from vary.request import VariationRequest
 from vary.targets import Made, Resilience
@@ -164,7 +164,7 @@ class UpstreamEngine:
         if self.options.api_key_env and key is None:
             raise UpstreamMisconfigured(f"the environment variable {self.options.api_key_env} is not set")
         path, headers, data = self._request(request, key)
-        files = {"image": ("image.png", request.image.data, "image/png")}
+        files = self._files(request)
         try:
             # The whole answer within the timeout: a body that trickles in counts as a timeout.
             status, answer_headers, body = await asyncio.wait_for(
@@ -186,12 +186,26 @@ class UpstreamEngine:
         return dataclasses.replace(made, stages={"upstream": time.perf_counter() - started})
 
     async def _post(
-        self, path: str, headers: dict[str, str], data: dict[str, str], files: dict[str, Any], limit: int
+        self, path: str, headers: dict[str, str], data: dict[str, str], files: list[tuple[str, Any]], limit: int
     ) -> tuple[int, httpx.Headers, bytes]:
         """Status, headers and body, read as it streams in and refused past `limit` bytes."""
         async with self.client.stream("POST", path, headers=headers, data=data, files=files) as response:
             body = await _read_capped(response, limit, "the provider's answer")
             return response.status_code, response.headers, body
+
+    def takes_several_images(self) -> bool:
+        """gpt-image edits take `image[]`; an upstream vary takes them with its controls; others take one."""
+        return self.kind == "openai-gpt-image" or (self.kind == "openai-compatible" and self.options.forward_controls)
+
+    def _files(self, request: VariationRequest) -> list[tuple[str, tuple[str, bytes, str]]]:
+        if len(request.images) == 1:
+            return [("image", ("image.png", request.images[0].data, "image/png"))]
+        if not self.takes_several_images():
+            # Refused before the provider is called (and bills): it would use one image, or refuse them all.
+            raise RequestInvalid(
+                f"The model '{self.info.id}' takes one input image; {len(request.images)} were given.", param="image"
+            )
+        return [("image[]", (f"image-{k}.png", image.data, "image/png")) for k, image in enumerate(request.images)]
 
     def _request(self, request: VariationRequest, key: str | None) -> tuple[str, dict[str, str], dict[str, str]]:
         options = self.options
@@ -211,6 +225,8 @@ class UpstreamEngine:
             data["model"] = options.upstream_model
         if options.forward_controls:
             data |= {name: str(value) for name, value in request.controls.given().items()}
+            if request.weights:
+                data["image_weights"] = ",".join(f"{weight:g}" for weight in request.weights)
         return "images/variations", _bearer(key), data
 
     async def _images(self, items: list[Any], size: int) -> Made:

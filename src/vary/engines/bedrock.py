@@ -1,0 +1,218 @@
+"""Amazon Bedrock's Nova Canvas IMAGE_VARIATION as a Target: the hosted model that still makes variations.
+
+The call goes through boto3's `bedrock-runtime` client, so SigV4 signing, regions, the credential
+chain (environment, profile, instance role) and retries (botocore's "standard" mode, throttling
+included) are AWS's own. One `make` is one gateway attempt; botocore retries inside it.
+
+What vary maps:
+- n: Nova Canvas makes at most 5 images a call, so n above 5 is split into several calls.
+- size: Nova renders 320 to 4096 px in multiples of 16; 256 is rendered at 320 and resized.
+- strength: vary's 1 is furthest from the input, Nova's `similarityStrength` (0.2 to 1.0) runs the
+  other way, so similarityStrength = 1 - 0.8 x strength (strength 1 -> 0.2, strength near 0 -> 1.0).
+  Without `strength` in the request, the model's `similarity_strength` option (default 0.7) is sent.
+- several images: Nova blends up to 5 inputs itself, with equal weight, so unequal `image_weights`
+  are refused before the call.
+- seed: Nova takes 0 to 2147483646; call k of a split request uses seed + k.
+- guidance_scale: sent as `cfgScale` (Nova takes 1.1 to 10).
+The answers are base64 PNGs, resized to the asked size and then stored and signed by vary like any.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pybase64
+from starlette.concurrency import run_in_threadpool
+
+from vary.engines.base import ModelInfo
+from vary.engines.upstream import DEFAULT_DEADLINE_SECONDS, _pngs_of_size  # one check-and-resize for all
+from vary.errors import RequestInvalid, UpstreamFailure, UpstreamRefused
+from vary.request import VariationRequest
+from vary.targets import Made, Resilience
+
+BEDROCK_ENGINE = "bedrock-nova-canvas"
+NOVA_CANVAS = "amazon.nova-canvas-v1:0"
+MAX_IMAGES_PER_CALL = 5
+MIN_SIDE, MAX_SIDE, SIDE_STEP = 320, 4096, 16
+MAX_SEED = 2147483646
+
+
+@dataclass(frozen=True)
+class BedrockOptions:
+    region: str = "us-east-1"
+    # None: AWS's own endpoint for the region; set it for a VPC endpoint, a proxy or a test double.
+    endpoint_url: str | None = None
+    model_id: str = NOVA_CANVAS
+    # Nova's similarityStrength when the request gives no strength: 0.2 (loose) to 1.0 (close).
+    similarity_strength: float = 0.7
+    # An optional text prompt for the variation, and what to avoid.
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    quality: str = "standard"  # or "premium"
+    cfg_scale: float | None = None  # None: Nova's default (6.5), unless the request gives guidance_scale
+    timeout_seconds: float = 120.0
+    # botocore's standard retry mode: attempts per call, throttling and 5xx included.
+    max_attempts: int = 3
+    circuit_failures: int = 5
+    circuit_cooldown_seconds: float = 30.0
+    # Served alone: every call and wait within this; a route has its own deadline_seconds.
+    deadline_seconds: float = DEFAULT_DEADLINE_SECONDS
+    description: str = ""
+
+    @classmethod
+    def of(cls, values: dict[str, Any]) -> BedrockOptions:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown option {unknown[0]!r}; known: {', '.join(sorted(known))}")
+        options = cls(**values)
+        if not 0.2 <= options.similarity_strength <= 1.0:
+            raise ValueError("similarity_strength must be between 0.2 and 1.0")
+        if options.quality not in ("standard", "premium"):
+            raise ValueError("quality must be standard or premium")
+        if options.max_attempts < 1 or options.timeout_seconds <= 0 or options.deadline_seconds <= 0:
+            raise ValueError("max_attempts must be at least 1, timeout_seconds and deadline_seconds above 0")
+        return options
+
+
+def similarity_for(strength: float | None, default: float) -> float:
+    """vary's strength (1 = furthest from the input) as Nova's similarityStrength (1 = closest)."""
+    if strength is None:
+        return default
+    return round(min(1.0, max(0.2, 1.0 - 0.8 * strength)), 4)
+
+
+def render_side(size: int) -> int:
+    """The side Nova can make nearest to `size`."""
+    side = min(max(size, MIN_SIDE), MAX_SIDE)
+    return -(-side // SIDE_STEP) * SIDE_STEP
+
+
+class BedrockNovaCanvas:
+    """Nova Canvas variations through boto3; a Target, and closed with the other hosted providers."""
+
+    remote = True
+
+    def __init__(self, *, name: str, options: BedrockOptions, license: str | None, description: str | None) -> None:
+        import boto3  # an optional extra: pip install "vary[bedrock]"
+        from botocore.config import Config
+
+        self.kind = BEDROCK_ENGINE
+        self.options = options
+        self.info = ModelInfo(
+            id=name,
+            owned_by="amazon",
+            description=description or options.description or f"Amazon Nova Canvas ({options.model_id}) on Bedrock",
+            license=license or "the provider's terms",
+        )
+        config = Config(
+            region_name=options.region,
+            connect_timeout=min(10.0, options.timeout_seconds),
+            read_timeout=options.timeout_seconds,
+            retries={"mode": "standard", "total_max_attempts": options.max_attempts},
+        )
+        self.client = boto3.session.Session().client(
+            "bedrock-runtime", endpoint_url=options.endpoint_url, config=config
+        )
+        self.resilience = Resilience(
+            max_attempts=1,  # botocore retries within the attempt
+            timeout_seconds=None,  # botocore's read timeout bounds each call
+            circuit_failures=options.circuit_failures,
+            circuit_cooldown_seconds=options.circuit_cooldown_seconds,
+        )
+
+    @property
+    def name(self) -> str:
+        return self.info.id
+
+    async def aclose(self) -> None:
+        self.client.close()
+
+    async def make(self, request: VariationRequest) -> Made:
+        started = time.perf_counter()
+        if request.weights and len(set(request.weights)) > 1:
+            raise RequestInvalid(
+                f"The model '{self.info.id}' blends its input images with equal weight; leave out 'image_weights'.",
+                param="image_weights",
+            )
+        seed = request.controls.seed if request.controls.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        counts = [min(MAX_IMAGES_PER_CALL, request.n - start) for start in range(0, request.n, MAX_IMAGES_PER_CALL)]
+        calls = [
+            run_in_threadpool(self._invoke, self._body(request, count, (seed + k) % (MAX_SEED + 1)))
+            for k, count in enumerate(counts)
+        ]
+        answers = [image for images in await asyncio.gather(*calls) for image in images]
+        if len(answers) != request.n:
+            raise UpstreamFailure("Nova Canvas answered with the wrong number of images", retryable=True)
+        pngs = await run_in_threadpool(_pngs_of_size, answers, request.size, True)
+        return Made(pngs=pngs, seed=seed, stages={"upstream": time.perf_counter() - started})
+
+    def _body(self, request: VariationRequest, count: int, seed: int) -> dict[str, Any]:
+        options = self.options
+        side = render_side(request.size)
+        params: dict[str, Any] = {
+            "images": [pybase64.b64encode(image.data).decode() for image in request.images],
+            "similarityStrength": similarity_for(request.controls.strength, options.similarity_strength),
+        }
+        if options.prompt:
+            params["text"] = options.prompt
+        if options.negative_prompt:
+            params["negativeText"] = options.negative_prompt
+        config: dict[str, Any] = {
+            "numberOfImages": count,
+            "width": side,
+            "height": side,
+            "seed": seed,
+            "quality": options.quality,
+        }
+        cfg = request.controls.guidance_scale if request.controls.guidance_scale is not None else options.cfg_scale
+        if cfg is not None:
+            config["cfgScale"] = min(10.0, max(1.1, cfg))
+        return {"taskType": "IMAGE_VARIATION", "imageVariationParams": params, "imageGenerationConfig": config}
+
+    def _invoke(self, body: dict[str, Any]) -> list[bytes]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            response = self.client.invoke_model(
+                modelId=self.options.model_id,
+                body=json.dumps(body),
+                contentType="application/json",
+                accept="application/json",
+            )
+            answer = json.loads(response["body"].read())
+        except ClientError as exc:
+            raise _error_from(exc) from None
+        except BotoCoreError as exc:  # connection, timeout, credentials
+            raise UpstreamFailure(f"the call to Bedrock failed ({type(exc).__name__})", retryable=True) from None
+        except ValueError:
+            raise UpstreamFailure("Bedrock's answer was not JSON", retryable=True) from None
+        if not isinstance(answer, dict) or answer.get("error") or not isinstance(answer.get("images"), list):
+            raise UpstreamFailure("Nova Canvas answered with no images", retryable=True)
+        try:
+            return [pybase64.b64decode(image, validate=True) for image in answer["images"]]
+        except (TypeError, ValueError):
+            raise UpstreamFailure("Nova Canvas's base64 was corrupt", retryable=True) from None
+
+
+def _error_from(exc: Any) -> UpstreamFailure | UpstreamRefused:
+    """A botocore ClientError (after botocore's own retries) as a domain error."""
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    message = str(error.get("Message", ""))[:200]
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    if code in ("ThrottlingException", "TooManyRequestsException", "ServiceQuotaExceededException") or status == 429:
+        return UpstreamFailure(f"Bedrock is throttling: {message}", status=429, retryable=True)
+    if status >= 500 or code in ("ModelNotReadyException", "ModelTimeoutException"):
+        return UpstreamFailure(f"Bedrock failed ({status or code})", status=status or 503, retryable=True)
+    if code == "ValidationException":
+        # The request itself (an input Nova refuses, content filters): passed on to the client.
+        return UpstreamRefused(message, status=400, type="invalid_request_error", param=None, code="validation_error")
+    # Credentials, access, a missing model: vary's configuration, not the client's request.
+    return UpstreamFailure(f"Bedrock refused vary's credentials or configuration ({code or status})", status=status)

@@ -1,0 +1,126 @@
+"""A fake Bedrock runtime on loopback that speaks InvokeModel for Nova Canvas's IMAGE_VARIATION.
+
+It checks what AWS checks first: a SigV4 Authorization header whose credential scope names the
+access key, a date, the region, the `bedrock` service and `aws4_request`; then the JSON body against
+Nova Canvas's documented rules. It answers base64 PNGs, and faults can be queued per call:
+("throttle",), ("status", 500 | 503), ("validation", message).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from vary.testing import free_port
+
+_SCOPE = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=(?P<key>[A-Z0-9]+)/(?P<date>[0-9]{8})/(?P<region>[a-z0-9-]+)/(?P<service>[a-z-]+)"
+    r"/aws4_request, SignedHeaders=(?P<signed>[a-z0-9;-]+), Signature=[0-9a-f]{64}"
+)
+
+
+@dataclass
+class FakeBedrock:
+    access_key: str
+    region: str
+    faults: deque[tuple[Any, ...]] = field(default_factory=deque)
+    calls: list[dict[str, Any]] = field(default_factory=list)  # the JSON bodies of accepted calls
+    attempts: int = 0  # every request, refused ones included
+    port: int = 0
+    _server: uvicorn.Server | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeBedrock:
+        self.port = free_port()
+        app = Starlette(routes=[Route("/model/{model_id:path}/invoke", self._invoke, methods=["POST"])])
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        )
+        threading.Thread(target=self._server.run, daemon=True).start()
+        deadline = time.monotonic() + 30
+        while not self._server.started:
+            assert time.monotonic() < deadline, "the fake Bedrock did not start"
+            time.sleep(0.02)  # start-up poll, bounded
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+
+    async def _invoke(self, request: Request) -> Response:
+        self.attempts += 1
+        scope = _SCOPE.fullmatch(request.headers.get("authorization", ""))
+        if scope is None or scope["key"] != self.access_key:
+            return _error(403, "UnrecognizedClientException", "The security token included in the request is invalid.")
+        if scope["region"] != self.region or scope["service"] != "bedrock" or "x-amz-date" not in scope["signed"]:
+            return _error(403, "InvalidSignatureException", "Credential should be scoped to a valid region/service.")
+        if request.path_params["model_id"] != "amazon.nova-canvas-v1:0":
+            return _error(404, "ResourceNotFoundException", "The model does not exist.")
+        if self.faults:
+            fault = self.faults.popleft()
+            if fault[0] == "throttle":
+                return _error(429, "ThrottlingException", "Too many requests, please wait before trying again.")
+            if fault[0] == "status":
+                return _error(fault[1], "InternalServerException", "The server encountered an error.")
+            if fault[0] == "validation":
+                return _error(400, "ValidationException", fault[1])
+        try:
+            body = json.loads(await request.body())
+            count, side = _check(body)
+        except (ValueError, KeyError, TypeError) as exc:
+            return _error(400, "ValidationException", f"Malformed input request: {exc}")
+        self.calls.append(body)
+        images = [base64.b64encode(_png(side, k)).decode() for k in range(count)]
+        return JSONResponse({"images": images, "error": None})
+
+
+def _check(body: dict[str, Any]) -> tuple[int, int]:
+    """Nova Canvas's IMAGE_VARIATION rules, as its documentation states them."""
+    if body.get("taskType") != "IMAGE_VARIATION":
+        raise ValueError("taskType must be IMAGE_VARIATION")
+    params, config = body["imageVariationParams"], body["imageGenerationConfig"]
+    images = params["images"]
+    if not 1 <= len(images) <= 5:
+        raise ValueError("images: 1 to 5")
+    for data in images:
+        Image.open(io.BytesIO(base64.b64decode(data, validate=True))).verify()
+    if not 0.2 <= float(params["similarityStrength"]) <= 1.0:
+        raise ValueError("similarityStrength: 0.2 to 1.0")
+    count = int(config["numberOfImages"])
+    if not 1 <= count <= 5:
+        raise ValueError("numberOfImages: 1 to 5")
+    width, height = int(config["width"]), int(config["height"])
+    if not (320 <= width <= 4096 and 320 <= height <= 4096 and width % 16 == 0 and height % 16 == 0):
+        raise ValueError("width and height: 320 to 4096, multiples of 16")
+    if not 0 <= int(config.get("seed", 0)) <= 2147483646:
+        raise ValueError("seed: 0 to 2147483646")
+    if "cfgScale" in config and not 1.1 <= float(config["cfgScale"]) <= 10:
+        raise ValueError("cfgScale: 1.1 to 10")
+    return count, width
+
+
+def _error(status: int, kind: str, message: str) -> JSONResponse:
+    return JSONResponse({"message": message}, status_code=status, headers={"x-amzn-ErrorType": f"{kind}:http://"})
+
+
+def _png(side: int, k: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (10 * k, 100, 200)).save(buffer, format="PNG")
+    return buffer.getvalue()
