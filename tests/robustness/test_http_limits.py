@@ -139,10 +139,33 @@ def test_a_client_that_never_reads_is_dropped(limited: tuple[ServerProcess, str]
     finally:
         for connection in sockets:
             connection.close()
-    assert httpx.get(f"{server.base_url}/healthz", timeout=WAIT_S).status_code == 200
+    # A slow reader is not a dead one: reading a bit at a time, slower than the send timeout in all,
+    # it gets its whole response.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) as connection:
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 128 * 1024)
+        connection.sendall(head + body)
+        received = b""
+        while True:
+            select.select([connection], [], [], WAIT_S)
+            data = connection.recv(256 * 1024)
+            received += data
+            head_part, _, rest = received.partition(b"\r\n\r\n")
+            if not data or (rest and len(rest) >= content_length(head_part)):
+                break
+            time.sleep(0.3)  # the client's pace: 256 KB every 0.3 s, so 10 MB take over 10 s
+    assert received.startswith(b"HTTP/1.1 200"), received[:300]
+    assert len(rest) == content_length(head_part) > 4 * MiB
+    assert server.log().count(DROPPED) == 2
 
 
 DROPPED = "dropped a client that read none of its response"
+
+
+def content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return int(line.split(b":", 1)[1])
+    return 1 << 62
 
 
 def wait_for_count(server: ServerProcess, text: str, count: int) -> bool:

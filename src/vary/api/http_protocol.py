@@ -16,7 +16,8 @@ before anything else is parsed. The connection is then half-closed: what the cli
 read and dropped for a moment (so it sees the answer rather than a reset), never kept.
 
 A client that stops reading its response holds the response in the socket's write buffer. When the
-buffer stays over uvicorn's high-water mark for `send_timeout_seconds`, the connection is aborted,
+buffer is over uvicorn's high-water mark and the client reads nothing of it for `send_timeout_seconds`
+(as nginx's send_timeout: between two reads, not for the whole response), the connection is reset,
 which frees the buffer.
 
 A WebSocket upgrade is answered as the plain HTTP request it also is (uvicorn runs with `ws="none"`;
@@ -46,6 +47,10 @@ REASONS = {
 # How long a refused connection is still read (and dropped) before it is closed.
 LINGER_SECONDS = 2.0
 _HEAD_END = b"\r\n\r\n"
+# struct tcp_info (linux/tcp.h): tcpi_bytes_acked is the u64 at offset 120, after 8 one-byte fields,
+# 24 u32 fields and the two u64 pacing rates.
+_TCP_INFO_BYTES_ACKED = 120
+_TCP_INFO_SIZE = 128
 
 
 def raw_error(error: ApiError) -> bytes:
@@ -87,6 +92,7 @@ def vary_http_protocol(
     class VaryHttpProtocol(HttpToolsProtocol):
         _header_deadline: asyncio.TimerHandle | None = None
         _send_deadline: asyncio.TimerHandle | None = None
+        _sent_mark: tuple[int, int] = (0, 0)  # (bytes the client acknowledged, bytes unsent) at arming
         _request_begun = False  # a byte of the request arrived: the client is owed an answer
         _refused = False  # answered and half-closed: whatever else arrives is dropped
         # Between requests and until a request's headers end, bytes count towards the head's size.
@@ -175,17 +181,25 @@ def vary_http_protocol(
         def pause_writing(self) -> None:
             super().pause_writing()
             if self._send_deadline is None:
-                self._send_deadline = self.loop.call_later(send_timeout_seconds, self._send_expired)
+                self._arm_send()
 
         def resume_writing(self) -> None:
             self._disarm_send()
             super().resume_writing()
 
+        def _arm_send(self) -> None:
+            self._sent_mark = (_bytes_acked(self.transport), self.transport.get_write_buffer_size())
+            self._send_deadline = self.loop.call_later(send_timeout_seconds, self._send_expired)
+
         def _send_expired(self) -> None:
             self._send_deadline = None
-            if self.transport.is_closing() and self.transport.get_write_buffer_size() == 0:
-                return
             buffered = self.transport.get_write_buffer_size()
+            if buffered == 0:
+                return
+            acked, unsent = self._sent_mark
+            if _bytes_acked(self.transport) > acked or buffered < unsent:  # the client read some: alive
+                self._arm_send()
+                return
             log.info(
                 "dropped a client that read none of its response for %gs (%d bytes unsent)",
                 send_timeout_seconds,
@@ -241,3 +255,17 @@ def _reset_on_close(transport: asyncio.BaseTransport) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     except OSError:
         pass  # already closed
+
+
+def _bytes_acked(transport: asyncio.BaseTransport) -> int:
+    """How many bytes the client has acknowledged (Linux's TCP_INFO), or 0 where that is not known.
+
+    uvloop's write-buffer size does not go down while one large write drains, so progress is read
+    from the kernel: the client acknowledges bytes only as it reads them.
+    """
+    sock = transport.get_extra_info("socket")
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    except (AttributeError, OSError):
+        return 0
+    return int(struct.unpack_from("Q", info, _TCP_INFO_BYTES_ACKED)[0]) if len(info) >= _TCP_INFO_SIZE else 0
