@@ -346,3 +346,159 @@ def test_phone_width_and_keyboard(open_page: Callable[[ViewportSize], Page], api
     in_sight(page.locator("#results-heading"))
     expect(page.locator("#size")).to_have_value("256x256")
     screenshot(page, "playground-phone-results.png", full_page=False)
+
+
+# Every part of each FormData the page sends to /v1/images/variations, in order: a file part as
+# [name, [width, height]], a field as [name, value].
+WATCH_SENT_FORMS = """
+window.sentForms = [];
+const realFetch = window.fetch;
+window.fetch = async (input, init) => {
+    if (init && init.body instanceof FormData && String(input).endsWith("/v1/images/variations")) {
+        const parts = [];
+        for (const [name, value] of init.body.entries()) {
+            if (value instanceof Blob) {
+                const bitmap = await createImageBitmap(value);
+                parts.push([name, [bitmap.width, bitmap.height]]);
+            } else {
+                parts.push([name, value]);
+            }
+        }
+        window.sentForms.push(parts);
+    }
+    return realFetch(input, init);
+};
+"""
+
+
+def image_files(tmp_path: Path, *specs: tuple[str, tuple[int, int], str]) -> list[str]:
+    paths = []
+    for name, size, colour in specs:
+        path = tmp_path / name
+        Image.new("RGB", size, colour).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def sent_images(form: list[list[object]]) -> list[list[object]]:
+    return [part for part in form if part[0] in ("image", "image[]", "image_weights")]
+
+
+def test_two_images_weighted_3_and_1_are_blended_and_removing_one_sends_one(
+    open_page: Callable[[ViewportSize], Page], api_key: str, tmp_path: Path
+) -> None:
+    page = open_page(DESKTOP)
+    page.add_init_script(WATCH_SENT_FORMS)
+    page.reload()
+    save_key(page, api_key)
+    otter, sunset = image_files(tmp_path, ("otter.png", (96, 64), "#7f5539"), ("sunset.jpg", (80, 80), "#f4a261"))
+    page.set_input_files("#file", otter)
+    expect(page.locator("#preview-info")).to_have_text(re.compile(r"^otter\.png 96×64 → cropped to 64×64 → PNG, "))
+    expect(page.locator("#weight-1")).to_be_hidden()  # one image: no weight to give
+    # "Add an image" keeps the first one.
+    page.set_input_files("#add-file", sunset)
+    expect(page.locator("#preview-info-2")).to_have_text(re.compile(r"^sunset\.jpg 80×80 → PNG, "))
+    expect(page.locator("#preview-info")).to_contain_text("otter.png")
+    expect(page.locator("#preview figure.input")).to_have_count(2)
+    expect(page.locator("#weight-1")).to_have_value("1")
+    expect(page.locator("#weight-2")).to_have_value("1")
+
+    page.fill("#weight-1", "3")
+    page.fill("#n", "2")
+    page.select_option("#size", "256x256")
+    page.select_option("#format", "b64_json")
+    page.click("#generate")
+    expect(page.locator("#grid figure:not(.original) img")).to_have_count(2)
+    expect(page.locator("#grid figure.original figcaption")).to_have_text(["Image 1", "Image 2"])
+    expect(page.locator("#error")).to_be_hidden()
+    sent = page.evaluate("window.sentForms")
+    assert [sent_images(form) for form in sent] == [
+        [["image[]", [64, 64]], ["image[]", [80, 80]], ["image_weights", "3,1"]]
+    ]
+    screenshot(page, "playground-two-images.png")
+
+    # Remove the first: the sunset alone, sent as the one-image request it always was.
+    page.get_by_role("button", name="Remove image 1 (otter.png)").click()
+    expect(page.locator("#preview figure.input")).to_have_count(1)
+    expect(page.locator("#preview-info")).to_contain_text("sunset.jpg")
+    expect(page.locator("#weight-1")).to_be_hidden()
+    expect(page.get_by_role("button", name="Remove image 1 (sunset.jpg)")).to_be_focused()
+    page.fill("#n", "1")
+    page.click("#generate")
+    expect(page.locator("#grid figure:not(.original) img")).to_have_count(1)
+    expect(page.locator("#grid figure.original figcaption")).to_have_text(["Original"])
+    sent = page.evaluate("window.sentForms")
+    assert len(sent) == 2
+    assert sent_images(sent[1]) == [["image", [80, 80]]]
+
+    # "Vary this one" replaces the inputs with that one image.
+    page.set_input_files("#add-file", otter)
+    expect(page.locator("#preview figure.input")).to_have_count(2)
+    page.locator("#grid button", has_text="Vary this one").click()
+    expect(page.locator("#preview figure.input")).to_have_count(1)
+    expect(page.locator("#preview-info")).to_have_text(re.compile(r"^Variation 1 256×256 → PNG, "))
+
+
+def test_errors_name_the_image_that_is_wrong(
+    open_page: Callable[[ViewportSize], Page], api_key: str, tmp_path: Path
+) -> None:
+    page = open_page(DESKTOP)
+    page.add_init_script(WATCH_SENT_FORMS)
+    page.reload()
+    save_key(page, api_key)
+    files = image_files(tmp_path, *[(f"p{i}.png", (32, 32), "#2a9d8f") for i in range(1, 7)])
+    broken = tmp_path / "holiday.png"
+    broken.write_bytes(b"this is not an image")
+
+    # Six chosen at once: five are kept, the sixth is named as left out.
+    page.set_input_files("#file", files)
+    error_in_sight(page, "At most 5 images are blended; left out: p6.png.")
+    expect(page.locator("#preview figure.input")).to_have_count(5)
+    expect(page.locator("#add")).to_be_hidden()  # no room for more
+
+    # A file the browser cannot read, added among good ones: named, left out, the others kept.
+    page.set_input_files("#file", files[:2])
+    expect(page.locator("#file-error")).to_be_hidden()  # a new choice clears the old error
+    page.set_input_files("#add-file", str(broken))
+    error_in_sight(
+        page, "holiday.png is not an image the browser can read, so it was left out. Try a PNG, JPEG, WebP or GIF."
+    )
+    expect(page.locator("#add-file")).to_be_focused()
+    expect(page.locator("#preview figure.input")).to_have_count(2)
+    expect(page.locator("#generate")).to_be_enabled()
+
+    # A weight that is not a number of 0 or more names its image, and nothing is sent.
+    page.fill("#weight-2", "-1")
+    scroll_to_bottom(page)
+    page.click("#generate")
+    error_in_sight(page, "Image 2 (p2.png): the weight must be a number, 0 or more.")
+    expect(page.locator("#weight-2")).to_be_focused()
+    page.fill("#weight-1", "0")
+    page.fill("#weight-2", "0")
+    page.click("#generate")
+    error_in_sight(page, "The weights are all 0: give at least one image a weight above 0.")
+    expect(page.locator("#weight-1")).to_be_focused()
+    assert page.evaluate("window.sentForms") == []
+
+
+def test_several_inputs_sit_side_by_side_on_a_phone(
+    open_page: Callable[[ViewportSize], Page], api_key: str, tmp_path: Path
+) -> None:
+    page = open_page(PHONE)
+    save_key(page, api_key)
+    files = image_files(
+        tmp_path, ("a.png", (400, 300), "#e76f51"), ("b.png", (300, 400), "#2a9d8f"), ("c.png", (200, 200), "#264653")
+    )
+    page.set_input_files("#file", files)
+    cards = page.locator("#preview figure.input")
+    expect(cards).to_have_count(3)
+    for n in (1, 2, 3):
+        expect(page.locator(f"#weight-{n}")).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390  # nothing wider than the screen
+    boxes = [cards.nth(i).bounding_box() for i in range(3)]
+    assert all(box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 390 for box in boxes)
+    assert boxes[0] is not None and boxes[1] is not None and boxes[2] is not None
+    assert boxes[0]["y"] == boxes[1]["y"]  # the first two side by side
+    assert boxes[2]["y"] > boxes[0]["y"]  # the third wraps to the next row
+    page.locator("#preview").scroll_into_view_if_needed()
+    screenshot(page, "playground-phone-inputs.png", full_page=False)

@@ -3,13 +3,14 @@
 
 const MAX_SIDE = 1024;              // the largest output size; a bigger upload adds time, not detail
 const MAX_BYTES = 4 * 1024 * 1024;  // the endpoint's limit: a PNG *less than* 4 MB
+const MAX_IMAGES = 5;               // the endpoint blends at most five
 const KEY_STORAGE = "vary.apiKey";
-const PREPARING = "The image is still being prepared.";
+const PREPARING = "The images are still being prepared.";
 
 const $ = (id) => document.getElementById(id);
-// `png` is the square PNG that Generate sends: null while none is ready for the current file and
-// fit, so Generate can never send a stale one. `token` lets only the latest preparation land.
-const state = { source: null, sourceLabel: "", png: null, pngUrl: null, token: 0, busy: false, timer: null };
+// `inputs` are the images to send, in order (see "the images" below). `problems` are the file
+// errors of the latest choice, shown together.
+const state = { inputs: [], problems: [], problemFocus: "file", busy: false, timer: null };
 
 // The key in the field is the one used, saved or not: what the user sees is what is sent.
 function typedKey() {
@@ -123,56 +124,154 @@ async function loadModels() {
   }
 }
 
-// --- the image: any format the browser decodes, made square, PNG, under 4 MB ---------------
+// --- the images: any format the browser decodes, made square, PNG, under 4 MB -------------
+//
+// Each input is { label, source (ImageBitmap), png, pngUrl, token, card }. `png` is the square PNG
+// that Generate sends: null while none is ready for the current file and fit, so Generate can never
+// send a stale one. `token` lets only the latest preparation of that input land.
 
 function currentFit() {
   return document.querySelector('input[name="fit"]:checked').value;
 }
 
-// Generate is aria-disabled (still focusable, so keyboard users keep their place) unless the PNG
-// for the current file and fit is ready and no request is under way.
+// Generate is aria-disabled (still focusable, so keyboard users keep their place) unless every
+// input's PNG for the current fit is ready and no request is under way.
 function updateGenerate() {
-  $("generate").setAttribute("aria-disabled", String(!state.png || state.busy));
+  const ready = state.inputs.length > 0 && state.inputs.every((input) => input.png);
+  $("generate").setAttribute("aria-disabled", String(!ready || state.busy));
 }
 
-// A new file or fit: the old PNG must not be sent, and the preview says it is being redone.
-function invalidate() {
-  state.token += 1;
-  state.png = null;
-  $("preview").classList.add("stale");
+// One card per input: the square PNG, what was done to it, its weight (shown when there are two or
+// more) and a Remove button.
+function inputCard() {
+  const root = document.createElement("figure");
+  root.className = "input stale";
+  const img = document.createElement("img");
+  const info = document.createElement("figcaption");
+  info.textContent = "Loading…";
+  const weightLabel = document.createElement("label");
+  weightLabel.className = "weight";
+  const weight = document.createElement("input");
+  Object.assign(weight, { type: "number", min: "0", step: "any", value: "1", inputMode: "decimal" });
+  weight.setAttribute("aria-describedby", "file-error");
+  weightLabel.append("Weight ", weight);
+  const remove = document.createElement("button");
+  remove.type = "button";
+  remove.className = "secondary";
+  remove.textContent = "Remove";
+  const controls = document.createElement("div");
+  controls.className = "row";
+  controls.append(weightLabel, remove);
+  root.append(img, info, controls);
+  return { root, img, info, weight, weightLabel, remove };
+}
+
+function newInput(label) {
+  const input = { label, source: null, png: null, pngUrl: null, token: 0, card: inputCard() };
+  input.card.remove.addEventListener("click", () => removeInput(input, true));
+  state.inputs.push(input);
+  $("preview").append(input.card.root);
+  return input;
+}
+
+// Positions, names and ids follow the order on screen. The first image's caption keeps the id
+// (`preview-info`) it had when there was only ever one.
+function renumber() {
+  const several = state.inputs.length > 1;
+  state.inputs.forEach((input, index) => {
+    const n = index + 1;
+    const { card } = input;
+    card.root.id = `input-${n}`;
+    card.info.id = n === 1 ? "preview-info" : `preview-info-${n}`;
+    card.img.alt = `Image ${n}, the square PNG that will be sent`;
+    card.weight.id = `weight-${n}`;
+    card.weight.setAttribute("aria-label", `Weight of image ${n} (${input.label})`);
+    card.remove.setAttribute("aria-label", `Remove image ${n} (${input.label})`);
+    card.weightLabel.hidden = !several;
+  });
+  $("preview").hidden = state.inputs.length === 0;
+  $("add").hidden = state.inputs.length === 0 || state.inputs.length >= MAX_IMAGES;
   updateGenerate();
-  return state.token;
 }
 
-// After a file that failed to load nothing of the previous image is left to send or show.
-function forgetImage() {
-  invalidate();
-  state.source = null;
-  state.sourceLabel = "";
-  if (state.pngUrl) URL.revokeObjectURL(state.pngUrl);
-  state.pngUrl = null;
-  $("preview-image").removeAttribute("src");
-  $("preview-info").textContent = "";
-  $("preview").hidden = true;
-  $("file").value = "";  // choosing the same file again, once fixed, is a change again
+function invalidate(input) {
+  input.token += 1;
+  input.png = null;
+  input.card.root.classList.add("stale");
+  updateGenerate();
+  return input.token;
 }
 
-async function useImage(blob, label) {
+// A removed input leaves nothing behind to send or show. With `focus` (the user's Remove), the
+// focus goes to the next card's Remove, or the previous one's, or the file picker.
+function removeInput(input, focus) {
+  const index = state.inputs.indexOf(input);
+  if (index < 0) return;
+  input.token += 1;  // a preparation still under way for it lands nowhere
+  state.inputs.splice(index, 1);
+  input.card.root.remove();
+  if (input.pngUrl) URL.revokeObjectURL(input.pngUrl);
+  renumber();
+  if (!focus) return;
   showError("file-error", "");
-  const token = invalidate();
+  const next = state.inputs[Math.min(index, state.inputs.length - 1)];
+  (next ? next.card.remove : $("file")).focus();
+}
+
+function clearInputs() {
+  for (const input of [...state.inputs]) removeInput(input, false);
+}
+
+// An input that cannot be used is left out, and the error names it, unless it was the only image
+// in question (then "This file", as with one image).
+function leaveOut(input, problem, alone) {
+  removeInput(input, false);
+  const subject = alone && state.inputs.length === 0 ? problem.alone : `${input.label} ${problem.named}`;
+  state.problems.push(subject);
+  showError("file-error", state.problems.join(" "), state.inputs.length ? state.problemFocus : "file");
+}
+
+const UNREADABLE = {
+  alone: "This file is not an image the browser can read. Try a PNG, JPEG, WebP or GIF.",
+  named: "is not an image the browser can read, so it was left out. Try a PNG, JPEG, WebP or GIF.",
+};
+const TOO_LARGE = {
+  alone: "This image is too large for the browser to convert. Try a smaller one.",
+  named: "is too large for the browser to convert, so it was left out. Try a smaller one.",
+};
+
+// Files chosen or dropped: `replace` (the main picker and drop zone) starts over, otherwise they are
+// added after the images already there. Past five, the rest are left out and named.
+async function useFiles(items, replace, focusId) {
+  state.problems = [];
+  state.problemFocus = focusId;
+  showError("file-error", "");
+  if (replace) clearInputs();
+  const room = MAX_IMAGES - state.inputs.length;
+  const taken = items.slice(0, room);
+  const inputs = taken.map((item) => newInput(item.label));
+  renumber();
+  if (items.length > room) {
+    const names = items.slice(room).map((item) => item.label).join(", ");
+    state.problems.push(`At most ${MAX_IMAGES} images are blended; left out: ${names}.`);
+    showError("file-error", state.problems.join(" "), focusId);
+  }
+  const alone = items.length === 1;
+  await Promise.all(taken.map((item, index) => load(inputs[index], item.blob, alone)));
+}
+
+async function load(input, blob, alone) {
+  const token = input.token;
   let bitmap;
   try {
     bitmap = await createImageBitmap(blob);
   } catch (err) {
-    if (token !== state.token) return;  // a newer file came meanwhile
-    forgetImage();
-    showError("file-error", "This file is not an image the browser can read. Try a PNG, JPEG, WebP or GIF.", "file");
+    if (token === input.token) leaveOut(input, UNREADABLE, alone);
     return;
   }
-  if (token !== state.token) return;
-  state.source = bitmap;
-  state.sourceLabel = label;
-  await prepare();
+  if (token !== input.token) return;  // removed meanwhile
+  input.source = bitmap;
+  await prepare(input, alone);
 }
 
 function squareCanvas(bitmap, fit, side) {
@@ -197,10 +296,10 @@ function toPng(canvas) {
   return new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
 }
 
-async function prepare() {
-  const bitmap = state.source;
+async function prepare(input, alone) {
+  const bitmap = input.source;
   if (!bitmap) return;
-  const token = invalidate();
+  const token = invalidate(input);
   const fit = currentFit();
   const squared = fit === "pad" ? Math.max(bitmap.width, bitmap.height) : Math.min(bitmap.width, bitmap.height);
   let side = Math.min(squared, MAX_SIDE);
@@ -209,25 +308,51 @@ async function prepare() {
     side = Math.floor(side * 0.8);
     png = await toPng(squareCanvas(bitmap, fit, side));
   }
-  if (token !== state.token) return;  // the file or the fit changed meanwhile: a newer run lands
+  if (token !== input.token) return;  // removed, or the fit changed meanwhile: a newer run lands
   if (!png) {  // the canvas was too large for this browser
-    forgetImage();
-    showError("file-error", "This image is too large for the browser to convert. Try a smaller one.", "file");
+    leaveOut(input, TOO_LARGE, alone);
     return;
   }
-  state.png = png;
-  if (state.pngUrl) URL.revokeObjectURL(state.pngUrl);
-  state.pngUrl = URL.createObjectURL(png);
-  $("preview-image").src = state.pngUrl;
-  const steps = [`${state.sourceLabel} ${bitmap.width}×${bitmap.height}`];
+  input.png = png;
+  if (input.pngUrl) URL.revokeObjectURL(input.pngUrl);
+  input.pngUrl = URL.createObjectURL(png);
+  input.card.img.src = input.pngUrl;
+  const steps = [`${input.label} ${bitmap.width}×${bitmap.height}`];
   if (bitmap.width !== bitmap.height) steps.push(fit === "pad" ? `padded to ${squared}×${squared}` : `cropped to ${squared}×${squared}`);
   if (side !== squared) steps.push(`scaled to ${side}×${side}`);
   steps.push(png.size < 1024 ? `PNG, ${png.size} bytes` : `PNG, ${(png.size / 1024).toFixed(0)} KB`);
-  $("preview-info").textContent = steps.join(" → ");
-  $("preview").classList.remove("stale");
-  $("preview").hidden = false;
-  if ($("elapsed").textContent === PREPARING) $("elapsed").textContent = "";
+  input.card.info.textContent = steps.join(" → ");
+  input.card.root.classList.remove("stale");
+  if ($("elapsed").textContent === PREPARING && state.inputs.every((each) => each.png)) $("elapsed").textContent = "";
   updateGenerate();
+}
+
+// The fit changed: every input is made square again.
+function prepareAll() {
+  state.problems = [];
+  state.problemFocus = "file";
+  const alone = state.inputs.length === 1;
+  for (const input of state.inputs) prepare(input, alone);
+}
+
+// The weights, one per input, checked as the server checks them; an error names the image and
+// puts the focus in its weight field.
+function weights() {
+  const values = [];
+  for (const [index, input] of state.inputs.entries()) {
+    const field = input.card.weight;
+    const value = field.value.trim() === "" ? NaN : Number(field.value);
+    if (!Number.isFinite(value) || value < 0) {
+      showError("file-error", `Image ${index + 1} (${input.label}): the weight must be a number, 0 or more.`, field.id);
+      return null;
+    }
+    values.push(value);
+  }
+  if (!values.some((value) => value > 0)) {
+    showError("file-error", "The weights are all 0: give at least one image a weight above 0.", state.inputs[0].card.weight.id);
+    return null;
+  }
+  return values;
 }
 
 // --- generating ----------------------------------------------------------------------------
@@ -258,9 +383,10 @@ function figure(src, caption, extraClass) {
   return { item, text };
 }
 
-function showResults(data, original) {
+// `originals` are the inputs as sent ({ src, label }): "Original" for one, "Image 1", ... for several.
+function showResults(data, originals) {
   const grid = $("grid");
-  grid.replaceChildren(figure(original, "Original", "original").item);
+  grid.replaceChildren(...originals.map((original) => figure(original.src, original.label, "original").item));
   data.forEach((entry, index) => {
     const src = entry.url || `data:image/png;base64,${entry.b64_json}`;
     const { item, text } = figure(src, `Variation ${index + 1}`);
@@ -272,9 +398,9 @@ function showResults(data, original) {
     again.type = "button";
     again.className = "secondary";
     again.textContent = "Vary this one";
-    again.addEventListener("click", async () => {
+    again.addEventListener("click", async () => {  // this one image replaces the inputs
       const blob = await (await fetch(src)).blob();
-      await useImage(blob, `Variation ${index + 1}`);
+      await useFiles([{ blob, label: `Variation ${index + 1}` }], true, "file");
       $("preview").scrollIntoView();
       $("generate").focus();
     });
@@ -290,30 +416,43 @@ function showResults(data, original) {
 async function generate(event) {
   event.preventDefault();
   if (state.busy) return;
-  if (!state.source) {
+  if (!state.inputs.length) {
     showError("file-error", "Choose an image first.", "file");
     return;
   }
-  if (!state.png) {
+  if (!state.inputs.every((input) => input.png)) {
     $("elapsed").textContent = PREPARING;
     return;
   }
+  const several = state.inputs.length > 1;
+  const blend = several ? weights() : null;
+  if (several && !blend) return;
+  showError("file-error", "");
   showError("error", "");
   const key = typedKey();
   const form = new FormData();
-  form.append("image", state.png, "image.png");
+  // One image is the request it always was; several go as image[] parts, as the SDKs send a list.
+  if (several) {
+    state.inputs.forEach((input, index) => form.append("image[]", input.png, `image-${index + 1}.png`));
+    form.append("image_weights", blend.join(","));
+  } else {
+    form.append("image", state.inputs[0].png, "image.png");
+  }
   form.append("n", $("n").value);
   form.append("size", $("size").value);
   form.append("response_format", $("format").value);
   if ($("model").value) form.append("model", $("model").value);
-  const original = state.pngUrl;
+  const originals = state.inputs.map((input, index) => ({
+    src: input.pngUrl,
+    label: several ? `Image ${index + 1}` : "Original",
+  }));
   busy(true);
   try {
     const result = await apiFetch("/v1/images/variations", key, { method: "POST", body: form });
     busy(false);
     if (key === typedKey()) showError("key-error", "");  // the key worked: an old refusal is stale
     $("elapsed").textContent = `${result.data.length} image${result.data.length === 1 ? "" : "s"}.`;
-    showResults(result.data, original);
+    showResults(result.data, originals);
   } catch (err) {
     busy(false);
     $("elapsed").textContent = "";
@@ -324,25 +463,31 @@ async function generate(event) {
 
 // --- wiring --------------------------------------------------------------------------------
 
+function acceptFiles(picker, zone, replace) {
+  const use = (files) => {
+    const items = Array.from(files, (file) => ({ blob: file, label: file.name }));
+    picker.value = "";  // choosing the same file again, once fixed, is a change again
+    if (items.length) useFiles(items, replace, picker.id);
+  };
+  picker.addEventListener("change", () => use(picker.files));
+  zone.addEventListener("dragover", (event) => { event.preventDefault(); zone.classList.add("over"); });
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("over");
+    use(event.dataTransfer.files);
+  });
+}
+
 function init() {
   $("api-key").value = localStorage.getItem(KEY_STORAGE) || "";
   $("key-form").addEventListener("submit", saveKey);
   // "Key accepted." speaks of the saved key, not of what is being typed now.
   $("api-key").addEventListener("input", () => { $("key-status").textContent = ""; });
-  $("file").addEventListener("change", () => {
-    const file = $("file").files[0];
-    if (file) useImage(file, file.name);
-  });
-  const drop = $("drop");
-  drop.addEventListener("dragover", (event) => { event.preventDefault(); drop.classList.add("over"); });
-  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
-  drop.addEventListener("drop", (event) => {
-    event.preventDefault();
-    drop.classList.remove("over");
-    const file = event.dataTransfer.files[0];
-    if (file) useImage(file, file.name);
-  });
-  for (const radio of document.querySelectorAll('input[name="fit"]')) radio.addEventListener("change", prepare);
+  // The main picker and drop zone start over; "Add an image" keeps the images already there.
+  acceptFiles($("file"), $("drop"), true);
+  acceptFiles($("add-file"), $("add"), false);
+  for (const radio of document.querySelectorAll('input[name="fit"]')) radio.addEventListener("change", prepareAll);
   $("generate-form").addEventListener("submit", generate);
   updateGenerate();
   if (typedKey()) loadModels();
