@@ -110,11 +110,17 @@ def in_background(work: Callable[[], T]) -> T:
             outcome["value"] = work()
         except BaseException as exc:  # handed to the main thread, which decides
             outcome["error"] = exc
+        finished.set()
+        # The thread stays (idle) for the process's life: when a thread that ran torch's CPU kernels exits,
+        # its OpenMP team goes with it, and generation on the scheduler's thread then ran ~8x slower here.
+        threading.Event().wait()
+
+    finished = threading.Event()
 
     thread = threading.Thread(target=run, name="vary-load", daemon=True)
     thread.start()
-    while thread.is_alive():
-        thread.join(0.5)  # short waits: Python runs signal handlers between them
+    while not finished.wait(0.5):  # short waits: Python runs signal handlers between them
+        pass
     if "error" in outcome:
         raise outcome["error"]
     value: T = outcome["value"]
