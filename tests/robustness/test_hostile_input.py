@@ -103,7 +103,8 @@ IMAGE_PART = ("image", PNG, "a.png")
 # (case, raw body, content type, expected status)
 FORMS: list[tuple[str, bytes, str, int]] = [
     ("a field given twice", *body(IMAGE_PART, ("n", b"1", None), ("n", b"2", None)), 400),
-    ("the image given twice", *body(IMAGE_PART, IMAGE_PART), 400),
+    ("the image given twice: two inputs, blended", *body(IMAGE_PART, IMAGE_PART), 200),
+    ("the image given six times, one over the limit", *body(*[IMAGE_PART] * 6), 400),
     ("image as a plain field", *body(("image", PNG, None)), 400),
     ("unknown field", *body(IMAGE_PART, ("prompt", b"cat", None)), 400),
     *[(f"n = {value!r}", *body(IMAGE_PART, ("n", value.encode(), None)), 400) for value in ("abc", "1.5", "", " 3 ")],
