@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from vary.api.admin_routes import router as admin_router
 from vary.api.body_limit import BodyLimitMiddleware
 from vary.api.errors import install_error_handlers
+from vary.api.http_protocol import vary_http_protocol
 from vary.api.ops_routes import router as ops_router
 from vary.api.playground import WEB_DIR
 from vary.api.playground import router as playground_router
@@ -62,6 +63,16 @@ def build_registry(
         placement=Placement(device=settings.device, dtype=settings.dtype, compile=settings.compile),
         overrides=settings.render_overrides(),
         local=local_model,
+    )
+
+
+def http_protocol(settings: Settings) -> type[asyncio.Protocol]:
+    """The HTTP protocol class uvicorn runs the app with: header deadline, size caps, send timeout."""
+    return vary_http_protocol(
+        settings.header_timeout_seconds,
+        max_request_line_bytes=settings.max_request_line_bytes,
+        max_header_bytes=settings.max_header_bytes,
+        send_timeout_seconds=settings.send_timeout_seconds,
     )
 
 

@@ -56,8 +56,7 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
     # First: importing the ML libraries below already logs, and those lines must be in the log's format.
     configure_logging(settings.log_format, level=settings.log_level)
 
-    from vary.api.http_protocol import vary_http_protocol
-    from vary.app import build_app
+    from vary.app import build_app, http_protocol
     from vary.config import ConfigError, catalogue_for
     from vary.errors import ModelUnavailable
     from vary.memory import cap_malloc_arenas
@@ -83,12 +82,7 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
         access_log=False,  # vary.access writes one line per request instead, without query strings
         # SIGTERM: stop accepting, let requests in flight finish for this long, then shut the models down.
         timeout_graceful_shutdown=settings.shutdown_timeout_seconds,
-        http=vary_http_protocol(
-            settings.header_timeout_seconds,
-            max_request_line_bytes=settings.max_request_line_bytes,
-            max_header_bytes=settings.max_header_bytes,
-            send_timeout_seconds=settings.send_timeout_seconds,
-        ),
+        http=http_protocol(settings),
         ws="none",  # no WebSocket routes: an upgrade is answered as the plain request it is (http_protocol.py)
     )
     server = ReadyServer(config, on_ready=key and ready_message(settings, key))
