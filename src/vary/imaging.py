@@ -143,6 +143,12 @@ class InputImage:
     _rgb: Image.Image | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    def release(self) -> None:
+        """Drops the decoded pixels (up to 64 MiB) once a model has prepared its inputs from them, so a
+        request waiting in a queue holds its model inputs, not its decoded images."""
+        with self._lock:
+            self._rgb = None
+
 
 class ImageDecoder:
     """Checks and decodes inputs, at most `rules.max_concurrent_decodes` at a time (each can be ~64 MB)."""

@@ -94,8 +94,12 @@ class LocalModel:
         return Made(pngs=pngs, seed=seed, batch_images=job.batch_images, stages=stages)
 
     def _prepare(self, request: VariationRequest, controls: Controls) -> object:
-        images = [self.decoder.rgb(image) for image in request.images]
-        return self.engine.prepare(images, request.size, controls, request.blend)
+        try:
+            images = [self.decoder.rgb(image) for image in request.images]
+            return self.engine.prepare(images, request.size, controls, request.blend)
+        finally:
+            for image in request.images:
+                image.release()
 
     def _encode(self, frames: Frames, size: int) -> list[bytes]:
         return [encode_png(frame) for frame in self.engine.finish(frames, size)]
