@@ -24,7 +24,7 @@ from vary.api.request_context import RequestContextMiddleware
 from vary.api.routes import router
 from vary.api.variation_form import request_too_large
 from vary.config import catalogue_for
-from vary.db import Database
+from vary.db import Database, shown
 from vary.engines.base import Engine
 from vary.engines.diffusion import Placement
 from vary.engines.registry import ModelRegistry
@@ -37,7 +37,7 @@ from vary.ratelimit import RateLimiter
 from vary.services import Services
 from vary.serving import Links, VariationService
 from vary.settings import Settings
-from vary.signing import UrlSigner, load_or_create_secret
+from vary.signing import UrlSigner, secret_for
 from vary.storage import ImageStore
 
 log = logging.getLogger("vary")
@@ -92,14 +92,17 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Opening the database upgrades its schema (vary/migrations) before anything is served.
         db = Database(
-            settings.db_path,
+            settings.database,
             busy_timeout_seconds=settings.db_busy_timeout_seconds,
+            statement_timeout_seconds=settings.db_statement_timeout_seconds,
             spool_path=settings.usage_spool_path,
             spool_max_rows=settings.usage_spool_max_rows,
         )
+        log.info("database %s", shown(db.url))
         store = ImageStore(settings.images_dir)
-        signer = UrlSigner(load_or_create_secret(settings.secret_path))
+        signer = UrlSigner(secret_for(settings, db))
         nonlocal registry
         if registry is None:
             registry = await run_in_threadpool(build_registry, settings, inputs, load_engines)

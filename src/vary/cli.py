@@ -1,4 +1,5 @@
-"""`vary serve`, `vary keys create|update|list|revoke`, `vary usage`, and the client `vary create`.
+"""`vary serve`, `vary keys create|update|list|revoke`, `vary usage`, `vary db upgrade|current`, and the client
+`vary create`.
 
 Every option of `vary serve` is also an environment variable VARY_<OPTION>.
 """
@@ -30,6 +31,14 @@ def _parser() -> argparse.ArgumentParser:
         help="database, images and URL secret (default: the per-user data dir, ~/.local/share/vary on Linux; "
         "VARY_DATA_DIR)",
     )
+
+    database = argparse.ArgumentParser(add_help=False)
+    database.add_argument(
+        "--database-url",
+        help="keys and usage in this SQLAlchemy database, e.g. postgresql+psycopg://vary@db-host/vary to share "
+        "one between replicas (default: vary.db in the data dir; VARY_DATABASE_URL)",
+    )
+    data_dir = argparse.ArgumentParser(add_help=False, parents=[data_dir, database])
 
     serve = commands.add_parser("serve", parents=[data_dir], help="start the API server")
     serve.add_argument("--host", help="interface to listen on (default 127.0.0.1; VARY_HOST)")
@@ -80,6 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--user", help="only this end user (the requests' `user` field)")
     usage.add_argument("--since", help="only from this date or date-time on (ISO 8601; UTC unless it says)")
     usage.add_argument("--format", choices=FORMATS, default="table", help="table (default), csv or json")
+
+    db = commands.add_parser("db", help="the database's schema").add_subparsers(dest="db_command", required=True)
+    db.add_parser("upgrade", parents=[data_dir], help="migrate the schema to this vary's version (also done at start)")
+    db.add_parser("current", parents=[data_dir], help="print the schema's revision, without changing anything")
     return parser
 
 
@@ -102,13 +115,26 @@ def _limit(text: str) -> int | None:
 
 
 def _settings(args: argparse.Namespace) -> tuple[Settings, DataDir]:
-    options = ("host", "port", "config", "model", "no_auth", "public_url", "device", "log_format", "log_level")
+    options = (
+        *("host", "port", "config", "model", "no_auth", "public_url", "device", "log_format", "log_level"),
+        "database_url",
+    )
     given: dict[str, Any] = {name: getattr(args, name) for name in options if getattr(args, name, None) is not None}
     data_dir = choose_data_dir(getattr(args, "data_dir", None))
     try:
         return Settings(**given, data_dir=data_dir.path), data_dir
     except ValidationError as exc:
-        sys.exit(f"vary: invalid setting: {exc}")
+        sys.exit(f"vary: invalid setting: {_invalid(exc)}")
+
+
+def _invalid(exc: ValidationError) -> str:
+    """pydantic's errors, one a line, with the value given except for a secret's."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        field = ".".join(str(part) for part in error["loc"])
+        given = "" if field == "signing_secret" else f" (given: {error.get('input')!r})"
+        lines.append(f"{field}: {error['msg']}{given}")
+    return "\n".join(lines)
 
 
 def _keys(args: argparse.Namespace, settings: Settings) -> None:
@@ -118,7 +144,7 @@ def _keys(args: argparse.Namespace, settings: Settings) -> None:
         shown = [f"{flag[2:]}={_shown(getattr(info.limits, dest))}" for flag, (dest, _) in LIMIT_FLAGS.items()]
         return " ".join(shown)
 
-    db = Database(settings.db_path)
+    db = Database(settings.database)
     try:
         if args.keys_command == "create":
             limits = KeyLimits(**{field: getattr(args, field) for field in LIMIT_FIELDS})
@@ -161,11 +187,24 @@ def _usage(args: argparse.Namespace, settings: Settings) -> None:
         since = parse_since(args.since) if args.since else None
     except ValueError as exc:
         sys.exit(f"vary: --since: {exc}")
-    db = Database(settings.db_path)
+    db = Database(settings.database)
     try:
         print(render(summarise(db.usage_rows(key_id=args.key, user=args.user, since=since)), args.format))
     finally:
         db.close()
+
+
+def _db(args: argparse.Namespace, settings: Settings) -> None:
+    from vary import migrations
+    from vary.db import Database
+
+    db = Database(settings.database, migrate=args.db_command == "upgrade")
+    try:
+        revision = db.revision()
+    finally:
+        db.close()
+    state = "the head" if revision == migrations.head() else f"behind the head {migrations.head()}"
+    print(f"{revision or 'none (not made by vary, or before vary used Alembic)'} ({state})")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -190,8 +229,14 @@ def main(argv: list[str] | None = None) -> None:
         serve(settings, data_dir)
         return
     print(f"vary: {data_dir.line()}", file=sys.stderr)  # stdout stays the command's own output
+    if settings.database_url is not None:
+        from vary.db import shown
+
+        print(f"vary: database {shown(settings.database_url)}", file=sys.stderr)
     if args.command == "usage":
         _usage(args, settings)
+    elif args.command == "db":
+        _db(args, settings)
     else:
         _keys(args, settings)
 

@@ -1,4 +1,8 @@
-"""SQLite through SQLAlchemy: API keys (hashed) and one usage row per variation request.
+"""The database through SQLAlchemy: API keys (hashed), one usage row per variation request, shared secrets
+and leases.
+
+Any SQLAlchemy URL: the default is a SQLite file in the data dir; replicas share a PostgreSQL database
+(`postgresql+psycopg://...`). The schema is Alembic's (vary/migrations), upgraded when the database opens.
 
 Keys look like `vary-<key id>-<secret>`. Only a SHA-256 of the whole key is stored: the secret is
 32 random bytes, so a slow password hash would add latency without adding safety. The key id
@@ -6,7 +10,9 @@ finds the row; the hashes are then compared in constant time.
 
 The server opens the database with a short busy timeout and a usage spool (`usage_spool.py`): a usage
 row that cannot be written at once is spooled, and one writer thread writes the spool to the database
-when it takes writes again. Commands (`vary keys`, `vary usage`) wait longer and do not spool.
+when it takes writes again. Commands (`vary keys`, `vary usage`) wait longer and do not spool. On SQLite
+the busy timeout is SQLite's own; on PostgreSQL it is the lock timeout, with a statement timeout behind
+it, so a locked or stuck server spools usage rows instead of holding requests.
 """
 
 from __future__ import annotations
@@ -14,19 +20,35 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Boolean, Float, Integer, String, create_engine, event, func, select
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import (
+    Boolean,
+    Float,
+    Integer,
+    LargeBinary,
+    String,
+    create_engine,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.pool import NullPool
 
+from vary import migrations
 from vary.limits import LIMIT_FIELDS, KeyLimits
 from vary.usage_spool import UsageSpool, Values
 
@@ -34,6 +56,13 @@ KEY_PREFIX = "vary-"
 log = logging.getLogger("vary.usage")
 # How often the writer thread tries the database again while rows are spooled.
 SPOOL_RETRY_SECONDS = 1.0
+# PostgreSQL: how long opening a connection may take (libpq counts whole seconds, at least 2).
+CONNECT_TIMEOUT_SECONDS = 5
+# PostgreSQL: connections kept per process, and how many more a burst may open. The server's threadpool
+# runs the database calls (40 threads at most); a request waits this long for a free connection.
+POOL_SIZE = 10
+POOL_MAX_OVERFLOW = 20
+POOL_TIMEOUT_SECONDS = 10.0
 
 
 class Base(DeclarativeBase):
@@ -86,6 +115,26 @@ class WriteProbeRow(Base):
     written_at: Mapped[float] = mapped_column(Float)
 
 
+class SecretRow(Base):
+    """A secret every replica sharing the database must agree on (the URL-signing secret)."""
+
+    __tablename__ = "secrets"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class LeaseRow(Base):
+    """A job only one replica at a time may do (sweeping the image store): who holds it, and until when."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[float] = mapped_column(Float)
+
+
 _USAGE_COLUMNS = tuple(column.name for column in UsageRow.__table__.columns if column.name != "id")
 
 
@@ -112,23 +161,39 @@ def _info(row: ApiKeyRow) -> KeyInfo:
     return KeyInfo(row.id, row.name, row.created_at, row.revoked_at, bool(row.admin), limits)
 
 
+def database_url(url: str | URL | Path) -> URL:
+    """A SQLAlchemy URL; a path is a SQLite file."""
+    if isinstance(url, Path):
+        return URL.create("sqlite", database=str(url))
+    return make_url(url)
+
+
+def shown(url: str | URL | Path) -> str:
+    """The URL as logs and commands show it: never its password."""
+    return database_url(url).render_as_string(hide_password=True)
+
+
 class Database:
     def __init__(
         self,
-        path: Path,
+        url: str | URL | Path,
         *,
         busy_timeout_seconds: float = 10.0,
+        statement_timeout_seconds: float | None = None,
         spool_path: Path | None = None,
         spool_max_rows: int = 100_000,
+        migrate: bool = True,
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(
-            f"sqlite:///{path}", connect_args={"check_same_thread": False, "timeout": busy_timeout_seconds}
+        """`url`: a SQLAlchemy URL, or a SQLite file's path. `migrate`: upgrade the schema to the head first.
+
+        `statement_timeout_seconds` (PostgreSQL): a statement running longer is cancelled; None: no limit.
+        """
+        self.url = database_url(url)
+        self.engine: Engine = _engine(
+            self.url, busy_timeout_seconds=busy_timeout_seconds, statement_timeout_seconds=statement_timeout_seconds
         )
-        busy_ms = max(1, int(busy_timeout_seconds * 1000))
-        event.listen(self.engine, "connect", lambda connection, _: _sqlite_pragmas(connection, busy_ms))
-        Base.metadata.create_all(self.engine)
-        _add_missing_columns(self.engine)
+        if migrate:
+            self.upgrade()
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.spool: UsageSpool | None = None
         self._stop = threading.Event()
@@ -137,6 +202,19 @@ class Database:
             self.spool = UsageSpool(spool_path, max_rows=spool_max_rows)
             self._writer = threading.Thread(target=self._write_spool_forever, name="vary-usage-spool", daemon=True)
             self._writer.start()
+
+    def upgrade(self) -> None:
+        """The schema at the head revision; a database already there is only read (the common case)."""
+        if migrations.current(self.engine) == migrations.head():
+            return
+        engine = migration_engine(self.url)
+        try:
+            migrations.upgrade(engine)
+        finally:
+            engine.dispose()
+
+    def revision(self) -> str | None:
+        return migrations.current(self.engine)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -158,6 +236,60 @@ class Database:
         """A real write, under the short busy timeout: raises when the database cannot take one now."""
         with self.session() as s:
             s.merge(WriteProbeRow(id=1, written_at=time.time()))
+
+    # --- secrets and leases -------------------------------------------------------------------
+
+    def shared_secret(self, name: str, make: Callable[[], bytes]) -> bytes:
+        """The secret called `name`; made with `make` and kept when there is none yet.
+
+        Race-safe: when two processes make one at once, the primary key refuses the second insert and
+        both return the first one's secret.
+        """
+        with self.session() as s:
+            row = s.get(SecretRow, name)
+            if row is not None:
+                return row.value
+        try:
+            with self.session() as s:
+                s.add(SecretRow(name=name, value=make(), created_at=time.time()))
+        except IntegrityError:
+            pass  # another process's insert came first: read it below
+        with self.session() as s:
+            row = s.get(SecretRow, name)
+            assert row is not None, "a secret once inserted is never deleted"
+            return row.value
+
+    def try_lease(self, name: str, holder: str, seconds: float) -> bool:
+        """Whether `holder` now holds the lease `name` for `seconds` from now: it is taken when nobody holds
+        it, when it has expired, or renewed when `holder` already holds it.
+
+        Race-safe on PostgreSQL and SQLite alike: the UPDATE's condition is checked again on the row it
+        locks (PostgreSQL re-reads a row another transaction changed; SQLite has one writer at a time), and
+        of two INSERTs of a new lease the primary key lets one through. Expiry uses the callers' clocks,
+        which must agree to well within a lease's length (NTP does).
+        """
+        now = time.time()
+        taken = (
+            update(LeaseRow)
+            .where(LeaseRow.name == name, or_(LeaseRow.expires_at <= now, LeaseRow.holder == holder))
+            .values(holder=holder, expires_at=now + seconds)
+        )
+        with self.session() as s:
+            if s.execute(taken).rowcount == 1:  # type: ignore[attr-defined]
+                return True
+            if s.get(LeaseRow, name) is not None:
+                return False  # held by another, and not expired
+        try:
+            with self.session() as s:
+                s.add(LeaseRow(name=name, holder=holder, expires_at=now + seconds))
+        except IntegrityError:
+            return False  # another holder inserted it first
+        return True
+
+    def release_lease(self, name: str, holder: str) -> None:
+        """Gives the lease up if `holder` holds it, so another may take it before it expires."""
+        with self.session() as s:
+            s.execute(update(LeaseRow).where(LeaseRow.name == name, LeaseRow.holder == holder).values(expires_at=0.0))
 
     # --- keys -------------------------------------------------------------------------------
 
@@ -302,17 +434,63 @@ class Database:
         return delivered + (self.spool.images(key_id, since) if self.spool is not None else 0)
 
 
-def _add_missing_columns(engine: Engine) -> None:
-    """Databases made by an older vary get the columns added since; each is nullable or has a default."""
-    with engine.begin() as connection:
-        for table in Base.metadata.sorted_tables:
-            present = {row[1] for row in connection.exec_driver_sql(f"PRAGMA table_info({table.name})")}
-            for column in table.columns:
-                if column.name not in present:
-                    ddl = f"ALTER TABLE {table.name} ADD COLUMN {column.name} {column.type.compile(engine.dialect)}"
-                    if column.server_default is not None:
-                        ddl += f" DEFAULT {column.server_default.arg}"  # type: ignore[attr-defined]
-                    connection.exec_driver_sql(ddl)
+def _engine(url: URL, *, busy_timeout_seconds: float, statement_timeout_seconds: float | None) -> Engine:
+    busy_ms = max(1, int(busy_timeout_seconds * 1000))
+    if url.get_backend_name() == "sqlite":
+        _make_parent_dir(url)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": busy_timeout_seconds})
+        event.listen(engine, "connect", lambda connection, _: _sqlite_pragmas(connection, busy_ms))
+        return engine
+    if url.get_backend_name() == "postgresql":
+        # The lock timeout is the server's busy timeout: a row or table another transaction holds fails
+        # the statement then (a usage row is spooled) instead of holding the request. The statement timeout
+        # does the same for a server that has stopped answering.
+        options = f"-c lock_timeout={busy_ms}"
+        if statement_timeout_seconds is not None:
+            options += f" -c statement_timeout={max(1, int(statement_timeout_seconds * 1000))}"
+        return create_engine(
+            url,
+            pool_pre_ping=True,  # a connection the server (or a failover) closed is replaced, not failed
+            pool_size=POOL_SIZE,
+            max_overflow=POOL_MAX_OVERFLOW,
+            pool_timeout=POOL_TIMEOUT_SECONDS,
+            connect_args={"connect_timeout": _connect_timeout(busy_timeout_seconds), "options": options},
+        )
+    return create_engine(url, pool_pre_ping=True)
+
+
+def migration_engine(url: URL) -> Engine:
+    """An engine for one upgrade: one connection, no statement limits, and on SQLite BEGIN IMMEDIATE.
+
+    A migration may wait for another process's migration (the lock in vary.migrations) and may rewrite a
+    large table, so the request path's short timeouts do not apply; SQLite waits up to a minute.
+    """
+    if url.get_backend_name() == "sqlite":
+        _make_parent_dir(url)
+        engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 60.0})
+
+        def no_driver_transactions(dbapi_connection: Any, _: object) -> None:
+            # pysqlite would begin its own transactions, and none before DDL: SQLAlchemy's begin below does.
+            dbapi_connection.isolation_level = None
+
+        def begin_immediate(connection: Connection) -> None:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")  # the write lock at once: one migrator at a time
+
+        event.listen(engine, "connect", no_driver_transactions)
+        event.listen(engine, "begin", begin_immediate)
+        return engine
+    if url.get_backend_name() == "postgresql":
+        return create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS})
+    return create_engine(url, poolclass=NullPool)
+
+
+def _connect_timeout(busy_timeout_seconds: float) -> int:
+    return max(2, min(CONNECT_TIMEOUT_SECONDS, math.ceil(busy_timeout_seconds)))
+
+
+def _make_parent_dir(url: URL) -> None:
+    if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
 
 
 def _sqlite_pragmas(dbapi_connection: object, busy_timeout_ms: int) -> None:

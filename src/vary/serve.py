@@ -67,7 +67,7 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
         sys.exit(f"vary: {exc}")
     log.info(data_dir.line())
     cap_malloc_arenas(settings.malloc_arenas)
-    key = None if settings.no_auth else first_key(settings.data_dir)
+    key = None if settings.no_auth else first_key(settings.data_dir, settings.database)
     try:
         registry, decoder = in_background(lambda: load_models(settings))
     except ModelUnavailable:
@@ -135,11 +135,11 @@ def load_models(settings: Settings) -> tuple[ModelRegistry, ImageDecoder]:
     return registry, decoder
 
 
-def first_key(data_dir: Path) -> str | None:
+def first_key(data_dir: Path, database: str | Path) -> str | None:
     """A key when none is active yet, kept in a 0600 file until the user deletes it; None otherwise."""
     from vary.db import Database
 
-    db = Database(data_dir / "vary.db")
+    db = Database(database)  # its schema upgraded first (vary/migrations)
     try:
         if db.count_active_keys():
             return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vary.controls import MAX_GUIDANCE_SCALE, MAX_STEPS
@@ -15,6 +15,8 @@ from vary.limits import LIMIT_FIELDS, KeyLimits
 from vary.request import MAX_IMAGES
 
 MiB = 1024 * 1024
+# A shorter VARY_SIGNING_SECRET could be guessed; `openssl rand -hex 32` gives 64.
+MIN_SIGNING_SECRET_CHARS = 32
 # The model `vary serve` and `vary pull` use when none is named.
 DEFAULT_MODEL = "kandinsky-2.2"
 
@@ -86,8 +88,16 @@ class Settings(BaseSettings):
     # Where rate-limit windows live: memory:// for one process; a limits storage URI (redis://...) to share.
     rate_limit_storage: str = "memory://"
 
+    # Keys, usage, shared secrets: any SQLAlchemy URL (postgresql+psycopg://user@host/db to share one
+    # between replicas); None: the SQLite file vary.db in the data dir.
+    database_url: str | None = None
     # The server's wait for a database locked by another writer; a usage row that cannot wait is spooled.
     db_busy_timeout_seconds: float = Field(default=0.25, gt=0)
+    # PostgreSQL: a statement of the server's running longer is cancelled (a stuck database); usage is spooled.
+    db_statement_timeout_seconds: float = Field(default=5.0, gt=0)
+    # The key that signs image URLs, the same on every replica; None: made once and kept in the database
+    # (with database_url) or in the data dir's `secret` file (the SQLite default).
+    signing_secret: SecretStr | None = None
     # Usage rows kept (in a file in the data dir) while the database cannot take them; past this, dropped.
     usage_spool_max_rows: int = Field(default=100_000, ge=1)
 
@@ -101,6 +111,16 @@ class Settings(BaseSettings):
     memory_release_after_seconds: float = Field(default=2.0, ge=0)
     # glibc malloc arenas for the whole process (fewer: less memory kept after bursts); 0: glibc's default.
     malloc_arenas: int = Field(default=2, ge=0)
+
+    @field_validator("signing_secret")
+    @classmethod
+    def _long_enough(cls, secret: SecretStr | None) -> SecretStr | None:
+        if secret is not None and len(secret.get_secret_value()) < MIN_SIGNING_SECRET_CHARS:
+            raise ValueError(
+                f"VARY_SIGNING_SECRET must be at least {MIN_SIGNING_SECRET_CHARS} characters "
+                "(e.g. the output of `openssl rand -hex 32`)"
+            )
+        return secret
 
     def key_limits(self) -> KeyLimits:
         """The limits of keys that set none of their own."""
@@ -124,6 +144,11 @@ class Settings(BaseSettings):
     @property
     def db_path(self) -> Path:
         return self.data_dir / "vary.db"
+
+    @property
+    def database(self) -> str | Path:
+        """The database to open (db.Database): database_url, or the path of the SQLite file in the data dir."""
+        return self.database_url or self.db_path
 
     @property
     def usage_spool_path(self) -> Path:

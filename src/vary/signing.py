@@ -11,8 +11,15 @@ import hmac
 import os
 import secrets
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from vary.db import Database
+    from vary.settings import Settings
 
 SECRET_BYTES = 32
+# Its name in the database's `secrets` table.
+DB_SECRET_NAME = "url-signing"
 
 
 class SignatureError(Exception):
@@ -40,6 +47,19 @@ class UrlSigner:
             raise SignatureError
         if now >= expires:
             raise ExpiredError
+
+
+def secret_for(settings: Settings, db: Database) -> bytes:
+    """The URL-signing secret, the same on every replica that shares the settings' database.
+
+    VARY_SIGNING_SECRET when set; else, with a database_url, the one kept in that database (made by the
+    first replica to start); else, with the SQLite default, the data dir's file, as before.
+    """
+    if settings.signing_secret is not None:
+        return settings.signing_secret.get_secret_value().encode()
+    if settings.database_url is not None:
+        return db.shared_secret(DB_SECRET_NAME, lambda: secrets.token_bytes(SECRET_BYTES))
+    return load_or_create_secret(settings.secret_path)
 
 
 def load_or_create_secret(path: Path) -> bytes:

@@ -1,0 +1,64 @@
+"""vary's schema, migrated by Alembic: driven from code, with the scripts inside the package.
+
+Users run no `alembic` command and need no alembic.ini: `Database` upgrades to the head revision when it
+opens (the server before it serves, `vary keys`, `vary usage`), and `vary db upgrade` does it alone.
+
+Several replicas starting at once on one database must not migrate twice. The whole upgrade runs in one
+transaction that first takes a lock every other migrating process waits on:
+- PostgreSQL: `pg_advisory_xact_lock`, the transaction-scoped advisory lock (released by the commit or
+  rollback, or by the server when the connection dies, so a crashed replica never leaves it held). Its
+  DDL is transactional, so a failed upgrade leaves nothing half done.
+- SQLite: `BEGIN IMMEDIATE`, which takes the database's write lock at once; SQLite's DDL is
+  transactional too. A second process waits on the lock (the busy timeout), then finds the head.
+Either way the revision is read after the lock is held, so the second process finds nothing to do.
+Other databases SQLAlchemy speaks to run the same upgrade in one transaction, without a lock.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+
+SCRIPTS = Path(__file__).parent
+# The advisory lock's key: any fixed 64-bit number, the same in every vary process ("vary" in ASCII).
+ADVISORY_LOCK_KEY = 0x76617279
+
+
+def _config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPTS))
+    config.attributes["connection"] = connection
+    return config
+
+
+@functools.cache
+def head() -> str:
+    """The newest revision of the schema this vary knows."""
+    revision = ScriptDirectory.from_config(_config()).get_current_head()
+    assert revision is not None, "the migration scripts have one head"
+    return revision
+
+
+def current(engine: Engine) -> str | None:
+    """The database's revision; None for an empty database or one made before vary used Alembic."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def upgrade(engine: Engine) -> None:
+    """Upgrades to the head in one locked transaction; a database already there is left as it is.
+
+    `engine` must be made for it (db.migration_engine): on SQLite its transactions begin IMMEDIATE.
+    """
+    with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": ADVISORY_LOCK_KEY})
+        # env.py runs the migrations on this connection, inside this transaction.
+        command.upgrade(_config(connection), "head")
