@@ -146,6 +146,7 @@ def first_key(data_dir: Path, database: str | Path) -> str | None:
         _, key = db.create_key("default")
     finally:
         db.close()
+    data_dir.mkdir(parents=True, exist_ok=True)  # with a database_url, nothing else made it yet
     path = data_dir / FIRST_KEY_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as file:

@@ -17,6 +17,7 @@ Other databases SQLAlchemy speaks to run the same upgrade in one transaction, wi
 from __future__ import annotations
 
 import functools
+import logging
 from pathlib import Path
 
 from alembic import command
@@ -29,6 +30,16 @@ from sqlalchemy.engine import Connection, Engine
 SCRIPTS = Path(__file__).parent
 # The advisory lock's key: any fixed 64-bit number, the same in every vary process ("vary" in ASCII).
 ADVISORY_LOCK_KEY = 0x76617279
+
+
+class _OnlyTheUpgrades(logging.Filter):
+    """Alembic logs which dialect it found each time it looks; the revisions it runs are worth a line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(("Context impl", "Will assume"))
+
+
+logging.getLogger("alembic.runtime.migration").addFilter(_OnlyTheUpgrades())
 
 
 def _config(connection: Connection | None = None) -> Config:
