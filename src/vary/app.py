@@ -28,6 +28,7 @@ from vary.db import Database
 from vary.engines.base import Engine
 from vary.engines.diffusion import Placement
 from vary.engines.registry import ModelRegistry
+from vary.errors import StoreUnavailable
 from vary.gateway import Gateway
 from vary.imaging import ImageDecoder
 from vary.local_model import LocalModel, QueuePolicy
@@ -38,7 +39,7 @@ from vary.services import Services
 from vary.serving import Links, VariationService
 from vary.settings import Settings
 from vary.signing import UrlSigner, load_or_create_secret
-from vary.storage import ImageStore
+from vary.storage import ImageStore, Presigner, open_store
 
 log = logging.getLogger("vary")
 
@@ -82,11 +83,13 @@ def build_app(
     load_engines: Callable[[Settings], list[Engine]] | None = None,
     registry: ModelRegistry | None = None,
     decoder: ImageDecoder | None = None,
+    store: ImageStore | None = None,
 ) -> FastAPI:
     """`load_engines` replaces the catalogue (tests hand in engines they built); all of them load eagerly.
 
     `registry`: models already built and warmed up, with the `decoder` they were built with (`vary serve`
     loads them before uvicorn starts). Without one, the lifespan builds and warms them up.
+    `store`: the image store, already opened and checked (`vary serve` does it before loading models).
     """
     inputs = decoder or ImageDecoder(settings.image_rules())
 
@@ -98,8 +101,10 @@ def build_app(
             spool_path=settings.usage_spool_path,
             spool_max_rows=settings.usage_spool_max_rows,
         )
-        store = ImageStore(settings.images_dir)
-        signer = UrlSigner(load_or_create_secret(settings.secret_path))
+        nonlocal store
+        if store is None:
+            store = await run_in_threadpool(open_store, settings)
+        signer = url_signer(settings)
         nonlocal registry
         if registry is None:
             registry = await run_in_threadpool(build_registry, settings, inputs, load_engines)
@@ -118,7 +123,17 @@ def build_app(
             signer=signer,
             registry=registry,
             variations=VariationService(
-                registry, inputs, store, Links(signer, settings.url_ttl_seconds, settings.public_url), gateway
+                registry,
+                inputs,
+                store,
+                Links(
+                    signer,
+                    settings.url_ttl_seconds,
+                    settings.public_url,
+                    # A store that presigns (S3) was checked to be one when storage_presign was set (open_store).
+                    presigner=store if settings.storage_presign and isinstance(store, Presigner) else None,
+                ),
+                gateway,
             ),
             limiter=RateLimiter(
                 defaults=settings.key_limits(),
@@ -165,12 +180,28 @@ def build_app(
     return app
 
 
-async def _sweep_forever(store: ImageStore, settings: Settings) -> None:
+def url_signer(settings: Settings) -> UrlSigner:
+    """VARY_SIGNING_SECRET when set (replicas that share it serve each other's URLs); else the data dir's file.
+
+    Raises ValueError for a secret under 32 characters.
+    """
+    if settings.signing_secret is None:
+        return UrlSigner(load_or_create_secret(settings.secret_path))
+    secret = settings.signing_secret.get_secret_value().encode()
+    if len(secret) < 32:
+        raise ValueError("VARY_SIGNING_SECRET must be at least 32 characters")
+    return UrlSigner(secret)
+
+
+async def _sweep_forever(store: ImageStore, settings: Settings, may_sweep: Callable[[], bool] = lambda: True) -> None:
+    """Deletes expired images every sweep interval. `may_sweep` says whether this replica sweeps this round
+    (one replica at a time, e.g. while it holds a lease in the shared database); it runs in the thread pool."""
     while True:
         try:
-            removed = await run_in_threadpool(store.sweep, ttl_seconds=settings.url_ttl_seconds)
-            if removed:
-                log.info("swept %d expired files", removed)
-        except OSError:
+            if await run_in_threadpool(may_sweep):
+                removed = await run_in_threadpool(store.sweep, ttl_seconds=settings.url_ttl_seconds)
+                if removed:
+                    log.info("swept %d expired images", removed)
+        except (OSError, StoreUnavailable):
             log.exception("sweeping the image store failed")
         await asyncio.sleep(settings.sweep_interval_seconds)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vary.controls import MAX_GUIDANCE_SCALE, MAX_STEPS
@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     # URLs and their files.
     url_ttl_seconds: int = Field(default=3600, ge=1)
     sweep_interval_seconds: float = Field(default=60.0, gt=0)
+    # Where images are stored: file:///abs/dir or s3://BUCKET[/PREFIX] (storage.py); None: the data dir's images/.
+    storage_url: str | None = None
+    # `url` answers are the S3 store's own presigned GET URLs: image bytes never pass through vary.
+    storage_presign: bool = False
+    # The URL-signing secret (at least 32 characters), shared by replicas; None: created once in the data dir.
+    signing_secret: SecretStr | None = None
 
     # Input limits. OpenAI's contract: the image must be *less than* 4 MiB.
     max_image_bytes: int = Field(default=4 * MiB, ge=1)
