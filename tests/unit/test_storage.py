@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from pathlib import Path
 
 import pytest
 
+from vary.app import _sweep_forever, url_signer
+from vary.settings import Settings
 from vary.storage import LocalImageStore, StorageSetupError, parse_storage_url
 
 
@@ -83,3 +87,38 @@ def test_other_storage_urls_are_refused_naming_the_accepted_forms(tmp_path: Path
     with pytest.raises(StorageSetupError, match=r"file:///absolute/dir or s3://BUCKET\[/PREFIX\]") as refused:
         parse_storage_url(url, tmp_path)
     assert "hunter2" not in str(refused.value)
+
+
+def test_a_shared_signing_secret_replaces_the_file_and_must_be_long(tmp_path: Path) -> None:
+    shared = url_signer(Settings(data_dir=tmp_path, signing_secret="s" * 32))  # type: ignore[arg-type]
+    assert shared.signature("id", 1) == url_signer(
+        Settings(data_dir=tmp_path / "other", signing_secret="s" * 32)
+    ).signature("id", 1)  # type: ignore[arg-type]
+    assert not (tmp_path / "secret").exists()
+    with pytest.raises(ValueError, match="^VARY_SIGNING_SECRET must be at least 32 characters$"):
+        url_signer(Settings(data_dir=tmp_path, signing_secret="s" * 31))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("may", [False, True])
+def test_the_sweeper_sweeps_only_in_the_rounds_it_may(tmp_path: Path, may: bool) -> None:
+    """The may_sweep hook: one replica at a time sweeps (e.g. the holder of a lease in the shared database)."""
+    store = LocalImageStore(tmp_path / "images")
+    expired = store.put(b"old")
+    os.utime(store.path_for(expired), (0, 0))
+    asked: list[bool] = []
+
+    def may_sweep() -> bool:
+        asked.append(may)
+        return may
+
+    async def rounds() -> None:
+        settings = Settings(data_dir=tmp_path, sweep_interval_seconds=0.01)
+        sweeper = asyncio.create_task(_sweep_forever(store, settings, may_sweep=may_sweep))
+        deadline = time.monotonic() + 30
+        while len(asked) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # poll interval, bounded by the deadline
+        sweeper.cancel()
+
+    asyncio.run(rounds())
+    assert len(asked) >= 3
+    assert (store.read(expired) is None) is may
