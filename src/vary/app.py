@@ -28,7 +28,6 @@ from vary.db import Database
 from vary.engines.base import Engine
 from vary.engines.diffusion import Placement
 from vary.engines.registry import ModelRegistry
-from vary.errors import StoreUnavailable
 from vary.gateway import Gateway
 from vary.imaging import ImageDecoder
 from vary.local_model import LocalModel, QueuePolicy
@@ -202,6 +201,6 @@ async def _sweep_forever(store: ImageStore, settings: Settings, may_sweep: Calla
                 removed = await run_in_threadpool(store.sweep, ttl_seconds=settings.url_ttl_seconds)
                 if removed:
                     log.info("swept %d expired images", removed)
-        except (OSError, StoreUnavailable):
+        except Exception:  # noqa: BLE001 - a store or lease that fails this round must not end the sweeper
             log.exception("sweeping the image store failed")
         await asyncio.sleep(settings.sweep_interval_seconds)

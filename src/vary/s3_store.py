@@ -148,6 +148,8 @@ class S3ImageStore:
         """Deletes our images older than `ttl_seconds` by LastModified, and stale readiness probes.
 
         Only the prefix's own level is listed (Delimiter "/"), and only names vary writes are touched.
+        LastModified is the store's clock, `now` ours: they must agree to well within the URL lifetime
+        (AWS itself refuses requests signed more than 15 minutes off).
         """
         now = time.time() if now is None else now
         expired = list(self._keys_older_than(now, ttl_seconds))
