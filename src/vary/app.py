@@ -6,6 +6,9 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -38,9 +41,11 @@ from vary.services import Services
 from vary.serving import Links, VariationService
 from vary.settings import Settings
 from vary.signing import UrlSigner, secret_for
-from vary.storage import ImageStore
+from vary.storage import ImageStore, Presigner, open_store
 
 log = logging.getLogger("vary")
+# The database lease whose holder sweeps expired images.
+SWEEP_LEASE = "image-sweeper"
 
 
 def build_registry(
@@ -82,11 +87,13 @@ def build_app(
     load_engines: Callable[[Settings], list[Engine]] | None = None,
     registry: ModelRegistry | None = None,
     decoder: ImageDecoder | None = None,
+    store: ImageStore | None = None,
 ) -> FastAPI:
     """`load_engines` replaces the catalogue (tests hand in engines they built); all of them load eagerly.
 
     `registry`: models already built and warmed up, with the `decoder` they were built with (`vary serve`
     loads them before uvicorn starts). Without one, the lifespan builds and warms them up.
+    `store`: the image store, already opened and checked (`vary serve` does it before loading models).
     """
     inputs = decoder or ImageDecoder(settings.image_rules())
 
@@ -101,7 +108,9 @@ def build_app(
             spool_max_rows=settings.usage_spool_max_rows,
         )
         log.info("database %s", shown(db.url))
-        store = ImageStore(settings.images_dir)
+        nonlocal store
+        if store is None:
+            store = await run_in_threadpool(open_store, settings)
         signer = UrlSigner(secret_for(settings, db))
         nonlocal registry
         if registry is None:
@@ -121,7 +130,17 @@ def build_app(
             signer=signer,
             registry=registry,
             variations=VariationService(
-                registry, inputs, store, Links(signer, settings.url_ttl_seconds, settings.public_url), gateway
+                registry,
+                inputs,
+                store,
+                Links(
+                    signer,
+                    settings.url_ttl_seconds,
+                    settings.public_url,
+                    # A store that presigns (S3) was checked to be one when storage_presign was set (open_store).
+                    presigner=store if settings.storage_presign and isinstance(store, Presigner) else None,
+                ),
+                gateway,
             ),
             limiter=RateLimiter(
                 defaults=settings.key_limits(),
@@ -131,12 +150,20 @@ def build_app(
             metrics=metrics,
             started_at=int(time.time()),
         )
-        sweeper = asyncio.create_task(_sweep_forever(store, settings))
+        # One replica at a time sweeps a shared store: the holder of the database's sweep lease, which it
+        # renews each round; when it stops, the lease runs out and another replica takes over.
+        holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        lease_seconds = 3 * settings.sweep_interval_seconds
+        sweeper = asyncio.create_task(
+            _sweep_forever(store, settings, may_sweep=lambda: db.try_lease(SWEEP_LEASE, holder, lease_seconds))
+        )
         log.info("serving %s", ", ".join(m.id for m in registry.served()))
         try:
             yield
         finally:
             sweeper.cancel()
+            with contextlib.suppress(Exception):  # a lease not given back runs out on its own
+                await run_in_threadpool(db.release_lease, SWEEP_LEASE, holder)
             for model in registry.local:
                 await run_in_threadpool(model.close)
             for upstream in registry.hosted:
@@ -168,12 +195,15 @@ def build_app(
     return app
 
 
-async def _sweep_forever(store: ImageStore, settings: Settings) -> None:
+async def _sweep_forever(store: ImageStore, settings: Settings, may_sweep: Callable[[], bool] = lambda: True) -> None:
+    """Deletes expired images every sweep interval. `may_sweep` says whether this replica sweeps this round
+    (one replica at a time, e.g. while it holds a lease in the shared database); it runs in the thread pool."""
     while True:
         try:
-            removed = await run_in_threadpool(store.sweep, ttl_seconds=settings.url_ttl_seconds)
-            if removed:
-                log.info("swept %d expired files", removed)
-        except OSError:
+            if await run_in_threadpool(may_sweep):
+                removed = await run_in_threadpool(store.sweep, ttl_seconds=settings.url_ttl_seconds)
+                if removed:
+                    log.info("swept %d expired images", removed)
+        except Exception:  # noqa: BLE001 - a store or lease that fails this round must not end the sweeper
             log.exception("sweeping the image store failed")
         await asyncio.sleep(settings.sweep_interval_seconds)

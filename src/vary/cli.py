@@ -52,6 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--public-url", help="base of the image URLs handed out, e.g. behind a proxy (VARY_PUBLIC_URL)")
     serve.add_argument("--device", help="torch device, e.g. cuda or cpu (default: cuda when present; VARY_DEVICE)")
+    serve.add_argument(
+        "--storage-url",
+        help="where images are stored: file:///abs/dir or s3://BUCKET[/PREFIX] (default: the data dir's images/; "
+        "VARY_STORAGE_URL)",
+    )
 
     serve.add_argument("--log-format", choices=("json", "text"), help="log lines (default json; VARY_LOG_FORMAT)")
     serve.add_argument(
@@ -115,10 +120,8 @@ def _limit(text: str) -> int | None:
 
 
 def _settings(args: argparse.Namespace) -> tuple[Settings, DataDir]:
-    options = (
-        *("host", "port", "config", "model", "no_auth", "public_url", "device", "log_format", "log_level"),
-        "database_url",
-    )
+    options: tuple[str, ...] = ("host", "port", "config", "model", "no_auth", "public_url", "device", "log_format")
+    options += ("log_level", "database_url", "storage_url")  # other options add theirs here
     given: dict[str, Any] = {name: getattr(args, name) for name in options if getattr(args, name, None) is not None}
     data_dir = choose_data_dir(getattr(args, "data_dir", None))
     try:

@@ -172,3 +172,22 @@ class UpstreamRateLimited(VaryError):
     def __init__(self, names: str, retry_after: int) -> None:
         super().__init__(f"Every target for this model is rate limited ({names}). Retry after {retry_after} seconds.")
         self.retry_after = retry_after
+
+
+# --- the image store --------------------------------------------------------------------------
+
+
+class StoreUnavailable(VaryError):
+    """The image store (an S3 bucket) cannot be reached or refused vary: the images cannot be stored or read.
+
+    The reason is in the server's log; the client is told to retry, or to ask for b64_json.
+    """
+
+    kind: Kind = "unavailable"
+
+    def __init__(self, retry_after: int = 5) -> None:
+        super().__init__(
+            "The image store cannot be reached right now. Retry after a few seconds, "
+            "or ask for response_format=b64_json, which needs no store."
+        )
+        self.retry_after = retry_after

@@ -60,12 +60,17 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
     from vary.config import ConfigError, catalogue_for
     from vary.errors import ModelUnavailable
     from vary.memory import cap_malloc_arenas
+    from vary.storage import StorageSetupError, open_store
 
     try:
         catalogue_for(settings.config, settings.model)  # every mistake in one line, before anything loads
     except ConfigError as exc:
         sys.exit(f"vary: {exc}")
     log.info(data_dir.line())
+    try:  # a store that cannot be used ends the start in one line, before any model loads
+        store = open_store(settings)
+    except StorageSetupError as exc:
+        sys.exit(f"vary: {exc}")
     cap_malloc_arenas(settings.malloc_arenas)
     key = None if settings.no_auth else first_key(settings.data_dir, settings.database)
     try:
@@ -75,7 +80,7 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     config = uvicorn.Config(
-        build_app(settings, registry=registry, decoder=decoder),
+        build_app(settings, registry=registry, decoder=decoder, store=store),
         host=settings.host,
         port=settings.port,
         log_config=None,  # configure_logging's handlers stay

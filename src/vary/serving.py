@@ -20,7 +20,7 @@ from vary.gateway import Gateway
 from vary.imaging import ImageDecoder
 from vary.request import VariationRequest
 from vary.signing import UrlSigner
-from vary.storage import ImageStore
+from vary.storage import ImageStore, Presigner
 from vary.targets import Made
 
 
@@ -50,11 +50,22 @@ class VariationResult:
 
 @dataclass(frozen=True)
 class Links:
-    """How image URLs are made: signed, valid for `ttl_seconds`, on `public_url` or the request's own base."""
+    """How image URLs are made, in this one place: signed by vary, valid for `ttl_seconds`, on `public_url` or
+    the request's own base; or, with a `presigner` (VARY_STORAGE_PRESIGN=1), the store's own presigned URLs."""
 
     signer: UrlSigner
     ttl_seconds: int
     public_url: str | None = None
+    presigner: Presigner | None = None
+
+    def url(self, image_id: str, *, expires: int, base_url: str) -> str:
+        """The URL of a stored image, valid until `expires` (unix seconds)."""
+        if self.presigner is not None:
+            # The same expiry as vary's own signature would carry, counted from now.
+            return self.presigner.presigned_url(image_id, expires_in=max(1, expires - int(time.time())))
+        base = (self.public_url or base_url).rstrip("/")
+        signature = self.signer.signature(image_id, expires)
+        return f"{base}/v1/files/{image_id}.png?expires={expires}&signature={signature}"
 
 
 @dataclass
@@ -92,16 +103,14 @@ class VariationService:
             return _images_body(created, b"url", [_json_string(url) for url in made.urls])
         if response_format == "b64_json":
             return _images_body(created, b"b64_json", [pybase64.b64encode(png) for png in made.pngs])
-        # The expiry is fixed before the files are written, so the sweeper (which ages files by
-        # their mtime) can never delete a file while a URL to it is still valid.
+        # The expiry is fixed before the images are stored, so the sweeper (which ages them by their
+        # mtime or LastModified) can never delete an image while a URL to it is still valid.
         expires = created + self.links.ttl_seconds
-        base = (self.links.public_url or base_url).rstrip("/")
         urls = []
         for png in made.pngs:
             image_id = self.store.put(png)
-            signature = self.links.signer.signature(image_id, expires)
             # Escaped: the base comes from the request's Host header, which a client controls.
-            urls.append(_json_string(f"{base}/v1/files/{image_id}.png?expires={expires}&signature={signature}"))
+            urls.append(_json_string(self.links.url(image_id, expires=expires, base_url=base_url)))
         return _images_body(created, b"url", urls)
 
 

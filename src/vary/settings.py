@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     # URLs and their files.
     url_ttl_seconds: int = Field(default=3600, ge=1)
     sweep_interval_seconds: float = Field(default=60.0, gt=0)
+    # Where images are stored: file:///abs/dir or s3://BUCKET[/PREFIX] (storage.py); None: the data dir's images/.
+    storage_url: str | None = None
+    # `url` answers are the S3 store's own presigned GET URLs: image bytes never pass through vary.
+    storage_presign: bool = False
 
     # Input limits. OpenAI's contract: the image must be *less than* 4 MiB.
     max_image_bytes: int = Field(default=4 * MiB, ge=1)

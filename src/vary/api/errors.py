@@ -96,6 +96,10 @@ def api_error(exc: domain.VaryError) -> ApiError:
         return ApiError(502, message, type=SERVER_ERROR, code="upstream_unavailable")
     if isinstance(exc, domain.UpstreamFailure):
         return ApiError(502, message, type=SERVER_ERROR, code="upstream_error")
+    if isinstance(exc, domain.StoreUnavailable):
+        return ApiError(
+            503, message, type=SERVER_ERROR, code="store_unavailable", headers={"Retry-After": str(exc.retry_after)}
+        )
     return server_error()
 
 

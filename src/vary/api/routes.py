@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -96,7 +95,9 @@ async def get_file(request: Request, filename: str, expires: str = "", signature
         raise ApiError(403, "The URL's signature does not match.", code="invalid_signature") from None
     except ExpiredError:
         raise ApiError(403, "This URL has expired.", code="url_expired") from None
-    data = await run_in_threadpool(_read_if_present, services.store.get(image_id))
+    # From whichever store is configured, so any replica serves a URL another signed; a store that cannot
+    # be reached raises StoreUnavailable (503).
+    data = await run_in_threadpool(services.store.read, image_id)
     if data is None:
         raise ApiError(404, "No such file.", code="file_not_found")
     return Response(
@@ -104,15 +105,6 @@ async def get_file(request: Request, filename: str, expires: str = "", signature
         media_type="image/png",
         headers={"Cache-Control": f"private, max-age={max(0, int(expires) - int(now))}"},
     )
-
-
-def _read_if_present(path: Path | None) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:  # swept between lookup and read
-        return None
 
 
 def _model_cards(request: Request) -> list[Model]:
