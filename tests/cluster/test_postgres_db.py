@@ -17,7 +17,6 @@ from alembic.runtime.migration import MigrationContext
 from pydantic import SecretStr
 from sqlalchemy import inspect
 
-from tests.cluster import postgres
 from tests.cluster.postgres import PostgresServer
 from vary import migrations
 from vary.db import Base, Database, KeyLimits, SecretRow, UsageRow, shown
@@ -25,8 +24,6 @@ from vary.settings import Settings
 from vary.signing import DB_SECRET_NAME, secret_for
 
 pytestmark = pytest.mark.cluster
-postgres_server = postgres.postgres_server  # the fixtures this module uses
-postgres_url = postgres.postgres_url
 WAIT_S = 120
 
 

@@ -20,7 +20,6 @@ from vary.storage import StorageSetupError, new_id, open_store
 if TYPE_CHECKING:
     from tests.cluster.seaweedfs import S3Endpoint
 
-pytest_plugins = ["tests.cluster.seaweedfs"]  # the SeaweedFS fixtures
 pytestmark = pytest.mark.cluster
 WAIT_S = 60.0  # a bound for "never hangs", not a timing assertion
 HOSTILE = ["../secret", "..", "a/b", "x" * 15, "x" * 65, "abc def ghijklmnop", "%2e%2e%2fsecretxxxx", ""]
