@@ -236,12 +236,17 @@ def main(argv: list[str] | None = None) -> None:
         from vary.db import shown
 
         print(f"vary: database {shown(settings.database_url)}", file=sys.stderr)
-    if args.command == "usage":
-        _usage(args, settings)
-    elif args.command == "db":
-        _db(args, settings)
-    else:
-        _keys(args, settings)
+    from vary.db import DatabaseSetupError
+
+    try:
+        if args.command == "usage":
+            _usage(args, settings)
+        elif args.command == "db":
+            _db(args, settings)
+        else:
+            _keys(args, settings)
+    except DatabaseSetupError as exc:
+        sys.exit(f"vary: {exc}")
 
 
 if __name__ == "__main__":

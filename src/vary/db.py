@@ -44,7 +44,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -169,8 +169,29 @@ def database_url(url: str | URL | Path) -> URL:
 
 
 def shown(url: str | URL | Path) -> str:
-    """The URL as logs and commands show it: never its password."""
-    return database_url(url).render_as_string(hide_password=True)
+    """The URL as logs and commands show it: never its password (nor a text that is not a URL at all)."""
+    try:
+        return database_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return "(not a database URL)"
+
+
+class DatabaseSetupError(Exception):
+    """The database cannot be used at all (a wrong URL, a missing driver, a server that is not there):
+    commands and `vary serve` end with this one line, never a traceback."""
+
+    @classmethod
+    def of(cls, url: str | URL | Path, exc: BaseException) -> DatabaseSetupError:
+        if isinstance(exc, (ArgumentError, ValueError)):
+            return cls(
+                "VARY_DATABASE_URL is not a database URL: SQLAlchemy's form, e.g. sqlite:////abs/vary.db or "
+                "postgresql+psycopg://user:password@host:5432/db"
+            )
+        where = shown(url)
+        if isinstance(exc, ImportError):
+            return cls(f'the driver for {where} is not installed ({exc}); for PostgreSQL: pip install "vary[cluster]"')
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        return cls(f"cannot use the database {where}: {reason[0] if reason else type(exc).__name__}")
 
 
 class Database:
@@ -188,12 +209,18 @@ class Database:
 
         `statement_timeout_seconds` (PostgreSQL): a statement running longer is cancelled; None: no limit.
         """
-        self.url = database_url(url)
-        self.engine: Engine = _engine(
-            self.url, busy_timeout_seconds=busy_timeout_seconds, statement_timeout_seconds=statement_timeout_seconds
-        )
-        if migrate:
-            self.upgrade()
+        try:
+            self.url = database_url(url)
+        except (ArgumentError, ValueError) as exc:
+            raise DatabaseSetupError.of(url, exc) from exc
+        try:
+            self.engine: Engine = _engine(
+                self.url, busy_timeout_seconds=busy_timeout_seconds, statement_timeout_seconds=statement_timeout_seconds
+            )
+            if migrate:
+                self.upgrade()
+        except (ImportError, SQLAlchemyError, OSError) as exc:
+            raise DatabaseSetupError.of(url, exc) from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self.spool: UsageSpool | None = None
         self._stop = threading.Event()

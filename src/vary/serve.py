@@ -58,6 +58,7 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
 
     from vary.app import build_app, http_protocol
     from vary.config import ConfigError, catalogue_for
+    from vary.db import Database, DatabaseSetupError
     from vary.errors import ModelUnavailable
     from vary.memory import cap_malloc_arenas
     from vary.storage import StorageSetupError, open_store
@@ -67,12 +68,14 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
     except ConfigError as exc:
         sys.exit(f"vary: {exc}")
     log.info(data_dir.line())
-    try:  # a store that cannot be used ends the start in one line, before any model loads
+    try:  # a database or store that cannot be used ends the start in one line, before any model loads
+        key = None if settings.no_auth else first_key(settings.data_dir, settings.database)
+        if settings.no_auth:
+            Database(settings.database).close()  # its schema upgraded, as the lifespan would
         store = open_store(settings)
-    except StorageSetupError as exc:
+    except (DatabaseSetupError, StorageSetupError) as exc:
         sys.exit(f"vary: {exc}")
     cap_malloc_arenas(settings.malloc_arenas)
-    key = None if settings.no_auth else first_key(settings.data_dir, settings.database)
     try:
         registry, decoder = in_background(lambda: load_models(settings))
     except ModelUnavailable:

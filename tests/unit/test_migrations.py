@@ -16,6 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
@@ -281,3 +282,22 @@ def test_the_sqlite_default_is_unchanged(tmp_path: Path) -> None:
     assert (tmp_path / "data" / "vary.db").is_file()
     upgraded = vary_db("upgrade", "--data-dir", str(tmp_path / "data"))
     assert upgraded.returncode == 0 and upgraded.stdout.strip() == f"{migrations.head()} (the head)"
+
+
+@pytest.mark.parametrize(
+    ("url", "line"),
+    [
+        ("nonsense", "vary: VARY_DATABASE_URL is not a database URL: SQLAlchemy's form"),
+        ("postgresql+psycopg://u:hunter2@localhost:notaport/db", "vary: VARY_DATABASE_URL is not a database URL"),
+        ("mysql://u:hunter2@127.0.0.1:1/db", "vary: the driver for mysql://u:***@127.0.0.1:1/db is not installed"),
+        ("sqlite:////proc/no-such-dir/vary.db", "vary: cannot use the database sqlite:////proc/no-such-dir/vary.db: "),
+    ],
+)
+def test_a_database_that_cannot_be_used_is_one_line_never_a_traceback(tmp_path: Path, url: str, line: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "vary", "keys", "list", "--data-dir", str(tmp_path), "--database-url", url],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith(line), done.stderr
+    assert "Traceback" not in done.stderr and "hunter2" not in done.stderr
