@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--public-url", help="base of the image URLs handed out, e.g. behind a proxy (VARY_PUBLIC_URL)")
     serve.add_argument("--device", help="torch device, e.g. cuda or cpu (default: cuda when present; VARY_DEVICE)")
+    serve.add_argument(
+        "--ray",
+        dest="ray_address",
+        metavar="ADDRESS",
+        help="run as a Ray Serve application on the Ray cluster at ADDRESS, e.g. 10.0.0.5:6379 (VARY_RAY_ADDRESS)",
+    )
 
     serve.add_argument("--log-format", choices=("json", "text"), help="log lines (default json; VARY_LOG_FORMAT)")
     serve.add_argument(
@@ -103,6 +109,7 @@ def _limit(text: str) -> int | None:
 
 def _settings(args: argparse.Namespace) -> tuple[Settings, DataDir]:
     options = ("host", "port", "config", "model", "no_auth", "public_url", "device", "log_format", "log_level")
+    options = (*options, "ray_address")
     given: dict[str, Any] = {name: getattr(args, name) for name in options if getattr(args, name, None) is not None}
     data_dir = choose_data_dir(getattr(args, "data_dir", None))
     try:

@@ -1,0 +1,189 @@
+"""A real local Ray cluster for the tests: `ray start --head --block` on loopback, on free ports, in its own temp dir.
+
+It is stopped by its own process ids: SIGTERM to the blocking `ray start` (which stops what it started),
+then SIGKILL by pid to any process of its session still alive. Never `ray stop`: that stops every
+cluster on the machine, other sessions' included.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from vary.testing import free_port
+
+RAY_CPUS = 4  # logical CPUs the cluster offers: replicas ask for fractions of one (the machine has 2 cores)
+START_TIMEOUT = 180.0
+
+
+def ray_available() -> bool:
+    try:
+        import ray  # noqa: F401
+        from ray import serve  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def require_ray() -> None:
+    """Skips without Ray, unless VARY_REQUIRE_RAY=1 (CI), where a missing Ray fails."""
+    if ray_available():
+        return
+    if os.environ.get("VARY_REQUIRE_RAY"):
+        pytest.fail('VARY_REQUIRE_RAY is set but Ray Serve is not importable: pip install "vary[cluster]"')
+    pytest.skip('Ray Serve is not installed (pip install "vary[cluster]")')
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _worker_port_range(count: int = 200) -> tuple[int, int]:
+    """A random range of free ports for the cluster's workers, so parallel sessions do not collide."""
+    for _ in range(100):
+        low = random.randrange(20000, 60000 - count)
+        if all(_port_is_free(port) for port in range(low, low + count, 10)):
+            return low, low + count - 1
+    raise RuntimeError("no free port range for Ray's workers")
+
+
+@dataclass
+class RayCluster:
+    address: str
+    temp_dir: Path
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    python_bin: Path = field(default_factory=lambda: Path(sys.executable).parent)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def session_pids(self) -> set[int]:
+        """The processes of this cluster: those whose command line names its temp dir (Ray passes it to all)."""
+        pids = set()
+        marker = str(self.temp_dir).encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker in cmdline and int(entry.name) != os.getpid():
+                pids.add(int(entry.name))
+        return pids
+
+    def stop(self) -> None:
+        before = self.session_pids()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        deadline = time.monotonic() + 30
+        left = {pid for pid in before if _alive(pid)}
+        while left and time.monotonic() < deadline:
+            time.sleep(0.5)  # bounded wait for the cluster's own shutdown to finish
+            left = {pid for pid in left if _alive(pid)}
+        for pid in left | {pid for pid in self.session_pids() if _alive(pid)}:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def start_cluster(num_cpus: int = RAY_CPUS) -> RayCluster:
+    # Short: Ray's unix socket paths live under it and must stay under 107 characters.
+    temp_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    gcs_port = free_port()
+    low, high = _worker_port_range()
+    ray_bin = Path(sys.executable).parent / "ray"
+    command = [
+        str(ray_bin),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs_port}",
+        f"--temp-dir={temp_dir}",
+        f"--num-cpus={num_cpus}",
+        "--num-gpus=0",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--ray-client-server-port={free_port()}",
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--min-worker-port={low}",
+        f"--max-worker-port={high}",
+        "--object-store-memory=200000000",
+    ]
+    log_path = Path(tempfile.gettempdir()) / f"{temp_dir.name}-ray-start.log"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+    cluster = RayCluster(f"127.0.0.1:{gcs_port}", temp_dir, process, log_path)
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            cluster.stop()
+            raise RuntimeError(f"ray start exited with {process.returncode}:\n{cluster.log()}")
+        if _accepts(gcs_port) and _has_raylet(temp_dir):
+            return cluster
+        time.sleep(0.5)  # readiness poll, bounded by the deadline
+    cluster.stop()
+    raise RuntimeError(f"the Ray cluster did not start in {START_TIMEOUT}s:\n{cluster.log()}")
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _has_raylet(temp_dir: Path) -> bool:
+    """The node is up once its raylet socket exists in the session dir."""
+    return any(temp_dir.glob("session_*/sockets/raylet*"))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[RayCluster]:
+    require_ray()
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
