@@ -109,8 +109,9 @@ def _limit(text: str) -> int | None:
 
 def _settings(args: argparse.Namespace) -> tuple[Settings, DataDir]:
     options = ("host", "port", "config", "model", "no_auth", "public_url", "device", "log_format", "log_level")
-    options = (*options, "ray_address")
     given: dict[str, Any] = {name: getattr(args, name) for name in options if getattr(args, name, None) is not None}
+    if getattr(args, "ray_address", None) is not None:
+        given["ray_address"] = args.ray_address
     data_dir = choose_data_dir(getattr(args, "data_dir", None))
     try:
         return Settings(**given, data_dir=data_dir.path), data_dir

@@ -20,7 +20,7 @@ from typing import Any
 import ray
 from fastapi import FastAPI
 from ray import serve
-from ray.serve import Application
+from ray.serve import Application, Deployment
 from ray.serve.handle import DeploymentHandle
 
 from vary.config import Catalogue, ModelConfig, catalogue_for
@@ -87,7 +87,7 @@ class ModelReplica:
 class Edge:
     """The HTTP edge: vary's FastAPI app, built on the replica with its models' handles; Serve runs its lifespan."""
 
-    def __init__(self, settings: dict[str, Any], catalogue: Catalogue, models: dict[str, DeploymentHandle]) -> None:
+    def __init__(self, settings: dict[str, Any], catalogue: Catalogue, models: dict[str, DeploymentHandle[Any]]) -> None:
         self.settings = Settings(**settings)
         self.catalogue = catalogue  # as the driver read it: the file need not be on this node
         self.models = models
@@ -135,7 +135,8 @@ def edge_options(catalogue: Catalogue) -> dict[str, Any]:
 
 
 def cluster_has_gpus() -> bool:
-    return float(ray.cluster_resources().get("GPU", 0)) > 0
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    return resources.get("GPU", 0) > 0
 
 
 def application(settings: Settings) -> Application:
@@ -151,12 +152,11 @@ def application(settings: Settings) -> Application:
     for model in catalogue.models:
         if model.engine in HOSTED_ENGINES or model.engine == ROUTE:
             continue  # hosted providers are called from the edge; a route is its members' targets
-        deployment = serve.deployment(ModelReplica, name=model_deployment_name(model.name))
-        models[model.name] = deployment.options(**model_options(model, settings, has_gpus=has_gpus)).bind(
-            shipped, model
-        )
-    edge = serve.deployment(Edge, name=EDGE_DEPLOYMENT).options(**edge_options(catalogue))
-    return edge.bind(shipped, catalogue, models)
+        deployment: Deployment = serve.deployment(ModelReplica, name=model_deployment_name(model.name))
+        options = model_options(model, settings, has_gpus=has_gpus)
+        models[model.name] = deployment.options(**options).bind(shipped, model)
+    edge: Deployment = serve.deployment(Edge, name=EDGE_DEPLOYMENT)
+    return edge.options(**edge_options(catalogue)).bind(shipped, catalogue, models)
 
 
 def build(args: dict[str, Any]) -> Application:

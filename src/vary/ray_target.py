@@ -51,7 +51,7 @@ class ShippedRequest:
 class RayTarget:
     remote = True  # the edge checks the images before shipping them: a bad one never costs a replica
 
-    def __init__(self, name: str, handle: DeploymentHandle, *, resilience: Resilience, retry_after_seconds: int) -> None:
+    def __init__(self, name: str, handle: DeploymentHandle[Any], *, resilience: Resilience, retry_after_seconds: int) -> None:
         self._name = name
         self._handle = handle
         self._resilience = resilience
@@ -70,7 +70,7 @@ class RayTarget:
         try:
             made = await response
         except asyncio.CancelledError:
-            response.cancel()  # the client left or the attempt timed out: the replica drops the job too
+            response.cancel()  # type: ignore[no-untyped-call]  # the client left or the attempt timed out: the replica drops the job too
             raise
         except Exception as exc:  # noqa: BLE001 - mapped below; anything else is raised as it is
             raise self._domain_error(exc) from None

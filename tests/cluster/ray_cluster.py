@@ -70,25 +70,36 @@ class RayCluster:
     temp_dir: Path
     process: subprocess.Popen[bytes]
     log_path: Path
-    python_bin: Path = field(default_factory=lambda: Path(sys.executable).parent)
+    # Serve's HTTP proxy: its options are fixed by the first Serve start on a cluster, so every
+    # application a test runs on this cluster listens here.
+    serve_port: int = field(default_factory=free_port)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def session_pids(self) -> set[int]:
-        """The processes of this cluster: those whose command line names its temp dir (Ray passes it to all)."""
-        pids = set()
+        """The processes of this cluster: the descendants of its `ray start`, and any process whose command
+        line names its temp dir (Ray passes it to the processes it starts; workers retitle themselves)."""
         marker = str(self.temp_dir).encode()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if marker in cmdline and int(entry.name) != os.getpid():
-                pids.add(int(entry.name))
+        parents: dict[int, int] = {}
+        pids = set()
+        for pid, ppid, cmdline in _processes():
+            parents[pid] = ppid
+            if marker in cmdline and pid != os.getpid():
+                pids.add(pid)
+        for pid in parents:
+            ancestor, seen = parents.get(pid), 0
+            while ancestor and seen < 64:
+                if ancestor == self.process.pid:
+                    pids.add(pid)
+                    break
+                ancestor, seen = parents.get(ancestor), seen + 1
         return pids
+
+    def pids_titled(self, prefix: str) -> list[int]:
+        """This cluster's processes whose title (Ray's workers set it, e.g. "ray::ServeReplica:...") starts so."""
+        titles = {pid: cmdline for pid, _, cmdline in _processes()}
+        return sorted(pid for pid in self.session_pids() if titles.get(pid, b"").startswith(prefix.encode()))
 
     def stop(self) -> None:
         before = self.session_pids()
@@ -110,6 +121,19 @@ class RayCluster:
             except ProcessLookupError:
                 pass
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+def _processes() -> Iterator[tuple[int, int, bytes]]:
+    """(pid, parent pid, command line) of every process, from /proc."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        yield int(entry.name), ppid, cmdline
 
 
 def _alive(pid: int) -> bool:
