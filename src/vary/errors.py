@@ -108,7 +108,9 @@ class ReplicaLost(VaryError):
     kind: Kind = "retryable"
 
     def __init__(self, model: str, retry_after: int) -> None:
-        super().__init__(f"The model `{model}` lost the replica serving this request. Retry after {retry_after} seconds.")
+        super().__init__(
+            f"The model `{model}` lost the replica serving this request. Retry after {retry_after} seconds."
+        )
         self.model = model
         self.retry_after = retry_after
 

@@ -20,7 +20,7 @@ from typing import Any
 import ray
 from fastapi import FastAPI
 from ray import serve
-from ray.serve import Application, Deployment
+from ray.serve import Application
 from ray.serve.handle import DeploymentHandle
 
 from vary.config import Catalogue, ModelConfig, catalogue_for
@@ -87,7 +87,9 @@ class ModelReplica:
 class Edge:
     """The HTTP edge: vary's FastAPI app, built on the replica with its models' handles; Serve runs its lifespan."""
 
-    def __init__(self, settings: dict[str, Any], catalogue: Catalogue, models: dict[str, DeploymentHandle[Any]]) -> None:
+    def __init__(
+        self, settings: dict[str, Any], catalogue: Catalogue, models: dict[str, DeploymentHandle[Any]]
+    ) -> None:
         self.settings = Settings(**settings)
         self.catalogue = catalogue  # as the driver read it: the file need not be on this node
         self.models = models
@@ -152,10 +154,10 @@ def application(settings: Settings) -> Application:
     for model in catalogue.models:
         if model.engine in HOSTED_ENGINES or model.engine == ROUTE:
             continue  # hosted providers are called from the edge; a route is its members' targets
-        deployment: Deployment = serve.deployment(ModelReplica, name=model_deployment_name(model.name))
+        deployment = serve.deployment(name=model_deployment_name(model.name))(ModelReplica)
         options = model_options(model, settings, has_gpus=has_gpus)
         models[model.name] = deployment.options(**options).bind(shipped, model)
-    edge: Deployment = serve.deployment(Edge, name=EDGE_DEPLOYMENT)
+    edge = serve.deployment(name=EDGE_DEPLOYMENT)(Edge)
     return edge.options(**edge_options(catalogue)).bind(shipped, catalogue, models)
 
 

@@ -51,7 +51,9 @@ class ShippedRequest:
 class RayTarget:
     remote = True  # the edge checks the images before shipping them: a bad one never costs a replica
 
-    def __init__(self, name: str, handle: DeploymentHandle[Any], *, resilience: Resilience, retry_after_seconds: int) -> None:
+    def __init__(
+        self, name: str, handle: DeploymentHandle[Any], *, resilience: Resilience, retry_after_seconds: int
+    ) -> None:
         self._name = name
         self._handle = handle
         self._resilience = resilience

@@ -203,8 +203,8 @@ def _has_raylet(temp_dir: Path) -> bool:
     return any(temp_dir.glob("session_*/sockets/raylet*"))
 
 
-@pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[RayCluster]:
+@pytest.fixture(scope="session", name="ray_cluster")
+def ray_cluster_fixture() -> Iterator[RayCluster]:
     require_ray()
     cluster = start_cluster()
     try:

@@ -22,7 +22,7 @@ import httpx
 import openai
 import pytest
 
-from tests.cluster.ray_cluster import RayCluster, ray_cluster, require_ray  # noqa: F401 - the fixture
+from tests.cluster.ray_cluster import RayCluster, ray_cluster_fixture, require_ray  # noqa: F401 - the fixture
 from tests.conftest import create_key, decode_png, png_bytes
 from vary.testing import ServerProcess, free_port
 
@@ -78,7 +78,9 @@ def key(data_dir: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def on_ray(ray_cluster: RayCluster, data_dir: Path, key: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def on_ray(
+    ray_cluster: RayCluster, data_dir: Path, key: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerProcess]:
     config = tmp_path_factory.mktemp("ray-config") / "catalogue.toml"
     config.write_text(CATALOGUE)
     server = ServerProcess(
@@ -137,8 +139,9 @@ def wait_for_replicas(serve: Any, deployment: str, count: int, timeout: float = 
 
 def test_the_sdk_is_answered_by_two_replicas(on_ray: ServerProcess, key: str, ray_driver: Any) -> None:
     sdk = client(on_ray, key)
-    b64 = sdk.images.create_variation(image=("in.png", png_bytes(64)), model=MODEL, n=2, size="256x256",
-                                      response_format="b64_json")
+    b64 = sdk.images.create_variation(
+        image=("in.png", png_bytes(64)), model=MODEL, n=2, size="256x256", response_format="b64_json"
+    )
     assert len(b64.data) == 2
     assert decode_png(base64.b64decode(b64.data[0].b64_json or "")).size == (256, 256)
 
@@ -197,8 +200,19 @@ def test_no_cluster_at_the_address_is_one_clear_line(tmp_path: Path) -> None:
     require_ray()
     address = f"127.0.0.1:{free_port()}"
     done = subprocess.run(
-        [sys.executable, "-m", "vary", "serve", "--ray", address, "--model", MODEL, "--no-auth",
-         "--data-dir", str(tmp_path / "data")],
+        [
+            sys.executable,
+            "-m",
+            "vary",
+            "serve",
+            "--ray",
+            address,
+            "--model",
+            MODEL,
+            "--no-auth",
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
