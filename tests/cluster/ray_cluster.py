@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -211,3 +212,16 @@ def ray_cluster_fixture() -> Iterator[RayCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="module", name="ray_driver")
+def ray_driver_fixture(ray_cluster: RayCluster) -> Iterator[Any]:
+    """This test process connected to the cluster as a driver: Ray Serve's Python API (`serve.status()`...)."""
+    import ray
+    from ray import serve
+
+    ray.init(address=ray_cluster.address, logging_level="WARNING", log_to_driver=False)
+    try:
+        yield serve
+    finally:
+        ray.shutdown()

@@ -22,7 +22,12 @@ import httpx
 import openai
 import pytest
 
-from tests.cluster.ray_cluster import RayCluster, ray_cluster_fixture, require_ray  # noqa: F401 - the fixture
+from tests.cluster.ray_cluster import (  # noqa: F401 - the fixtures
+    RayCluster,
+    ray_cluster_fixture,
+    ray_driver_fixture,
+    require_ray,
+)
 from tests.conftest import create_key, decode_png, png_bytes
 from vary.testing import ServerProcess, free_port
 
@@ -52,19 +57,6 @@ ray_actor_options = { num_cpus = 0.1 }
 """
 START_TIMEOUT = 420.0  # three replicas load torch at once on two shared cores
 CLIENT_TIMEOUT = 120.0  # finite: a hang fails the test instead of stalling it
-
-
-@pytest.fixture(scope="module")
-def ray_driver(ray_cluster: RayCluster) -> Iterator[Any]:
-    """This test process connected to the cluster, to read Serve's status."""
-    import ray
-    from ray import serve
-
-    ray.init(address=ray_cluster.address, logging_level="WARNING", log_to_driver=False)
-    try:
-        yield serve
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
