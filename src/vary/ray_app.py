@@ -20,10 +20,10 @@ from typing import Any
 import ray
 from fastapi import FastAPI
 from ray import serve
-from ray.serve import Application
+from ray.serve import Application, Deployment
 from ray.serve.handle import DeploymentHandle
 
-from vary.config import Catalogue, ModelConfig, catalogue_for
+from vary.config import Catalogue, ConfigError, ModelConfig, catalogue_for
 from vary.engines.diffusion import Placement
 from vary.engines.registry import ModelRegistry
 from vary.imaging import ImageDecoder
@@ -156,9 +156,19 @@ def application(settings: Settings) -> Application:
             continue  # hosted providers are called from the edge; a route is its members' targets
         deployment = serve.deployment(name=model_deployment_name(model.name))(ModelReplica)
         options = model_options(model, settings, has_gpus=has_gpus)
-        models[model.name] = deployment.options(**options).bind(shipped, model)
-    edge = serve.deployment(name=EDGE_DEPLOYMENT)(Edge)
-    return edge.options(**edge_options(catalogue)).bind(shipped, catalogue, models)
+        models[model.name] = _with_options(deployment, options, f"model {model.name!r}: [models.ray]").bind(
+            shipped, model
+        )
+    edge = _with_options(serve.deployment(name=EDGE_DEPLOYMENT)(Edge), edge_options(catalogue), "[ray.edge]")
+    return edge.bind(shipped, catalogue, models)
+
+
+def _with_options(deployment: Deployment, options: dict[str, Any], where: str) -> Deployment:
+    """Serve's own check of a catalogue table, as one line naming the table."""
+    try:
+        return deployment.options(**options)
+    except (TypeError, ValueError) as exc:  # an unknown option; a bad value (pydantic's error is a ValueError)
+        raise ConfigError(f"{where}: {' '.join(str(exc).split())}") from None
 
 
 def build(args: dict[str, Any]) -> Application:

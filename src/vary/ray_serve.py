@@ -32,6 +32,7 @@ def serve_on_ray(settings: Settings, on_ready: str | None) -> None:
         from ray import serve
     except ImportError:
         sys.exit(MISSING_RAY)
+    from vary.config import ConfigError
     from vary.ray_app import APP_NAME, application
 
     address = settings.ray_address or "auto"
@@ -59,6 +60,8 @@ def serve_on_ray(settings: Settings, on_ready: str | None) -> None:
             signal.pause()  # until a signal: the handler's exception leaves the wait
     except _Stop:
         log.info("stopping: deleting the application %r", APP_NAME)
+    except ConfigError as exc:  # Serve refused a [models.ray] or [ray.edge] table
+        sys.exit(f"vary: {exc}")
     except RuntimeError as exc:  # Serve's word for an application that failed to deploy
         log.error("the application could not be deployed: %s", exc)
         sys.exit(1)

@@ -122,6 +122,7 @@ class RayCluster:
             except ProcessLookupError:
                 pass
         shutil.rmtree(self.temp_dir, ignore_errors=True)
+        self.log_path.unlink(missing_ok=True)
 
 
 def _processes() -> Iterator[tuple[int, int, bytes]]:
@@ -182,13 +183,15 @@ def start_cluster(num_cpus: int = RAY_CPUS) -> RayCluster:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            log = cluster.log()
             cluster.stop()
-            raise RuntimeError(f"ray start exited with {process.returncode}:\n{cluster.log()}")
+            raise RuntimeError(f"ray start exited with {process.returncode}:\n{log}")
         if _accepts(gcs_port) and _has_raylet(temp_dir):
             return cluster
         time.sleep(0.5)  # readiness poll, bounded by the deadline
+    log = cluster.log()
     cluster.stop()
-    raise RuntimeError(f"the Ray cluster did not start in {START_TIMEOUT}s:\n{cluster.log()}")
+    raise RuntimeError(f"the Ray cluster did not start in {START_TIMEOUT}s:\n{log}")
 
 
 def _accepts(port: int) -> bool:

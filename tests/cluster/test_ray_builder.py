@@ -32,6 +32,20 @@ def test_the_builder_builds_a_serve_application(ray_driver: Any, tmp_path: Path)
     assert isinstance(build({"model": "tiny-random", "data_dir": str(tmp_path)}), Application)
 
 
+def test_serve_refusing_a_ray_table_is_one_line_naming_it(ray_driver: Any, tmp_path: Path) -> None:
+    from vary.config import ConfigError
+    from vary.ray_app import build
+
+    config = tmp_path / "catalogue.toml"
+    config.write_text(
+        '[[models]]\nname = "a"\nengine = "kandinsky-2.2"\nweights = "tiny-random"\n[models.ray]\nnum_replica = 2\n'
+    )
+    with pytest.raises(ConfigError) as error:
+        build({"config": str(config), "data_dir": str(tmp_path)})
+    assert str(error.value).startswith("model 'a': [models.ray]: ") and "num_replica" in str(error.value)
+    assert "\n" not in str(error.value)
+
+
 def test_serve_run_of_the_example_config_answers(ray_cluster: RayCluster, ray_driver: Any, tmp_path: Path) -> None:
     config = yaml.safe_load(EXAMPLE.read_text())
     # The example as it is, but for the tiny twin, a temporary data dir, and this cluster's port.

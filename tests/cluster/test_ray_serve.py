@@ -29,6 +29,7 @@ from tests.cluster.ray_cluster import (  # noqa: F401 - the fixtures
     require_ray,
 )
 from tests.conftest import create_key, decode_png, png_bytes
+from vary.db import Database
 from vary.testing import ServerProcess, free_port
 
 pytestmark = pytest.mark.cluster
@@ -169,23 +170,41 @@ def test_a_domain_error_raised_in_a_replica_is_answered_as_itself(on_ray: Server
 
 
 def test_a_replica_killed_mid_burst_fails_no_request_silently(
-    on_ray: ServerProcess, key: str, ray_cluster: RayCluster, ray_driver: Any
+    on_ray: ServerProcess, key: str, ray_cluster: RayCluster, ray_driver: Any, data_dir: Path
 ) -> None:
     replicas = ray_cluster.pids_titled("ray::ServeReplica:vary:model-tiny-random")
     assert len(replicas) == 2, replicas
     with ThreadPoolExecutor(16) as pool:
         # Slower batches (more steps), so the kill lands while both replicas hold requests.
-        futures = [pool.submit(post, on_ray, key, MODEL, n="2", steps="40") for _ in range(16)]
+        futures = [pool.submit(post, on_ray, key, MODEL, n="2", steps="40", user="kill-burst") for _ in range(16)]
         time.sleep(1.5)  # not a wait for a result: lets the burst reach the replicas before the kill
         os.kill(replicas[0], signal.SIGKILL)
         answers = [future.result() for future in futures]
     for response in answers:
         assert_images_or_error_json(response)
     assert all(r.status_code in (200, 429, 503) for r in answers), [r.text[:200] for r in answers]
+    # Every request is accounted for by the edge; the attempts show the retries the kill caused, if any.
+    rows = usage_rows(data_dir, "kill-burst", 16)
+    print("kill-burst:", sorted(r.status_code for r in answers), "attempts:", sorted(r.attempts or 0 for r in rows))
 
     wait_for_replicas(ray_driver, "model-tiny-random", 2)
     after = burst(on_ray, key, MODEL, 8)
     assert [r.status_code for r in after] == [200] * 8, [r.text[:200] for r in after if r.status_code != 200]
+
+
+def usage_rows(data_dir: Path, user: str, count: int, timeout: float = 30.0) -> list[Any]:
+    """The edge's usage rows of `user`, once there are `count` (a row is written as its answer leaves)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        db = Database(data_dir / "vary.db")
+        try:
+            rows = db.usage_rows(user=user)
+        finally:
+            db.close()
+        if len(rows) >= count or time.monotonic() > deadline:
+            assert len(rows) == count, [(r.status, r.attempts) for r in rows]
+            return rows
+        time.sleep(0.5)  # poll, bounded by the deadline
 
 
 def test_no_cluster_at_the_address_is_one_clear_line(tmp_path: Path) -> None:
