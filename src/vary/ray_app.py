@@ -63,8 +63,11 @@ class ModelReplica:
     """One replica of a model's deployment: the weights, loaded on this replica's GPU when it has one."""
 
     def __init__(self, settings: dict[str, Any], model: ModelConfig) -> None:
+        from vary.engines.weights import bound_hub_timeouts
+
         config = Settings(**settings)
         configure_logging(config.log_format, level=config.log_level)
+        bound_hub_timeouts()  # as `vary serve` does: a Hub that never answers fails the load, not hangs it
         device = "cuda" if ray.get_gpu_ids() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to this replica's GPUs
         placement = Placement(device=device, dtype=config.dtype, compile=config.compile)
         engine = model.build(placement=placement, overrides=config.render_overrides())

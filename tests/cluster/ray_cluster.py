@@ -57,9 +57,12 @@ def _port_is_free(port: int) -> bool:
 
 
 def _worker_port_range(count: int = 200) -> tuple[int, int]:
-    """A random range of free ports for the cluster's workers, so parallel sessions do not collide."""
+    """A random range of free ports for the cluster's workers, so parallel sessions do not collide.
+
+    Below the kernel's ephemeral range, where free_port() finds the cluster's other ports."""
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(100):
-        low = random.randrange(20000, 60000 - count)
+        low = random.randrange(10000, max(10001, ephemeral_low - count))
         if all(_port_is_free(port) for port in range(low, low + count, 10)):
             return low, low + count - 1
     raise RuntimeError("no free port range for Ray's workers")

@@ -12,11 +12,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.cluster.ray_cluster import (  # noqa: F401 - the fixtures
-    RayCluster,
-    ray_cluster_fixture,
-    ray_driver_fixture,
-)
+from tests.cluster.ray_cluster import RayCluster
 from tests.conftest import png_bytes
 
 pytestmark = pytest.mark.cluster

@@ -22,12 +22,7 @@ import httpx
 import openai
 import pytest
 
-from tests.cluster.ray_cluster import (  # noqa: F401 - the fixtures
-    RayCluster,
-    ray_cluster_fixture,
-    ray_driver_fixture,
-    require_ray,
-)
+from tests.cluster.ray_cluster import RayCluster, require_ray
 from tests.conftest import create_key, decode_png, png_bytes
 from vary.db import Database
 from vary.testing import ServerProcess, free_port
