@@ -67,7 +67,7 @@ def key(data_dir: Path) -> str:
 
 @pytest.fixture(scope="module")
 def on_ray(
-    ray_cluster: RayCluster, data_dir: Path, key: str, tmp_path_factory: pytest.TempPathFactory
+    ray_cluster: RayCluster, ray_driver: Any, data_dir: Path, key: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServerProcess]:
     config = tmp_path_factory.mktemp("ray-config") / "catalogue.toml"
     config.write_text(CATALOGUE)
@@ -80,7 +80,9 @@ def on_ray(
     server.start()
     yield server
     server.stop()
+    # SIGTERM ended the command cleanly, and with it the serving: the application is gone from the cluster.
     assert server.process is not None and server.process.returncode == 0, server.log()
+    assert "vary" not in ray_driver.status().applications
 
 
 def client(server: ServerProcess, key: str) -> openai.OpenAI:
