@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
         help="where images are stored: file:///abs/dir or s3://BUCKET[/PREFIX] (default: the data dir's images/; "
         "VARY_STORAGE_URL)",
     )
+    serve.add_argument(
+        "--ray",
+        dest="ray_address",
+        metavar="ADDRESS",
+        help="run as a Ray Serve application on the Ray cluster at ADDRESS, e.g. 10.0.0.5:6379 (VARY_RAY_ADDRESS)",
+    )
 
     serve.add_argument("--log-format", choices=("json", "text"), help="log lines (default json; VARY_LOG_FORMAT)")
     serve.add_argument(
@@ -121,7 +127,7 @@ def _limit(text: str) -> int | None:
 
 def _settings(args: argparse.Namespace) -> tuple[Settings, DataDir]:
     options: tuple[str, ...] = ("host", "port", "config", "model", "no_auth", "public_url", "device", "log_format")
-    options += ("log_level", "database_url", "storage_url")  # other options add theirs here
+    options += ("log_level", "database_url", "storage_url", "ray_address")
     given: dict[str, Any] = {name: getattr(args, name) for name in options if getattr(args, name, None) is not None}
     data_dir = choose_data_dir(getattr(args, "data_dir", None))
     try:

@@ -12,6 +12,9 @@
     description = "..."                # optional
     [models.defaults]                  # per-request defaults: steps, guidance_scale
     [models.options]                   # the engine's own settings (sampler, render sides, noise_level, ...)
+    [models.ray]                       # `vary serve --ray`: Ray Serve's deployment options, as they are
+
+    [ray.edge]                         # optional, `vary serve --ray`: the HTTP edge deployment's options
 
 Every mistake is reported with the file and the model it is in, before anything loads.
 """
@@ -78,6 +81,7 @@ _MODEL_KEYS = {
     "options",
     "route",
     "deadline_seconds",
+    "ray",
 }
 _DEFAULTS_KEYS = {"steps", "guidance_scale"}
 
@@ -98,6 +102,7 @@ class ModelConfig:
     options: dict[str, Any] = field(default_factory=dict)  # defaults and engine options, one namespace
     route: tuple[str, ...] = ()  # for a route: the models it tries, in order
     deadline_seconds: float | None = None  # for a route: its whole time, every attempt and wait in it
+    ray: dict[str, Any] = field(default_factory=dict)  # Ray Serve's deployment options (vary serve --ray)
 
     def build_upstream(self) -> HostedEngine:
         if self.engine == BEDROCK_ENGINE:
@@ -132,6 +137,7 @@ class ModelConfig:
 class Catalogue:
     models: tuple[ModelConfig, ...]
     default: str
+    ray_edge: dict[str, Any] = field(default_factory=dict)  # [ray.edge]: the HTTP edge's Ray Serve options
 
     def aliases(self) -> dict[str, str]:
         """alias -> model name, with dall-e-2 pointing at the default unless a model claims it."""
@@ -192,9 +198,12 @@ def read_catalogue(path: Path) -> Catalogue:
         raise ConfigError(f"{where}: cannot read the file ({exc.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{where}: not valid TOML: {exc}") from None
-    unknown = set(document) - {"default", "models"}
+    unknown = set(document) - {"default", "models", "ray"}
     if unknown:
-        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}; expected 'default' and [[models]]")
+        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}; expected 'default', [[models]] and [ray]")
+    ray = _table(document, "ray", where)
+    if set(ray) - {"edge"}:
+        raise ConfigError(f"{where}: unknown key {sorted(set(ray) - {'edge'})[0]!r} in [ray]; expected [ray.edge]")
     entries = document.get("models")
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
         raise ConfigError(f"{where}: declare at least one model as a [[models]] table")
@@ -216,7 +225,7 @@ def read_catalogue(path: Path) -> Catalogue:
     default = document.get("default", models[0].name)
     if not isinstance(default, str) or default not in taken:
         raise ConfigError(f"{where}: default = {default!r} names no model in the file")
-    return Catalogue(models, default=taken[default])
+    return Catalogue(models, default=taken[default], ray_edge=_table(ray, "ray.edge", where, key="edge"))
 
 
 def _model(entry: dict[str, Any], where: str, base: Path) -> ModelConfig:
@@ -256,6 +265,8 @@ def _model(entry: dict[str, Any], where: str, base: Path) -> ModelConfig:
         raise ConfigError(f"{where}: {exc}") from None
     if engine in HOSTED_ENGINES and "weights" in entry:
         raise ConfigError(f"{where}: an upstream engine has no weights; give options.base_url instead")
+    if engine in HOSTED_ENGINES and "ray" in entry:
+        raise ConfigError(f"{where}: [models.ray] is for local models; a hosted one is called from the edge")
     return ModelConfig(
         name=name,
         engine=engine,
@@ -265,6 +276,8 @@ def _model(entry: dict[str, Any], where: str, base: Path) -> ModelConfig:
         license=_optional_text(entry, "license", where),
         description=_optional_text(entry, "description", where),
         options=options,
+        # Handed to Ray Serve as it is: Serve itself checks the option names and values.
+        ray=_table(entry, "models.ray", where, key="ray"),
     )
 
 
@@ -304,10 +317,10 @@ def _optional_text(entry: dict[str, Any], key: str, where: str) -> str | None:
     return value
 
 
-def _table(entry: dict[str, Any], key: str, where: str) -> dict[str, Any]:
-    value = entry.get(key, {})
+def _table(entry: dict[str, Any], name: str, where: str, *, key: str | None = None) -> dict[str, Any]:
+    value = entry.get(key or name, {})
     if not isinstance(value, dict):
-        raise ConfigError(f"{where}: [{key}] must be a table")
+        raise ConfigError(f"{where}: [{name}] must be a table")
     return value
 
 

@@ -13,7 +13,7 @@ Each error has a `kind`, which is all the gateway reads to decide what to do nex
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Literal
+from typing import Any, Literal
 
 from vary.echo import clipped
 
@@ -27,6 +27,17 @@ class VaryError(Exception):
         super().__init__(message)
         self.message = message
         self.param = param
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Domain errors cross processes (a Ray Serve replica raises them for the edge to answer), and
+        # pickle's default would call each constructor with the message alone: rebuilt from state instead.
+        return (_rebuilt, (type(self), self.args, self.__dict__))
+
+
+def _rebuilt(cls: type[VaryError], args: tuple[Any, ...], state: dict[str, Any]) -> VaryError:
+    error = cls.__new__(cls, *args)
+    error.__dict__.update(state)
+    return error
 
 
 # --- the request ------------------------------------------------------------------------------
@@ -84,6 +95,23 @@ class Overloaded(VaryError):
         super().__init__(
             f"The model `{model}` has more requests queued than it accepts. Retry after {retry_after} seconds."
         )
+        self.retry_after = retry_after
+
+
+class ReplicaLost(VaryError):
+    """The process serving the model (a Ray Serve replica) died or could not be reached during the request.
+
+    Retryable: the next attempt is routed to a live replica. When every attempt failed, the client
+    is asked to come back once the replica is replaced.
+    """
+
+    kind: Kind = "retryable"
+
+    def __init__(self, model: str, retry_after: int) -> None:
+        super().__init__(
+            f"The model `{model}` lost the replica serving this request. Retry after {retry_after} seconds."
+        )
+        self.model = model
         self.retry_after = retry_after
 
 

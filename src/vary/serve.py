@@ -76,6 +76,11 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
     except (DatabaseSetupError, StorageSetupError) as exc:
         sys.exit(f"vary: {exc}")
     cap_malloc_arenas(settings.malloc_arenas)
+    if settings.ray_address:  # the models load in the cluster's replicas, not here
+        from vary.ray_serve import serve_on_ray
+
+        serve_on_ray(settings, key and ready_message(settings, key))
+        return
     try:
         registry, decoder = in_background(lambda: load_models(settings))
     except ModelUnavailable:

@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     # Usage rows kept (in a file in the data dir) while the database cannot take them; past this, dropped.
     usage_spool_max_rows: int = Field(default=100_000, ge=1)
 
+    # `vary serve --ray`: the address of an existing Ray cluster to run on as a Ray Serve application.
+    ray_address: str | None = None
+    # One attempt at a model's deployment, its queue wait included; past it (a hung replica) it is retried.
+    ray_attempt_timeout_seconds: float = Field(default=600.0, gt=0)
+
     # Operations.
     log_format: Literal["json", "text"] = "json"
     # debug adds the tracebacks behind one-line errors (a model that fails to load, for one).

@@ -137,6 +137,12 @@ def test_without_a_file_the_catalogue_is_the_one_model(tmp_path: Path) -> None:
             "its route names 'r', which is a route",
         ),
         ('[[models]]\nname = "r"\nroute = ["r"]\nengine = "kandinsky-2.2"', "a route takes name, route"),
+        # Ray Serve's options (vary serve --ray).
+        ('[[models]]\nname = "a"\nengine = "kandinsky-2.2"\nray = 2', "[models.ray] must be a table"),
+        ('[[models]]\nname = "a"\nengine = "openai-compatible"\n[models.ray]\nnum_replicas = 2', "for local models"),
+        ('ray = 1\n[[models]]\nname = "a"\nengine = "kandinsky-2.2"', "[ray] must be a table"),
+        ('[ray.proxy]\nx = 1\n[[models]]\nname = "a"\nengine = "kandinsky-2.2"', "unknown key 'proxy' in [ray]"),
+        ('[ray]\nedge = 1\n[[models]]\nname = "a"\nengine = "kandinsky-2.2"', "[ray.edge] must be a table"),
     ],
 )
 def test_bad_files_are_refused_with_a_clear_message(tmp_path: Path, text: str, message: str) -> None:
@@ -145,6 +151,14 @@ def test_bad_files_are_refused_with_a_clear_message(tmp_path: Path, text: str, m
         read_catalogue(path)
     assert message in str(error.value)
     assert str(error.value).startswith(str(path))  # every message says which file
+
+
+def test_ray_tables_are_kept_as_they_are(tmp_path: Path) -> None:
+    text = GOOD + "[models.ray]\nnum_replicas = 2\nray_actor_options = { num_gpus = 1 }\n[ray.edge]\nnum_replicas = 3\n"
+    catalogue = read_catalogue(write(tmp_path, text))
+    kandinsky, sdxl = catalogue.models
+    assert kandinsky.ray == {} and sdxl.ray == {"num_replicas": 2, "ray_actor_options": {"num_gpus": 1}}
+    assert catalogue.ray_edge == {"num_replicas": 3}
 
 
 def test_a_missing_file(tmp_path: Path) -> None:

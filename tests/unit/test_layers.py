@@ -23,6 +23,7 @@ PROGRAMS = (
     "vary.usage_report",
     "vary.logs",
     "vary.memory",
+    "vary.ray_app",  # composes the app and the models as Ray Serve deployments, as vary.app composes them
 )
 
 

@@ -82,6 +82,9 @@ def api_error(exc: domain.VaryError) -> ApiError:
         return ApiError(503, message, type=SERVER_ERROR, param=param, code="model_unavailable")
     if isinstance(exc, domain.Overloaded):
         return _retry_later(exc.retry_after, message, type="requests", code="queue_full")
+    if isinstance(exc, domain.ReplicaLost):
+        retry = {"Retry-After": str(exc.retry_after)}
+        return ApiError(503, message, type=SERVER_ERROR, code="replica_unavailable", headers=retry)
     if isinstance(exc, domain.ShuttingDown):
         return ApiError(503, message, type=SERVER_ERROR)
     if isinstance(exc, domain.RateLimited):

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vary.config import HOSTED_ENGINES, ROUTE, Catalogue, HostedEngine
+from vary.config import HOSTED_ENGINES, ROUTE, Catalogue, HostedEngine, ModelConfig
 from vary.engines.base import Engine, ModelInfo
 from vary.engines.diffusion import Placement
 from vary.engines.upstream import DEFAULT_DEADLINE_SECONDS
@@ -22,6 +22,8 @@ from vary.targets import Target
 
 # Wraps an engine in the target that serves it; the app passes one with its queue settings and decoder.
 LocalModelFactory = Callable[[Engine], LocalModel]
+# Serves a local model from elsewhere (vary.ray_target.RayTarget: a Ray Serve deployment holds the weights).
+RemoteModelFactory = Callable[[ModelConfig], Target]
 
 
 def default_local_model(engine: Engine) -> LocalModel:
@@ -80,8 +82,13 @@ class ModelRegistry:
         placement: Placement,
         overrides: dict[str, object] | None = None,
         local: LocalModelFactory = default_local_model,
+        remote: RemoteModelFactory | None = None,
     ) -> ModelRegistry:
-        """Every model's targets, built but not loaded: loading is the lifespan's (eager) or the first request's."""
+        """Every model's targets, built but not loaded: loading is the lifespan's (eager) or the first request's.
+
+        With `remote`, the local models are served elsewhere: their targets come from it, and their
+        engines, never loaded here, only describe them.
+        """
         by_name: dict[str, ServedModel] = {}
         local_models: list[LocalModel] = []
         hosted: list[HostedEngine] = []
@@ -94,6 +101,9 @@ class ModelRegistry:
                 )
             elif model.engine != ROUTE:
                 engine = model.build(placement=placement, overrides=overrides)
+                if remote is not None:
+                    by_name[model.name] = ServedModel(model.name, engine.info, (remote(model),))
+                    continue
                 target = local(engine)
                 local_models.append(target)
                 by_name[model.name] = ServedModel(model.name, engine.info, (target,), engine, eager=model.eager)
