@@ -15,6 +15,8 @@ is; the catalogue's `[ray.edge]` table likewise for the edge. Settings reach the
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import ray
@@ -39,6 +41,8 @@ APP_NAME = "vary"
 EDGE_DEPLOYMENT = "edge"
 # Serve's default of 5 requests in flight per replica; the edge only waits on models, so it takes many.
 EDGE_MAX_ONGOING_REQUESTS = 1000
+# The command's environment variables that replicas get too: the standard AWS and Hugging Face settings.
+FORWARDED_ENV_PREFIXES = ("AWS_", "HF_")
 
 
 def model_deployment_name(model: str) -> str:
@@ -139,6 +143,32 @@ def edge_options(catalogue: Catalogue) -> dict[str, Any]:
     return {"num_replicas": 1, "max_ongoing_requests": EDGE_MAX_ONGOING_REQUESTS, **catalogue.ray_edge}
 
 
+def with_driver_env(options: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """The options with the command's AWS_* and HF_* variables in the replicas' environment.
+
+    A replica is a Ray worker, started with its node's environment, not the command's: without these the
+    edge could not reach the S3 store, nor a model replica its Hugging Face cache or mirror, on a cluster
+    configured the standard way. A table's own `runtime_env.env_vars` win.
+    """
+    forwarded = {name: value for name, value in environ.items() if name.startswith(FORWARDED_ENV_PREFIXES)}
+    if not forwarded:
+        return options
+    actor = dict(options.get("ray_actor_options") or {})
+    runtime_env = dict(actor.get("runtime_env") or {})
+    runtime_env["env_vars"] = {**forwarded, **(runtime_env.get("env_vars") or {})}
+    actor["runtime_env"] = runtime_env
+    return {**options, "ray_actor_options": actor}
+
+
+def shipped_settings(settings: Settings) -> dict[str, Any]:
+    """The settings as the replicas get them: plain JSON, the signing secret itself included (pydantic's JSON
+    masks it, which would leave each replica with a different secret, or none it accepts)."""
+    shipped = settings.model_dump(mode="json")
+    if settings.signing_secret is not None:
+        shipped["signing_secret"] = settings.signing_secret.get_secret_value()
+    return shipped
+
+
 def cluster_has_gpus() -> bool:
     resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
     return resources.get("GPU", 0) > 0
@@ -151,18 +181,19 @@ def application(settings: Settings) -> Application:
     if settings.config is not None:  # read here, on the driver: a relative path means this directory
         settings = settings.model_copy(update={"config": settings.config.resolve()})
     catalogue = catalogue_for(settings.config, settings.model)
-    shipped = settings.model_dump(mode="json")
+    shipped = shipped_settings(settings)
     has_gpus = cluster_has_gpus()
     models: dict[str, Application] = {}
     for model in catalogue.models:
         if model.engine in HOSTED_ENGINES or model.engine == ROUTE:
             continue  # hosted providers are called from the edge; a route is its members' targets
         deployment = serve.deployment(name=model_deployment_name(model.name))(ModelReplica)
-        options = model_options(model, settings, has_gpus=has_gpus)
+        options = with_driver_env(model_options(model, settings, has_gpus=has_gpus), os.environ)
         models[model.name] = _with_options(deployment, options, f"model {model.name!r}: [models.ray]").bind(
             shipped, model
         )
-    edge = _with_options(serve.deployment(name=EDGE_DEPLOYMENT)(Edge), edge_options(catalogue), "[ray.edge]")
+    edge_deployment = serve.deployment(name=EDGE_DEPLOYMENT)(Edge)
+    edge = _with_options(edge_deployment, with_driver_env(edge_options(catalogue), os.environ), "[ray.edge]")
     return edge.bind(shipped, catalogue, models)
 
 

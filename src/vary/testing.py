@@ -5,12 +5,14 @@ It is started and stopped by its own process id; readiness is polled with a boun
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -90,3 +92,10 @@ class ServerProcess:
 
     def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def running(*servers: ServerProcess) -> Iterator[tuple[ServerProcess, ...]]:
+    """Starts the servers in order (replicas of one deployment); stops each one started, whatever happens."""
+    with contextlib.ExitStack() as stack:
+        yield tuple(stack.enter_context(server) for server in servers)

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from tests.cluster.processes import alive
 from vary.testing import free_port
 
 RAY_CPUS = 4  # logical CPUs the cluster offers: replicas ask for fractions of one (the machine has 2 cores)
@@ -115,11 +116,11 @@ class RayCluster:
                 self.process.kill()
                 self.process.wait(timeout=10)
         deadline = time.monotonic() + 30
-        left = {pid for pid in before if _alive(pid)}
+        left = {pid for pid in before if alive(pid)}
         while left and time.monotonic() < deadline:
             time.sleep(0.5)  # bounded wait for the cluster's own shutdown to finish
-            left = {pid for pid in left if _alive(pid)}
-        for pid in left | {pid for pid in self.session_pids() if _alive(pid)}:
+            left = {pid for pid in left if alive(pid)}
+        for pid in left | {pid for pid in self.session_pids() if alive(pid)}:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -139,14 +140,6 @@ def _processes() -> Iterator[tuple[int, int, bytes]]:
         except (OSError, IndexError, ValueError):
             continue
         yield int(entry.name), ppid, cmdline
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def start_cluster(num_cpus: int = RAY_CPUS) -> RayCluster:

@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from tests.cluster.processes import alive
 from vary.testing import free_port
 
 START_TIMEOUT_S = 90.0
@@ -90,14 +91,6 @@ def _children(pid: int) -> set[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def _stop(process: subprocess.Popen[bytes]) -> None:
     children = _children(process.pid)
     if process.poll() is None:
@@ -107,7 +100,7 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
-    left = [pid for pid in children if _alive(pid)]
+    left = [pid for pid in children if alive(pid)]
     for pid in left:  # ours, by id: started by the weed we started
         os.kill(pid, signal.SIGKILL)
     assert not left, f"weed left child processes behind: {left}"

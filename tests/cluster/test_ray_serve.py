@@ -1,20 +1,23 @@
 """`vary serve --ray` on a real local Ray cluster: the edge and the tiny-random twins as Ray Serve deployments.
 
 One application serves two deployments of the tiny twin: "tiny-random" with two replicas, and
-"tight-serve" whose Serve options bound its requests (Ray's BackPressureError). Everything on CPU, with
-fractions of a CPU per replica: the machine has two cores.
+"tight-serve" whose Serve options bound its requests (Ray's BackPressureError). The deployment is scaled
+out as the README shows it: keys, usage and the signing secret in PostgreSQL, images in an S3 bucket
+(SeaweedFS). Everything on CPU, with fractions of a CPU per replica: the machine has two cores.
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +25,10 @@ import httpx
 import openai
 import pytest
 
+from tests.cluster.postgres import PostgresServer
 from tests.cluster.ray_cluster import RayCluster, require_ray
-from tests.conftest import create_key, decode_png, png_bytes
+from tests.cluster.seaweedfs import S3Endpoint
+from tests.conftest import decode_png, png_bytes
 from vary.db import Database
 from vary.testing import ServerProcess, free_port
 
@@ -55,25 +60,58 @@ START_TIMEOUT = 420.0  # three replicas load torch at once on two shared cores
 CLIENT_TIMEOUT = 120.0  # finite: a hang fails the test instead of stalling it
 
 
+@dataclass(frozen=True)
+class Shared:
+    database_url: str
+    bucket: str
+    env: dict[str, str]
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("vary-ray-data")
 
 
 @pytest.fixture(scope="module")
-def key(data_dir: Path) -> str:
-    return create_key(data_dir)[1]
+def shared(postgres_server: PostgresServer, seaweedfs: S3Endpoint) -> Iterator[Shared]:
+    """The scaled-out deployment's state: a PostgreSQL database and an S3 bucket of the module's own."""
+    name = f"ray_{secrets.token_hex(6)}"
+    bucket = f"vary-ray-{secrets.token_hex(4)}"
+    database_url = postgres_server.create_database(name)
+    seaweedfs.client().create_bucket(Bucket=bucket)
+    env = {**seaweedfs.env(), "VARY_DATABASE_URL": database_url, "VARY_STORAGE_URL": f"s3://{bucket}/ray"}
+    try:
+        yield Shared(database_url, bucket, env)
+    finally:
+        postgres_server.drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def key(shared: Shared) -> str:
+    db = Database(shared.database_url)
+    try:
+        return db.create_key("ray")[1]
+    finally:
+        db.close()
 
 
 @pytest.fixture(scope="module")
 def on_ray(
-    ray_cluster: RayCluster, ray_driver: Any, data_dir: Path, key: str, tmp_path_factory: pytest.TempPathFactory
+    ray_cluster: RayCluster,
+    ray_driver: Any,
+    data_dir: Path,
+    shared: Shared,
+    key: str,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServerProcess]:
     config = tmp_path_factory.mktemp("ray-config") / "catalogue.toml"
     config.write_text(CATALOGUE)
+    # The cluster's workers were started without the command's environment: the S3 settings reach the
+    # edge only because `vary serve --ray` forwards its AWS_* variables (ray_app.with_driver_env).
     server = ServerProcess(
         data_dir,
         extra_args=["--ray", ray_cluster.address, "--config", str(config), "--log-format", "text"],
+        env=shared.env,
         port=ray_cluster.serve_port,
         startup_timeout=START_TIMEOUT,
     )
@@ -127,7 +165,9 @@ def wait_for_replicas(serve: Any, deployment: str, count: int, timeout: float = 
         time.sleep(1)  # poll, bounded by the deadline
 
 
-def test_the_sdk_is_answered_by_two_replicas(on_ray: ServerProcess, key: str, ray_driver: Any) -> None:
+def test_the_sdk_is_answered_by_two_replicas(
+    on_ray: ServerProcess, key: str, ray_driver: Any, shared: Shared, seaweedfs: S3Endpoint
+) -> None:
     sdk = client(on_ray, key)
     b64 = sdk.images.create_variation(
         image=("in.png", png_bytes(64)), model=MODEL, n=2, size="256x256", response_format="b64_json"
@@ -137,7 +177,12 @@ def test_the_sdk_is_answered_by_two_replicas(on_ray: ServerProcess, key: str, ra
 
     url = sdk.images.create_variation(image=("in.png", png_bytes(64)), model=MODEL, size="256x256")
     assert url.data[0].url and url.data[0].url.startswith(on_ray.base_url)
-    assert decode_png(httpx.get(url.data[0].url, timeout=CLIENT_TIMEOUT).content).size == (256, 256)
+    fetched = httpx.get(url.data[0].url, timeout=CLIENT_TIMEOUT).content
+    assert decode_png(fetched).size == (256, 256)
+    # The image is an object in the shared bucket, signed with the secret kept in the shared database.
+    name = url.data[0].url.split("?")[0].rsplit("/", 1)[1]
+    stored = seaweedfs.client().get_object(Bucket=shared.bucket, Key=f"ray/{name}")["Body"].read()
+    assert stored == fetched
 
     answers = burst(on_ray, key, MODEL, 12)
     assert [r.status_code for r in answers] == [200] * 12, [r.text[:200] for r in answers if r.status_code != 200]
@@ -167,7 +212,7 @@ def test_a_domain_error_raised_in_a_replica_is_answered_as_itself(on_ray: Server
 
 
 def test_a_replica_killed_mid_burst_fails_no_request_silently(
-    on_ray: ServerProcess, key: str, ray_cluster: RayCluster, ray_driver: Any, data_dir: Path
+    on_ray: ServerProcess, key: str, ray_cluster: RayCluster, ray_driver: Any, shared: Shared
 ) -> None:
     replicas = ray_cluster.pids_titled("ray::ServeReplica:vary:model-tiny-random")
     assert len(replicas) == 2, replicas
@@ -181,7 +226,7 @@ def test_a_replica_killed_mid_burst_fails_no_request_silently(
         assert_images_or_error_json(response)
     assert all(r.status_code in (200, 429, 503) for r in answers), [r.text[:200] for r in answers]
     # Every request is accounted for by the edge; the attempts show the retries the kill caused, if any.
-    rows = usage_rows(data_dir, "kill-burst", 16)
+    rows = usage_rows(shared.database_url, "kill-burst", 16)
     print("kill-burst:", sorted(r.status_code for r in answers), "attempts:", sorted(r.attempts or 0 for r in rows))
 
     wait_for_replicas(ray_driver, "model-tiny-random", 2)
@@ -189,11 +234,11 @@ def test_a_replica_killed_mid_burst_fails_no_request_silently(
     assert [r.status_code for r in after] == [200] * 8, [r.text[:200] for r in after if r.status_code != 200]
 
 
-def usage_rows(data_dir: Path, user: str, count: int, timeout: float = 30.0) -> list[Any]:
+def usage_rows(database_url: str, user: str, count: int, timeout: float = 30.0) -> list[Any]:
     """The edge's usage rows of `user`, once there are `count` (a row is written as its answer leaves)."""
     deadline = time.monotonic() + timeout
     while True:
-        db = Database(data_dir / "vary.db")
+        db = Database(database_url)
         try:
             rows = db.usage_rows(user=user)
         finally:

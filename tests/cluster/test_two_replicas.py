@@ -25,7 +25,7 @@ from openai import OpenAI
 
 from tests.conftest import decode_png, png_bytes
 from vary.db import Database, SecretRow
-from vary.testing import ServerProcess
+from vary.testing import ServerProcess, running
 
 if TYPE_CHECKING:
     from tests.cluster.seaweedfs import S3Endpoint
@@ -47,15 +47,8 @@ def shared_env(postgres_url: str, seaweedfs: S3Endpoint, s3_bucket: str) -> dict
 
 @pytest.fixture()
 def replicas(shared_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    first = ServerProcess(tmp_path / "replica-a", env=shared_env).start()
-    try:
-        second = ServerProcess(tmp_path / "replica-b", env=shared_env).start()
-        try:
-            yield first, second
-        finally:
-            second.stop()
-    finally:
-        first.stop()
+    with running(*(ServerProcess(tmp_path / name, env=shared_env) for name in ("replica-a", "replica-b"))) as (a, b):
+        yield a, b
 
 
 def vary(env: dict[str, str], tmp_path: Path, *args: str) -> str:

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from tests.e2e.test_operations import new_key, post
-from vary.testing import ServerProcess, free_port
+from vary.testing import ServerProcess, free_port, running
 
 REDIS_SERVER = shutil.which("redis-server")
 WAIT_S = 60
@@ -60,15 +60,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def replicas(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[tuple[ServerProcess, ServerProcess]]:
     data_dir = tmp_path_factory.mktemp("replicas") / "data"
     env = {"VARY_RATE_LIMIT_STORAGE": redis_url}
-    first = ServerProcess(data_dir, env=env).start()
-    try:
-        second = ServerProcess(data_dir, env=env).start()
-        try:
-            yield first, second
-        finally:
-            second.stop()
-    finally:
-        first.stop()
+    with running(ServerProcess(data_dir, env=env), ServerProcess(data_dir, env=env)) as (first, second):
+        yield first, second
 
 
 def test_requests_per_minute_are_counted_across_replicas(replicas: tuple[ServerProcess, ServerProcess]) -> None:

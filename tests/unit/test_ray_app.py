@@ -1,0 +1,40 @@
+"""What `vary serve --ray` hands its replicas: the settings as they are, the signing secret included, and
+the command's AWS_* and HF_* environment (a Ray worker starts with its node's environment, not ours)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+
+from vary.ray_app import shipped_settings, with_driver_env  # noqa: E402
+from vary.settings import Settings  # noqa: E402
+
+
+def test_the_replicas_get_the_signing_secret_itself_not_pydantics_mask(tmp_path: Path) -> None:
+    secret = "s" * 40
+    settings = Settings(data_dir=tmp_path, signing_secret=secret, database_url="postgresql+psycopg://u:pw@h/db")  # type: ignore[arg-type]
+    shipped = shipped_settings(settings)
+    assert shipped["signing_secret"] == secret
+    rebuilt = Settings(**shipped)
+    assert rebuilt.signing_secret is not None and rebuilt.signing_secret.get_secret_value() == secret
+    assert rebuilt.database_url == settings.database_url and rebuilt.data_dir == tmp_path
+    assert shipped_settings(Settings(data_dir=tmp_path))["signing_secret"] is None
+
+
+def test_the_commands_aws_and_hf_variables_reach_the_replicas_and_a_tables_own_win() -> None:
+    environ = {"AWS_ENDPOINT_URL_S3": "http://s3:9000", "HF_HUB_OFFLINE": "1", "HOME": "/root", "VARY_PORT": "1"}
+    table = {
+        "num_replicas": 2,
+        "ray_actor_options": {"num_gpus": 1, "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "0"}}},
+    }
+    options = with_driver_env(table, environ)
+    assert options["num_replicas"] == 2 and options["ray_actor_options"]["num_gpus"] == 1
+    assert options["ray_actor_options"]["runtime_env"]["env_vars"] == {
+        "AWS_ENDPOINT_URL_S3": "http://s3:9000",
+        "HF_HUB_OFFLINE": "0",
+    }
+    assert table["ray_actor_options"]["runtime_env"]["env_vars"] == {"HF_HUB_OFFLINE": "0"}, "the table is not changed"
+    assert with_driver_env({"num_replicas": 1}, {"HOME": "/root"}) == {"num_replicas": 1}
