@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from vary.imaging import encode_png
-from vary.storage import ImageStore
+from vary.storage import LocalImageStore
 
 
 def test_images(side: int = 1024) -> dict[str, np.ndarray]:
@@ -45,7 +45,7 @@ def _median_ms(fn: Callable[[], object], repeats: int) -> float:
 def measure(repeats: int = 15, side: int = 1024) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        store = ImageStore(Path(tmp))
+        store = LocalImageStore(Path(tmp))
         for name, frame in test_images(side).items():
             vary_bytes = len(encode_png(frame))
             rows.append(
