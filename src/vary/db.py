@@ -176,6 +176,13 @@ def shown(url: str | URL | Path) -> str:
         return "(not a database URL)"
 
 
+def newer_schema(revision: str) -> str:
+    return (
+        f"the database's schema is {revision}, newer than this vary knows (its head is {migrations.head()}): "
+        "a newer vary migrated it; run that version (vary never downgrades a schema)"
+    )
+
+
 class DatabaseSetupError(Exception):
     """The database cannot be used at all (a wrong URL, a missing driver, a server that is not there):
     commands and `vary serve` end with this one line, never a traceback."""
@@ -232,8 +239,12 @@ class Database:
 
     def upgrade(self) -> None:
         """The schema at the head revision; a database already there is only read (the common case)."""
-        if migrations.current(self.engine) == migrations.head():
+        revision = migrations.current(self.engine)
+        if revision == migrations.head():
             return
+        if revision is not None and not migrations.known(revision):
+            # A newer vary migrated it (a rolled-back deploy): never downgrade, never run on a schema unknown.
+            raise DatabaseSetupError(newer_schema(revision))
         engine = migration_engine(self.url)
         try:
             migrations.upgrade(engine)
