@@ -44,11 +44,13 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from vary import migrations
+from vary.errors import DatabaseUnavailable
 from vary.limits import LIMIT_FIELDS, KeyLimits
 from vary.usage_spool import UsageSpool, Values
 
@@ -63,6 +65,23 @@ CONNECT_TIMEOUT_SECONDS = 5
 POOL_SIZE = 10
 POOL_MAX_OVERFLOW = 20
 POOL_TIMEOUT_SECONDS = 10.0
+
+
+# A database that cannot answer now: its server gone or not answering, a lock or statement timeout, no free
+# connection in the pool. The request path answers these as DatabaseUnavailable (a 503), not a 500.
+UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError)
+
+
+@contextmanager
+def answering(action: str) -> Iterator[None]:
+    """Raises DatabaseUnavailable for a database that cannot answer, with one log line saying why."""
+    try:
+        yield
+    except UNAVAILABLE as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        # psycopg's and SQLite's messages name the host and port, never the password.
+        log.warning("the database cannot %s now: %s", action, reason[0] if reason else type(exc).__name__)
+        raise DatabaseUnavailable() from None
 
 
 class Base(DeclarativeBase):
@@ -384,7 +403,7 @@ class Database:
         if not key.startswith(KEY_PREFIX):
             return None
         key_id = key[len(KEY_PREFIX) :].split("-", 1)[0]
-        with self.session() as s:
+        with answering("check an API key"), self.session() as s:
             row = s.get(ApiKeyRow, key_id) if key_id else None
             if row is None or row.revoked_at is not None:
                 return None
@@ -458,7 +477,7 @@ class Database:
             query = query.where(UsageRow.user == user)
         if since is not None:
             query = query.where(UsageRow.created_at >= since)
-        with self.session() as s:
+        with answering("read usage"), self.session() as s:
             return list(s.scalars(query))
 
     def images_delivered(self, key_id: str, since: float) -> int:
@@ -466,7 +485,7 @@ class Database:
         query = select(func.coalesce(func.sum(UsageRow.n), 0)).where(
             UsageRow.key_id == key_id, UsageRow.status == 200, UsageRow.created_at >= since
         )
-        with self.session() as s:
+        with answering("count a quota"), self.session() as s:
             delivered = int(s.scalar(query) or 0)
         # Rows spooled and not yet written count too; one being written may count twice for a moment.
         return delivered + (self.spool.images(key_id, since) if self.spool is not None else 0)
