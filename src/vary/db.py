@@ -65,6 +65,12 @@ CONNECT_TIMEOUT_SECONDS = 5
 POOL_SIZE = 10
 POOL_MAX_OVERFLOW = 20
 POOL_TIMEOUT_SECONDS = 10.0
+# PostgreSQL: a server host that vanishes (a crash, a partition, a failover's moved address) sends nothing,
+# not even a reset, and Linux retries an unanswered send for ~15 minutes. TCP keepalives and a user timeout
+# close such a connection within seconds instead (OperationalError: the request's 503, a usage row spooled).
+# A live server's kernel answers both at once, however long its statement runs.
+TCP_OPTIONS = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+               "tcp_user_timeout": 10_000}  # fmt: skip
 
 
 # A database that cannot answer now: its server gone or not answering, a lock or statement timeout, no free
@@ -511,7 +517,7 @@ def _engine(url: URL, *, busy_timeout_seconds: float, statement_timeout_seconds:
             pool_size=POOL_SIZE,
             max_overflow=POOL_MAX_OVERFLOW,
             pool_timeout=POOL_TIMEOUT_SECONDS,
-            connect_args={"connect_timeout": _connect_timeout(busy_timeout_seconds), "options": options},
+            connect_args={"connect_timeout": _connect_timeout(busy_timeout_seconds), "options": options, **TCP_OPTIONS},
         )
     return create_engine(url, pool_pre_ping=True)
 
@@ -537,7 +543,9 @@ def migration_engine(url: URL) -> Engine:
         event.listen(engine, "begin", begin_immediate)
         return engine
     if url.get_backend_name() == "postgresql":
-        return create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS})
+        return create_engine(
+            url, poolclass=NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS, **TCP_OPTIONS}
+        )
     return create_engine(url, poolclass=NullPool)
 
 

@@ -246,3 +246,17 @@ def test_the_cli_on_postgres_never_shows_the_password(postgres_server: PostgresS
         assert not (tmp_path / "vary.db").exists()
     finally:
         postgres_server.drop_database(database)
+
+
+def test_a_server_that_vanishes_mid_request_is_noticed_by_the_socket_not_minutes_later(postgres_url: str) -> None:
+    """A host gone (a crash, a partition, a failover's moved address) answers nothing, not even a reset: without
+    TCP keepalives and a user timeout, Linux retries an unanswered send for ~15 minutes and a request with it.
+    Every connection vary opens asks libpq for both (the statement timeout cannot help: the server is gone)."""
+    db = Database(postgres_url)
+    try:
+        with db.engine.connect() as connection:
+            parameters = connection.connection.dbapi_connection.info.get_parameters()  # type: ignore[union-attr]
+        assert parameters["keepalives"] == "1" and int(parameters["keepalives_idle"]) <= 10
+        assert 0 < int(parameters["tcp_user_timeout"]) <= 30_000
+    finally:
+        db.close()
