@@ -163,8 +163,26 @@ class LeaseRow(Base):
 _USAGE_COLUMNS = tuple(column.name for column in UsageRow.__table__.columns if column.name != "id")
 
 
+_TEXT_LENGTHS = {
+    column.name: column.type.length
+    for column in UsageRow.__table__.columns
+    if isinstance(column.type, String) and column.type.length
+}
+
+
+def _storable(values: Values) -> Values:
+    """Values every database takes. PostgreSQL refuses a NUL in text and text longer than its column (SQLite
+    takes both): one refused row, a client's `user` say, would hold every spooled row behind it for good."""
+    cleaned = dict(values)
+    for name, length in _TEXT_LENGTHS.items():
+        value = cleaned.get(name)
+        if isinstance(value, str):
+            cleaned[name] = value.replace("\x00", "\ufffd")[:length]
+    return cleaned
+
+
 def _values(row: UsageRow) -> Values:
-    return {name: getattr(row, name) for name in _USAGE_COLUMNS}
+    return _storable({name: getattr(row, name) for name in _USAGE_COLUMNS})
 
 
 @dataclass(frozen=True)
@@ -421,11 +439,11 @@ class Database:
 
     def record_usage(self, row: UsageRow) -> None:
         """Writes the row, or spools it when the database cannot take it at once (with a spool)."""
+        values = _values(row)
         if self.spool is None:
             with self.session() as s:
-                s.add(row)
+                s.add(UsageRow(**values))
             return
-        values = _values(row)
         if len(self.spool):  # the database was failing a moment ago: do not wait on it again
             self.spool.add(values)
             return
@@ -459,7 +477,7 @@ class Database:
                         )
                     )
                     if not present:
-                        s.add(UsageRow(**{k: v for k, v in values.items() if k in _USAGE_COLUMNS}))
+                        s.add(UsageRow(**_storable({k: v for k, v in values.items() if k in _USAGE_COLUMNS})))
         except SQLAlchemyError:
             return 0
         self.spool.written(len(rows))

@@ -260,3 +260,20 @@ def test_a_server_that_vanishes_mid_request_is_noticed_by_the_socket_not_minutes
         assert 0 < int(parameters["tcp_user_timeout"]) <= 30_000
     finally:
         db.close()
+
+
+def test_a_usage_row_postgresql_would_refuse_is_stored_and_holds_no_other(postgres_url: str, tmp_path: Path) -> None:
+    """A client's `user` with a NUL (PostgreSQL refuses NUL in text; SQLite takes it) or longer than its
+    column (VARY_MAX_USER_CHARS raised): its row is stored cleaned, and the spool behind it drains."""
+    db = Database(postgres_url, spool_path=tmp_path / "spool")
+    assert db.spool is not None
+    try:
+        for user in ("a\x00b", "u" * 300, "plain"):
+            db.record_usage(usage("k1", user=user))
+        deadline = time.monotonic() + WAIT_S
+        while len(db.spool) and time.monotonic() < deadline:  # the writer thread retries every second
+            time.sleep(0.1)
+        assert len(db.spool) == 0
+        assert [r.user for r in db.usage_rows(key_id="k1")] == ["a\ufffdb", "u" * 256, "plain"]
+    finally:
+        db.close()
