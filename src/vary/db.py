@@ -495,10 +495,11 @@ class Database:
         self, *, key_id: str | None = None, user: str | None = None, since: float | None = None
     ) -> list[UsageRow]:
         query = select(UsageRow).order_by(UsageRow.id)
+        # Compared as stored (_storable): PostgreSQL would refuse a NUL in the parameter as well.
         if key_id is not None:
-            query = query.where(UsageRow.key_id == key_id)
+            query = query.where(UsageRow.key_id == key_id.replace("\x00", "\ufffd"))
         if user is not None:
-            query = query.where(UsageRow.user == user)
+            query = query.where(UsageRow.user == user.replace("\x00", "\ufffd"))
         if since is not None:
             query = query.where(UsageRow.created_at >= since)
         with answering("read usage"), self.session() as s:

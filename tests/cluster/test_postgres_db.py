@@ -277,3 +277,14 @@ def test_a_usage_row_postgresql_would_refuse_is_stored_and_holds_no_other(postgr
         assert [r.user for r in db.usage_rows(key_id="k1")] == ["a\ufffdb", "u" * 256, "plain"]
     finally:
         db.close()
+
+
+def test_a_usage_filter_with_a_nul_finds_its_rows_instead_of_failing(postgres_url: str) -> None:
+    """`GET /v1/admin/usage?user=a%00b` and `vary usage --user`: PostgreSQL refuses a NUL in a parameter too."""
+    db = Database(postgres_url)
+    try:
+        db.record_usage(usage("k\x00", user="a\x00b"))
+        assert [r.user for r in db.usage_rows(user="a\x00b")] == ["a\ufffdb"]
+        assert len(db.usage_rows(key_id="k\x00")) == 1
+    finally:
+        db.close()
