@@ -204,6 +204,10 @@ def _info(row: ApiKeyRow) -> KeyInfo:
     return KeyInfo(row.id, row.name, row.created_at, row.revoked_at, bool(row.admin), limits)
 
 
+# A URL query parameter with one of these in its name holds a credential.
+_SECRET_WORDS = ("password", "secret", "token")
+
+
 def database_url(url: str | URL | Path) -> URL:
     """A SQLAlchemy URL; a path is a SQLite file."""
     if isinstance(url, Path):
@@ -212,11 +216,14 @@ def database_url(url: str | URL | Path) -> URL:
 
 
 def shown(url: str | URL | Path) -> str:
-    """The URL as logs and commands show it: never its password (nor a text that is not a URL at all)."""
+    """The URL as logs and commands show it: never its password, in its user part or in its query
+    (libpq's `password`, `sslpassword`), nor a text that is not a URL at all."""
     try:
-        return database_url(url).render_as_string(hide_password=True)
+        parsed = database_url(url)
     except (ArgumentError, ValueError):
         return "(not a database URL)"
+    hidden = {name: "***" for name in parsed.query if any(word in name.lower() for word in _SECRET_WORDS)}
+    return parsed.update_query_dict(hidden).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
 
 
 def newer_schema(revision: str) -> str:

@@ -291,6 +291,10 @@ def test_the_sqlite_default_is_unchanged(tmp_path: Path) -> None:
         ("postgresql+psycopg://u:hunter2@localhost:notaport/db", "vary: VARY_DATABASE_URL is not a database URL"),
         ("mysql://u:hunter2@127.0.0.1:1/db", "vary: the driver for mysql://u:***@127.0.0.1:1/db is not installed"),
         ("sqlite:////proc/no-such-dir/vary.db", "vary: cannot use the database sqlite:////proc/no-such-dir/vary.db: "),
+        (
+            "postgresql+psycopg://u@127.0.0.1:1/db?sslmode=disable&password=hunter2&sslpassword=hunter2",
+            "vary: cannot use the database postgresql+psycopg://u@127.0.0.1:1/db?password=***&sslmode=disable&ssl",
+        ),
     ],
 )
 def test_a_database_that_cannot_be_used_is_one_line_never_a_traceback(tmp_path: Path, url: str, line: str) -> None:
