@@ -212,7 +212,12 @@ def _db(args: argparse.Namespace, settings: Settings) -> None:
         revision = db.revision()
     finally:
         db.close()
-    state = "the head" if revision == migrations.head() else f"behind the head {migrations.head()}"
+    if revision == migrations.head():
+        state = "the head"
+    elif revision is not None and not migrations.known(revision):
+        state = f"newer than this vary's head {migrations.head()}"
+    else:
+        state = f"behind the head {migrations.head()}"
     print(f"{revision or 'none (not made by vary, or before vary used Alembic)'} ({state})")
 
 

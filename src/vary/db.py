@@ -44,11 +44,13 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL, Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from vary import migrations
+from vary.errors import DatabaseUnavailable
 from vary.limits import LIMIT_FIELDS, KeyLimits
 from vary.usage_spool import UsageSpool, Values
 
@@ -63,6 +65,29 @@ CONNECT_TIMEOUT_SECONDS = 5
 POOL_SIZE = 10
 POOL_MAX_OVERFLOW = 20
 POOL_TIMEOUT_SECONDS = 10.0
+# PostgreSQL: a server host that vanishes (a crash, a partition, a failover's moved address) sends nothing,
+# not even a reset, and Linux retries an unanswered send for ~15 minutes. TCP keepalives and a user timeout
+# close such a connection within seconds instead (OperationalError: the request's 503, a usage row spooled).
+# A live server's kernel answers both at once, however long its statement runs.
+TCP_OPTIONS = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 3,
+               "tcp_user_timeout": 10_000}  # fmt: skip
+
+
+# A database that cannot answer now: its server gone or not answering, a lock or statement timeout, no free
+# connection in the pool. The request path answers these as DatabaseUnavailable (a 503), not a 500.
+UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError)
+
+
+@contextmanager
+def answering(action: str) -> Iterator[None]:
+    """Raises DatabaseUnavailable for a database that cannot answer, with one log line saying why."""
+    try:
+        yield
+    except UNAVAILABLE as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        # psycopg's and SQLite's messages name the host and port, never the password.
+        log.warning("the database cannot %s now: %s", action, reason[0] if reason else type(exc).__name__)
+        raise DatabaseUnavailable() from None
 
 
 class Base(DeclarativeBase):
@@ -138,8 +163,26 @@ class LeaseRow(Base):
 _USAGE_COLUMNS = tuple(column.name for column in UsageRow.__table__.columns if column.name != "id")
 
 
+_TEXT_LENGTHS = {
+    column.name: column.type.length
+    for column in UsageRow.__table__.columns
+    if isinstance(column.type, String) and column.type.length
+}
+
+
+def _storable(values: Values) -> Values:
+    """Values every database takes. PostgreSQL refuses a NUL in text and text longer than its column (SQLite
+    takes both): one refused row, a client's `user` say, would hold every spooled row behind it for good."""
+    cleaned = dict(values)
+    for name, length in _TEXT_LENGTHS.items():
+        value = cleaned.get(name)
+        if isinstance(value, str):
+            cleaned[name] = value.replace("\x00", "\ufffd")[:length]
+    return cleaned
+
+
 def _values(row: UsageRow) -> Values:
-    return {name: getattr(row, name) for name in _USAGE_COLUMNS}
+    return _storable({name: getattr(row, name) for name in _USAGE_COLUMNS})
 
 
 @dataclass(frozen=True)
@@ -161,6 +204,10 @@ def _info(row: ApiKeyRow) -> KeyInfo:
     return KeyInfo(row.id, row.name, row.created_at, row.revoked_at, bool(row.admin), limits)
 
 
+# A URL query parameter with one of these in its name holds a credential.
+_SECRET_WORDS = ("password", "secret", "token")
+
+
 def database_url(url: str | URL | Path) -> URL:
     """A SQLAlchemy URL; a path is a SQLite file."""
     if isinstance(url, Path):
@@ -169,11 +216,21 @@ def database_url(url: str | URL | Path) -> URL:
 
 
 def shown(url: str | URL | Path) -> str:
-    """The URL as logs and commands show it: never its password (nor a text that is not a URL at all)."""
+    """The URL as logs and commands show it: never its password, in its user part or in its query
+    (libpq's `password`, `sslpassword`), nor a text that is not a URL at all."""
     try:
-        return database_url(url).render_as_string(hide_password=True)
+        parsed = database_url(url)
     except (ArgumentError, ValueError):
         return "(not a database URL)"
+    hidden = {name: "***" for name in parsed.query if any(word in name.lower() for word in _SECRET_WORDS)}
+    return parsed.update_query_dict(hidden).render_as_string(hide_password=True).replace("%2A%2A%2A", "***")
+
+
+def newer_schema(revision: str) -> str:
+    return (
+        f"the database's schema is {revision}, newer than this vary knows (its head is {migrations.head()}): "
+        "a newer vary migrated it; run that version (vary never downgrades a schema)"
+    )
 
 
 class DatabaseSetupError(Exception):
@@ -232,8 +289,12 @@ class Database:
 
     def upgrade(self) -> None:
         """The schema at the head revision; a database already there is only read (the common case)."""
-        if migrations.current(self.engine) == migrations.head():
+        revision = migrations.current(self.engine)
+        if revision == migrations.head():
             return
+        if revision is not None and not migrations.known(revision):
+            # A newer vary migrated it (a rolled-back deploy): never downgrade, never run on a schema unknown.
+            raise DatabaseSetupError(newer_schema(revision))
         engine = migration_engine(self.url)
         try:
             migrations.upgrade(engine)
@@ -373,7 +434,7 @@ class Database:
         if not key.startswith(KEY_PREFIX):
             return None
         key_id = key[len(KEY_PREFIX) :].split("-", 1)[0]
-        with self.session() as s:
+        with answering("check an API key"), self.session() as s:
             row = s.get(ApiKeyRow, key_id) if key_id else None
             if row is None or row.revoked_at is not None:
                 return None
@@ -385,11 +446,11 @@ class Database:
 
     def record_usage(self, row: UsageRow) -> None:
         """Writes the row, or spools it when the database cannot take it at once (with a spool)."""
+        values = _values(row)
         if self.spool is None:
             with self.session() as s:
-                s.add(row)
+                s.add(UsageRow(**values))
             return
-        values = _values(row)
         if len(self.spool):  # the database was failing a moment ago: do not wait on it again
             self.spool.add(values)
             return
@@ -423,7 +484,7 @@ class Database:
                         )
                     )
                     if not present:
-                        s.add(UsageRow(**{k: v for k, v in values.items() if k in _USAGE_COLUMNS}))
+                        s.add(UsageRow(**_storable({k: v for k, v in values.items() if k in _USAGE_COLUMNS})))
         except SQLAlchemyError:
             return 0
         self.spool.written(len(rows))
@@ -441,13 +502,14 @@ class Database:
         self, *, key_id: str | None = None, user: str | None = None, since: float | None = None
     ) -> list[UsageRow]:
         query = select(UsageRow).order_by(UsageRow.id)
+        # Compared as stored (_storable): PostgreSQL would refuse a NUL in the parameter as well.
         if key_id is not None:
-            query = query.where(UsageRow.key_id == key_id)
+            query = query.where(UsageRow.key_id == key_id.replace("\x00", "\ufffd"))
         if user is not None:
-            query = query.where(UsageRow.user == user)
+            query = query.where(UsageRow.user == user.replace("\x00", "\ufffd"))
         if since is not None:
             query = query.where(UsageRow.created_at >= since)
-        with self.session() as s:
+        with answering("read usage"), self.session() as s:
             return list(s.scalars(query))
 
     def images_delivered(self, key_id: str, since: float) -> int:
@@ -455,7 +517,7 @@ class Database:
         query = select(func.coalesce(func.sum(UsageRow.n), 0)).where(
             UsageRow.key_id == key_id, UsageRow.status == 200, UsageRow.created_at >= since
         )
-        with self.session() as s:
+        with answering("count a quota"), self.session() as s:
             delivered = int(s.scalar(query) or 0)
         # Rows spooled and not yet written count too; one being written may count twice for a moment.
         return delivered + (self.spool.images(key_id, since) if self.spool is not None else 0)
@@ -481,7 +543,7 @@ def _engine(url: URL, *, busy_timeout_seconds: float, statement_timeout_seconds:
             pool_size=POOL_SIZE,
             max_overflow=POOL_MAX_OVERFLOW,
             pool_timeout=POOL_TIMEOUT_SECONDS,
-            connect_args={"connect_timeout": _connect_timeout(busy_timeout_seconds), "options": options},
+            connect_args={"connect_timeout": _connect_timeout(busy_timeout_seconds), "options": options, **TCP_OPTIONS},
         )
     return create_engine(url, pool_pre_ping=True)
 
@@ -507,7 +569,9 @@ def migration_engine(url: URL) -> Engine:
         event.listen(engine, "begin", begin_immediate)
         return engine
     if url.get_backend_name() == "postgresql":
-        return create_engine(url, poolclass=NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS})
+        return create_engine(
+            url, poolclass=NullPool, connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS, **TCP_OPTIONS}
+        )
     return create_engine(url, poolclass=NullPool)
 
 

@@ -219,3 +219,17 @@ class StoreUnavailable(VaryError):
             "or ask for response_format=b64_json, which needs no store."
         )
         self.retry_after = retry_after
+
+
+# --- the database ----------------------------------------------------------------------------
+
+
+class DatabaseUnavailable(VaryError):
+    """The database cannot answer now (the server is gone, a lock or statement timeout, no free connection):
+    the key cannot be checked, nor the quota counted. The reason is in the server's log."""
+
+    kind: Kind = "unavailable"
+
+    def __init__(self, retry_after: int = 5) -> None:
+        super().__init__("The service's database cannot be reached right now. Retry after a few seconds.")
+        self.retry_after = retry_after

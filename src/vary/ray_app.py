@@ -43,6 +43,9 @@ EDGE_DEPLOYMENT = "edge"
 EDGE_MAX_ONGOING_REQUESTS = 1000
 # The command's environment variables that replicas get too: the standard AWS and Hugging Face settings.
 FORWARDED_ENV_PREFIXES = ("AWS_", "HF_")
+# Those of them that are credentials (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, HF_TOKEN): never in a
+# runtime_env, whose env_vars Ray shows on its dashboard and writes to its logs (ray-project/ray#28276).
+SECRET_ENV_WORDS = ("SECRET", "TOKEN", "PASSWORD")
 
 
 def model_deployment_name(model: str) -> str:
@@ -66,9 +69,10 @@ def replica_resilience(settings: Settings) -> Resilience:
 class ModelReplica:
     """One replica of a model's deployment: the weights, loaded on this replica's GPU when it has one."""
 
-    def __init__(self, settings: dict[str, Any], model: ModelConfig) -> None:
+    def __init__(self, settings: dict[str, Any], model: ModelConfig, secret_env: dict[str, str] | None = None) -> None:
         from vary.engines.weights import bound_hub_timeouts
 
+        os.environ.update(secret_env or {})  # first: the Hub's token is read when the weights load
         config = Settings(**settings)
         configure_logging(config.log_format, level=config.log_level)
         bound_hub_timeouts()  # as `vary serve` does: a Hub that never answers fails the load, not hangs it
@@ -95,8 +99,13 @@ class Edge:
     """The HTTP edge: vary's FastAPI app, built on the replica with its models' handles; Serve runs its lifespan."""
 
     def __init__(
-        self, settings: dict[str, Any], catalogue: Catalogue, models: dict[str, DeploymentHandle[Any]]
+        self,
+        settings: dict[str, Any],
+        catalogue: Catalogue,
+        models: dict[str, DeploymentHandle[Any]],
+        secret_env: dict[str, str] | None = None,
     ) -> None:
+        os.environ.update(secret_env or {})  # first: boto3 reads the S3 credentials when the store opens
         self.settings = Settings(**settings)
         self.catalogue = catalogue  # as the driver read it: the file need not be on this node
         self.models = models
@@ -143,14 +152,23 @@ def edge_options(catalogue: Catalogue) -> dict[str, Any]:
     return {"num_replicas": 1, "max_ongoing_requests": EDGE_MAX_ONGOING_REQUESTS, **catalogue.ray_edge}
 
 
+def is_secret_env(name: str) -> bool:
+    return any(word in name for word in SECRET_ENV_WORDS)
+
+
 def with_driver_env(options: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """The options with the command's AWS_* and HF_* variables in the replicas' environment.
+    """The options with the command's AWS_* and HF_* variables in the replicas' environment, credentials
+    left out (driver_secrets: they travel as a bind argument, which Ray does not show).
 
     A replica is a Ray worker, started with its node's environment, not the command's: without these the
     edge could not reach the S3 store, nor a model replica its Hugging Face cache or mirror, on a cluster
     configured the standard way. A table's own `runtime_env.env_vars` win.
     """
-    forwarded = {name: value for name, value in environ.items() if name.startswith(FORWARDED_ENV_PREFIXES)}
+    forwarded = {
+        name: value
+        for name, value in environ.items()
+        if name.startswith(FORWARDED_ENV_PREFIXES) and not is_secret_env(name)
+    }
     if not forwarded:
         return options
     actor = dict(options.get("ray_actor_options") or {})
@@ -158,6 +176,17 @@ def with_driver_env(options: dict[str, Any], environ: Mapping[str, str]) -> dict
     runtime_env["env_vars"] = {**forwarded, **(runtime_env.get("env_vars") or {})}
     actor["runtime_env"] = runtime_env
     return {**options, "ray_actor_options": actor}
+
+
+def driver_secrets(options: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """The command's AWS_*/HF_* credentials, for the replica to put in its own environment when it starts;
+    a table's own `runtime_env.env_vars` win here too."""
+    own = ((options.get("ray_actor_options") or {}).get("runtime_env") or {}).get("env_vars") or {}
+    return {
+        name: value
+        for name, value in environ.items()
+        if name.startswith(FORWARDED_ENV_PREFIXES) and is_secret_env(name) and name not in own
+    }
 
 
 def shipped_settings(settings: Settings) -> dict[str, Any]:
@@ -188,13 +217,15 @@ def application(settings: Settings) -> Application:
         if model.engine in HOSTED_ENGINES or model.engine == ROUTE:
             continue  # hosted providers are called from the edge; a route is its members' targets
         deployment = serve.deployment(name=model_deployment_name(model.name))(ModelReplica)
-        options = with_driver_env(model_options(model, settings, has_gpus=has_gpus), os.environ)
+        table = model_options(model, settings, has_gpus=has_gpus)
+        options = with_driver_env(table, os.environ)
         models[model.name] = _with_options(deployment, options, f"model {model.name!r}: [models.ray]").bind(
-            shipped, model
+            shipped, model, driver_secrets(table, os.environ)
         )
     edge_deployment = serve.deployment(name=EDGE_DEPLOYMENT)(Edge)
-    edge = _with_options(edge_deployment, with_driver_env(edge_options(catalogue), os.environ), "[ray.edge]")
-    return edge.bind(shipped, catalogue, models)
+    table = edge_options(catalogue)
+    edge = _with_options(edge_deployment, with_driver_env(table, os.environ), "[ray.edge]")
+    return edge.bind(shipped, catalogue, models, driver_secrets(table, os.environ))
 
 
 def _with_options(deployment: Deployment, options: dict[str, Any], where: str) -> Deployment:

@@ -49,6 +49,8 @@ MAX_PRESIGN_SECONDS = 7 * 24 * 3600
 _PROBE_PREFIX = ".ready-"
 _DELETE_BATCH = 1000  # DeleteObjects takes at most 1000 keys
 _MISSING = {"NoSuchKey", "404", "NotFound"}
+# Far above any PNG vary writes (a 1024x1024 RGB image is about 3 MB at most).
+MAX_READ_BYTES = 64 * 1024 * 1024
 
 
 class S3ImageStore:
@@ -61,10 +63,12 @@ class S3ImageStore:
         read_timeout: float = 20.0,
         max_attempts: int = 3,
         pool_connections: int = POOL_CONNECTIONS,
+        max_read_bytes: int = MAX_READ_BYTES,
     ) -> None:
         """`prefix` is "" or ends in "/". Worst case per call: max_attempts x the timeouts, plus backoff."""
         self.bucket = bucket
         self.prefix = prefix
+        self.max_read_bytes = max_read_bytes
         config = Config(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
@@ -122,6 +126,13 @@ class S3ImageStore:
             return None
         try:
             answer = self._client.get_object(Bucket=self.bucket, Key=self.key_for(image_id))
+            if answer.get("ContentLength", 0) > self.max_read_bytes:
+                # Not one of ours (another writer in the bucket): never read into memory.
+                answer["Body"].close()
+                log.warning(
+                    "object %s is %s bytes, larger than any image of ours: not read", image_id, answer["ContentLength"]
+                )
+                return None
             return bytes(answer["Body"].read())
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in _MISSING:

@@ -115,6 +115,13 @@ def _as_postgres_user() -> dict[str, Any]:
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
+    with started_postgres() as server:
+        yield server
+
+
+@contextlib.contextmanager
+def started_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL of its own, with the `vary` database made; stopped (if still running) on leaving."""
     bin_dir = _require()
     workdir = Path(tempfile.mkdtemp(prefix="vary-postgres-"))
     as_user = _as_postgres_user()
@@ -144,7 +151,7 @@ def postgres_server() -> Iterator[PostgresServer]:
         server.create_database(DATABASE)
         yield server
     finally:
-        _stop(process)
+        stop(process)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -164,7 +171,7 @@ def _wait_ready(server: PostgresServer) -> None:
             time.sleep(0.1)  # readiness poll, bounded by the deadline
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is not None:
         return
     process.send_signal(signal.SIGINT)  # fast shutdown: roll back sessions, stop

@@ -246,3 +246,45 @@ def test_the_cli_on_postgres_never_shows_the_password(postgres_server: PostgresS
         assert not (tmp_path / "vary.db").exists()
     finally:
         postgres_server.drop_database(database)
+
+
+def test_a_server_that_vanishes_mid_request_is_noticed_by_the_socket_not_minutes_later(postgres_url: str) -> None:
+    """A host gone (a crash, a partition, a failover's moved address) answers nothing, not even a reset: without
+    TCP keepalives and a user timeout, Linux retries an unanswered send for ~15 minutes and a request with it.
+    Every connection vary opens asks libpq for both (the statement timeout cannot help: the server is gone)."""
+    db = Database(postgres_url)
+    try:
+        with db.engine.connect() as connection:
+            parameters = connection.connection.dbapi_connection.info.get_parameters()  # type: ignore[union-attr]
+        assert parameters["keepalives"] == "1" and int(parameters["keepalives_idle"]) <= 10
+        assert 0 < int(parameters["tcp_user_timeout"]) <= 30_000
+    finally:
+        db.close()
+
+
+def test_a_usage_row_postgresql_would_refuse_is_stored_and_holds_no_other(postgres_url: str, tmp_path: Path) -> None:
+    """A client's `user` with a NUL (PostgreSQL refuses NUL in text; SQLite takes it) or longer than its
+    column (VARY_MAX_USER_CHARS raised): its row is stored cleaned, and the spool behind it drains."""
+    db = Database(postgres_url, spool_path=tmp_path / "spool")
+    assert db.spool is not None
+    try:
+        for user in ("a\x00b", "u" * 300, "plain"):
+            db.record_usage(usage("k1", user=user))
+        deadline = time.monotonic() + WAIT_S
+        while len(db.spool) and time.monotonic() < deadline:  # the writer thread retries every second
+            time.sleep(0.1)
+        assert len(db.spool) == 0
+        assert [r.user for r in db.usage_rows(key_id="k1")] == ["a\ufffdb", "u" * 256, "plain"]
+    finally:
+        db.close()
+
+
+def test_a_usage_filter_with_a_nul_finds_its_rows_instead_of_failing(postgres_url: str) -> None:
+    """`GET /v1/admin/usage?user=a%00b` and `vary usage --user`: PostgreSQL refuses a NUL in a parameter too."""
+    db = Database(postgres_url)
+    try:
+        db.record_usage(usage("k\x00", user="a\x00b"))
+        assert [r.user for r in db.usage_rows(user="a\x00b")] == ["a\ufffdb"]
+        assert len(db.usage_rows(key_id="k\x00")) == 1
+    finally:
+        db.close()

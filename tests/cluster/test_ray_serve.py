@@ -9,6 +9,7 @@ out as the README shows it: keys, usage and the signing secret in PostgreSQL, im
 from __future__ import annotations
 
 import base64
+import json
 import os
 import secrets
 import signal
@@ -189,6 +190,12 @@ def test_the_sdk_is_answered_by_two_replicas(
     for response in answers:
         assert_images_or_error_json(response)
     assert running_replicas(ray_driver, "model-tiny-random") == 2
+    # What Ray's dashboard shows of the application (its deployments' runtime_env included): the S3 store
+    # was reached with the secret key, which is nowhere in it.
+    from ray.serve.context import _get_global_client
+
+    shown = json.dumps(_get_global_client().get_serve_details(), default=str)
+    assert seaweedfs.env()["AWS_ACCESS_KEY_ID"] in shown and seaweedfs.env()["AWS_SECRET_ACCESS_KEY"] not in shown
 
 
 def test_ray_backpressure_is_a_429_with_retry_after(on_ray: ServerProcess, key: str) -> None:

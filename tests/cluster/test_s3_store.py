@@ -185,3 +185,12 @@ def test_an_endpoint_that_never_answers_is_a_store_error_not_a_hang(
         store = S3ImageStore("some-bucket", "images/", connect_timeout=1, read_timeout=1, max_attempts=2)
         assert isinstance(finishes(lambda: store.put(b"png")), StoreUnavailable)
         assert isinstance(finishes(lambda: store.read(new_id())), StoreUnavailable)
+
+
+def test_an_object_too_large_to_be_ours_is_never_read(s3_env: S3Endpoint, s3_bucket: str) -> None:
+    """Another writer in the bucket put a large object under a valid-looking id: it is not read into memory."""
+    store = S3ImageStore(s3_bucket, "big/", max_read_bytes=1000)
+    image_id = new_id()
+    s3_env.client().put_object(Bucket=s3_bucket, Key=f"big/{image_id}.png", Body=b"x" * 1001)
+    assert store.read(image_id) is None
+    assert store.read(store.put(b"y" * 1000)) == b"y" * 1000

@@ -21,6 +21,7 @@ from tests.conftest import create_key, png_bytes
 from tests.robustness.hostile import BOUNDARY, multipart
 from tests.robustness.test_hostile_input import first_response
 from vary.db import Database
+from vary.signing import UrlSigner
 from vary.testing import ServerProcess
 
 WAIT_S = 60
@@ -236,3 +237,23 @@ def test_no_key_or_secret_in_the_log(server: ServerProcess, server_data_dir: Pat
     assert api_key not in log and api_key.split("-", 2)[2] not in log
     assert (server_data_dir / "secret").read_bytes().hex() not in log
     assert "signature=" not in log
+
+
+def test_a_stored_object_that_is_not_a_png_is_never_served(own_server: tuple[ServerProcess, str, Path]) -> None:
+    """Whoever else can write to the store (a shared bucket, a shared volume) may put HTML under a valid id:
+    even with a valid signature it is refused, never served as image/png; real images are `nosniff`."""
+    server, key, data_dir = own_server
+    signer = UrlSigner((data_dir / "secret").read_bytes())
+    image_id, expires = "a" * 32, int(time.time()) + 600
+    (data_dir / "images" / f"{image_id}.png").write_bytes(b"<html><script>alert(document.cookie)</script></html>")
+    url = f"{server.base_url}/v1/files/{image_id}.png?expires={expires}&signature={signer.signature(image_id, expires)}"
+    foreign = httpx.get(url, timeout=WAIT_S)
+    assert foreign.status_code == 404 and foreign.json()["error"]["code"] == "file_not_found"
+    assert b"script" not in foreign.content
+    assert server.wait_for_log("is not a PNG")
+
+    real = post(server, key, response_format="url").json()["data"][0]["url"]
+    got = httpx.get(real, timeout=WAIT_S)
+    assert got.status_code == 200 and got.headers["x-content-type-options"] == "nosniff"
+    head = httpx.head(real, timeout=WAIT_S)
+    assert head.status_code == 200 and head.content == b"" and head.headers["content-type"] == "image/png"

@@ -291,6 +291,10 @@ def test_the_sqlite_default_is_unchanged(tmp_path: Path) -> None:
         ("postgresql+psycopg://u:hunter2@localhost:notaport/db", "vary: VARY_DATABASE_URL is not a database URL"),
         ("mysql://u:hunter2@127.0.0.1:1/db", "vary: the driver for mysql://u:***@127.0.0.1:1/db is not installed"),
         ("sqlite:////proc/no-such-dir/vary.db", "vary: cannot use the database sqlite:////proc/no-such-dir/vary.db: "),
+        (
+            "postgresql+psycopg://u@127.0.0.1:1/db?sslmode=disable&password=hunter2&sslpassword=hunter2",
+            "vary: cannot use the database postgresql+psycopg://u@127.0.0.1:1/db?password=***&sslmode=disable&ssl",
+        ),
     ],
 )
 def test_a_database_that_cannot_be_used_is_one_line_never_a_traceback(tmp_path: Path, url: str, line: str) -> None:
@@ -301,3 +305,27 @@ def test_a_database_that_cannot_be_used_is_one_line_never_a_traceback(tmp_path: 
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith(line), done.stderr
     assert "Traceback" not in done.stderr and "hunter2" not in done.stderr
+
+
+def test_a_schema_newer_than_this_vary_is_refused_in_one_line_never_downgraded(tmp_path: Path) -> None:
+    """A rolled-back deploy: the database was migrated by a newer vary. Nothing starts, nothing is changed."""
+    path = tmp_path / "newer.db"
+    Database(path).close()
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE alembic_version SET version_num = '9999_from_a_newer_vary'")
+    url = f"sqlite:///{path}"
+    for command in (["keys", "list"], ["db", "upgrade"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "vary", *command, "--data-dir", str(tmp_path), "--database-url", url],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        last = done.stderr.strip().splitlines()[-1]
+        assert last.startswith("vary: the database's schema is 9999_from_a_newer_vary, newer than this vary"), last
+        assert "Traceback" not in done.stderr
+    current = vary_db("current", "--database-url", url, "--data-dir", str(tmp_path))
+    assert current.returncode == 0 and current.stdout.strip() == (
+        f"9999_from_a_newer_vary (newer than this vary's head {migrations.head()})"
+    )
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT version_num FROM alembic_version").fetchall() == [("9999_from_a_newer_vary",)]

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from vary.ray_app import shipped_settings, with_driver_env  # noqa: E402
+from vary.ray_app import driver_secrets, shipped_settings, with_driver_env  # noqa: E402
 from vary.settings import Settings  # noqa: E402
 
 
@@ -38,3 +38,29 @@ def test_the_commands_aws_and_hf_variables_reach_the_replicas_and_a_tables_own_w
     }
     assert table["ray_actor_options"]["runtime_env"]["env_vars"] == {"HF_HUB_OFFLINE": "0"}, "the table is not changed"
     assert with_driver_env({"num_replicas": 1}, {"HOME": "/root"}) == {"num_replicas": 1}
+
+
+def test_credentials_never_go_in_the_runtime_env_which_ray_shows_but_reach_the_replicas_as_an_argument() -> None:
+    """Ray shows a runtime_env's env_vars on its dashboard and in its logs: the AWS secret key, a session token
+    and the Hub's token are handed to the replica as a bind argument instead; a table's own still win."""
+    environ = {
+        "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret-never-shown",
+        "AWS_SESSION_TOKEN": "aws-token-never-shown",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "HF_TOKEN": "hf-token-never-shown",
+        "HF_HUB_OFFLINE": "1",
+    }
+    table = {"ray_actor_options": {"runtime_env": {"env_vars": {"AWS_SESSION_TOKEN": "the-tables-own"}}}}
+    shown = with_driver_env(table, environ)["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert shown == {
+        "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "HF_HUB_OFFLINE": "1",
+        "AWS_SESSION_TOKEN": "the-tables-own",  # put there by the operator, not by vary
+    }
+    assert driver_secrets(table, environ) == {
+        "AWS_SECRET_ACCESS_KEY": "aws-secret-never-shown",
+        "HF_TOKEN": "hf-token-never-shown",
+    }
+    assert driver_secrets({}, {"HOME": "/root", "VARY_SIGNING_SECRET": "x" * 40}) == {}

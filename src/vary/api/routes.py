@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 import time
 from typing import Annotated
@@ -33,6 +34,8 @@ __all__ = ["CLIENT_CLOSED_REQUEST", "router"]
 router = APIRouter()
 CallerKey = Annotated[KeyInfo | None, Depends(require_api_key)]
 _EXPIRES = re.compile(r"[0-9]{1,12}")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+log = logging.getLogger("vary.files")
 
 
 @router.post(
@@ -100,10 +103,17 @@ async def get_file(request: Request, filename: str, expires: str = "", signature
     data = await run_in_threadpool(services.store.read, image_id)
     if data is None:
         raise ApiError(404, "No such file.", code="file_not_found")
+    if not data.startswith(PNG_SIGNATURE):
+        # Put there by someone else who can write to the store (a shared bucket): never served as ours.
+        log.warning("stored image %s is not a PNG: not served", image_id)
+        raise ApiError(404, "No such file.", code="file_not_found")
     return Response(
         data,
         media_type="image/png",
-        headers={"Cache-Control": f"private, max-age={max(0, int(expires) - int(now))}"},
+        headers={
+            "Cache-Control": f"private, max-age={max(0, int(expires) - int(now))}",
+            "X-Content-Type-Options": "nosniff",  # a browser takes it as the PNG it says it is, nothing else
+        },
     )
 
 

@@ -57,6 +57,17 @@ def head() -> str:
     return revision
 
 
+@functools.cache
+def revisions() -> frozenset[str]:
+    """Every revision this vary has a migration script for."""
+    return frozenset(script.revision for script in ScriptDirectory.from_config(_config()).walk_revisions())
+
+
+def known(revision: str) -> bool:
+    """Whether this vary knows `revision`; one it does not was made by a newer vary."""
+    return revision in revisions()
+
+
 def current(engine: Engine) -> str | None:
     """The database's revision; None for an empty database or one made before vary used Alembic."""
     with engine.connect() as connection:
