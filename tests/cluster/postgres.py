@@ -113,7 +113,7 @@ def _as_postgres_user() -> dict[str, Any]:
     return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped once tests/cluster is done: the rest of the suite runs without it
 def postgres_server() -> Iterator[PostgresServer]:
     with started_postgres() as server:
         yield server

@@ -141,7 +141,7 @@ def _tail(path: Path) -> str:
     return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped once tests/cluster is done: the rest of the suite runs without it
 def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
     weed = weed_binary()
     if weed is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -42,6 +43,26 @@ def test_serve_refusing_a_ray_table_is_one_line_naming_it(ray_driver: Any, tmp_p
     assert "\n" not in str(error.value)
 
 
+def test_the_example_config_is_one_serve_accepts_and_imports_the_builder(ray_driver: Any, tmp_path: Path) -> None:
+    """Serve's own schema for `serve deploy` files accepts the example, and its import path is the builder,
+    which builds from the example's args (the catalogue swapped for the tiny twin: no weights here)."""
+    import importlib
+
+    from ray.serve import Application
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load(EXAMPLE.read_text()))
+    (app,) = config.applications
+    module, _, name = app.import_path.partition(":")
+    builder = getattr(importlib.import_module(module), name)
+    args = {**app.args, "config": None, "model": "tiny-random", "data_dir": str(tmp_path)}
+    assert isinstance(builder(args), Application)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("VARY_SLOW_CLUSTER_TESTS"),
+    reason="deploys a second application (about a minute on two cores); VARY_SLOW_CLUSTER_TESTS=1 runs it",
+)
 def test_serve_run_of_the_example_config_answers(ray_cluster: RayCluster, ray_driver: Any, tmp_path: Path) -> None:
     config = yaml.safe_load(EXAMPLE.read_text())
     # The example as it is, but for the tiny twin, a temporary data dir, and this cluster's port.
