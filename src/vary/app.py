@@ -52,11 +52,7 @@ def build_registry(
     settings: Settings, decoder: ImageDecoder, load_engines: Callable[[Settings], list[Engine]] | None = None
 ) -> ModelRegistry:
     """Every served model's targets, built but not loaded; local models decode their inputs with `decoder`."""
-    queue = QueuePolicy(
-        max_queue=settings.queue_size,
-        max_batch_images=settings.max_batch_images,
-        retry_after_seconds=settings.retry_after_seconds,
-    )
+    queue = QueuePolicy.of(settings)
 
     def local_model(engine: Engine) -> LocalModel:
         return LocalModel(engine, decoder=decoder, queue=queue)

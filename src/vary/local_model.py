@@ -12,6 +12,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from starlette.concurrency import run_in_threadpool
 
@@ -22,12 +23,23 @@ from vary.request import VariationRequest
 from vary.scheduler import Scheduler
 from vary.targets import Made, Resilience
 
+if TYPE_CHECKING:
+    from vary.settings import Settings
+
 
 @dataclass(frozen=True)
 class QueuePolicy:
     max_queue: int = 64  # requests waiting per model before Overloaded
     max_batch_images: int = 16  # images per pipeline call when requests are coalesced
     retry_after_seconds: int = 2  # what a refusal asks the client to wait
+
+    @classmethod
+    def of(cls, settings: Settings) -> QueuePolicy:
+        return cls(
+            max_queue=settings.queue_size,
+            max_batch_images=settings.max_batch_images,
+            retry_after_seconds=settings.retry_after_seconds,
+        )
 
 
 class LocalModel:

@@ -52,14 +52,6 @@ def model_deployment_name(model: str) -> str:
     return f"model-{model}"
 
 
-def queue_policy(settings: Settings) -> QueuePolicy:
-    return QueuePolicy(
-        max_queue=settings.queue_size,
-        max_batch_images=settings.max_batch_images,
-        retry_after_seconds=settings.retry_after_seconds,
-    )
-
-
 def replica_resilience(settings: Settings) -> Resilience:
     # Retries are for a replica lost mid-request: Serve routes the next attempt to a live one, once its
     # router has seen the loss. The timeout bounds an attempt whose replica hangs, queue wait included.
@@ -79,7 +71,7 @@ class ModelReplica:
         device = "cuda" if ray.get_gpu_ids() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to this replica's GPUs
         placement = Placement(device=device, dtype=config.dtype, compile=config.compile)
         engine = model.build(placement=placement, overrides=config.render_overrides())
-        self.model = LocalModel(engine, decoder=ImageDecoder(config.image_rules()), queue=queue_policy(config))
+        self.model = LocalModel(engine, decoder=ImageDecoder(config.image_rules()), queue=QueuePolicy.of(config))
         if model.eager:
             engine.warmup()  # the replica is not ready, so gets no request, until the weights are loaded
         self.model.start()
