@@ -28,6 +28,7 @@ from vary.datadir import DataDir
 from vary.settings import Settings
 
 if TYPE_CHECKING:  # the ML libraries are imported only once logging is set up: their import logs
+    from vary.db import Database
     from vary.engines.registry import ModelRegistry
     from vary.imaging import ImageDecoder
 
@@ -69,9 +70,11 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
         sys.exit(f"vary: {exc}")
     log.info(data_dir.line())
     try:  # a database or store that cannot be used ends the start in one line, before any model loads
-        key = None if settings.no_auth else first_key(settings.data_dir, settings.database)
-        if settings.no_auth:
-            Database(settings.database).close()  # its schema upgraded, as the lifespan would
+        db = Database(settings.database)  # its schema upgraded first (vary/migrations), as the lifespan would
+        try:
+            key = None if settings.no_auth else first_key(settings.data_dir, db)
+        finally:
+            db.close()
         store = open_store(settings)
     except (DatabaseSetupError, StorageSetupError) as exc:
         sys.exit(f"vary: {exc}")
@@ -148,17 +151,11 @@ def load_models(settings: Settings) -> tuple[ModelRegistry, ImageDecoder]:
     return registry, decoder
 
 
-def first_key(data_dir: Path, database: str | Path) -> str | None:
+def first_key(data_dir: Path, db: Database) -> str | None:
     """A key when none is active yet, kept in a 0600 file until the user deletes it; None otherwise."""
-    from vary.db import Database
-
-    db = Database(database)  # its schema upgraded first (vary/migrations)
-    try:
-        if db.count_active_keys():
-            return None
-        _, key = db.create_key("default")
-    finally:
-        db.close()
+    if db.count_active_keys():
+        return None
+    _, key = db.create_key("default")
     data_dir.mkdir(parents=True, exist_ok=True)  # with a database_url, nothing else made it yet
     path = data_dir / FIRST_KEY_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
