@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from vary.imaging import encode_png
-from vary.storage import LocalImageStore
+from vary.state.local_store import LocalImageStore
 
 
 def test_images(side: int = 1024) -> dict[str, np.ndarray]:

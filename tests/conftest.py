@@ -8,7 +8,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from vary.db import Database
+from vary.state.database import Database
 from vary.testing import ServerProcess
 
 

@@ -26,22 +26,23 @@ from vary.api.playground import router as playground_router
 from vary.api.request_context import RequestContextMiddleware
 from vary.api.routes import router
 from vary.api.variation_form import request_too_large
-from vary.config import catalogue_for
-from vary.db import Database, shown
 from vary.engines.base import Engine
 from vary.engines.diffusion import Placement
-from vary.engines.registry import ModelRegistry
-from vary.gateway import Gateway
 from vary.imaging import ImageDecoder
-from vary.local_model import LocalModel, QueuePolicy
-from vary.memory import ReleaseMemoryWhenIdle
-from vary.metrics import Metrics
-from vary.ratelimit import RateLimiter
-from vary.services import Services
-from vary.serving import Links, VariationService
+from vary.ops.memory import ReleaseMemoryWhenIdle
+from vary.ops.metrics import Metrics
+from vary.service.catalogue import catalogue_for
+from vary.service.components import Services
+from vary.service.gateway import Gateway
+from vary.service.rate_limiter import RateLimiter
+from vary.service.registry import ModelRegistry
+from vary.service.variations import Links, VariationService
 from vary.settings import Settings
-from vary.signing import UrlSigner, secret_for
-from vary.storage import ImageStore, Presigner, open_store
+from vary.state.database import Database, shown
+from vary.state.image_store import ImageStore, Presigner
+from vary.state.signing import UrlSigner, secret_for
+from vary.state.stores import open_store
+from vary.targets.local_model import LocalModel, QueuePolicy
 
 log = logging.getLogger("vary")
 # The database lease whose holder sweeps expired images.

@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from vary.controls import MAX_GUIDANCE_SCALE, MAX_STEPS
 from vary.datadir import default_data_dir
 from vary.imaging import ImageRules
-from vary.limits import LIMIT_FIELDS, KeyLimits
+from vary.key_limits import LIMIT_FIELDS, KeyLimits
 from vary.request import MAX_IMAGES
 
 MiB = 1024 * 1024

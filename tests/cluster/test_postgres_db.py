@@ -18,10 +18,10 @@ from pydantic import SecretStr
 from sqlalchemy import inspect
 
 from tests.cluster.postgres import PostgresServer
-from vary import migrations
-from vary.db import Base, Database, KeyLimits, SecretRow, UsageRow, shown
 from vary.settings import Settings
-from vary.signing import DB_SECRET_NAME, secret_for
+from vary.state import migrations
+from vary.state.database import Base, Database, KeyLimits, SecretRow, UsageRow, shown
+from vary.state.signing import DB_SECRET_NAME, secret_for
 
 pytestmark = pytest.mark.cluster
 WAIT_S = 120
@@ -154,9 +154,9 @@ def test_racing_holders_get_one_lease(postgres_url: str) -> None:
 
 SECRET_OF = (
     "import sys\n"
-    "from vary.db import Database\n"
+    "from vary.state.database import Database\n"
     "from vary.settings import Settings\n"
-    "from vary.signing import secret_for\n"
+    "from vary.state.signing import secret_for\n"
     "settings = Settings(database_url=sys.argv[1], data_dir=sys.argv[2])\n"
     "sys.stdin.readline()\n"  # all start together
     "db = Database(settings.database)\n"

@@ -16,7 +16,7 @@ import pytest
 
 from tests.cluster.postgres import PostgresServer, started_postgres, stop
 from tests.conftest import png_bytes
-from vary.db import Database
+from vary.state.database import Database
 from vary.testing import ServerProcess, running
 
 pytestmark = pytest.mark.cluster

@@ -1,4 +1,4 @@
-"""The application builder for Ray's own tooling: `vary.ray_app:build`, and `serve run` of examples/ray-serve.yaml."""
+"""The application builder for Ray's own tooling (`vary.cluster.deployments:build`), and `serve run` of its example."""
 
 from __future__ import annotations
 
@@ -24,14 +24,14 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ray-serve.yaml"
 def test_the_builder_builds_a_serve_application(ray_driver: Any, tmp_path: Path) -> None:
     from ray.serve import Application
 
-    from vary.ray_app import build
+    from vary.cluster.deployments import build
 
     assert isinstance(build({"model": "tiny-random", "data_dir": str(tmp_path)}), Application)
 
 
 def test_serve_refusing_a_ray_table_is_one_line_naming_it(ray_driver: Any, tmp_path: Path) -> None:
-    from vary.config import ConfigError
-    from vary.ray_app import build
+    from vary.cluster.deployments import build
+    from vary.service.catalogue import ConfigError
 
     config = tmp_path / "catalogue.toml"
     config.write_text(

@@ -30,7 +30,7 @@ from tests.cluster.postgres import PostgresServer
 from tests.cluster.ray_cluster import RayCluster, require_ray
 from tests.cluster.seaweedfs import S3Endpoint
 from tests.conftest import decode_png, png_bytes
-from vary.db import Database
+from vary.state.database import Database
 from vary.testing import ServerProcess, free_port
 
 pytestmark = pytest.mark.cluster

@@ -13,9 +13,10 @@ import httpx
 import pytest
 
 from vary.errors import StoreUnavailable
-from vary.s3_store import S3ImageStore
 from vary.settings import Settings
-from vary.storage import StorageSetupError, new_id, open_store
+from vary.state.image_store import StorageSetupError, new_id
+from vary.state.s3_store import S3ImageStore
+from vary.state.stores import open_store
 
 if TYPE_CHECKING:
     from tests.cluster.seaweedfs import S3Endpoint

@@ -24,7 +24,7 @@ import pytest
 from openai import OpenAI
 
 from tests.conftest import decode_png, png_bytes
-from vary.db import Database, SecretRow
+from vary.state.database import Database, SecretRow
 from vary.testing import ServerProcess, running
 
 if TYPE_CHECKING:

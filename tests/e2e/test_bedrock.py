@@ -14,10 +14,10 @@ from openai import OpenAI
 
 from tests.conftest import create_key, decode_png, png_bytes
 from tests.fakes.bedrock import FakeBedrock
-from vary.engines.bedrock import BedrockNovaCanvas, BedrockOptions
 from vary.errors import UpstreamFailure
 from vary.imaging import InputImage
 from vary.request import VariationRequest
+from vary.targets.hosted.bedrock import BedrockNovaCanvas, BedrockOptions
 from vary.testing import ServerProcess
 
 pytest.importorskip("boto3", reason='boto3 is the bedrock extra: pip install -e ".[bedrock]" (the test extra has it)')

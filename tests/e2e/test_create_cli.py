@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from tests.conftest import decode_png
-from vary.create import square_png
+from vary.cli.create import square_png
 from vary.testing import ServerProcess
 
 

@@ -22,7 +22,7 @@ from PIL import Image
 
 from tests.conftest import create_key, png_bytes
 from tests.fakes.providers import FakeProvider, ResetServer
-from vary.db import Database, UsageRow
+from vary.state.database import Database, UsageRow
 from vary.testing import ServerProcess
 
 SECRET = "sk-fake-upstream-SECRET-0123456789"

@@ -15,8 +15,8 @@ from openai import OpenAI
 
 from tests.conftest import create_key, decode_png, png_bytes
 from vary.api.routes import CLIENT_CLOSED_REQUEST
-from vary.db import Database
 from vary.engines.kandinsky import KandinskyVariationEngine
+from vary.state.database import Database
 from vary.testing import ServerProcess
 
 

@@ -20,7 +20,7 @@ from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import png_bytes
-from vary.db import Database, KeyLimits
+from vary.state.database import Database, KeyLimits
 from vary.testing import ServerProcess
 
 WAIT_S = 60

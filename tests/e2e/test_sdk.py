@@ -13,8 +13,8 @@ import pytest
 from openai import OpenAI
 
 from tests.conftest import create_key, decode_png, png_bytes
-from vary.db import Database
-from vary.signing import UrlSigner
+from vary.state.database import Database
+from vary.state.signing import UrlSigner
 from vary.testing import ServerProcess
 
 

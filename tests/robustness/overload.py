@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from vary.db import Database
+from vary.state.database import Database
 from vary.testing import ServerProcess
 
 SIZES = (256, 512)

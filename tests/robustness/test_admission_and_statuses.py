@@ -19,7 +19,7 @@ from PIL import Image
 from tests.conftest import png_bytes
 from tests.robustness import hostile
 from tests.robustness.hostile import BOUNDARY, MiB
-from vary.db import Database
+from vary.state.database import Database
 from vary.testing import ServerProcess
 
 WAIT_S = 120

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from tests.conftest import png_bytes
-from vary.db import Database
+from vary.state.database import Database
 from vary.testing import ServerProcess
 
 WAIT_S = 60

@@ -20,8 +20,8 @@ from PIL import Image
 from tests.conftest import create_key, png_bytes
 from tests.robustness.hostile import BOUNDARY, multipart
 from tests.robustness.test_hostile_input import first_response
-from vary.db import Database
-from vary.signing import UrlSigner
+from vary.state.database import Database
+from vary.state.signing import UrlSigner
 from vary.testing import ServerProcess
 
 WAIT_S = 60

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import png_bytes
-from vary.db import Database, KeyLimits
+from vary.state.database import Database, KeyLimits
 from vary.testing import ServerProcess
 
 WAIT_S = 60

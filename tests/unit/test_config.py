@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from vary.config import Catalogue, ConfigError, ModelConfig, catalogue_for, read_catalogue
-from vary.engines.registry import ModelRegistry
+from vary.service.catalogue import Catalogue, ConfigError, ModelConfig, catalogue_for, read_catalogue
+from vary.service.registry import ModelRegistry
 
 GOOD = """
 default = "sdxl"

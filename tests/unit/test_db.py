@@ -3,7 +3,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from vary.db import Database
+from vary.state.database import Database
 
 
 def test_keys_are_hashed_at_rest_and_revocable(tmp_path: Path) -> None:

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from vary.config import ENGINES, model_for_spec
 from vary.engines.base import Batch, Controls, RequestedControls, VariationItem
 from vary.engines.diffusion import DiffusionEngine
 from vary.errors import ControlInvalid
+from vary.service.catalogue import ENGINES, model_for_spec
 
 DEFAULT = RequestedControls()
 

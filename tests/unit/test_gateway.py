@@ -20,11 +20,7 @@ from PIL import Image
 
 from tests.conftest import png_bytes
 from vary.api.errors import api_error
-from vary.breaker import CircuitBreaker
-from vary.config import ConfigError, read_catalogue
 from vary.engines.diffusion import Placement
-from vary.engines.registry import ModelRegistry
-from vary.engines.upstream import MAX_IMAGE_BYTES, UpstreamEngine, UpstreamOptions, _pngs_of_size, retry_after
 from vary.errors import (
     ImageRejected,
     ModelUnavailable,
@@ -35,10 +31,15 @@ from vary.errors import (
     UpstreamRefused,
     UpstreamUnavailable,
 )
-from vary.gateway import Gateway, Tried, outcome_of, tried_of
 from vary.imaging import InputImage
 from vary.request import VariationRequest
-from vary.targets import Made, Resilience
+from vary.service.breaker import CircuitBreaker
+from vary.service.catalogue import ConfigError, read_catalogue
+from vary.service.gateway import Gateway, Tried, outcome_of, tried_of
+from vary.service.registry import ModelRegistry
+from vary.targets.base import Made, Resilience
+from vary.targets.hosted.common import MAX_IMAGE_BYTES, pngs_of_size
+from vary.targets.hosted.openai_api import UpstreamEngine, UpstreamOptions, retry_after
 
 REQUEST = VariationRequest(images=(InputImage(png_bytes(8)),), n=2, size=256)
 FAST = Resilience(max_attempts=3, backoff_seconds=0.0, max_backoff_seconds=0.0)
@@ -480,13 +481,13 @@ def bomb_png(side: int = 100_000) -> bytes:
 )
 def test_a_provider_image_is_checked_as_an_input_is_and_refused_as_retryable(answer: bytes) -> None:
     with pytest.raises(UpstreamFailure) as raised:
-        _pngs_of_size([answer], 64, True)
+        pngs_of_size([answer], 64, True)
     assert raised.value.kind == "retryable"
 
 
 def test_a_provider_image_of_the_asked_size_passes_as_it_is_and_others_are_resized() -> None:
     same, other = png_bytes(64), png_bytes(128)
-    out = _pngs_of_size([same, other], 64, True)
+    out = pngs_of_size([same, other], 64, True)
     assert out[0] is same and Image.open(io.BytesIO(out[1])).size == (64, 64)
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tests.unit.test_engines import assert_same_images, pixels, red, run
-from vary.config import ConfigError, model_for_spec
 from vary.engines.diffusion import Placement
 from vary.engines.kandinsky import KandinskyOptions, KandinskyVariationEngine
+from vary.service.catalogue import ConfigError, model_for_spec
 
 
 @pytest.fixture(scope="module")

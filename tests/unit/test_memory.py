@@ -6,7 +6,7 @@ import platform
 
 import pytest
 
-from vary import memory
+from vary.ops import memory
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim and mallopt are glibc's")

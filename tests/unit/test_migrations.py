@@ -21,10 +21,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
-from vary import migrations
-from vary.db import Base, Database, UsageRow
 from vary.settings import Settings
-from vary.signing import secret_for
+from vary.state import migrations
+from vary.state.database import Base, Database, UsageRow
+from vary.state.signing import secret_for
 
 OLD_SCHEMA = """
 CREATE TABLE api_keys (
@@ -211,7 +211,7 @@ def test_processes_upgrading_one_old_database_at_once_both_succeed(tmp_path: Pat
     path = tmp_path / "vary.db"
     old_database(path, OLDEST_SCHEMA)
     script = (
-        "import sys, pathlib; from vary.db import Database\n"
+        "import sys, pathlib; from vary.state.database import Database\n"
         "d = Database(pathlib.Path(sys.argv[1])); print(d.revision()); d.close()"
     )
     processes = [

@@ -10,9 +10,9 @@ import time_machine
 
 from vary.api.errors import ApiError, api_error
 from vary.errors import VaryError
-from vary.limits import KeyLimits
-from vary.limits import KeyLimits as Limits
-from vary.ratelimit import RateLimiter, quota_period_start, reset_duration
+from vary.key_limits import KeyLimits
+from vary.key_limits import KeyLimits as Limits
+from vary.service.rate_limiter import RateLimiter, quota_period_start, reset_duration
 
 START = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
 

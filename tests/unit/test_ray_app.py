@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from vary.ray_app import driver_secrets, shipped_settings, with_driver_env  # noqa: E402
+from vary.cluster.deployments import driver_secrets, shipped_settings, with_driver_env  # noqa: E402
 from vary.settings import Settings  # noqa: E402
 
 

@@ -13,7 +13,7 @@ from vary.api.errors import api_error
 from vary.engines.base import Batch, Controls, GenerationCancelled, RequestedControls, VariationItem
 from vary.engines.kandinsky import KandinskyVariationEngine
 from vary.errors import Overloaded, ShuttingDown
-from vary.scheduler import Scheduler
+from vary.targets.scheduler import Scheduler
 
 WAIT_S = 30
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from vary.signing import ExpiredError, SignatureError, UrlSigner, load_or_create_secret
+from vary.state.signing import ExpiredError, SignatureError, UrlSigner, load_or_create_secret
 
 
 def test_sign_and_verify() -> None:

@@ -9,7 +9,9 @@ import pytest
 
 from vary.app import _sweep_forever
 from vary.settings import Settings
-from vary.storage import LocalImageStore, StorageSetupError, parse_storage_url
+from vary.state.image_store import StorageSetupError
+from vary.state.local_store import LocalImageStore
+from vary.state.stores import parse_storage_url
 
 
 def test_put_get_delete(tmp_path: Path) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vary.config import model_for_spec
 from vary.engines.diffusion import Placement
 from vary.engines.kandinsky import DECODER_REPO, PRIOR_REPO, KandinskyVariationEngine
 from vary.engines.weights import HubFiles, WeightsUnavailable, hub_trouble
+from vary.service.catalogue import model_for_spec
 
 GPU = Placement(device="cuda", dtype="float16")
 CPU = Placement(device="cpu")

@@ -17,18 +17,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 
+from vary.api.admission import admit
 from vary.api.cancellation import ClientGone
 from vary.api.errors import ApiError, api_error
-from vary.api.limits import admit
 from vary.api.request_context import describe_request, request_id_of
 from vary.api.variation_form import VariationForm
-from vary.db import KeyInfo, UsageRow
 from vary.echo import clipped
 from vary.errors import VaryError
-from vary.gateway import tried_of
-from vary.ratelimit import Admission
-from vary.services import Services
-from vary.serving import VariationResult
+from vary.service.components import Services
+from vary.service.gateway import tried_of
+from vary.service.rate_limiter import Admission
+from vary.service.variations import VariationResult
+from vary.state.database import KeyInfo, UsageRow
 
 log = logging.getLogger("vary.accounting")
 # nginx's code for "client closed the request"; only ever recorded, never sent to anyone.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.requests import Request
 
-from vary.services import Services
+from vary.service.components import Services
 
 
 def services_of(request: Request) -> Services:

@@ -25,9 +25,9 @@ from vary.api.protocol import (
     ModelList,
 )
 from vary.api.variation_form import read_variation_form
-from vary.db import KeyInfo
 from vary.errors import ModelNotFound
-from vary.signing import ExpiredError, SignatureError
+from vary.state.database import KeyInfo
+from vary.state.signing import ExpiredError, SignatureError
 
 __all__ = ["CLIENT_CLOSED_REQUEST", "router"]
 

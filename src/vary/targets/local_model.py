@@ -20,8 +20,8 @@ from vary.controls import Controls
 from vary.engines.base import Engine, Frames, VariationItem
 from vary.imaging import ImageDecoder, encode_png
 from vary.request import VariationRequest
-from vary.scheduler import Scheduler
-from vary.targets import Made, Resilience
+from vary.targets.base import Made, Resilience
+from vary.targets.scheduler import Scheduler
 
 if TYPE_CHECKING:
     from vary.settings import Settings

@@ -28,7 +28,7 @@ from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from vary.errors import QuotaExceeded, RateLimited
-from vary.limits import KeyLimits
+from vary.key_limits import KeyLimits
 
 log = logging.getLogger("vary.ratelimit")
 

@@ -1,14 +1,14 @@
-"""Alembic's environment for vary: the connection is the one `vary.migrations.upgrade` opened and locked."""
+"""Alembic's environment for vary: the connection is the one `vary.state.migrations.upgrade` opened and locked."""
 
 from __future__ import annotations
 
 from alembic import context
 
-from vary.db import Base
+from vary.state.database import Base
 
 connection = context.config.attributes.get("connection")
 if connection is None:
-    raise RuntimeError("vary's migrations run through vary.migrations.upgrade: use `vary db upgrade`")
+    raise RuntimeError("vary's migrations run through vary.state.migrations.upgrade: use `vary db upgrade`")
 
 context.configure(
     connection=connection,

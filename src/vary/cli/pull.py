@@ -14,11 +14,10 @@ from vary.settings import Settings
 
 
 def run(models: list[str], config: Path | None, local_dir: Path | None, settings: Settings) -> int:
-    from vary.logs import configure_logging
+    from vary.ops.logs import configure_logging
 
     configure_logging("text", level=settings.log_level, progress_bars=True)  # before the ML libraries log
 
-    from vary.config import ENGINES, ConfigError, ModelConfig, catalogue_for
     from vary.engines.diffusion import Placement
     from vary.engines.weights import (
         HubFiles,
@@ -28,6 +27,7 @@ def run(models: list[str], config: Path | None, local_dir: Path | None, settings
         missing_files,
         total_size,
     )
+    from vary.service.catalogue import ENGINES, ConfigError, ModelConfig, catalogue_for
     from vary.settings import DEFAULT_MODEL
 
     try:

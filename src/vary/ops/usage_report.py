@@ -10,8 +10,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 
-from vary.db import UsageRow
 from vary.echo import clipped
+from vary.state.database import UsageRow
 
 FORMATS = ("table", "csv", "json")
 

@@ -25,7 +25,7 @@ from ray.serve.handle import DeploymentHandle
 from vary.errors import Overloaded, ReplicaLost
 from vary.imaging import InputImage
 from vary.request import VariationRequest
-from vary.targets import Made, Resilience
+from vary.targets.base import Made, Resilience
 
 # What Ray raises when the replica serving a request is gone or cannot be reached (ActorDiedError and
 # ActorUnavailableError are RayActorErrors; RequestCancelledError is a TaskCancelledError).

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 import pybase64
 from starlette.concurrency import run_in_threadpool
 
-from vary.engines.registry import ModelRegistry
-from vary.gateway import Gateway
 from vary.imaging import ImageDecoder
 from vary.request import VariationRequest
-from vary.signing import UrlSigner
-from vary.storage import ImageStore, Presigner
-from vary.targets import Made
+from vary.service.gateway import Gateway
+from vary.service.registry import ModelRegistry
+from vary.state.image_store import ImageStore, Presigner
+from vary.state.signing import UrlSigner
+from vary.targets.base import Made
 
 
 @dataclass

@@ -37,7 +37,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from vary.errors import StoreUnavailable
-from vary.storage import STALE_TEMP_SECONDS, StorageSetupError, is_valid_id, new_id
+from vary.state.image_store import STALE_TEMP_SECONDS, StorageSetupError, is_valid_id, new_id
 
 log = logging.getLogger("vary.storage")
 

@@ -6,9 +6,9 @@ import time
 
 from starlette.concurrency import run_in_threadpool
 
-from vary.db import KeyInfo
-from vary.ratelimit import ANONYMOUS, Admission, quota_period_start
-from vary.services import Services
+from vary.service.components import Services
+from vary.service.rate_limiter import ANONYMOUS, Admission, quota_period_start
+from vary.state.database import KeyInfo
 
 
 async def admit(services: Services, key: KeyInfo | None, images: int) -> Admission:

@@ -11,18 +11,18 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from vary.config import HOSTED_ENGINES, ROUTE, Catalogue, HostedEngine, ModelConfig
 from vary.engines.base import Engine, ModelInfo
 from vary.engines.diffusion import Placement
-from vary.engines.upstream import DEFAULT_DEADLINE_SECONDS
 from vary.errors import ModelNotFound
 from vary.imaging import ImageDecoder
-from vary.local_model import LocalModel
-from vary.targets import Target
+from vary.service.catalogue import HOSTED_ENGINES, ROUTE, Catalogue, HostedEngine, ModelConfig
+from vary.targets.base import Target
+from vary.targets.hosted.common import DEFAULT_DEADLINE_SECONDS
+from vary.targets.local_model import LocalModel
 
 # Wraps an engine in the target that serves it; the app passes one with its queue settings and decoder.
 LocalModelFactory = Callable[[Engine], LocalModel]
-# Serves a local model from elsewhere (vary.ray_target.RayTarget: a Ray Serve deployment holds the weights).
+# Serves a local model from elsewhere (vary.targets.ray_replica.RayTarget: a Ray Serve deployment holds the weights).
 RemoteModelFactory = Callable[[ModelConfig], Target]
 
 

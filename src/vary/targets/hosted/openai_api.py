@@ -31,16 +31,15 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 import httpx
-import numpy as np
 import pybase64
 from starlette.concurrency import run_in_threadpool
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from vary.engines.base import ModelInfo
-from vary.errors import ImageRejected, RequestInvalid, UpstreamFailure, UpstreamMisconfigured, UpstreamRefused
-from vary.imaging import ImageRules, MiB, encode_png, fit_to_size, load_variation_input
+from vary.errors import RequestInvalid, UpstreamFailure, UpstreamMisconfigured, UpstreamRefused
 from vary.request import VariationRequest
-from vary.targets import Made, Resilience
+from vary.targets.base import Made, Resilience
+from vary.targets.hosted.common import DEFAULT_DEADLINE_SECONDS, MAX_IMAGE_BYTES, HostedProvider, pngs_of_size
 
 UPSTREAM_ENGINES = ("openai-compatible", "azure-openai", "openai-gpt-image")
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -50,14 +49,8 @@ DEFAULT_PROMPT = (
 )
 # gpt-image edits produce these sizes; the others are resized from 1024x1024 by vary.
 GPT_IMAGE_SIZE = "1024x1024"
-# One provider image, base64-decoded or downloaded: a 1536 px RGBA PNG is under 10 MiB.
-MAX_IMAGE_BYTES = 16 * MiB
-# A provider's images go through the checks of an input image (vary.imaging): a PNG, square, at
-# most 4096 px a side (so no decompression bomb), read whole.
-OUTPUT_RULES = ImageRules(max_bytes=MAX_IMAGE_BYTES, max_side=4096)
 # Error codes that name vary's deployment or upstream model, whatever the status they come with.
 CONFIGURATION_CODES = frozenset({"DeploymentNotFound", "model_not_found"})
-DEFAULT_DEADLINE_SECONDS = 300.0
 MAX_RETRY_AFTER = 86400.0  # a provider's wait beyond a day is read as a day
 
 
@@ -106,10 +99,8 @@ class UpstreamOptions:
         return options
 
 
-class UpstreamEngine:
+class UpstreamEngine(HostedProvider):
     """A hosted provider served under a model name: no weights, no scheduler, an HTTP pool of its own."""
-
-    remote = True
 
     def __init__(
         self, *, name: str, engine: str, options: UpstreamOptions, license: str | None, description: str | None
@@ -137,10 +128,6 @@ class UpstreamEngine:
             circuit_failures=options.circuit_failures,
             circuit_cooldown_seconds=options.circuit_cooldown_seconds,
         )
-
-    @property
-    def name(self) -> str:
-        return self.info.id
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -238,7 +225,7 @@ class UpstreamEngine:
             except ValueError:
                 raise UpstreamFailure("the provider's base64 was corrupt", retryable=True) from None
             # Read here, inside the attempt: an unreadable image is this target's failure, not the client's.
-            return Made(pngs=await run_in_threadpool(_pngs_of_size, answers, size, True))
+            return Made(pngs=await run_in_threadpool(pngs_of_size, answers, size, True))
         if all(isinstance(item, dict) and isinstance(item.get("url"), str) for item in items):
             urls = [item["url"] for item in items]
             if not self.options.rehost_urls:
@@ -246,7 +233,7 @@ class UpstreamEngine:
             # The generation is paid for: from here on a failure retries the download, and if that
             # fails too, the next target is tried; this one is never asked to generate again.
             answers = [await self._download(url) for url in urls]
-            return Made(pngs=await run_in_threadpool(_pngs_of_size, answers, size, False))
+            return Made(pngs=await run_in_threadpool(pngs_of_size, answers, size, False))
         raise UpstreamFailure("the provider's answer had neither b64_json nor url", retryable=True)
 
     def error_from(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamFailure | UpstreamRefused:
@@ -334,28 +321,6 @@ async def _read_capped(response: httpx.Response, limit: int, what: str, *, retry
 def _answer_limit(n: int) -> int:
     """The most an ImagesResponse of n images may weigh: n base64 images at the cap, and room for the JSON."""
     return n * (MAX_IMAGE_BYTES // 3 + 1) * 4 + 64 * 1024
-
-
-def _pngs_of_size(answers: list[bytes], size: int, retryable: bool) -> list[bytes]:
-    """A provider's images as PNGs of exactly `size` px a side (gpt-image answers at 1024, for one).
-
-    Each is checked as an input image is (vary.imaging): a readable PNG, square, within the size
-    limits. One already of the size, 8-bit RGB or RGBA, is passed on as the provider made it.
-    """
-    pngs = []
-    for data in answers:
-        try:
-            image = load_variation_input(data, OUTPUT_RULES)
-        except ImageRejected as exc:
-            raise UpstreamFailure(
-                f"the provider answered with an image vary does not accept ({exc.message})", retryable=retryable
-            ) from None
-        bit_depth, colour_type = data[24], data[25]  # IHDR, already checked by load_variation_input
-        if image.size == (size, size) and bit_depth == 8 and colour_type in (2, 6):
-            pngs.append(data)
-        else:
-            pngs.append(encode_png(np.asarray(fit_to_size(image, size))))
-    return pngs
 
 
 def scrub(text: str, secret: str) -> str:

@@ -49,10 +49,10 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from vary import migrations
 from vary.errors import DatabaseUnavailable
-from vary.limits import LIMIT_FIELDS, KeyLimits
-from vary.usage_spool import UsageSpool, Values
+from vary.key_limits import LIMIT_FIELDS, KeyLimits
+from vary.state import migrations
+from vary.state.usage_spool import UsageSpool, Values
 
 KEY_PREFIX = "vary-"
 log = logging.getLogger("vary.usage")
@@ -103,7 +103,7 @@ class ApiKeyRow(Base):
     created_at: Mapped[float] = mapped_column(Float)
     revoked_at: Mapped[float | None] = mapped_column(Float, nullable=True, default=None)
     admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
-    # Per-key limits (vary.limits.KeyLimits): NULL takes the server's default, 0 means unlimited.
+    # Per-key limits (vary.key_limits.KeyLimits): NULL takes the server's default, 0 means unlimited.
     requests_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
     images_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
     max_concurrent: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)

@@ -26,7 +26,6 @@ from typing import Literal, Protocol
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
-from vary.breaker import CircuitBreaker
 from vary.errors import (
     Kind,
     UpstreamFailure,
@@ -36,7 +35,8 @@ from vary.errors import (
     VaryError,
 )
 from vary.request import VariationRequest
-from vary.targets import Made, Target
+from vary.service.breaker import CircuitBreaker
+from vary.targets.base import Made, Target
 
 log = logging.getLogger("vary.gateway")
 
@@ -45,7 +45,7 @@ Outcome = Literal["success", "retryable", "configuration", "refused", "overloade
 
 
 class AttemptObserver(Protocol):
-    """Told of every attempt (vary.metrics.Metrics is one)."""
+    """Told of every attempt (vary.ops.metrics.Metrics is one)."""
 
     def observe_attempt(self, target: str, outcome: str, seconds: float) -> None: ...
 

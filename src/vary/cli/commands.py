@@ -14,11 +14,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from vary import create as create_command
+from vary.cli import create as create_command
 from vary.datadir import DataDir, choose_data_dir
-from vary.limits import LIMIT_FIELDS, LIMIT_FLAGS, KeyLimits
+from vary.key_limits import LIMIT_FIELDS, LIMIT_FLAGS, KeyLimits
+from vary.ops.usage_report import FORMATS
 from vary.settings import Settings
-from vary.usage_report import FORMATS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -147,7 +147,7 @@ def _invalid(exc: ValidationError) -> str:
 
 
 def _keys(args: argparse.Namespace, settings: Settings) -> None:
-    from vary.db import Database, KeyInfo
+    from vary.state.database import Database, KeyInfo
 
     def limits_text(info: KeyInfo) -> str:
         shown = [f"{flag[2:]}={_shown(getattr(info.limits, dest))}" for flag, (dest, _) in LIMIT_FLAGS.items()]
@@ -189,8 +189,8 @@ def _shown(limit: int | None) -> str:
 
 
 def _usage(args: argparse.Namespace, settings: Settings) -> None:
-    from vary.db import Database
-    from vary.usage_report import parse_since, render, summarise
+    from vary.ops.usage_report import parse_since, render, summarise
+    from vary.state.database import Database
 
     try:
         since = parse_since(args.since) if args.since else None
@@ -204,8 +204,8 @@ def _usage(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _db(args: argparse.Namespace, settings: Settings) -> None:
-    from vary import migrations
-    from vary.db import Database
+    from vary.state import migrations
+    from vary.state.database import Database
 
     db = Database(settings.database, migrate=args.db_command == "upgrade")
     try:
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(create_command.run(args))
     settings, data_dir = _settings(args)
     if args.command == "pull":
-        from vary import pull
+        from vary.cli import pull
 
         sys.exit(
             pull.run(
@@ -238,16 +238,16 @@ def main(argv: list[str] | None = None) -> None:
             )
         )
     if args.command == "serve":
-        from vary.serve import serve
+        from vary.cli.serve import serve
 
         serve(settings, data_dir)
         return
     print(f"vary: {data_dir.line()}", file=sys.stderr)  # stdout stays the command's own output
     if settings.database_url is not None:
-        from vary.db import shown
+        from vary.state.database import shown
 
         print(f"vary: database {shown(settings.database_url)}", file=sys.stderr)
-    from vary.db import DatabaseSetupError
+    from vary.state.database import DatabaseSetupError
 
     try:
         if args.command == "usage":

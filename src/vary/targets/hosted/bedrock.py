@@ -31,10 +31,10 @@ import pybase64
 from starlette.concurrency import run_in_threadpool
 
 from vary.engines.base import ModelInfo
-from vary.engines.upstream import DEFAULT_DEADLINE_SECONDS, _pngs_of_size  # one check-and-resize for all
 from vary.errors import RequestInvalid, UpstreamFailure, UpstreamRefused
 from vary.request import VariationRequest
-from vary.targets import Made, Resilience
+from vary.targets.base import Made, Resilience
+from vary.targets.hosted.common import DEFAULT_DEADLINE_SECONDS, HostedProvider, pngs_of_size
 
 BEDROCK_ENGINE = "bedrock-nova-canvas"
 NOVA_CANVAS = "amazon.nova-canvas-v1:0"
@@ -94,10 +94,8 @@ def render_side(size: int) -> int:
     return -(-side // SIDE_STEP) * SIDE_STEP
 
 
-class BedrockNovaCanvas:
+class BedrockNovaCanvas(HostedProvider):
     """Nova Canvas variations through boto3; a Target, and closed with the other hosted providers."""
-
-    remote = True
 
     def __init__(self, *, name: str, options: BedrockOptions, license: str | None, description: str | None) -> None:
         import boto3  # an optional extra: pip install "vary[bedrock]"
@@ -127,10 +125,6 @@ class BedrockNovaCanvas:
             circuit_cooldown_seconds=options.circuit_cooldown_seconds,
         )
 
-    @property
-    def name(self) -> str:
-        return self.info.id
-
     async def aclose(self) -> None:
         self.client.close()
 
@@ -150,7 +144,7 @@ class BedrockNovaCanvas:
         answers = [image for images in await asyncio.gather(*calls) for image in images]
         if len(answers) != request.n:
             raise UpstreamFailure("Nova Canvas answered with the wrong number of images", retryable=True)
-        pngs = await run_in_threadpool(_pngs_of_size, answers, request.size, True)
+        pngs = await run_in_threadpool(pngs_of_size, answers, request.size, True)
         return Made(pngs=pngs, seed=seed, stages={"upstream": time.perf_counter() - started})
 
     def _body(self, request: VariationRequest, count: int, seed: int) -> dict[str, Any]:

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from vary.db import Database
     from vary.settings import Settings
+    from vary.state.database import Database
 
 SECRET_BYTES = 32
 # Its name in the database's `secrets` table.

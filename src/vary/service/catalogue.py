@@ -33,13 +33,13 @@ if sys.version_info >= (3, 11):
 else:  # the same parser, before it joined the standard library
     import tomli as tomllib
 
-from vary.engines.bedrock import BEDROCK_ENGINE, BedrockNovaCanvas, BedrockOptions
 from vary.engines.diffusion import TINY_WEIGHTS, DiffusionEngine, Placement
 from vary.engines.kandinsky import KandinskyVariationEngine
 from vary.engines.sd_image_variations import SdImageVariationsEngine
 from vary.engines.sdxl_ip_adapter import SdxlIpAdapterEngine
 from vary.engines.stable_unclip import UNCLIP_SMALL_REPO, StableUnclipEngine
-from vary.engines.upstream import UPSTREAM_ENGINES, UpstreamEngine, UpstreamOptions
+from vary.targets.hosted.bedrock import BEDROCK_ENGINE, BedrockNovaCanvas, BedrockOptions
+from vary.targets.hosted.openai_api import UPSTREAM_ENGINES, UpstreamEngine, UpstreamOptions
 
 # Hosted providers: no weights, a Target each.
 HOSTED_ENGINES = (*UPSTREAM_ENGINES, BEDROCK_ENGINE)

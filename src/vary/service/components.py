@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vary.db import Database
-from vary.engines.registry import ModelRegistry
-from vary.metrics import Metrics
-from vary.ratelimit import RateLimiter
-from vary.serving import VariationService
+from vary.ops.metrics import Metrics
+from vary.service.rate_limiter import RateLimiter
+from vary.service.registry import ModelRegistry
+from vary.service.variations import VariationService
 from vary.settings import Settings
-from vary.signing import UrlSigner
-from vary.storage import ImageStore
+from vary.state.database import Database
+from vary.state.image_store import ImageStore
+from vary.state.signing import UrlSigner
 
 
 @dataclass(frozen=True)

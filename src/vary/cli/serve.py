@@ -28,9 +28,9 @@ from vary.datadir import DataDir
 from vary.settings import Settings
 
 if TYPE_CHECKING:  # the ML libraries are imported only once logging is set up: their import logs
-    from vary.db import Database
-    from vary.engines.registry import ModelRegistry
     from vary.imaging import ImageDecoder
+    from vary.service.registry import ModelRegistry
+    from vary.state.database import Database
 
 log = logging.getLogger("vary")
 T = TypeVar("T")
@@ -52,17 +52,18 @@ class ReadyServer(uvicorn.Server):
 
 
 def serve(settings: Settings, data_dir: DataDir) -> None:
-    from vary.logs import configure_logging
+    from vary.ops.logs import configure_logging
 
     # First: importing the ML libraries below already logs, and those lines must be in the log's format.
     configure_logging(settings.log_format, level=settings.log_level)
 
     from vary.app import build_app, http_protocol
-    from vary.config import ConfigError, catalogue_for
-    from vary.db import Database, DatabaseSetupError
     from vary.errors import ModelUnavailable
-    from vary.memory import cap_malloc_arenas
-    from vary.storage import StorageSetupError, open_store
+    from vary.ops.memory import cap_malloc_arenas
+    from vary.service.catalogue import ConfigError, catalogue_for
+    from vary.state.database import Database, DatabaseSetupError
+    from vary.state.image_store import StorageSetupError
+    from vary.state.stores import open_store
 
     try:
         catalogue_for(settings.config, settings.model)  # every mistake in one line, before anything loads
@@ -80,7 +81,7 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
         sys.exit(f"vary: {exc}")
     cap_malloc_arenas(settings.malloc_arenas)
     if settings.ray_address:  # the models load in the cluster's replicas, not here
-        from vary.ray_serve import serve_on_ray
+        from vary.cluster.launch import serve_on_ray
 
         serve_on_ray(settings, key and ready_message(settings, key))
         return

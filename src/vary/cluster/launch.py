@@ -32,8 +32,8 @@ def serve_on_ray(settings: Settings, on_ready: str | None) -> None:
         from ray import serve
     except ImportError:
         sys.exit(MISSING_RAY)
-    from vary.config import ConfigError
-    from vary.ray_app import APP_NAME, application
+    from vary.cluster.deployments import APP_NAME, application
+    from vary.service.catalogue import ConfigError
 
     address = settings.ray_address or "auto"
     reason = _unreachable(address)

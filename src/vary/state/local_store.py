@@ -1,0 +1,79 @@
+"""LocalImageStore: generated PNGs as files in one directory (the default: the data dir's `images/`).
+
+A file is either absent or complete: it is written to a hidden temp name, flushed to disk and
+renamed into place, so a crash mid-write never leaves a servable partial file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+
+from vary.state.image_store import STALE_TEMP_PREFIX, STALE_TEMP_SECONDS, is_valid_id, new_id
+
+
+class LocalImageStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def is_valid_id(image_id: str) -> bool:
+        return is_valid_id(image_id)
+
+    def path_for(self, image_id: str) -> Path:
+        if not self.is_valid_id(image_id):
+            raise KeyError(image_id)
+        return self.root / f"{image_id}.png"
+
+    def put(self, data: bytes) -> str:
+        image_id = new_id()
+        final = self.path_for(image_id)
+        tmp = self.root / f"{STALE_TEMP_PREFIX}{image_id}"
+        try:
+            with open(tmp, "xb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return image_id
+
+    def check_writable(self) -> None:
+        """Raises OSError unless a file can be created and removed here (disk full, read-only, permissions)."""
+        probe = self.root / f"{STALE_TEMP_PREFIX}ready-{secrets.token_hex(4)}"
+        try:
+            with open(probe, "xb") as f:
+                f.write(b"ok")
+        finally:
+            probe.unlink(missing_ok=True)
+
+    def read(self, image_id: str) -> bytes | None:
+        if not self.is_valid_id(image_id):
+            return None
+        try:
+            return self.path_for(image_id).read_bytes()
+        except FileNotFoundError:  # never made, or swept
+            return None
+
+    def delete(self, image_id: str) -> None:
+        self.path_for(image_id).unlink(missing_ok=True)
+
+    def sweep(self, *, ttl_seconds: float, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        removed = 0
+        for entry in os.scandir(self.root):
+            try:
+                age = now - entry.stat().st_mtime
+                stale_temp = entry.name.startswith(STALE_TEMP_PREFIX) and age > STALE_TEMP_SECONDS
+                expired = entry.name.endswith(".png") and age > ttl_seconds
+                if stale_temp or expired:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                continue  # deleted concurrently
+        return removed
