@@ -58,11 +58,13 @@ class FakeProvider:
     files: dict[str, bytes] = field(default_factory=dict)
     downloads: int = 0  # GETs of answer URLs
     port: int = 0
+    host: str = "127.0.0.1"  # another loopback address (127.0.0.2) stands in for a host on an internal network
+    hosts_seen: list[str] = field(default_factory=list)  # the Host header of each GET of a file
     _server: uvicorn.Server | None = None
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def fail(self, route: str, *faults: tuple[Any, ...]) -> None:
         self.faults[route].extend(faults)
@@ -80,7 +82,7 @@ class FakeProvider:
                 Route("/files/{name}", self._file),
             ]
         )
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", lifespan="off")
         self._server = uvicorn.Server(config)
         threading.Thread(target=self._server.run, daemon=True).start()
         deadline = time.monotonic() + 30
@@ -120,10 +122,13 @@ class FakeProvider:
 
     async def _file(self, request: Request) -> Response:
         self.downloads += 1
+        self.hosts_seen.append(request.headers.get("host", ""))
         if self.faults["files"]:
             fault = self.faults["files"].popleft()
             if fault[0] == "status":
                 return Response(status_code=fault[1])
+            if fault[0] == "redirect":  # status, location
+                return RedirectResponse(fault[2], status_code=fault[1])
         data = self.files.get(request.path_params["name"])
         return Response(data, media_type="image/png") if data else Response(status_code=404)
 
@@ -172,6 +177,8 @@ class FakeProvider:
                 self.files[f"given-{len(self.calls)}.png"] = fault[1]
                 items = [{"url": f"{self.base_url}/files/given-{len(self.calls)}.png"}]
                 return JSONResponse({"created": int(time.time()), "data": items})
+            if kind == "urls":  # these strings as the answer's urls, whatever they are
+                return JSONResponse({"created": int(time.time()), "data": [{"url": url} for url in fault[1]]})
             if kind == "delay":
                 await asyncio.sleep(fault[1])
             if kind == "malformed":

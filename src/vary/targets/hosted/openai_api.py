@@ -40,6 +40,7 @@ from vary.errors import RequestInvalid, UpstreamFailure, UpstreamMisconfigured, 
 from vary.request import VariationRequest
 from vary.targets.base import Made, Resilience
 from vary.targets.hosted.common import DEFAULT_DEADLINE_SECONDS, MAX_IMAGE_BYTES, HostedProvider, pngs_of_size
+from vary.targets.hosted.downloads import Downloader, DownloadPolicy
 
 UPSTREAM_ENGINES = ("openai-compatible", "azure-openai", "openai-gpt-image")
 OPENAI_BASE_URL = "https://api.openai.com/v1"
@@ -69,8 +70,11 @@ class UpstreamOptions:
     circuit_cooldown_seconds: float = 30.0
     # The model served alone: every attempt and wait within this; a route has its own deadline_seconds.
     deadline_seconds: float = DEFAULT_DEADLINE_SECONDS
-    # URL answers: downloaded, stored and signed by vary (its expiry, its host), or handed on as they are.
+    # URL answers: downloaded, stored and signed by vary (its expiry, its host), or handed on as they are
+    # (absolute http(s) URLs only).
     rehost_urls: bool = True
+    # Hosts besides the base_url's that answer URLs may be downloaded from ("*.example.com": its subdomains).
+    download_hosts: tuple[str, ...] = ()
     # Also send vary's controls (seed, strength, steps, guidance_scale): for an upstream that is a vary.
     forward_controls: bool = False
     # azure-openai
@@ -87,7 +91,12 @@ class UpstreamOptions:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown option {unknown[0]!r}; known: {', '.join(sorted(known))}")
-        options = cls(**values)
+        hosts = values.get("download_hosts", ())
+        if not isinstance(hosts, (list, tuple)) or not all(isinstance(h, str) and _HOST.fullmatch(h) for h in hosts):
+            raise ValueError(
+                'download_hosts must be a list of host names (no scheme, port or path): ["cdn.example.com"]'
+            )
+        options = cls(**{**values, "download_hosts": tuple(hosts)})
         if engine == "azure-openai" and not options.deployment:
             raise ValueError(
                 "azure-openai needs options.deployment (and base_url = https://<resource>.openai.azure.com)"
@@ -116,8 +125,8 @@ class UpstreamEngine(HostedProvider):
         )
         timeout = httpx.Timeout(options.timeout_seconds, connect=min(10.0, options.timeout_seconds))
         self.client = httpx.AsyncClient(base_url=options.base_url.rstrip("/") + "/", timeout=timeout)
-        # Downloads of answer URLs go wherever the provider points, so never with the provider's key.
-        self.downloads = httpx.AsyncClient(timeout=timeout, follow_redirects=True)
+        # Downloads of answer URLs, never with the provider's key, and only where its configuration allows.
+        self.downloads = Downloader(DownloadPolicy.of(options.base_url, options.download_hosts), timeout=timeout)
         self.resilience = Resilience(
             max_attempts=options.max_attempts,
             # None: make() times the generation itself, so a slow re-hosting download never
@@ -229,6 +238,9 @@ class UpstreamEngine(HostedProvider):
         if all(isinstance(item, dict) and isinstance(item.get("url"), str) for item in items):
             urls = [item["url"] for item in items]
             if not self.options.rehost_urls:
+                # Handed to the client (and the playground's links) as they are: nothing but a web address.
+                if not all(_ABSOLUTE_HTTP_URL.fullmatch(url) for url in urls):
+                    raise UpstreamFailure("the provider's answer had a url that is not an http(s) URL", retryable=True)
                 return Made(urls=urls)
             # The generation is paid for: from here on a failure retries the download, and if that
             # fails too, the next target is tried; this one is never asked to generate again.
@@ -294,12 +306,14 @@ class UpstreamEngine(HostedProvider):
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
     async def _fetch(self, url: str) -> bytes:
+        async def read(response: httpx.Response) -> bytes:
+            if response.status_code != 200:
+                retryable = response.status_code >= 500 or response.status_code == 429
+                raise UpstreamFailure(f"an image URL answered {response.status_code}", retryable=retryable)
+            return await _read_capped(response, MAX_IMAGE_BYTES, "an image URL", retryable=False)
+
         try:
-            async with self.downloads.stream("GET", url) as response:
-                if response.status_code != 200:
-                    retryable = response.status_code >= 500 or response.status_code == 429
-                    raise UpstreamFailure(f"an image URL answered {response.status_code}", retryable=retryable)
-                return await _read_capped(response, MAX_IMAGE_BYTES, "an image URL", retryable=False)
+            return await self.downloads.get(url, read)
         except httpx.HTTPError as exc:
             raise UpstreamFailure(f"downloading an image failed ({type(exc).__name__})", retryable=True) from None
 
@@ -340,6 +354,9 @@ def scrub(text: str, secret: str) -> str:
     return text
 
 
+# What a provider's `url` must look like to be handed on: an absolute http(s) URL, nothing a browser runs.
+_ABSOLUTE_HTTP_URL = re.compile(r"https?://[^\x00-\x20\x7f/?#@\\]+(?:[/?#][^\x00-\x20\x7f]*)?", re.IGNORECASE)
+_HOST = re.compile(r"(?:\*\.)?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
 _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}")
 
 

@@ -1,0 +1,148 @@
+"""A provider cannot make vary read the network it sits in (SSRF), nor hand the client a URL that is not a web
+address. 127.0.0.2 stands in for a host on the internal network: on Linux all of 127.0.0.0/8 answers on lo."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+
+from tests.conftest import create_key, png_bytes
+from tests.fakes.providers import FakeProvider
+from vary.testing import ServerProcess
+
+SECRET = "sk-fake-upstream-SECRET-downloads"
+INTERNAL_PNG = png_bytes(256, color=(1, 2, 3))
+
+
+def config(provider: FakeProvider) -> str:
+    options = f'base_url = "{provider.base_url}/v1"\napi_key_env = "FAKE_OPENAI_KEY"\nmax_attempts = 1'
+    return f"""
+default = "local"
+
+[[models]]
+name = "local"
+engine = "kandinsky-2.2"
+weights = "tiny-random"
+
+[[models]]
+name = "up-rehost"
+engine = "openai-compatible"
+[models.options]
+{options}
+
+[[models]]
+name = "up-listed"
+engine = "openai-compatible"
+[models.options]
+{options}
+download_hosts = ["127.0.0.2"]
+
+[[models]]
+name = "up-as-is"
+engine = "openai-compatible"
+[models.options]
+{options}
+rehost_urls = false
+
+[[models]]
+name = "rehost-route"
+route = ["up-rehost", "local"]
+
+[[models]]
+name = "as-is-route"
+route = ["up-as-is", "local"]
+"""
+
+
+@dataclass
+class Setup:
+    server: ServerProcess
+    key: str
+    provider: FakeProvider
+    internal: FakeProvider
+
+    def post(self, model: str, response_format: str = "b64_json") -> httpx.Response:
+        return httpx.post(
+            f"{self.server.base_url}/v1/images/variations",
+            headers={"Authorization": f"Bearer {self.key}"},
+            files={"image": ("a.png", png_bytes(64))},
+            data={"model": model, "size": "256x256", "response_format": response_format},
+            timeout=120,
+        )
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    provider = FakeProvider(key=SECRET).start()
+    internal = FakeProvider(key="unused", host="127.0.0.2").start()
+    internal.files["metadata.png"] = INTERNAL_PNG
+    root = tmp_path_factory.mktemp("downloads")
+    (root / "vary.toml").write_text(config(provider))
+    data_dir = root / "data"
+    _, key = create_key(data_dir)
+    server = ServerProcess(data_dir, extra_args=["--config", str(root / "vary.toml")], env={"FAKE_OPENAI_KEY": SECRET})
+    server.start()
+    yield Setup(server, key, provider, internal)
+    server.stop()
+    provider.stop()
+    internal.stop()
+
+
+def test_a_url_on_an_internal_host_is_never_fetched_and_the_route_moves_on(setup: Setup) -> None:
+    before = setup.internal.downloads
+    setup.provider.fail("openai", ("urls", [f"{setup.internal.base_url}/files/metadata.png"]))
+    response = setup.post("rehost-route")
+    assert response.status_code == 200, response.text
+    assert response.headers["x-vary-target"] == "local"  # the provider's attempt failed; the next target answered
+    assert setup.internal.downloads == before
+
+
+def test_a_redirect_from_the_provider_s_own_host_to_an_internal_one_is_not_followed(setup: Setup) -> None:
+    before, own = setup.internal.downloads, setup.provider.downloads
+    setup.provider.files["hop.png"] = png_bytes(256)
+    setup.provider.fail("openai", ("urls", [f"{setup.provider.base_url}/files/hop.png"]))
+    setup.provider.fail("files", ("redirect", 302, f"{setup.internal.base_url}/files/metadata.png"))
+    response = setup.post("rehost-route")
+    assert response.status_code == 200, response.text
+    assert response.headers["x-vary-target"] == "local"
+    assert setup.provider.downloads == own + 1  # the first hop, on the provider's own host, was allowed
+    assert setup.internal.downloads == before
+
+
+def test_a_refused_download_alone_is_an_upstream_failure_not_a_500(setup: Setup) -> None:
+    setup.provider.fail("openai", ("urls", [f"{setup.internal.base_url}/files/metadata.png"]))
+    response = setup.post("up-rehost")
+    assert 500 < response.status_code < 600 and response.status_code != 500, response.text
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
+    assert "127.0.0.2" not in response.text
+
+
+def test_a_host_the_configuration_lists_is_downloaded_from(setup: Setup) -> None:
+    before = setup.internal.downloads
+    setup.provider.fail("openai", ("urls", [f"{setup.internal.base_url}/files/metadata.png"]))
+    response = setup.post("up-listed")
+    assert response.status_code == 200, response.text
+    assert setup.internal.downloads == before + 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["javascript:alert(document.cookie)", "data:text/html,<script>alert(1)</script>", "/relative.png", "https://"],
+)
+def test_only_absolute_http_urls_are_handed_on_as_they_are(setup: Setup, url: str) -> None:
+    setup.provider.fail("openai", ("urls", [url]))
+    response = setup.post("as-is-route", response_format="url")
+    assert response.status_code == 200, response.text
+    assert response.headers["x-vary-target"] == "local"
+    assert url not in response.text
+
+
+def test_an_http_url_is_handed_on_as_it_is(setup: Setup) -> None:
+    url = "https://images.example/a.png?sig=abc"
+    setup.provider.fail("openai", ("urls", [url]))
+    response = setup.post("as-is-route", response_format="url")
+    assert response.status_code == 200, response.text
+    assert response.json()["data"][0]["url"] == url
