@@ -3,6 +3,9 @@
 `./vary-data` was the default before; a server started from one directory and `vary keys create` run
 from another then used two databases. An existing `./vary-data` is still used, with a notice, so
 nobody loses keys or images.
+
+Everything vary keeps there is its owner's only: the directory is 0700 and every file vary writes is
+0600 (the database holds key hashes and end users, the images are served only behind signed URLs).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from pathlib import Path
 import platformdirs
 
 LEGACY_DIR = Path("vary-data")
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
 
 
 @dataclass(frozen=True)
@@ -42,3 +47,25 @@ def choose_data_dir(given: str | Path | None) -> DataDir:
             "move it there or pass --data-dir",
         )
     return DataDir(default_data_dir(), "the per-user default; --data-dir or VARY_DATA_DIR to change it")
+
+
+def make_private_dir(path: Path) -> None:
+    """`path` as a directory only its owner can enter: made so, or narrowed to that (an older vary made it 0755)."""
+    path.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, PRIVATE_DIR_MODE)
+
+
+def make_private_file(path: Path) -> None:
+    """`path` as a file only its owner can read: made empty if missing, or narrowed.
+
+    SQLite gives a database's WAL and shared-memory files the database file's own mode.
+    """
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE))
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, PRIVATE_FILE_MODE)
+
+
+def private_opener(path: str, flags: int) -> int:
+    """For open(..., opener=private_opener): a file it creates is 0600 whatever the umask allows."""
+    return os.open(path, flags, PRIVATE_FILE_MODE)

@@ -146,3 +146,13 @@ def test_an_http_url_is_handed_on_as_it_is(setup: Setup) -> None:
     response = setup.post("as-is-route", response_format="url")
     assert response.status_code == 200, response.text
     assert response.json()["data"][0]["url"] == url
+
+
+def test_signed_download_urls_never_reach_the_log(setup: Setup) -> None:
+    setup.provider.files["signed.png"] = png_bytes(256)
+    url = f"{setup.provider.base_url}/files/signed.png?expires=1&signature=PROVIDER-SIGNATURE-SECRET"
+    setup.provider.fail("openai", ("urls", [url]))
+    response = setup.post("up-rehost")
+    assert response.status_code == 200, response.text
+    assert setup.provider.hosts_seen  # the download happened, so a client logging it had the chance
+    assert "PROVIDER-SIGNATURE-SECRET" not in setup.server.log()

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import uvicorn
 
-from vary.datadir import DataDir
+from vary.datadir import DataDir, make_private_dir
 from vary.settings import Settings
 
 if TYPE_CHECKING:  # the ML libraries are imported only once logging is set up: their import logs
@@ -70,6 +70,7 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
     except ConfigError as exc:
         sys.exit(f"vary: {exc}")
     log.info(data_dir.line())
+    make_private_dir(settings.data_dir)  # before anything is written there; an older vary made it 0755
     try:  # a database or store that cannot be used ends the start in one line, before any model loads
         db = Database(settings.database)  # its schema upgraded first (vary/migrations), as the lifespan would
         try:
@@ -83,7 +84,7 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
     if settings.ray_address:  # the models load in the cluster's replicas, not here
         from vary.cluster.launch import serve_on_ray
 
-        serve_on_ray(settings, key and ready_message(settings, key))
+        serve_on_ray(settings, key and ready_message(settings, key, terminal=sys.stdout.isatty()))
         return
     try:
         registry, decoder = in_background(lambda: load_models(settings))
@@ -102,7 +103,7 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
         http=http_protocol(settings),
         ws="none",  # no WebSocket routes: an upgrade is answered as the plain request it is (http_protocol.py)
     )
-    server = ReadyServer(config, on_ready=key and ready_message(settings, key))
+    server = ReadyServer(config, on_ready=key and ready_message(settings, key, terminal=sys.stdout.isatty()))
     try:
         server.run()
     except KeyboardInterrupt:
@@ -167,9 +168,22 @@ def first_key(data_dir: Path, db: Database) -> str | None:
     return key
 
 
-def ready_message(settings: Settings, key: str) -> str:
+def ready_message(settings: Settings, key: str, *, terminal: bool) -> str:
+    """The key itself only for a person at a terminal: a log collector (journald, a container's log) keeps
+    stdout, and the key is in its 0600 file anyway."""
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     base = f"http://{host}:{settings.port}"
+    key_file = settings.data_dir / FIRST_KEY_FILE
+    if not terminal:
+        return "\n".join(
+            (
+                f"vary is ready: {base}/ (playground), {base}/v1 (API).",
+                f"No API key existed, so one was created: it is in {key_file}, readable by you only "
+                "(not printed: stdout is not a terminal). Try it:",
+                f'  curl {base}/v1/images/variations -H "Authorization: Bearer $(cat {key_file})" '
+                "-F image=@input.png -F size=512x512 -F response_format=url",
+            )
+        )
     return "\n".join(
         (
             f"vary is ready: {base}/ (playground), {base}/v1 (API).",

@@ -3,11 +3,17 @@
 Everything a start prints goes through the one handler: Python warnings, and the loggers of
 transformers, diffusers and huggingface_hub (each ships its own stderr handler, in its own format).
 Progress bars are for a terminal, so `vary serve` turns them off; `vary pull` keeps them.
+
+No secret reaches the log through a URL: the query string of every URL in a line is replaced by
+`?[redacted]` (providers' signed download URLs, presigned S3 URLs, vary's own signed image URLs), and the
+HTTP and AWS client libraries log at WARNING and above only, at every level (httpx writes each request's
+URL at INFO; botocore writes credentials and X-Amz-Security-Token at DEBUG).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 from pythonjsonlogger.core import RESERVED_ATTRS
@@ -18,11 +24,30 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F)} | {0x0A: "\\n", 0x0D: "\\r", 0x09: "\\t"}
 
 
+# A URL's query string, up to what ends a URL in a line of text or JSON.
+_QUERY = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s?#\"'<>]*)\?[^\s#\"'<>]*")
+# Loggers of the clients vary calls providers and stores with: requests' URLs at INFO, credentials at DEBUG.
+QUIET_LOGGERS = ("httpx", "httpcore", "httpx2", "botocore", "boto3", "s3transfer", "urllib3", "aiobotocore")
+
+
+def redact_urls(text: str) -> str:
+    """`text` with the query string of every URL in it replaced: signatures and tokens live there."""
+    return _QUERY.sub(r"\1?[redacted]", text)
+
+
 class EscapingFormatter(logging.Formatter):
     """Plain text, one line per record: the message's control characters escaped (tracebacks stay as they are)."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's own name
         return super().formatMessage(record).translate(_ESCAPES)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_urls(super().format(record))
+
+
+class RedactingJsonFormatter(JsonFormatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_urls(super().format(record))
 
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
@@ -34,7 +59,7 @@ def configure_logging(log_format: str, *, level: str = "info", progress_bars: bo
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(
-            JsonFormatter(
+            RedactingJsonFormatter(
                 "%(asctime)s %(levelname)s %(name)s %(message)s",
                 rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
                 datefmt="%Y-%m-%dT%H:%M:%S%z",
@@ -51,7 +76,8 @@ def configure_logging(log_format: str, *, level: str = "info", progress_bars: bo
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    logging.getLogger("httpx2").setLevel(logging.WARNING)  # huggingface_hub's client: a line per request
+    for name in QUIET_LOGGERS:  # at every level: their INFO has URLs, their DEBUG credentials
+        logging.getLogger(name).setLevel(logging.WARNING)
     logging.captureWarnings(True)  # warnings.warn(...) becomes a record of the py.warnings logger
     _adopt_library_loggers()
     if not progress_bars:

@@ -49,6 +49,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.pool import NullPool
 
+from vary.datadir import PRIVATE_DIR_MODE, make_private_file
 from vary.errors import DatabaseUnavailable
 from vary.key_limits import LIMIT_FIELDS, KeyLimits
 from vary.state import migrations
@@ -580,8 +581,14 @@ def _connect_timeout(busy_timeout_seconds: float) -> int:
 
 
 def _make_parent_dir(url: URL) -> None:
+    """A SQLite file's directory, and the file itself, made (or narrowed to) its owner's only."""
     if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+        path = Path(url.database)
+        path.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+        make_private_file(path)
+        for companion in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if companion.exists():  # made by an older vary with the umask's mode
+                make_private_file(companion)
 
 
 def _sqlite_pragmas(dbapi_connection: object, busy_timeout_ms: int) -> None:

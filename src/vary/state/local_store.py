@@ -11,13 +11,14 @@ import secrets
 import time
 from pathlib import Path
 
+from vary.datadir import PRIVATE_DIR_MODE, private_opener
 from vary.state.image_store import STALE_TEMP_PREFIX, STALE_TEMP_SECONDS, is_valid_id, new_id
 
 
 class LocalImageStore:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
 
     @staticmethod
     def is_valid_id(image_id: str) -> bool:
@@ -33,7 +34,7 @@ class LocalImageStore:
         final = self.path_for(image_id)
         tmp = self.root / f"{STALE_TEMP_PREFIX}{image_id}"
         try:
-            with open(tmp, "xb") as f:
+            with open(tmp, "xb", opener=private_opener) as f:  # served only behind signed URLs
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())

@@ -13,6 +13,8 @@ import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vary.datadir import PRIVATE_DIR_MODE
+
 if TYPE_CHECKING:
     from vary.settings import Settings
     from vary.state.database import Database
@@ -69,7 +71,7 @@ def load_or_create_secret(path: Path) -> bytes:
         if len(secret) < 16:
             raise ValueError(f"signing secret {path} is shorter than 16 bytes; remove it to make a new one")
         return secret
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:

@@ -17,6 +17,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from vary.datadir import private_opener
+
 log = logging.getLogger("vary.usage")
 
 Values = dict[str, Any]
@@ -56,7 +58,7 @@ class UsageSpool:
             self._rows.append(values)
             try:
                 if self._on_disk == len(self._rows) - 1:  # the file holds every earlier row: append this one
-                    with open(self.path, "a") as spool:
+                    with open(self.path, "a", opener=private_opener) as spool:
                         spool.write(json.dumps(values) + "\n")
                         spool.flush()
                         os.fsync(spool.fileno())
@@ -71,7 +73,7 @@ class UsageSpool:
             self.path.unlink(missing_ok=True)
             return
         temporary = self.path.with_suffix(".tmp")
-        with open(temporary, "w") as spool:
+        with open(temporary, "w", opener=private_opener) as spool:
             spool.write("".join(json.dumps(row) + "\n" for row in self._rows))
             spool.flush()
             os.fsync(spool.fileno())
