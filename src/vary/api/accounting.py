@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 
-from vary.api.admission import admit
+from vary.api.admission import admit_images, admit_request
 from vary.api.cancellation import ClientGone
 from vary.api.errors import ApiError, api_error
 from vary.api.request_context import describe_request, request_id_of
@@ -63,10 +63,17 @@ class RequestAccount:
             form.user,
         )
 
-    async def admit(self, images: int) -> None:
-        """The key's limits and quota, or a 429; held until the request ends."""
-        self.admission = await admit(self.services, self.key, images)
+    async def admit_request(self) -> None:
+        """What the key alone decides (before the body is read), or a 429; held until the request ends."""
+        self.admission = await admit_request(self.services, self.key)
         self.services.metrics.in_flight.inc()
+
+    async def admit(self, images: int) -> None:
+        """The request's images against the key's images window and quota, or a 429."""
+        if self.admission is None:
+            await self.admit_request()
+        assert self.admission is not None
+        await admit_images(self.services, self.key, self.admission, images)
 
     def respond(self, result: VariationResult) -> Response:
         usage = self.usage

@@ -67,6 +67,7 @@ async def _create_variation(request: Request, key: KeyInfo | None, *, deployment
     services = services_of(request)
     settings = services.settings
     async with RequestAccount(request, services, key) as account:
+        await account.admit_request()  # before the body: a key over its limits uploads nothing
         form = await read_variation_form(
             request, max_user_chars=settings.max_user_chars, max_steps=settings.max_request_steps
         )

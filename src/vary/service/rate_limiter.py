@@ -89,17 +89,39 @@ class RateLimiter:
         """Admits a request for `images` images or raises a 429; `delivered` is the quota used so far.
 
         Blocking (a redis:// storage is a network call): call it off the event loop."""
-        with self._lock:  # check everything, then take everything: a refused request costs nothing
-            headers: dict[str, str] = {}
+        return self._admit(key_id, limits, None, images, delivered)
+
+    def admit_request(self, key_id: str, limits: KeyLimits, *, delivered: int = 0) -> Admission:
+        """What the key alone decides, before its request's body is read: the requests window, the
+        concurrency, and a quota already used up. The images follow with `admit_images` once n is known."""
+        return self._admit(key_id, limits, None, 0, delivered)
+
+    def admit_images(self, admission: Admission, limits: KeyLimits, images: int, *, delivered: int = 0) -> None:
+        """The images of a request `admit_request` admitted: the images window and the quota, or a 429."""
+        self._admit(admission.key_id, limits, admission, images, delivered)
+
+    def _admit(
+        self, key_id: str, limits: KeyLimits, admitted: Admission | None, images: int, delivered: int
+    ) -> Admission:
+        """A new request (`admitted` None) with `images` images (0: not known yet), or the images of an
+        admitted one. Everything is checked, then everything taken: a refused step takes nothing."""
+        new = admitted is None
+        with self._lock:
+            headers: dict[str, str] = {} if admitted is None else admitted.headers
             try:
-                requests = self._window_check(key_id, "requests", limits.requests_per_minute, 1, headers)
-                image_window = self._window_check(key_id, "images", limits.images_per_minute, images, headers)
+                requests = (
+                    self._window_check(key_id, "requests", limits.requests_per_minute, 1, headers) if new else None
+                )
+                image_window = (
+                    self._window_check(key_id, "images", limits.images_per_minute, images, headers) if images else None
+                )
             except StorageError as exc:
                 _fail_open(exc)
                 requests = image_window = None
-                headers.clear()
+                for name in [name for name in headers if new or name.endswith("-images")]:
+                    del headers[name]  # this step's, half written
             in_flight = self._in_flight.get(key_id, 0)
-            if limits.max_concurrent is not None and in_flight >= limits.max_concurrent:
+            if new and limits.max_concurrent is not None and in_flight >= limits.max_concurrent:
                 raise _too_many(
                     f"Rate limit reached for concurrent requests: Limit {limits.max_concurrent}, "
                     f"In flight {in_flight}. Retry when one of them finishes.",
@@ -109,18 +131,22 @@ class RateLimiter:
                 )
             if limits.image_quota is not None:
                 used = delivered + self._reserved_images.get(key_id, 0)
-                if used + images > limits.image_quota:
+                if used + max(images, 1) > limits.image_quota:  # a request gets at least one image
+                    requested = f"{images} requested" if images else "no images left"
                     raise QuotaExceeded(
                         f"You exceeded your current quota of {limits.image_quota} images per "
-                        f"{self.quota_period}: {used} used, {images} requested.",
+                        f"{self.quota_period}: {used} used, {requested}.",
                         headers=headers,
                     )
             for item, kind, cost in ((requests, "requests", 1), (image_window, "images", images)):
                 if item is not None:
                     self._take(item, key_id, kind, cost, headers)
-            self._in_flight[key_id] = in_flight + 1
+            if new:
+                self._in_flight[key_id] = in_flight + 1
             self._reserved_images[key_id] = self._reserved_images.get(key_id, 0) + images
-        return Admission(key_id, images, headers)
+            admission = admitted or Admission(key_id, 0, headers)
+            admission.images += images
+        return admission
 
     def release(self, admission: Admission) -> None:
         with self._lock:

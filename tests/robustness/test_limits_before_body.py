@@ -1,0 +1,101 @@
+"""A key over the limits its key alone decides (requests per minute, concurrency, a quota used up) is refused
+before vary reads its upload: the 429 comes while the body has not even been sent. The image-rate check stays
+where n is known."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import png_bytes
+from tests.robustness.hostile import BOUNDARY, multipart
+from tests.robustness.test_hostile_input import first_response
+from vary.key_limits import KeyLimits
+from vary.state.database import Database
+from vary.testing import ServerProcess
+
+WAIT_S = 60
+UPLOAD_BYTES = 15 * 1024 * 1024  # announced, never sent
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, dict[str, str]]]:
+    data_dir = tmp_path_factory.mktemp("limits-first") / "data"
+    db = Database(data_dir / "vary.db")
+    try:
+        keys = {
+            "rpm": db.create_key("rpm", limits=KeyLimits(requests_per_minute=1))[1],
+            "quota": db.create_key("quota", limits=KeyLimits(image_quota=1))[1],
+            "ipm": db.create_key("ipm", limits=KeyLimits(images_per_minute=2))[1],
+        }
+    finally:
+        db.close()
+    # A body timeout far past the test's wait: only an answer before the body can arrive in time.
+    with ServerProcess(data_dir, env={"VARY_BODY_TIMEOUT_SECONDS": "600"}) as server:
+        yield server, keys
+
+
+def post(server: ServerProcess, key: str, n: int = 1) -> httpx.Response:
+    return httpx.post(
+        f"{server.base_url}/v1/images/variations",
+        headers={"Authorization": f"Bearer {key}"},
+        files={"image": ("a.png", png_bytes(32))},
+        data={"size": "256x256", "n": str(n), "response_format": "b64_json"},
+        timeout=WAIT_S,
+    )
+
+
+def complete(received: bytes) -> bool:
+    head, found, body = received.partition(b"\r\n\r\n")
+    lengths = [
+        int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+    ]
+    return bool(found and lengths and len(body) >= lengths[0])
+
+
+def answer_before_the_body(server: ServerProcess, key: str) -> tuple[int, dict[str, object]]:
+    """Sends the head of a 15 MB upload and a few bytes of it, then only reads."""
+    head = (
+        "POST /v1/images/variations HTTP/1.1\r\nHost: x\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {UPLOAD_BYTES}\r\n\r\n"
+    ).encode()
+    received = b""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) as connection:
+        connection.sendall(head + multipart([("image", png_bytes(32), "a.png")])[0][:100])
+        while not complete(received):
+            data = connection.recv(65536)  # a server waiting for the body sends nothing: the timeout fails the test
+            if not data:
+                break
+            received += data
+    status, content = first_response(received)
+    return status, json.loads(content)
+
+
+def test_a_key_over_its_request_rate_is_refused_before_its_upload(
+    limited: tuple[ServerProcess, dict[str, str]],
+) -> None:
+    server, keys = limited
+    assert post(server, keys["rpm"]).status_code == 200
+    status, body = answer_before_the_body(server, keys["rpm"])
+    assert status == 429 and "requests per min" in body["error"]["message"]  # type: ignore[index]
+
+
+def test_a_key_whose_quota_is_used_up_is_refused_before_its_upload(
+    limited: tuple[ServerProcess, dict[str, str]],
+) -> None:
+    server, keys = limited
+    assert post(server, keys["quota"]).status_code == 200
+    status, body = answer_before_the_body(server, keys["quota"])
+    assert status == 429 and body["error"]["code"] == "insufficient_quota"  # type: ignore[index]
+
+
+def test_the_image_rate_is_still_checked_once_n_is_known(limited: tuple[ServerProcess, dict[str, str]]) -> None:
+    server, keys = limited
+    refused = post(server, keys["ipm"], n=3)
+    assert refused.status_code == 429 and "images per min" in refused.json()["error"]["message"]
+    assert post(server, keys["ipm"], n=2).status_code == 200
