@@ -17,14 +17,17 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from vary.api.admin_routes import router as admin_router
+from vary.api.allowed_hosts import AllowedHostsMiddleware
 from vary.api.body_limit import BodyLimitMiddleware
 from vary.api.errors import install_error_handlers
 from vary.api.http_protocol import vary_http_protocol
 from vary.api.ops_routes import router as ops_router
-from vary.api.playground import WEB_DIR
+from vary.api.playground import SWAGGER_UI_DIR, WEB_DIR
 from vary.api.playground import router as playground_router
+from vary.api.readiness import ReadinessProbe
 from vary.api.request_context import RequestContextMiddleware
 from vary.api.routes import router
+from vary.api.security_headers import SecurityHeadersMiddleware
 from vary.api.variation_form import request_too_large
 from vary.engines.base import Engine
 from vary.engines.diffusion import Placement
@@ -172,15 +175,17 @@ def build_app(
         version="0.1.0",
         summary="OpenAI's image-variations API on open models.",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # vary's own page (playground.py): Swagger UI from vary itself, not a CDN
         redoc_url=None,
     )
+    app.state.readiness = ReadinessProbe(settings.readyz_interval_seconds)
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(ops_router)
     app.include_router(admin_router)
     app.include_router(playground_router)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    app.mount("/docs-assets", StaticFiles(directory=SWAGGER_UI_DIR), name="docs-assets")
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
@@ -188,6 +193,9 @@ def build_app(
         timeout_seconds=settings.body_timeout_seconds,
     )
     app.add_middleware(ReleaseMemoryWhenIdle, quiet_seconds=settings.memory_release_after_seconds)
+    if settings.allowed_hosts is not None:
+        app.add_middleware(AllowedHostsMiddleware, allowed=settings.allowed_hosts)
+    app.add_middleware(SecurityHeadersMiddleware)  # on every answer, refusals included
     app.add_middleware(RequestContextMiddleware)  # outermost: every answer gets an id and a log line
     return app
 

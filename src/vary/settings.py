@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from vary.controls import MAX_GUIDANCE_SCALE, MAX_STEPS
 from vary.datadir import default_data_dir
@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     no_auth: bool = False
     # Base of the URLs handed out, for deployments behind a proxy; None = the request's own base URL.
     public_url: str | None = None
+    # The Host header values answered (comma-separated: "vary.example.com,*.example.com"; the port is not
+    # compared); any other gets a 400. None: any Host. Behind a proxy set this or public_url (docs/security.md).
+    allowed_hosts: Annotated[tuple[str, ...], NoDecode] | None = None
     # "cuda", "cpu", ... ; None picks CUDA when present.
     device: str | None = None
     # None: float16 on accelerators, float32 on the CPU.
@@ -111,6 +114,8 @@ class Settings(BaseSettings):
     ray_attempt_timeout_seconds: float = Field(default=600.0, gt=0)
 
     # Operations.
+    # /readyz writes to the store and the database at most this often; other calls get the last probe's answer.
+    readyz_interval_seconds: float = Field(default=5.0, ge=0)
     log_format: Literal["json", "text"] = "json"
     # debug adds the tracebacks behind one-line errors (a model that fails to load, for one).
     log_level: Literal["debug", "info", "warning"] = "info"
@@ -120,6 +125,13 @@ class Settings(BaseSettings):
     memory_release_after_seconds: float = Field(default=2.0, ge=0)
     # glibc malloc arenas for the whole process (fewer: less memory kept after bursts); 0: glibc's default.
     malloc_arenas: int = Field(default=2, ge=0)
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(host.strip() for host in value.split(",") if host.strip())
+        return value
 
     @field_validator("signing_secret")
     @classmethod

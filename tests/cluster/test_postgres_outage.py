@@ -49,7 +49,7 @@ def test_a_database_gone_is_a_503_for_what_needs_it_and_the_rest_goes_on(
     db = Database(url)
     _, key = db.create_key("outage")
     db.close()
-    env = {"VARY_DATABASE_URL": url, "VARY_LOG_FORMAT": "json"}
+    env = {"VARY_DATABASE_URL": url, "VARY_LOG_FORMAT": "json", "VARY_READYZ_INTERVAL_SECONDS": "0"}
     with running(
         ServerProcess(tmp_path / "keyed", env=env), ServerProcess(tmp_path / "open", env=env, extra_args=["--no-auth"])
     ) as (keyed, open_):

@@ -35,7 +35,8 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(data_dir: Path) -> Iterator[ServerProcess]:
     data_dir.mkdir(parents=True)
     new_key(data_dir, "bootstrap")  # so the server does not print a first key
-    srv = ServerProcess(data_dir).start()
+    # Readiness probed at every call: the test breaks the store and expects /readyz to say so at once.
+    srv = ServerProcess(data_dir, env={"VARY_READYZ_INTERVAL_SECONDS": "0"}).start()
     yield srv
     srv.stop()
 

@@ -93,7 +93,7 @@ def wait_for_rows(data_dir: Path, count: int) -> int:
 
 def test_rows_are_kept_while_another_process_holds_the_write_lock(setup: tuple[Path, str, str]) -> None:
     data_dir, key, _ = setup
-    with ServerProcess(data_dir) as server:
+    with ServerProcess(data_dir, env={"VARY_READYZ_INTERVAL_SECONDS": "0"}) as server:  # readiness probed each call
         assert post(server, key).status_code == 200
         assert rows_in(data_dir) == 1
         lock = WriteLock(data_dir / "vary.db")

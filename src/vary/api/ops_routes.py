@@ -1,14 +1,17 @@
-"""Routes for operators, without auth: liveness, readiness, and Prometheus metrics."""
+"""Routes for operators, without auth: liveness, readiness, and Prometheus metrics.
+
+/readyz and /metrics belong on a private network (docs/security.md): they say what is served and how.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from vary.api.deps import services_if_started, services_of
+from vary.api.readiness import ReadinessProbe
 
 router = APIRouter(include_in_schema=False)
 
@@ -29,26 +32,26 @@ async def readyz(request: Request) -> JSONResponse:
         model.id: "loaded" if model.loaded else ("loading" if model.eager else "lazy")
         for model in services.registry.models()
     }
-    store = await run_in_threadpool(_check, services.store.check_writable)
-    database = await run_in_threadpool(_check, services.db.check_writable)
-    ready = store == "ok" and database == "ok" and "loading" not in models.values()
+    probe = await readiness_of(request).latest(services)
+    ready = probe.store == "ok" and probe.database == "ok" and "loading" not in models.values()
     body = {
         "status": "ready" if ready else "not ready",
         "models": models,
-        "store": store,
-        "database": database,
+        "store": probe.store,
+        "database": probe.database,
         # Usage rows waiting for the database (usage_spool.py); they are written once it takes writes.
         "usage_spooled": len(services.db.spool) if services.db.spool is not None else 0,
     }
-    return JSONResponse(body, status_code=200 if ready else 503)
+    # Age: how old the store's and database's answers are (probed at most every VARY_READYZ_INTERVAL_SECONDS).
+    age = str(int(time.monotonic() - probe.at))
+    return JSONResponse(body, status_code=200 if ready else 503, headers={"Age": age, "Cache-Control": "no-store"})
 
 
-def _check(probe: Callable[[], object]) -> str:
-    try:
-        probe()
-    except Exception as exc:  # noqa: BLE001 - the kind of failure is the answer; details stay in the log
-        return f"failing: {type(exc).__name__}"
-    return "ok"
+def readiness_of(request: Request) -> ReadinessProbe:
+    probe = getattr(request.app.state, "readiness", None)
+    if not isinstance(probe, ReadinessProbe):  # an app built without one: probe every time
+        probe = request.app.state.readiness = ReadinessProbe(0.0)
+    return probe
 
 
 @router.get("/metrics")

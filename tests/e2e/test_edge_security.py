@@ -1,0 +1,114 @@
+"""The edge's own defences: /readyz probes at most every interval, VARY_ALLOWED_HOSTS refuses other Host
+values, and every answer carries the security headers; the playground and the API docs run only vary's own
+scripts, from vary itself."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import create_key, png_bytes
+from vary.testing import ServerProcess
+
+WAIT_S = 60
+
+
+@pytest.fixture(scope="module")
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str, Path]]:
+    data_dir = tmp_path_factory.mktemp("edge") / "data"
+    _, key = create_key(data_dir)
+    env = {"VARY_ALLOWED_HOSTS": "127.0.0.1, vary.example", "VARY_READYZ_INTERVAL_SECONDS": "3600"}
+    with ServerProcess(data_dir, env=env) as server:
+        yield server, key, data_dir
+
+
+def probe_written_at(data_dir: Path) -> float | None:
+    with sqlite3.connect(f"file:{data_dir / 'vary.db'}?mode=ro", uri=True) as connection:
+        row = connection.execute("SELECT written_at FROM write_probe WHERE id = 1").fetchone()
+    return None if row is None else float(row[0])
+
+
+def test_a_flood_of_readyz_makes_one_probe(edge: tuple[ServerProcess, str, Path]) -> None:
+    server, _, data_dir = edge
+    first = httpx.get(f"{server.base_url}/readyz", timeout=WAIT_S)
+    assert first.status_code == 200 and first.json()["database"] == "ok"
+    written = probe_written_at(data_dir)
+    assert written is not None
+    statuses: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: statuses.append(httpx.get(f"{server.base_url}/readyz", timeout=WAIT_S).status_code))
+        for _ in range(20)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT_S)
+    assert statuses == [200] * 20
+    assert probe_written_at(data_dir) == written  # answered from the last probe: nothing written again
+    assert int(httpx.get(f"{server.base_url}/readyz", timeout=WAIT_S).headers["age"]) >= 0
+
+
+@pytest.mark.parametrize("host", ["evil.example", "127.0.0.2:8000", "vary.example.evil.example"])
+def test_a_host_not_allowed_gets_a_400_in_openai_s_shape(edge: tuple[ServerProcess, str, Path], host: str) -> None:
+    server, key, _ = edge
+    refused = httpx.post(
+        f"{server.base_url}/v1/images/variations",
+        headers={"Authorization": f"Bearer {key}", "Host": host},
+        files={"image": ("a.png", png_bytes(32))},
+        data={"size": "256x256", "response_format": "url"},
+        timeout=WAIT_S,
+    )
+    assert refused.status_code == 400
+    assert refused.json() == {
+        "error": {
+            "message": "Invalid Host header: this server does not answer for that host.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_host",
+        }
+    }
+    assert httpx.get(f"{server.base_url}/healthz", headers={"Host": host}, timeout=WAIT_S).status_code == 200
+
+
+def test_an_allowed_host_is_answered_and_its_urls_use_it(edge: tuple[ServerProcess, str, Path]) -> None:
+    server, key, _ = edge
+    answered = httpx.post(
+        f"{server.base_url}/v1/images/variations",
+        headers={"Authorization": f"Bearer {key}", "Host": f"vary.example:{server.port}"},
+        files={"image": ("a.png", png_bytes(32))},
+        data={"size": "256x256", "response_format": "url"},
+        timeout=WAIT_S,
+    )
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["data"][0]["url"].startswith(f"http://vary.example:{server.port}/v1/files/")
+
+
+@pytest.mark.parametrize("path", ["/", "/docs", "/v1/models", "/nowhere"])
+def test_every_answer_carries_the_security_headers(edge: tuple[ServerProcess, str, Path], path: str) -> None:
+    server, _, _ = edge
+    headers = httpx.get(f"{server.base_url}{path}", timeout=WAIT_S).headers
+    policy = {part.split(" ", 1)[0]: part for part in (p.strip() for p in headers["content-security-policy"].split(";"))}
+    assert policy["script-src"] == "script-src 'self'"  # no inline script, no CDN
+    assert policy["connect-src"] == "connect-src 'self'"
+    assert policy["frame-ancestors"] == "frame-ancestors 'none'"
+    assert headers["referrer-policy"] == "no-referrer" and headers["x-frame-options"] == "DENY"
+    assert headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize("page", ["/", "/docs"])
+def test_pages_load_only_vary_s_own_scripts_and_styles(edge: tuple[ServerProcess, str, Path], page: str) -> None:
+    server, _, _ = edge
+    html = httpx.get(f"{server.base_url}{page}", timeout=WAIT_S).text
+    scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", html, flags=re.S | re.I)
+    assert scripts and all(body.strip() == "" and "src=" in attributes for attributes, body in scripts)
+    assert not re.search(r"\son[a-z]+\s*=", html, flags=re.I)  # no inline event handlers either
+    for asset in re.findall(r'(?:src|href)="([^"]+)"', html):
+        assert asset.startswith("/"), f"{page} loads {asset} from elsewhere"
+        if asset.endswith((".js", ".css")):
+            assert httpx.get(f"{server.base_url}{asset}", timeout=WAIT_S).status_code == 200, asset
