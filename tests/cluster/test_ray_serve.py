@@ -89,7 +89,7 @@ def shared(postgres_server: PostgresServer, seaweedfs: S3Endpoint) -> Iterator[S
 
 @pytest.fixture(scope="module")
 def key(shared: Shared) -> str:
-    db = Database(shared.database_url)
+    db = Database.open(shared.database_url)
     try:
         return db.create_key("ray")[1]
     finally:
@@ -245,7 +245,7 @@ def usage_rows(database_url: str, user: str, count: int, timeout: float = 30.0) 
     """The edge's usage rows of `user`, once there are `count` (a row is written as its answer leaves)."""
     deadline = time.monotonic() + timeout
     while True:
-        db = Database(database_url)
+        db = Database.open(database_url)
         try:
             rows = db.usage_rows(user=user)
         finally:

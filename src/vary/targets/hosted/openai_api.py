@@ -41,7 +41,7 @@ from vary.request import VariationRequest
 from vary.targets.base import Made, Resilience
 from vary.targets.hosted.common import DEFAULT_DEADLINE_SECONDS, MAX_IMAGE_BYTES, HostedProvider, pngs_of_size
 
-UPSTREAM_ENGINES = ("openai-compatible", "azure-openai", "openai-gpt-image")
+OPENAI_API_PROVIDERS = ("openai-compatible", "azure-openai", "openai-gpt-image")
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_PROMPT = (
     "Create a variation of this image: keep its subject, composition, palette and style, "
@@ -99,7 +99,7 @@ class UpstreamOptions:
         return options
 
 
-class UpstreamEngine(HostedProvider):
+class OpenAIApiProvider(HostedProvider):
     """A hosted provider served under a model name: no weights, no scheduler, an HTTP pool of its own."""
 
     def __init__(
