@@ -25,10 +25,12 @@ from ray import serve
 from ray.serve import Application, Deployment
 from ray.serve.handle import DeploymentHandle
 
+from vary.app import build_app
 from vary.engines.diffusion import Placement
+from vary.engines.weights import bound_hub_timeouts
 from vary.imaging import ImageDecoder
 from vary.ops.logs import configure_logging
-from vary.service.catalogue import Catalogue, CatalogueEntry, CatalogueError, catalogue_for
+from vary.service.catalogue import HOSTED_PROVIDERS, ROUTE, Catalogue, CatalogueEntry, CatalogueError, catalogue_for
 from vary.service.registry import ModelRegistry
 from vary.settings import Settings
 from vary.targets.base import Made, Resilience
@@ -64,8 +66,6 @@ class ModelReplica:
     def __init__(
         self, settings: dict[str, Any], model: CatalogueEntry, secret_env: dict[str, str] | None = None
     ) -> None:
-        from vary.engines.weights import bound_hub_timeouts
-
         os.environ.update(secret_env or {})  # first: the Hub's token is read when the weights load
         config = Settings(**settings)
         configure_logging(config.log_format, level=config.log_level)
@@ -105,8 +105,6 @@ class Edge:
         self.models = models
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        from vary.app import build_app
-
         settings = self.settings
         configure_logging(settings.log_format, level=settings.log_level)
         decoder = ImageDecoder(settings.image_rules())
@@ -199,7 +197,6 @@ def cluster_has_gpus() -> bool:
 
 def application(settings: Settings) -> Application:
     """The Serve application for these settings: the edge bound to one deployment per local model."""
-    from vary.service.catalogue import HOSTED_PROVIDERS, ROUTE
 
     if settings.catalogue is not None:  # read here, on the driver: a relative path means this directory
         settings = settings.model_copy(update={"catalogue": settings.catalogue.resolve()})
