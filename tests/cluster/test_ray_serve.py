@@ -2,7 +2,7 @@
 
 One application serves two deployments of the tiny twin: "tiny-random" with two replicas, and
 "tight-serve" whose Serve options bound its requests (Ray's BackPressureError). The deployment is scaled
-out as the README shows it: keys, usage and the signing secret in PostgreSQL, images in an S3 bucket
+out as docs/scaling.md shows it: keys, usage and the signing secret in PostgreSQL, images in an S3 bucket
 (SeaweedFS). Everything on CPU, with fractions of a CPU per replica: the machine has two cores.
 """
 
