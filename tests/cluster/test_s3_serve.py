@@ -48,7 +48,9 @@ def bucket_keys(endpoint: S3Endpoint, bucket: str) -> set[str]:
 
 def replica(tmp_path: Path, name: str, env: dict[str, str], *args: str) -> ServerProcess:
     # Readiness probed at every call: the tests expect /readyz to follow the store's outage at once.
-    return ServerProcess(tmp_path / name, extra_args=["--no-auth", *args], env={"VARY_READYZ_INTERVAL_SECONDS": "0", **env})
+    return ServerProcess(
+        tmp_path / name, extra_args=["--no-auth", *args], env={"VARY_READYZ_INTERVAL_SECONDS": "0", **env}
+    )
 
 
 @pytest.mark.cluster

@@ -42,7 +42,9 @@ def test_a_flood_of_readyz_makes_one_probe(edge: tuple[ServerProcess, str, Path]
     assert written is not None
     statuses: list[int] = []
     threads = [
-        threading.Thread(target=lambda: statuses.append(httpx.get(f"{server.base_url}/readyz", timeout=WAIT_S).status_code))
+        threading.Thread(
+            target=lambda: statuses.append(httpx.get(f"{server.base_url}/readyz", timeout=WAIT_S).status_code)
+        )
         for _ in range(20)
     ]
     for thread in threads:
@@ -93,7 +95,9 @@ def test_an_allowed_host_is_answered_and_its_urls_use_it(edge: tuple[ServerProce
 def test_every_answer_carries_the_security_headers(edge: tuple[ServerProcess, str, Path], path: str) -> None:
     server, _, _ = edge
     headers = httpx.get(f"{server.base_url}{path}", timeout=WAIT_S).headers
-    policy = {part.split(" ", 1)[0]: part for part in (p.strip() for p in headers["content-security-policy"].split(";"))}
+    policy = {
+        part.split(" ", 1)[0]: part for part in (p.strip() for p in headers["content-security-policy"].split(";"))
+    }
     assert policy["script-src"] == "script-src 'self'"  # no inline script, no CDN
     assert policy["connect-src"] == "connect-src 'self'"
     assert policy["frame-ancestors"] == "frame-ancestors 'none'"

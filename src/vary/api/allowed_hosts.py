@@ -46,7 +46,9 @@ class AllowedHostsMiddleware:
             return
         header = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"host"), "")
         if not host_allowed(host_of(header), self.allowed):
-            error = ApiError(400, "Invalid Host header: this server does not answer for that host.", code="invalid_host")
+            error = ApiError(
+                400, "Invalid Host header: this server does not answer for that host.", code="invalid_host"
+            )
             await error.response()(scope, receive, send)
             return
         await self.app(scope, receive, send)
