@@ -44,7 +44,7 @@ from vary.settings import Settings
 from vary.state.connection import shown
 from vary.state.database import Database
 from vary.state.image_store import ImageStore, Presigner
-from vary.state.signing import UrlSigner, secret_for
+from vary.state.signing import SigningSecrets, UrlSigner, secrets_for
 from vary.state.stores import open_store
 from vary.targets.local_model import LocalModel, QueuePolicy
 
@@ -113,7 +113,8 @@ def build_app(
         nonlocal store
         if store is None:
             store = await run_in_threadpool(open_store, settings)
-        signer = UrlSigner(secret_for(settings, db))
+        keys = secrets_for(settings, db)
+        signer = UrlSigner(keys.current, [keys.previous] if keys.previous else [])
         nonlocal registry
         if registry is None:
             registry = await run_in_threadpool(build_registry, settings, inputs, load_engines)
@@ -159,11 +160,14 @@ def build_app(
         sweeper = asyncio.create_task(
             _sweep_forever(store, settings, may_sweep=lambda: db.try_lease(SWEEP_LEASE, holder, lease_seconds))
         )
+        # A rotation (`vary secret rotate`) reaches every running replica within a sweep interval.
+        rereader = asyncio.create_task(_reread_secrets_forever(signer, lambda: secrets_for(settings, db), settings))
         log.info("serving %s", ", ".join(m.id for m in registry.served()))
         try:
             yield
         finally:
             sweeper.cancel()
+            rereader.cancel()
             with contextlib.suppress(Exception):  # a lease not given back runs out on its own
                 await run_in_threadpool(db.release_lease, SWEEP_LEASE, holder)
             for model in registry.local:
@@ -214,3 +218,13 @@ async def _sweep_forever(store: ImageStore, settings: Settings, may_sweep: Calla
         except Exception:  # noqa: BLE001 - a store or lease that fails this round must not end the sweeper
             log.exception("sweeping the image store failed")
         await asyncio.sleep(settings.sweep_interval_seconds)
+
+
+async def _reread_secrets_forever(signer: UrlSigner, read: Callable[[], SigningSecrets], settings: Settings) -> None:
+    """The signing secrets read again every sweep interval; one that cannot be read keeps the last ones."""
+    while True:
+        await asyncio.sleep(settings.sweep_interval_seconds)
+        try:
+            signer.use(await run_in_threadpool(read))
+        except Exception:  # noqa: BLE001 - a database or file that fails this round must not end the task
+            log.warning("reading the URL-signing secrets again failed; the last ones stay in use", exc_info=True)

@@ -149,6 +149,11 @@ class Settings(BaseSettings):
         description="the key that signs image URLs, the same on every replica (default: made once and kept in the "
         "database, or in the data dir's `secret` file)",
     )
+    signing_secret_previous: SecretStr | None = Field(
+        default=None,
+        description="with VARY_SIGNING_SECRET: the one it replaced, still verifying the URLs it signed until they "
+        "expire (docs/security.md)",
+    )
     usage_spool_max_rows: int = Field(
         default=100_000, ge=1, description="usage rows kept while the database cannot take them; past this, dropped"
     )
@@ -198,7 +203,7 @@ class Settings(BaseSettings):
             return tuple(host.strip() for host in value.split(",") if host.strip())
         return value
 
-    @field_validator("signing_secret")
+    @field_validator("signing_secret", "signing_secret_previous")
     @classmethod
     def _long_enough(cls, secret: SecretStr | None) -> SecretStr | None:
         if secret is not None and len(secret.get_secret_value()) < MIN_SIGNING_SECRET_CHARS:

@@ -234,26 +234,27 @@ def test_health_and_readiness(server: ServerProcess, data_dir: Path) -> None:
 
 
 def test_usage_reports_equal_what_was_sent(server: ServerProcess, data_dir: Path) -> None:
-    key_id, key = new_key(data_dir, "reported", requests_per_minute=3)
+    key_id, key = new_key(data_dir, "reported", requests_per_minute=4)
     sent = [post(server, key, n="2", user="ann"), post(server, key, n="3", user="ann"), post(server, key, user="bob")]
-    sent += [post(server, key, n="99", user="ann"), post(server, key, user="bob")]  # a 400 (not counted), then a 429
+    sent += [post(server, key, n="99", user="ann"), post(server, key, user="bob")]  # a 400, then a 429
     assert [r.status_code for r in sent] == [200, 200, 200, 400, 429]
 
     report = vary_cli("usage", "--key", key_id, "--format", "json", "--data-dir", str(data_dir))
     assert report.returncode == 0, report.stderr
     rows = {(r["user"], r["model"]): r for r in json.loads(report.stdout)}
-    # The 400's form never validated, so its row has no user or model.
+    # The 400's form never validated, and the 429 came before the body was read (the request window is the
+    # key's alone): neither row has a user or a model.
     assert rows.keys() == {("ann", "tiny-random"), (None, None), ("bob", "tiny-random")}
     ann = rows[("ann", "tiny-random")]
     assert (ann["requests"], ann["images"], ann["failures"]) == (2, 5, 0)
     assert ann["latency_p50_ms"] <= ann["latency_p95_ms"]
-    assert (rows[(None, None)]["requests"], rows[(None, None)]["failures"]) == (1, 1)
+    assert (rows[(None, None)]["requests"], rows[(None, None)]["failures"]) == (2, 2)
     bob = rows[("bob", "tiny-random")]
-    assert (bob["requests"], bob["images"], bob["failures"]) == (2, 1, 1)
+    assert (bob["requests"], bob["images"], bob["failures"]) == (1, 1, 0)
 
     only_bob = vary_cli("usage", "--key", key_id, "--user", "bob", "--format", "csv", "--data-dir", str(data_dir))
     assert only_bob.stdout.splitlines()[0].startswith("key_id,user,model,requests,images,failures")
-    assert only_bob.stdout.splitlines()[1].startswith(f"{key_id},bob,tiny-random,2,1,1,")
+    assert only_bob.stdout.splitlines()[1].startswith(f"{key_id},bob,tiny-random,1,1,0,")
     table = vary_cli("usage", "--key", key_id, "--data-dir", str(data_dir)).stdout
     assert table.splitlines()[0].split() == [
         "key",

@@ -25,7 +25,7 @@ UPLOAD_BYTES = 15 * 1024 * 1024  # announced, never sent
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, dict[str, str]]]:
     data_dir = tmp_path_factory.mktemp("limits-first") / "data"
-    db = Database(data_dir / "vary.db")
+    db = Database.open(data_dir / "vary.db")
     try:
         keys = {
             "rpm": db.create_key("rpm", limits=KeyLimits(requests_per_minute=1))[1],

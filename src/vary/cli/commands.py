@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from vary.cli import create as create_command
 from vary.cli import db as db_command
 from vary.cli import keys as keys_command
+from vary.cli import secret as secret_command
 from vary.cli import usage as usage_command
 from vary.cli.flags import add_settings_flags, given_settings
 from vary.datadir import DataDir, choose_data_dir
@@ -69,6 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     usage.add_argument("--since", help="only from this date or date-time on (ISO 8601; UTC unless it says)")
     usage.add_argument("--format", choices=FORMATS, default="table", help="table (default), csv or json")
 
+    secret = commands.add_parser("secret", help="the URL-signing secret").add_subparsers(
+        dest="secret_command", required=True
+    )
+    secret.add_parser("rotate", parents=[data_dir], help="a new signing secret; URLs signed before stay valid")
+
     db = commands.add_parser("db", help="the database's schema").add_subparsers(dest="db_command", required=True)
     db.add_parser("upgrade", parents=[data_dir], help="migrate the schema to this vary's version (also done at start)")
     db.add_parser("current", parents=[data_dir], help="print the schema's revision, without changing anything")
@@ -107,7 +113,7 @@ def _invalid(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors(include_url=False):
         field = ".".join(str(part) for part in error["loc"])
-        given = "" if field == "signing_secret" else f" (given: {error.get('input')!r})"
+        given = "" if field.startswith("signing_secret") else f" (given: {error.get('input')!r})"
         lines.append(f"{field}: {error['msg']}{given}")
     return "\n".join(lines)
 
@@ -146,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
             usage_command.run(args, settings)
         elif args.command == "db":
             db_command.run(args, settings)
+        elif args.command == "secret":
+            secret_command.run(args, settings)
         else:
             keys_command.run(args, settings)
     except DatabaseSetupError as exc:

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 
 from vary.echo import clipped
 from vary.state.schema import UsageRow
+from vary.state.usage import UsageGroup
 
 FORMATS = ("table", "csv", "json")
 
@@ -61,6 +62,21 @@ def summarise(rows: Iterable[UsageRow]) -> list[UsageSummary]:
             )
         )
     return sorted(summaries, key=lambda s: (s.key_id or "", s.user or "", s.model or ""))
+
+
+def summary_of(group: UsageGroup) -> UsageSummary:
+    """A group the database summed up, rounded as `summarise` rounds."""
+    return UsageSummary(
+        key_id=group.key_id,
+        user=group.user,
+        model=group.model,
+        requests=int(group.requests),
+        images=int(group.images),
+        failures=int(group.failures),
+        latency_p50_ms=round(float(group.latency_p50_ms), 1),
+        latency_p95_ms=round(float(group.latency_p95_ms), 1),
+        latency_mean_ms=round(float(group.latency_mean_ms), 1),
+    )
 
 
 def _nearest_rank(ordered: list[float], quantile: float) -> float:

@@ -31,3 +31,19 @@ class SharedSecrets(Sessions):
             row = s.get(SecretRow, name)
             assert row is not None, "a secret once inserted is never deleted"
             return row.value
+
+    def stored_secret(self, name: str) -> bytes | None:
+        with self.session() as s:
+            row = s.get(SecretRow, name)
+            return None if row is None else row.value
+
+    def rotate_secret(self, name: str, previous_name: str, new: bytes) -> None:
+        """In one transaction: `name`'s value becomes `previous_name`'s, and `new` becomes `name`'s."""
+        now = time.time()
+        with self.session() as s:
+            current = s.get(SecretRow, name)
+            if current is not None:
+                s.merge(SecretRow(name=previous_name, value=current.value, created_at=now))
+                current.value, current.created_at = new, now
+            else:
+                s.add(SecretRow(name=name, value=new, created_at=now))

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
 
-from sqlalchemy import String, func, select
+from sqlalchemy import ColumnElement, Select, String, and_, case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from vary.state.connection import Sessions, answering
@@ -123,16 +124,26 @@ class Usage(Sessions):
     def usage_rows(
         self, *, key_id: str | None = None, user: str | None = None, since: float | None = None
     ) -> list[UsageRow]:
-        query = select(UsageRow).order_by(UsageRow.id)
-        # Compared as stored (_storable): PostgreSQL would refuse a NUL in the parameter as well.
-        if key_id is not None:
-            query = query.where(UsageRow.key_id == key_id.replace("\x00", "\ufffd"))
-        if user is not None:
-            query = query.where(UsageRow.user == user.replace("\x00", "\ufffd"))
-        if since is not None:
-            query = query.where(UsageRow.created_at >= since)
+        query = _usage_filter(select(UsageRow).order_by(UsageRow.id), key_id, user, since)
         with answering("read usage"), self.session() as s:
             return list(s.scalars(query))
+
+    def usage_groups(
+        self,
+        *,
+        key_id: str | None = None,
+        user: str | None = None,
+        since: float | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[UsageGroup]:
+        """The usage by key, user and model, summed up by the database (the rows never leave it), ordered
+        by key, user and model; `limit` groups from `offset` on. Blocking: call it off the event loop."""
+        query = _grouped(_usage_filter(select(UsageRow), key_id, user, since)).offset(offset)
+        if limit is not None:
+            query = query.limit(limit)
+        with answering("read usage"), self.session() as s:
+            return [UsageGroup(*row) for row in s.execute(query)]
 
     def images_delivered(self, key_id: str, since: float) -> int:
         """Images a key received since `since`: what its quota counts."""
@@ -143,3 +154,70 @@ class Usage(Sessions):
             delivered = int(s.scalar(query) or 0)
         # Rows spooled and not yet written count too; one being written may count twice for a moment.
         return delivered + (self.spool.images(key_id, since) if self.spool is not None else 0)
+
+
+@dataclass(frozen=True)
+class UsageGroup:
+    """One key, user and model's usage, as the database summed it up (ops/usage_report.py shows it)."""
+
+    key_id: str | None
+    user: str | None
+    model: str | None
+    requests: int
+    images: int
+    failures: int
+    latency_p50_ms: float
+    latency_p95_ms: float
+    latency_mean_ms: float
+
+
+def _usage_filter(
+    query: Select[tuple[UsageRow]], key_id: str | None, user: str | None, since: float | None
+) -> Select[tuple[UsageRow]]:
+    # Compared as stored (_storable): PostgreSQL would refuse a NUL in the parameter as well.
+    if key_id is not None:
+        query = query.where(UsageRow.key_id == key_id.replace("\x00", "\ufffd"))
+    if user is not None:
+        query = query.where(UsageRow.user == user.replace("\x00", "\ufffd"))
+    if since is not None:
+        query = query.where(UsageRow.created_at >= since)
+    return query
+
+
+def _grouped(rows: Select[tuple[UsageRow]]) -> Select[tuple[object, ...]]:
+    """Per group: counts, sums, the mean, and the nearest-rank p50 and p95 latencies (window functions, which
+    SQLite and PostgreSQL both have): the rank-th fastest row where rank = ceil(q * rows), at least 1."""
+    group = (UsageRow.key_id, UsageRow.user, UsageRow.model)
+    ranked = (
+        rows.with_only_columns(
+            *group,
+            UsageRow.n,
+            UsageRow.status,
+            UsageRow.latency_ms,
+            func.row_number().over(partition_by=group, order_by=UsageRow.latency_ms).label("rank"),
+            func.count().over(partition_by=group).label("size"),
+        )
+        .order_by(None)
+        .subquery()
+    )
+    c = ranked.c
+
+    def nearest_rank(percent: int) -> ColumnElement[float]:
+        # rank >= q * size > rank - 1, in whole numbers: no CEIL (SQLite may lack it).
+        at_rank = and_(c.rank * 100 >= percent * c.size, (c.rank - 1) * 100 < percent * c.size)
+        return func.max(case((at_rank, c.latency_ms)))
+
+    keys = (c.key_id, c.user, c.model)
+    return (
+        select(
+            *keys,
+            func.count(),
+            func.coalesce(func.sum(case((c.status == 200, func.coalesce(c.n, 0)), else_=0)), 0),
+            func.coalesce(func.sum(case((c.status != 200, 1), else_=0)), 0),
+            nearest_rank(50),
+            nearest_rank(95),
+            func.avg(c.latency_ms),
+        )
+        .group_by(*keys)
+        .order_by(*(func.coalesce(key, "") for key in keys))
+    )

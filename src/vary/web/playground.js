@@ -383,6 +383,12 @@ function figure(src, caption, extraClass) {
   return { item, text };
 }
 
+// Decoded here, not fetched from a data: URL: the page's CSP lets it connect to vary only (connect-src 'self').
+function base64Blob(text) {
+  const bytes = Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
+  return new Blob([bytes], { type: "image/png" });
+}
+
 // `originals` are the inputs as sent ({ src, label }): "Original" for one, "Image 1", ... for several.
 function showResults(data, originals) {
   const grid = $("grid");
@@ -399,7 +405,7 @@ function showResults(data, originals) {
     again.className = "secondary";
     again.textContent = "Vary this one";
     again.addEventListener("click", async () => {  // this one image replaces the inputs
-      const blob = await (await fetch(src)).blob();
+      const blob = entry.url ? await (await fetch(entry.url)).blob() : base64Blob(entry.b64_json);
       await useFiles([{ blob, label: `Variation ${index + 1}` }], true, "file");
       $("preview").scrollIntoView();
       $("generate").focus();
