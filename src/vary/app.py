@@ -31,6 +31,8 @@ from vary.engines.diffusion import Placement
 from vary.imaging import ImageDecoder
 from vary.ops.memory import ReleaseMemoryWhenIdle
 from vary.ops.metrics import Metrics
+from vary.safety.checks import ContentChecks
+from vary.safety.policy import SafetyPolicy
 from vary.service.catalogue import catalogue_for
 from vary.service.components import Services
 from vary.service.gateway import Gateway
@@ -58,13 +60,15 @@ def build_registry(
     def local_model(engine: Engine) -> LocalModel:
         return LocalModel(engine, decoder=decoder, queue=queue)
 
+    safety = SafetyPolicy.of_settings(settings)
     if load_engines is not None:
-        return ModelRegistry.of_engines(load_engines(settings), local=local_model)
+        return ModelRegistry.of_engines(load_engines(settings), local=local_model, safety=safety)
     return ModelRegistry.from_catalogue(
         catalogue_for(settings.config, settings.model),
         placement=Placement(device=settings.device, dtype=settings.dtype, compile=settings.compile),
         overrides=settings.render_overrides(),
         local=local_model,
+        safety=safety,
     )
 
 
@@ -117,6 +121,9 @@ def build_app(
         metrics = Metrics(served=(model.id for model in registry.served()))
         metrics.watch(registry.local)
         gateway = Gateway(observer=metrics)
+        checks = ContentChecks(observer=metrics)
+        # At start: a missing classifier package or a changed model file stops the server, not a request.
+        await run_in_threadpool(checks.load, (model.safety for model in registry.served()))
         metrics.watch_circuits(gateway.circuit_states)
         for model in registry.local:
             model.start(on_batch=functools.partial(metrics.observe_batch, model.name))
@@ -138,6 +145,7 @@ def build_app(
                     presigner=store if settings.storage_presign and isinstance(store, Presigner) else None,
                 ),
                 gateway,
+                checks,
             ),
             limiter=RateLimiter(
                 defaults=settings.key_limits(),
@@ -165,6 +173,7 @@ def build_app(
                 await run_in_threadpool(model.close)
             for upstream in registry.hosted:
                 await upstream.aclose()
+            await checks.aclose()
             db.close()
 
     app = FastAPI(

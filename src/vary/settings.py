@@ -105,6 +105,20 @@ class Settings(BaseSettings):
     # Usage rows kept (in a file in the data dir) while the database cannot take them; past this, dropped.
     usage_spool_max_rows: int = Field(default=100_000, ge=1)
 
+    # The content policy every model gets unless its [models.safety] table (or its route's) says otherwise
+    # (vary.safety.policy; docs/safety.md). Off by default.
+    safety_check: Literal["off", "input", "output", "both"] = "off"
+    # "open-nsfw" (built in: pip install "vary[safety]"), "hf:ID_OR_PATH", or an http(s) guardrail URL.
+    safety_classifier: str = "open-nsfw"
+    safety_threshold: float = Field(default=0.8, ge=0.0, le=1.0)
+    safety_on_flagged_output: Literal["refuse", "regenerate"] = "refuse"
+    safety_max_regenerations: int = Field(default=2, ge=0, le=10)
+    # A classifier or guardrail that is down, slow or answers garbage: let the images through, or answer 503.
+    safety_fail: Literal["open", "closed"] = "closed"
+    # An hf: classifier's labels that count as flagged, comma-separated.
+    safety_labels: str = "nsfw"
+    safety_timeout_seconds: float = Field(default=5.0, gt=0)
+
     # `vary serve --ray`: the address of an existing Ray cluster to run on as a Ray Serve application.
     ray_address: str | None = None
     # One attempt at a model's deployment, its queue wait included; past it (a hung replica) it is retried.

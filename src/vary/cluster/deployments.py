@@ -28,6 +28,7 @@ from ray.serve.handle import DeploymentHandle
 from vary.engines.diffusion import Placement
 from vary.imaging import ImageDecoder
 from vary.ops.logs import configure_logging
+from vary.safety.policy import SafetyPolicy
 from vary.service.catalogue import Catalogue, ConfigError, ModelConfig, catalogue_for
 from vary.service.registry import ModelRegistry
 from vary.settings import Settings
@@ -123,6 +124,7 @@ class Edge:
             placement=Placement(device="cpu"),  # the engines here only describe the models: never loaded
             overrides=settings.render_overrides(),
             remote=ray_target,
+            safety=SafetyPolicy.of_settings(settings),  # the edge checks the images, as on one box
         )
         return build_app(settings, registry=registry, decoder=decoder)
 

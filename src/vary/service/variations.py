@@ -1,24 +1,31 @@
 """One variation request, start to finish, in the service's own terms: no HTTP here.
 
 The road: the registry names the model's targets; a model with a remote target has its images
-checked first (a bad image is refused before any provider is called and billed); the gateway tries
-the targets; the images come back as base64 or are stored and signed as URLs, in OpenAI's
-ImagesResponse JSON, built once as bytes.
+checked first (a bad image is refused before any provider is called and billed); the content policy
+checks the inputs (a flagged one costs no model work); the gateway tries the targets; the policy checks
+the outputs, all of them at once, and has flagged ones made again or refuses; the images come back as
+base64 or are stored and signed as URLs, in OpenAI's ImagesResponse JSON, built once as bytes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import secrets
 import time
 from dataclasses import dataclass, field
 
 import pybase64
 from starlette.concurrency import run_in_threadpool
 
+from vary.errors import ContentFlagged, SafetyUnavailable
 from vary.imaging import ImageDecoder
 from vary.request import VariationRequest
+from vary.safety.checks import ContentChecks
+from vary.safety.classifier import Picture
+from vary.safety.policy import NO_CHECKS, SafetyPolicy
 from vary.service.gateway import Gateway
-from vary.service.registry import ModelRegistry
+from vary.service.registry import ModelRegistry, ServedModel
 from vary.state.image_store import ImageStore, Presigner
 from vary.state.signing import UrlSigner
 from vary.targets.base import Made
@@ -46,6 +53,7 @@ class VariationResult:
     target: str  # the model that answered: the requested one, or a route's target
     attempts: int = 1
     tried: str = ""  # the targets tried and the attempts on each, "a:2,b:1"
+    policy: str | None = None  # what the content checks found, for the usage row and the log; None: no checks
 
 
 @dataclass(frozen=True)
@@ -75,28 +83,87 @@ class VariationService:
     store: ImageStore
     links: Links
     gateway: Gateway = field(default_factory=Gateway)
+    checks: ContentChecks = field(default_factory=ContentChecks)
 
-    async def create(self, request: VariationRequest, *, base_url: str) -> VariationResult:
+    async def create(self, request: VariationRequest, *, base_url: str, safety: bool = True) -> VariationResult:
+        """`safety`: False skips the content checks (a key the operator trusts)."""
         served = self.registry.resolve(request.model)
+        policy = served.safety if safety else NO_CHECKS
         timings = Timings()
-        if any(target.remote for target in served.targets):
+        audits: list[str] = []
+        if policy.checks_input or any(target.remote for target in served.targets):
             # Decoded once: a local target later in the route uses this decode.
             mark = time.perf_counter()
             for image in request.images:
                 await run_in_threadpool(self.decoder.rgb, image)
             timings.add("prepare", time.perf_counter() - mark)
+        if policy.checks_input:
+            pictures = [Picture(image.data, self.decoder.rgb(image)) for image in request.images]
+            checked = await self.checks.check(policy, "input", pictures)
+            timings.add("safety", checked.seconds)
+            if checked.flagged:
+                raise ContentFlagged("input", checked.audit)
+            audits.append(checked.audit)
 
         made, answered = await self.gateway.run(served.targets, request, deadline_seconds=served.deadline_seconds)
         for stage, seconds in made.stages.items():
             timings.add(stage, seconds)
+        if policy.checks_output:
+            made = await self._checked_output(served, policy, request, made, timings, audits)
 
         mark = time.perf_counter()
         body = await run_in_threadpool(self._body, made, request.response_format, int(time.time()), base_url)
         timings.add("encode", time.perf_counter() - mark)
         batch_images = made.batch_images or request.n
         return VariationResult(
-            body, timings, batch_images, made.seed, answered.target, answered.attempts, answered.tried.describe()
+            body,
+            timings,
+            batch_images,
+            made.seed,
+            answered.target,
+            answered.attempts,
+            answered.tried.describe(),
+            "; ".join(audits) or None,
         )
+
+    async def _checked_output(
+        self,
+        served: ServedModel,
+        policy: SafetyPolicy,
+        request: VariationRequest,
+        made: Made,
+        timings: Timings,
+        audits: list[str],
+    ) -> Made:
+        """The images once every one passed the check: flagged ones made again (policy permitting) with a
+        new seed, only those, up to `max_regenerations` times; raises ContentFlagged when one still fails."""
+        if made.urls is not None:  # a provider's URLs handed on: the catalogue refuses output checks on them
+            raise SafetyUnavailable("output check impossible: the provider's URLs are handed on (rehost_urls = false)")
+        pngs = list(made.pngs)
+        checked = await self.checks.check(policy, "output", [Picture(png) for png in pngs])
+        timings.add("safety", checked.seconds)
+        flagged, last = list(checked.flagged), checked.audit
+        regenerations = 0
+        while flagged and policy.on_flagged_output == "regenerate" and regenerations < policy.max_regenerations:
+            regenerations += 1
+            # A seed the client gave would make the same images again; without one, the target draws a new one.
+            seed = secrets.randbits(63) if request.controls.seed is not None else None
+            again = dataclasses.replace(
+                request, n=len(flagged), controls=dataclasses.replace(request.controls, seed=seed)
+            )
+            remade, _ = await self.gateway.run(served.targets, again, deadline_seconds=served.deadline_seconds)
+            for stage, seconds in remade.stages.items():
+                timings.add(stage, seconds)
+            for index, png in zip(flagged, remade.pngs, strict=True):
+                pngs[index] = png
+            rechecked = await self.checks.check(policy, "output", [Picture(pngs[i]) for i in flagged])
+            timings.add("safety", rechecked.seconds)
+            flagged, last = [flagged[i] for i in rechecked.flagged], rechecked.audit
+        again_note = f" after {regenerations} regeneration{'s' if regenerations != 1 else ''}" if regenerations else ""
+        if flagged:
+            raise ContentFlagged("output", f"{last}{again_note}" if again_note else last)
+        audits.append(checked.audit + (f"; passed{again_note}" if again_note else ""))
+        return dataclasses.replace(made, pngs=pngs)
 
     def _body(self, made: Made, response_format: str, created: int, base_url: str) -> bytes:
         if made.urls is not None:  # handed on as the provider gave them (rehost_urls = false)
