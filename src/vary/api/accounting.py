@@ -72,6 +72,7 @@ class RequestAccount:
         usage = self.usage
         usage.status, usage.target, usage.attempts = 200, result.target, result.attempts
         usage.targets_tried = result.tried or None
+        usage.policy = clipped(result.policy, 1000) if result.policy else None
         result.timings.stages["total"] = time.perf_counter() - self.started
         self.stages = result.timings.stages
         self.services.metrics.observe_request(usage.model, self.stages)
@@ -102,6 +103,9 @@ class RequestAccount:
         tried = tried_of(exc)
         if tried is not None and tried.attempts:  # what a failed request cost, whoever pays for it
             self.usage.attempts, self.usage.targets_tried = tried.total, clipped(tried.describe(), 990)
+        audit = getattr(exc, "audit", None)  # a content check's finding (ContentFlagged, SafetyUnavailable)
+        if isinstance(audit, str):
+            self.usage.policy = clipped(audit, 1000)
         if isinstance(exc, (ClientGone, ClientDisconnect)):
             self.usage.status = CLIENT_CLOSED_REQUEST
             return True
@@ -132,6 +136,7 @@ class RequestAccount:
             model=usage.model,
             n=usage.n,
             size=usage.size,
+            policy=usage.policy,  # the operator's audit trail: never in the client's answer
             timings_ms={stage: round(seconds * 1000, 1) for stage, seconds in self.stages.items()},
         )
         # Accounting must never cost the client the images it was already given.

@@ -79,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
         "update", parents=[data_dir, _limit_options(argparse.SUPPRESS)], help="change a key's limits"
     )
     update.add_argument("key_id", help="the key's id, as `vary keys list` shows it")
+    for command, default in ((create, None), (update, argparse.SUPPRESS)):
+        command.add_argument(
+            "--safety",
+            choices=("off", "default"),
+            default=default,
+            help="off: this key's requests skip the content checks (a trusted key); default: the models' policies",
+        )
     keys.add_parser("list", parents=[data_dir], help="list keys and their limits (never the keys themselves)")
     revoke = keys.add_parser("revoke", parents=[data_dir], help="revoke a key; it is refused from the next request on")
     revoke.add_argument("key_id", help="the key's id, as `vary keys list` shows it")
@@ -151,21 +158,23 @@ def _keys(args: argparse.Namespace, settings: Settings) -> None:
 
     def limits_text(info: KeyInfo) -> str:
         shown = [f"{flag[2:]}={_shown(getattr(info.limits, dest))}" for flag, (dest, _) in LIMIT_FLAGS.items()]
-        return " ".join(shown)
+        return " ".join(shown + (["safety=off"] if info.safety else []))
 
     db = Database(settings.database)
     try:
         if args.keys_command == "create":
             limits = KeyLimits(**{field: getattr(args, field) for field in LIMIT_FIELDS})
-            info, key = db.create_key(args.name, admin=args.admin, limits=limits)
+            info, key = db.create_key(args.name, admin=args.admin, limits=limits, safety=_key_safety(args.safety))
             kind = "admin key" if info.admin else "key"
             print(f"Created {kind} {info.id}{f' ({info.name})' if info.name else ''}. It is shown only this once:")
             print(key)
         elif args.keys_command == "update":
             changes = {field: getattr(args, field) for field in LIMIT_FIELDS if hasattr(args, field)}
-            if not changes:
-                sys.exit("vary: nothing to update: give --rpm, --ipm, --concurrency or --quota")
+            if not changes and not hasattr(args, "safety"):
+                sys.exit("vary: nothing to update: give --rpm, --ipm, --concurrency, --quota or --safety")
             updated = db.update_key(args.key_id, **changes)
+            if updated is not None and hasattr(args, "safety"):
+                updated = db.set_key_safety(args.key_id, _key_safety(args.safety))
             if updated is None:
                 sys.exit(f"vary: no key with id {args.key_id!r}")
             print(f"Updated key {updated.id}: {limits_text(updated)}")
@@ -182,6 +191,10 @@ def _keys(args: argparse.Namespace, settings: Settings) -> None:
             print(f"Revoked key {args.key_id}.")
     finally:
         db.close()
+
+
+def _key_safety(choice: str | None) -> str | None:
+    return None if choice in (None, "default") else choice
 
 
 def _shown(limit: int | None) -> str:

@@ -42,14 +42,14 @@ class HttpGuardrail:
         if not pictures:
             return []
         images = ["data:image/png;base64," + pybase64.b64encode(p.png).decode("ascii") for p in pictures]
-        body = {"texts": [], "images": images, "input_type": INPUT_TYPES[stage]}
+        body: dict[str, object] = {"texts": [], "images": images, "input_type": INPUT_TYPES[stage]}
         try:
             answer = await asyncio.wait_for(self._post(body), self.timeout_seconds)
         except asyncio.TimeoutError:
             raise ClassifierFailed(f"the guardrail did not answer within {self.timeout_seconds:g}s") from None
         except httpx.HTTPError as exc:
             raise ClassifierFailed(f"the guardrail cannot be reached ({type(exc).__name__})") from None
-        action, reason = _verdict(answer)
+        action, reason = verdict_of(answer)
         flagged = action != "NONE"
         return [Verdict(1.0 if flagged else 0.0, (action,), reason) for _ in pictures]
 
@@ -66,7 +66,7 @@ class HttpGuardrail:
             await self._client.aclose()
 
 
-def _verdict(answer: bytes) -> tuple[str, str | None]:
+def verdict_of(answer: bytes) -> tuple[str, str | None]:
     if len(answer) > MAX_ANSWER_BYTES:
         raise ClassifierFailed("the guardrail's answer is too large to be a verdict")
     try:

@@ -55,6 +55,9 @@ from vary.state import migrations
 from vary.state.usage_spool import UsageSpool, Values
 
 KEY_PREFIX = "vary-"
+# A key's `safety`: its requests skip the content checks. NULL (None) follows the model's policy.
+KEY_SAFETY_OFF = "off"
+KEY_SAFETY_VALUES = (KEY_SAFETY_OFF, None)
 log = logging.getLogger("vary.usage")
 # How often the writer thread tries the database again while rows are spooled.
 SPOOL_RETRY_SECONDS = 1.0
@@ -108,6 +111,8 @@ class ApiKeyRow(Base):
     images_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
     max_concurrent: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
     image_quota: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
+    # The content policy for this key: "off" skips the checks (a trusted internal key); NULL: the model's.
+    safety: Mapped[str | None] = mapped_column(String(16), nullable=True, default=None)
 
 
 class UsageRow(Base):
@@ -129,6 +134,8 @@ class UsageRow(Base):
     attempts: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
     # A routed request's targets tried and the attempts on each ("a:2,b:1"), failed requests included.
     targets_tried: Mapped[str | None] = mapped_column(String(1000), nullable=True, default=None)
+    # What the content checks found (which check flagged, on what, the score), for an operator's audit.
+    policy: Mapped[str | None] = mapped_column(String(1000), nullable=True, default=None)
 
 
 class WriteProbeRow(Base):
@@ -193,6 +200,11 @@ class KeyInfo:
     revoked_at: float | None
     admin: bool = False
     limits: KeyLimits = KeyLimits()
+    safety: str | None = None  # KEY_SAFETY_OFF: the content checks are skipped for this key
+
+    @property
+    def checks_content(self) -> bool:
+        return self.safety != KEY_SAFETY_OFF
 
 
 def _hash(key: str) -> str:
@@ -201,7 +213,13 @@ def _hash(key: str) -> str:
 
 def _info(row: ApiKeyRow) -> KeyInfo:
     limits = KeyLimits(**{name: getattr(row, name) for name in LIMIT_FIELDS})
-    return KeyInfo(row.id, row.name, row.created_at, row.revoked_at, bool(row.admin), limits)
+    return KeyInfo(row.id, row.name, row.created_at, row.revoked_at, bool(row.admin), limits, row.safety)
+
+
+def _key_safety(safety: str | None) -> str | None:
+    if safety not in KEY_SAFETY_VALUES:
+        raise ValueError(f"a key's safety is \"{KEY_SAFETY_OFF}\" or None (the model's policy), not {safety!r}")
+    return safety
 
 
 # A URL query parameter with one of these in its name holds a credential.
@@ -382,7 +400,7 @@ class Database:
     # --- keys -------------------------------------------------------------------------------
 
     def create_key(
-        self, name: str = "", *, admin: bool = False, limits: KeyLimits | None = None
+        self, name: str = "", *, admin: bool = False, limits: KeyLimits | None = None, safety: str | None = None
     ) -> tuple[KeyInfo, str]:
         """Returns the key's record and the key itself, which is never stored and never shown again."""
         key_id = secrets.token_hex(4)
@@ -393,6 +411,7 @@ class Database:
             key_hash=_hash(key),
             created_at=time.time(),
             admin=admin,
+            safety=_key_safety(safety),
             **{field: getattr(limits or KeyLimits(), field) for field in LIMIT_FIELDS},
         )
         with self.session() as s:
@@ -410,6 +429,15 @@ class Database:
                 return None
             for field, value in changes.items():
                 setattr(row, field, value)
+            return _info(row)
+
+    def set_key_safety(self, key_id: str, safety: str | None) -> KeyInfo | None:
+        """ "off": the key's requests skip the content checks; None: the models' policies apply again."""
+        with self.session() as s:
+            row = s.get(ApiKeyRow, key_id)
+            if row is None:
+                return None
+            row.safety = _key_safety(safety)
             return _info(row)
 
     def list_keys(self) -> list[KeyInfo]:
