@@ -28,11 +28,14 @@ class FakeGuardrail:
                 with guardrail._lock:
                     guardrail.requests.append((self.path, body))
                 status, payload = guardrail.answer(self.path)
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the caller gave up waiting (/slow): that is the point
 
             def log_message(self, *_: object) -> None:
                 pass
