@@ -22,7 +22,8 @@ from tests.conftest import png_bytes
 from tests.fakes.guardrail import FakeGuardrail
 from tests.fakes.providers import FakeProvider
 from vary.errors import FLAGGED_INPUT_MESSAGE, FLAGGED_OUTPUT_MESSAGE
-from vary.state.database import Database, UsageRow
+from vary.state.database import Database
+from vary.state.schema import UsageRow
 from vary.testing import ServerProcess, free_port
 
 SECRET = "sk-fake-provider-secret"
@@ -87,7 +88,7 @@ def safety_server(
     down = f"http://127.0.0.1:{free_port()}/guard"  # nothing listens there
     (root / "vary.toml").write_text(config(guardrail.base_url, down, provider))
     data_dir = root / "data"
-    db = Database(data_dir / "vary.db")
+    db = Database.open(data_dir / "vary.db")
     try:
         key = db.create_key("client")[1]
         admin = db.create_key("operator", admin=True)[1]
@@ -136,7 +137,7 @@ def checks(server: ServerProcess, stage: str, outcome: str) -> float:
 def usage_row(server: ServerProcess, request_id: str) -> UsageRow:
     deadline = time.monotonic() + WAIT_S
     while True:
-        db = Database(server.data_dir / "vary.db")
+        db = Database.open(server.data_dir / "vary.db")
         try:
             rows = [row for row in db.usage_rows() if row.request_id == request_id]
         finally:
@@ -299,7 +300,7 @@ def test_a_hosted_providers_images_are_checked_too(
 
 def test_an_operator_turns_the_checks_off_for_a_trusted_key(safety_server: tuple[ServerProcess, str, str]) -> None:
     server, _, admin = safety_server
-    db = Database(server.data_dir / "vary.db")
+    db = Database.open(server.data_dir / "vary.db")
     try:
         trusted, trusted_key = db.create_key("trusted internal")
     finally:
@@ -338,7 +339,7 @@ def test_vary_keys_turns_the_checks_off_and_on(tmp_path: Path) -> None:
         return subprocess.run(command, check=True, capture_output=True, text=True, timeout=WAIT_S).stdout
 
     vary("create", "--name", "internal", "--safety", "off")
-    db = Database(tmp_path / "vary.db")
+    db = Database.open(tmp_path / "vary.db")
     try:
         [key] = db.list_keys()
     finally:
@@ -346,7 +347,7 @@ def test_vary_keys_turns_the_checks_off_and_on(tmp_path: Path) -> None:
     assert key.safety == "off" and not key.checks_content
     assert "safety=off" in vary("list")
     vary("update", key.id, "--safety", "default")
-    db = Database(tmp_path / "vary.db")
+    db = Database.open(tmp_path / "vary.db")
     try:
         assert db.list_keys()[0].checks_content
     finally:

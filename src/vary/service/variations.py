@@ -24,6 +24,7 @@ from vary.request import VariationRequest
 from vary.safety.checks import ContentChecks
 from vary.safety.classifier import Picture
 from vary.safety.policy import NO_CHECKS, SafetyPolicy
+from vary.service.attempts import Tried
 from vary.service.gateway import Gateway
 from vary.service.registry import ModelRegistry, ServedModel
 from vary.state.image_store import ImageStore, Presigner
@@ -51,8 +52,7 @@ class VariationResult:
     batch_images: int  # images in the pipeline call this request shared
     seed: int | None  # the request's seed, given or drawn; None when a provider made the images
     target: str  # the model that answered: the requested one, or a route's target
-    attempts: int = 1
-    tried: str = ""  # the targets tried and the attempts on each, "a:2,b:1"
+    tried: Tried  # the targets tried and the attempts on each
     policy: str | None = None  # what the content checks found, for the usage row and the log; None: no checks
 
 
@@ -85,8 +85,12 @@ class VariationService:
     gateway: Gateway = field(default_factory=Gateway)
     checks: ContentChecks = field(default_factory=ContentChecks)
 
-    async def create(self, request: VariationRequest, *, base_url: str, safety: bool = True) -> VariationResult:
-        """`safety`: False skips the content checks (a key the operator trusts)."""
+    async def create(
+        self, request: VariationRequest, *, base_url: str, tried: Tried | None = None, safety: bool = True
+    ) -> VariationResult:
+        """The images, or a domain error; `tried` (the caller's) holds the attempts made, however it ends, the
+        regenerations' included. `safety`: False skips the content checks (a key the operator trusts)."""
+        tried = Tried() if tried is None else tried
         served = self.registry.resolve(request.model)
         policy = served.safety if safety else NO_CHECKS
         timings = Timings()
@@ -105,25 +109,20 @@ class VariationService:
                 raise ContentFlagged("input", checked.audit)
             audits.append(checked.audit)
 
-        made, answered = await self.gateway.run(served.targets, request, deadline_seconds=served.deadline_seconds)
+        made, answered = await self.gateway.run(
+            served.targets, request, deadline_seconds=served.deadline_seconds, tried=tried
+        )
         for stage, seconds in made.stages.items():
             timings.add(stage, seconds)
         if policy.checks_output:
-            made = await self._checked_output(served, policy, request, made, timings, audits)
+            made = await self._checked_output(served, policy, request, made, timings, audits, tried)
 
         mark = time.perf_counter()
         body = await run_in_threadpool(self._body, made, request.response_format, int(time.time()), base_url)
         timings.add("encode", time.perf_counter() - mark)
         batch_images = made.batch_images or request.n
         return VariationResult(
-            body,
-            timings,
-            batch_images,
-            made.seed,
-            answered.target,
-            answered.attempts,
-            answered.tried.describe(),
-            "; ".join(audits) or None,
+            body, timings, batch_images, made.seed, answered.target, tried, "; ".join(audits) or None
         )
 
     async def _checked_output(
@@ -134,6 +133,7 @@ class VariationService:
         made: Made,
         timings: Timings,
         audits: list[str],
+        tried: Tried,
     ) -> Made:
         """The images once every one passed the check: flagged ones made again (policy permitting) with a
         new seed, only those, up to `max_regenerations` times; raises ContentFlagged when one still fails."""
@@ -151,7 +151,9 @@ class VariationService:
             again = dataclasses.replace(
                 request, n=len(flagged), controls=dataclasses.replace(request.controls, seed=seed)
             )
-            remade, _ = await self.gateway.run(served.targets, again, deadline_seconds=served.deadline_seconds)
+            remade, _ = await self.gateway.run(
+                served.targets, again, deadline_seconds=served.deadline_seconds, tried=tried
+            )
             for stage, seconds in remade.stages.items():
                 timings.add(stage, seconds)
             for index, png in zip(flagged, remade.pngs, strict=True):
