@@ -24,6 +24,7 @@ from vary.api.request_context import describe_request, request_id_of
 from vary.api.variation_form import VariationForm
 from vary.echo import clipped
 from vary.errors import VaryError
+from vary.safety.checks import Findings
 from vary.service.attempts import Tried
 from vary.service.components import Services
 from vary.service.rate_limiter import Admission
@@ -54,6 +55,7 @@ class RequestAccount:
         self.admission: Admission | None = None
         self.stages: dict[str, float] = {}
         self.tried = Tried()  # filled by the service, read here whether the request succeeds or fails
+        self.findings = Findings()  # the content checks' notes, likewise
 
     def describe(self, form: VariationForm) -> None:
         usage = self.usage
@@ -73,7 +75,6 @@ class RequestAccount:
     def respond(self, result: VariationResult) -> Response:
         usage = self.usage
         usage.status, usage.target = 200, result.target
-        usage.policy = clipped(result.policy, 1000) if result.policy else None
         result.timings.stages["total"] = time.perf_counter() - self.started
         self.stages = result.timings.stages
         self.services.metrics.observe_request(usage.model, self.stages)
@@ -101,9 +102,6 @@ class RequestAccount:
         """Records the status `exc` means; True swallows it (a client that left gets no answer)."""
         if exc is None:
             return False
-        audit = getattr(exc, "audit", None)  # a content check's finding (ContentFlagged, SafetyUnavailable)
-        if isinstance(audit, str):
-            self.usage.policy = clipped(audit, 1000)
         if isinstance(exc, (ClientGone, ClientDisconnect)):
             self.usage.status = CLIENT_CLOSED_REQUEST
             return True
@@ -127,6 +125,8 @@ class RequestAccount:
         usage, services = self.usage, self.services
         if self.tried.attempts:  # what the request cost, answered or not, whoever pays for it
             usage.attempts, usage.targets_tried = self.tried.total, clipped(self.tried.describe(), 990)
+        policy = self.findings.describe()
+        usage.policy = clipped(policy, 1000) if policy else None
         usage.latency_ms = (time.perf_counter() - self.started) * 1000.0
         services.metrics.count_request(usage.model, usage.status)
         describe_request(

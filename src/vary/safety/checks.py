@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from vary.errors import SafetyUnavailable
@@ -29,6 +29,20 @@ class CheckObserver(Protocol):
     """Told of every check (vary.ops.metrics.Metrics is one)."""
 
     def observe_check(self, stage: str, outcome: str, seconds: float) -> None: ...
+
+
+@dataclass
+class Findings:
+    """What a request's checks found, one note per check, for the usage row and the log line. The edge
+    hands its own to the service, which fills it whether the request succeeds or fails."""
+
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, note: str) -> None:
+        self.notes.append(note)
+
+    def describe(self) -> str | None:
+        return "; ".join(self.notes) or None
 
 
 @dataclass(frozen=True)

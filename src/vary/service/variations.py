@@ -21,8 +21,8 @@ from starlette.concurrency import run_in_threadpool
 from vary.errors import ContentFlagged, SafetyUnavailable
 from vary.imaging import ImageDecoder
 from vary.request import VariationRequest
-from vary.safety.checks import ContentChecks
-from vary.safety.classifier import Picture
+from vary.safety.checks import CheckResult, ContentChecks, Findings
+from vary.safety.classifier import Picture, Stage
 from vary.safety.policy import NO_CHECKS, SafetyPolicy
 from vary.service.attempts import Tried
 from vary.service.gateway import Gateway
@@ -53,7 +53,6 @@ class VariationResult:
     seed: int | None  # the request's seed, given or drawn; None when a provider made the images
     target: str  # the model that answered: the requested one, or a route's target
     tried: Tried  # the targets tried and the attempts on each
-    policy: str | None = None  # what the content checks found, for the usage row and the log; None: no checks
 
 
 @dataclass(frozen=True)
@@ -86,15 +85,22 @@ class VariationService:
     checks: ContentChecks = field(default_factory=ContentChecks)
 
     async def create(
-        self, request: VariationRequest, *, base_url: str, tried: Tried | None = None, safety: bool = True
+        self,
+        request: VariationRequest,
+        *,
+        base_url: str,
+        tried: Tried | None = None,
+        findings: Findings | None = None,
+        safety: bool = True,
     ) -> VariationResult:
-        """The images, or a domain error; `tried` (the caller's) holds the attempts made, however it ends, the
-        regenerations' included. `safety`: False skips the content checks (a key the operator trusts)."""
+        """The images, or a domain error. The caller's records are filled however it ends: `tried` with the
+        attempts made (the regenerations' included), `findings` with what the content checks found.
+        `safety`: False skips the content checks (a key the operator trusts)."""
         tried = Tried() if tried is None else tried
+        findings = Findings() if findings is None else findings
         served = self.registry.resolve(request.model)
         policy = served.safety if safety else NO_CHECKS
         timings = Timings()
-        audits: list[str] = []
         if policy.checks_input or any(target.remote for target in served.targets):
             # Decoded once: a local target later in the route uses this decode.
             mark = time.perf_counter()
@@ -103,11 +109,9 @@ class VariationService:
             timings.add("prepare", time.perf_counter() - mark)
         if policy.checks_input:
             pictures = [Picture(image.data, self.decoder.rgb(image)) for image in request.images]
-            checked = await self.checks.check(policy, "input", pictures)
-            timings.add("safety", checked.seconds)
+            checked = await self._check(policy, "input", pictures, timings, findings)
             if checked.flagged:
                 raise ContentFlagged("input", checked.audit)
-            audits.append(checked.audit)
 
         made, answered = await self.gateway.run(
             served.targets, request, deadline_seconds=served.deadline_seconds, tried=tried
@@ -115,15 +119,13 @@ class VariationService:
         for stage, seconds in made.stages.items():
             timings.add(stage, seconds)
         if policy.checks_output:
-            made = await self._checked_output(served, policy, request, made, timings, audits, tried)
+            made = await self._checked_output(served, policy, request, made, timings, findings, tried)
 
         mark = time.perf_counter()
         body = await run_in_threadpool(self._body, made, request.response_format, int(time.time()), base_url)
         timings.add("encode", time.perf_counter() - mark)
         batch_images = made.batch_images or request.n
-        return VariationResult(
-            body, timings, batch_images, made.seed, answered.target, tried, "; ".join(audits) or None
-        )
+        return VariationResult(body, timings, batch_images, made.seed, answered.target, tried)
 
     async def _checked_output(
         self,
@@ -132,17 +134,18 @@ class VariationService:
         request: VariationRequest,
         made: Made,
         timings: Timings,
-        audits: list[str],
+        findings: Findings,
         tried: Tried,
     ) -> Made:
         """The images once every one passed the check: flagged ones made again (policy permitting) with a
         new seed, only those, up to `max_regenerations` times; raises ContentFlagged when one still fails."""
         if made.urls is not None:  # a provider's URLs handed on: the catalogue refuses output checks on them
-            raise SafetyUnavailable("output check impossible: the provider's URLs are handed on (rehost_urls = false)")
+            note = "output check impossible: the provider's URLs are handed on (rehost_urls = false)"
+            findings.add(note)
+            raise SafetyUnavailable(note)
         pngs = list(made.pngs)
-        checked = await self.checks.check(policy, "output", [Picture(png) for png in pngs])
-        timings.add("safety", checked.seconds)
-        flagged, last = list(checked.flagged), checked.audit
+        checked = await self._check(policy, "output", [Picture(png) for png in pngs], timings, findings)
+        flagged = list(checked.flagged)
         regenerations = 0
         while flagged and policy.on_flagged_output == "regenerate" and regenerations < policy.max_regenerations:
             regenerations += 1
@@ -158,14 +161,30 @@ class VariationService:
                 timings.add(stage, seconds)
             for index, png in zip(flagged, remade.pngs, strict=True):
                 pngs[index] = png
-            rechecked = await self.checks.check(policy, "output", [Picture(pngs[i]) for i in flagged])
-            timings.add("safety", rechecked.seconds)
-            flagged, last = [flagged[i] for i in rechecked.flagged], rechecked.audit
-        again_note = f" after {regenerations} regeneration{'s' if regenerations != 1 else ''}" if regenerations else ""
+            rechecked = await self._check(policy, "output", [Picture(pngs[i]) for i in flagged], timings, findings)
+            flagged = [flagged[i] for i in rechecked.flagged]
         if flagged:
-            raise ContentFlagged("output", f"{last}{again_note}" if again_note else last)
-        audits.append(checked.audit + (f"; passed{again_note}" if again_note else ""))
+            if regenerations:
+                findings.add(f"still flagged after {regenerations} regeneration{'s' if regenerations != 1 else ''}")
+            raise ContentFlagged("output", findings.describe() or "")
+        if regenerations:
+            findings.add(f"passed after {regenerations} regeneration{'s' if regenerations != 1 else ''}")
         return dataclasses.replace(made, pngs=pngs)
+
+    async def _check(
+        self, policy: SafetyPolicy, stage: Stage, pictures: list[Picture], timings: Timings, findings: Findings
+    ) -> CheckResult:
+        """One check, its time in the `safety` stage and its finding in the record, whatever it ends in."""
+        mark = time.perf_counter()
+        try:
+            checked = await self.checks.check(policy, stage, pictures)
+        except SafetyUnavailable as exc:
+            findings.add(exc.audit)
+            raise
+        finally:
+            timings.add("safety", time.perf_counter() - mark)
+        findings.add(checked.audit)
+        return checked
 
     def _body(self, made: Made, response_format: str, created: int, base_url: str) -> bytes:
         if made.urls is not None:  # handed on as the provider gave them (rehost_urls = false)
