@@ -90,12 +90,14 @@ def build_app(
     registry: ModelRegistry | None = None,
     decoder: ImageDecoder | None = None,
     store: ImageStore | None = None,
+    checks: ContentChecks | None = None,
 ) -> FastAPI:
     """`load_engines` replaces the catalogue (tests hand in engines they built); all of them load eagerly.
 
     `registry`: models already built and warmed up, with the `decoder` they were built with (`vary serve`
     loads them before uvicorn starts). Without one, the lifespan builds and warms them up.
     `store`: the image store, already opened and checked (`vary serve` does it before loading models).
+    `checks`: the content classifiers, already loaded (`vary serve` loads them before the models, too).
     """
     inputs = decoder or ImageDecoder(settings.image_rules())
 
@@ -123,7 +125,9 @@ def build_app(
         metrics = Metrics(served=(model.id for model in registry.served()))
         metrics.watch(registry.local)
         gateway = Gateway(observer=metrics)
-        checks = ContentChecks(observer=metrics)
+        nonlocal checks
+        checks = checks or ContentChecks()
+        checks.observer = metrics
         # At start: a missing classifier package or a changed model file stops the server, not a request.
         await run_in_threadpool(checks.load, (model.safety for model in registry.served()))
         metrics.watch_circuits(gateway.circuit_states)

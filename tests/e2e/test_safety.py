@@ -6,6 +6,7 @@ reach a client; the usage rows, the log and the metrics say what happened."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -352,3 +353,13 @@ def test_vary_keys_turns_the_checks_off_and_on(tmp_path: Path) -> None:
         assert db.list_keys()[0].checks_content
     finally:
         db.close()
+
+
+def test_a_classifier_that_cannot_be_used_stops_the_start_in_one_line(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "vary", "serve", "--model", "tiny-random", "--data-dir", str(tmp_path / "d")]
+    env = {**os.environ, "VARY_SAFETY_CHECK": "input", "VARY_SAFETY_CLASSIFIER": f"hf:{tmp_path / 'no-model'}"}
+    env["HF_HUB_OFFLINE"] = "1"
+    done = subprocess.run(command, capture_output=True, text=True, timeout=WAIT_S, env=env)
+    assert done.returncode != 0
+    assert "vary: the content policy's classifier cannot be used" in done.stderr
+    assert "Traceback" not in done.stderr
