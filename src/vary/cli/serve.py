@@ -114,7 +114,10 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
 def content_checks(settings: Settings, catalogue: Catalogue) -> ContentChecks:
     """The content classifiers the models' policies name, loaded before the models: a missing package, a
     changed model file or an unknown label ends the start in one line."""
-    default = SafetyPolicy.of_settings(settings)
+    try:
+        default = SafetyPolicy.of_settings(settings)
+    except ValueError as exc:
+        sys.exit(f"vary: VARY_SAFETY_*: {exc}")
     checks = ContentChecks()
     try:
         checks.load(entry.safety_policy(default) for entry in catalogue.models)
