@@ -171,6 +171,7 @@ def test_a_guardrail_that_blocks_flags_the_whole_batch_in_one_call(guardrail: Fa
     sent = guardrail.requests[0][1]
     assert sent["input_type"] == "response" and len(sent["images"]) == 2
     assert sent["images"][0].startswith("data:image/png;base64,")
+    assert sent["request_data"] == {} and sent["texts"] == [] and sent["litellm_call_id"]
     assert "BLOCKED" in audit
 
 

@@ -1,9 +1,10 @@
 """An operator's HTTP guardrail, in LiteLLM's Generic Guardrail API shape.
 
-vary POSTs `{"texts": [], "images": ["data:image/png;base64,...", ...], "input_type": "request"|"response"}`
-(the whole batch in one call) and reads `{"action": "NONE"|"BLOCKED"|"GUARDRAIL_INTERVENED",
-"blocked_reason": ...}`. The verdict is the batch's: BLOCKED (or INTERVENED: it would have changed the
-images) flags every image in it with score 1, NONE passes them with score 0.
+vary POSTs `{"input_type": "request"|"response", "images": ["data:image/png;base64,...", ...], "texts": [],
+"litellm_call_id": ..., "request_data": {}}` (the whole batch in one call) and reads
+`{"action": "NONE"|"BLOCKED"|"GUARDRAIL_INTERVENED", "blocked_reason": ...}`. The verdict is the batch's:
+BLOCKED (or INTERVENED: it would have changed the images) flags every image in it with score 1, NONE passes
+them with score 0.
 
 Down, slow (the whole answer within `timeout_seconds`), a non-2xx status or an answer that is not that
 JSON: ClassifierFailed, and the policy's `fail` mode decides. The URL never reaches a client.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Sequence
 
 import httpx
@@ -42,7 +44,14 @@ class HttpGuardrail:
         if not pictures:
             return []
         images = ["data:image/png;base64," + pybase64.b64encode(p.png).decode("ascii") for p in pictures]
-        body: dict[str, object] = {"texts": [], "images": images, "input_type": INPUT_TYPES[stage]}
+        # The fields LiteLLM's own request model requires, so a guardrail built on it parses the call.
+        body: dict[str, object] = {
+            "input_type": INPUT_TYPES[stage],
+            "litellm_call_id": uuid.uuid4().hex,
+            "images": images,
+            "texts": [],
+            "request_data": {},
+        }
         try:
             answer = await asyncio.wait_for(self._post(body), self.timeout_seconds)
         except asyncio.TimeoutError:
