@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import ColumnElement, Select, String, and_, case, func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -171,9 +172,7 @@ class UsageGroup:
     latency_mean_ms: float
 
 
-def _usage_filter(
-    query: Select[tuple[UsageRow]], key_id: str | None, user: str | None, since: float | None
-) -> Select[tuple[UsageRow]]:
+def _usage_filter(query: Select[Any], key_id: str | None, user: str | None, since: float | None) -> Select[Any]:
     # Compared as stored (_storable): PostgreSQL would refuse a NUL in the parameter as well.
     if key_id is not None:
         query = query.where(UsageRow.key_id == key_id.replace("\x00", "\ufffd"))
@@ -184,7 +183,7 @@ def _usage_filter(
     return query
 
 
-def _grouped(rows: Select[tuple[UsageRow]]) -> Select[tuple[object, ...]]:
+def _grouped(rows: Select[Any]) -> Select[Any]:
     """Per group: counts, sums, the mean, and the nearest-rank p50 and p95 latencies (window functions, which
     SQLite and PostgreSQL both have): the rank-th fastest row where rank = ceil(q * rows), at least 1."""
     group = (UsageRow.key_id, UsageRow.user, UsageRow.model)
