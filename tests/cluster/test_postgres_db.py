@@ -295,3 +295,37 @@ def test_a_usage_filter_with_a_nul_finds_its_rows_instead_of_failing(postgres_ur
         assert len(db.usage_rows(key_id="k\x00")) == 1
     finally:
         db.close()
+
+
+def test_usage_groups_and_secret_rotation_on_postgresql(postgres_url: str) -> None:
+    """The admin API's SQL summary (window functions, nearest-rank percentiles) equals summing the rows in
+    Python, on PostgreSQL as on SQLite; and `vary secret rotate`'s two rows change in one transaction."""
+    from vary.ops.usage_report import summarise, summary_of
+    from vary.state.signing import DB_PREVIOUS_SECRET_NAME
+
+    db = Database.open(postgres_url)
+    try:
+        for i in range(60):
+            status = 200 if i % 4 else 500
+            latency = float(i * 7 % 61)
+            db.record_usage(
+                UsageRow(created_at=time.time(), key_id=f"g{i % 3}", user=f"u{i % 2}", model="m", n=i % 5 + 1,
+                         status=200, latency_ms=latency)
+            )  # fmt: skip
+            db.record_usage(
+                UsageRow(created_at=time.time(), key_id=f"g{i % 3}", n=1, status=status, latency_ms=latency)
+            )
+        rows = [row for row in db.usage_rows() if (row.key_id or "").startswith("g")]
+        want = summarise(rows)
+        got = [summary_of(g) for g in db.usage_groups() if (g.key_id or "").startswith("g")]
+        assert got == want
+        assert [summary_of(g) for g in db.usage_groups(key_id="g1", limit=1, offset=1)] == [
+            s for s in want if s.key_id == "g1"
+        ][1:2]
+
+        first = db.shared_secret(DB_SECRET_NAME, lambda: b"f" * 32)
+        db.rotate_secret(DB_SECRET_NAME, DB_PREVIOUS_SECRET_NAME, b"n" * 32)
+        assert db.stored_secret(DB_PREVIOUS_SECRET_NAME) == first
+        assert db.stored_secret(DB_SECRET_NAME) == b"n" * 32
+    finally:
+        db.close()
