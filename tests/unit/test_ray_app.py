@@ -24,6 +24,20 @@ def test_the_replicas_get_the_signing_secret_itself_not_pydantics_mask(tmp_path:
     assert shipped_settings(Settings(data_dir=tmp_path))["signing_secret"] is None
 
 
+def test_the_replicas_get_the_previous_signing_secret_and_the_allowed_hosts(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        signing_secret="n" * 40,  # type: ignore[arg-type]
+        signing_secret_previous="p" * 40,  # type: ignore[arg-type]
+        allowed_hosts="vary.example,*.example.org",  # type: ignore[arg-type]
+    )
+    rebuilt = Settings(**shipped_settings(settings))
+    assert (
+        rebuilt.signing_secret_previous is not None and rebuilt.signing_secret_previous.get_secret_value() == "p" * 40
+    )
+    assert rebuilt.allowed_hosts == ("vary.example", "*.example.org")
+
+
 def test_the_commands_aws_and_hf_variables_reach_the_replicas_and_a_tables_own_win() -> None:
     environ = {"AWS_ENDPOINT_URL_S3": "http://s3:9000", "HF_HUB_OFFLINE": "1", "HOME": "/root", "VARY_PORT": "1"}
     table = {

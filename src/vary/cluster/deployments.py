@@ -187,8 +187,10 @@ def shipped_settings(settings: Settings) -> dict[str, Any]:
     """The settings as the replicas get them: plain JSON, the signing secret itself included (pydantic's JSON
     masks it, which would leave each replica with a different secret, or none it accepts)."""
     shipped = settings.model_dump(mode="json")
-    if settings.signing_secret is not None:
-        shipped["signing_secret"] = settings.signing_secret.get_secret_value()
+    for name in ("signing_secret", "signing_secret_previous"):
+        secret = getattr(settings, name)
+        if secret is not None:
+            shipped[name] = secret.get_secret_value()
     return shipped
 
 
