@@ -31,6 +31,7 @@ from vary.engines.diffusion import Placement
 from vary.imaging import ImageDecoder
 from vary.ops.memory import ReleaseMemoryWhenIdle
 from vary.ops.metrics import Metrics
+from vary.ops.traces import instrument
 from vary.service.catalogue import catalogue_for
 from vary.service.components import Services
 from vary.service.gateway import Gateway
@@ -191,6 +192,7 @@ def build_app(
     )
     app.add_middleware(ReleaseMemoryWhenIdle, quiet_seconds=settings.memory_release_after_seconds)
     app.add_middleware(RequestContextMiddleware)  # outermost: every answer gets an id and a log line
+    instrument(app)  # when traces are on, their server span wraps even that
     return app
 
 

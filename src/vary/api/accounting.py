@@ -13,6 +13,7 @@ import time
 from types import TracebackType
 
 from fastapi import Response
+from opentelemetry import trace
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -32,6 +33,7 @@ from vary.state.keys import KeyInfo
 from vary.state.schema import UsageRow
 
 log = logging.getLogger("vary.accounting")
+tracer = trace.get_tracer(__name__)
 # nginx's code for "client closed the request"; only ever recorded, never sent to anyone.
 CLIENT_CLOSED_REQUEST = 499
 
@@ -67,7 +69,8 @@ class RequestAccount:
 
     async def admit(self, images: int) -> None:
         """The key's limits and quota, or a 429; held until the request ends."""
-        self.admission = await admit(self.services, self.key, images)
+        with tracer.start_as_current_span("vary.admission", attributes={"vary.images": images}):
+            self.admission = await admit(self.services, self.key, images)
         self.services.metrics.in_flight.inc()
 
     def respond(self, result: VariationResult) -> Response:

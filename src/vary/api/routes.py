@@ -9,6 +9,7 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
+from opentelemetry import trace
 from starlette.concurrency import run_in_threadpool
 
 from vary.api.accounting import CLIENT_CLOSED_REQUEST, RequestAccount
@@ -36,6 +37,7 @@ CallerKey = Annotated[KeyInfo | None, Depends(require_api_key)]
 _EXPIRES = re.compile(r"[0-9]{1,12}")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 log = logging.getLogger("vary.files")
+tracer = trace.get_tracer(__name__)
 
 
 @router.post(
@@ -67,9 +69,10 @@ async def _create_variation(request: Request, key: KeyInfo | None, *, deployment
     services = services_of(request)
     settings = services.settings
     async with RequestAccount(request, services, key) as account:
-        form = await read_variation_form(
-            request, max_user_chars=settings.max_user_chars, max_steps=settings.max_request_steps
-        )
+        with tracer.start_as_current_span("vary.read_form"):  # the multipart body, its fields checked
+            form = await read_variation_form(
+                request, max_user_chars=settings.max_user_chars, max_steps=settings.max_request_steps
+            )
         if deployment is not None:  # Azure's deployment is the model, whatever the form says
             form = dataclasses.replace(form, model=deployment)
         account.describe(form)

@@ -30,6 +30,7 @@ from vary.engines.weights import bound_hub_timeouts
 from vary.errors import ModelUnavailable
 from vary.imaging import ImageDecoder
 from vary.ops.memory import cap_malloc_arenas
+from vary.ops.traces import TracingSetupError, configure_tracing
 from vary.service.catalogue import CatalogueError, catalogue_for
 from vary.service.registry import ModelRegistry
 from vary.settings import Settings
@@ -66,6 +67,10 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
     except CatalogueError as exc:
         sys.exit(f"vary: {exc}")
     log.info(data_dir.line())
+    try:
+        configure_tracing()  # the standard OTEL_* variables; off without them
+    except TracingSetupError as exc:
+        sys.exit(f"vary: {exc}")
     try:  # a database or store that cannot be used ends the start in one line, before any model loads
         db = Database.open(settings.database)  # its schema upgraded first (vary/migrations), as the lifespan would
         try:

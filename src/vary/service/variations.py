@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 
 import pybase64
+from opentelemetry import trace
 from starlette.concurrency import run_in_threadpool
 
 from vary.imaging import ImageDecoder
@@ -23,6 +24,8 @@ from vary.service.registry import ModelRegistry
 from vary.state.image_store import ImageStore, Presigner
 from vary.state.signing import UrlSigner
 from vary.targets.base import Made
+
+tracer = trace.get_tracer(__name__)
 
 
 @dataclass
@@ -80,25 +83,32 @@ class VariationService:
         """The images, or a domain error; `tried` (the caller's) holds the attempts made, however it ends."""
         tried = Tried() if tried is None else tried
         served = self.registry.resolve(request.model)
-        timings = Timings()
-        if any(target.remote for target in served.targets):
-            # Decoded once: a local target later in the route uses this decode.
+        with tracer.start_as_current_span("vary.variation", attributes=_request_attributes(served.id, request)) as span:
+            timings = Timings()
+            if any(target.remote for target in served.targets):
+                # Decoded once: a local target later in the route uses this decode.
+                mark = time.perf_counter()
+                with tracer.start_as_current_span("vary.decode", attributes={"vary.images": len(request.images)}):
+                    for image in request.images:
+                        await run_in_threadpool(self.decoder.rgb, image)
+                timings.add("prepare", time.perf_counter() - mark)
+
+            made, answered = await self.gateway.run(
+                served.targets, request, deadline_seconds=served.deadline_seconds, tried=tried
+            )
+            for stage, seconds in made.stages.items():
+                timings.add(stage, seconds)
+
             mark = time.perf_counter()
-            for image in request.images:
-                await run_in_threadpool(self.decoder.rgb, image)
-            timings.add("prepare", time.perf_counter() - mark)
-
-        made, answered = await self.gateway.run(
-            served.targets, request, deadline_seconds=served.deadline_seconds, tried=tried
-        )
-        for stage, seconds in made.stages.items():
-            timings.add(stage, seconds)
-
-        mark = time.perf_counter()
-        body = await run_in_threadpool(self._body, made, request.response_format, int(time.time()), base_url)
-        timings.add("encode", time.perf_counter() - mark)
-        batch_images = made.batch_images or request.n
-        return VariationResult(body, timings, batch_images, made.seed, answered.target, tried)
+            body = await run_in_threadpool(self._body, made, request.response_format, int(time.time()), base_url)
+            timings.add("encode", time.perf_counter() - mark)
+            batch_images = made.batch_images or request.n
+            span.set_attributes({"vary.target": answered.target, "vary.attempts": tried.total})
+            if made.batch_images:
+                span.set_attribute("vary.batch.images", made.batch_images)
+            if made.seed is not None:
+                span.set_attribute("gen_ai.request.seed", made.seed)  # drawn, when the request gave none
+            return VariationResult(body, timings, batch_images, made.seed, answered.target, tried)
 
     def _body(self, made: Made, response_format: str, created: int, base_url: str) -> bytes:
         if made.urls is not None:  # handed on as the provider gave them (rehost_urls = false)
@@ -109,11 +119,29 @@ class VariationService:
         # mtime or LastModified) can never delete an image while a URL to it is still valid.
         expires = created + self.links.ttl_seconds
         urls = []
-        for png in made.pngs:
-            image_id = self.store.put(png)
-            # Escaped: the base comes from the request's Host header, which a client controls.
-            urls.append(_json_string(self.links.url(image_id, expires=expires, base_url=base_url)))
+        with tracer.start_as_current_span("vary.store", attributes={"vary.images": len(made.pngs)}):
+            for png in made.pngs:
+                image_id = self.store.put(png)
+                # Escaped: the base comes from the request's Host header, which a client controls.
+                urls.append(_json_string(self.links.url(image_id, expires=expires, base_url=base_url)))
         return _images_body(created, b"url", urls)
+
+
+def _request_attributes(model: str, request: VariationRequest) -> dict[str, str | int]:
+    """What a span may say about a request (OpenTelemetry's GenAI names where they fit): never its images,
+    its `user` or anything a client typed freely."""
+    attributes: dict[str, str | int] = {
+        "gen_ai.operation.name": "image_variation",
+        "gen_ai.request.model": model,  # the catalogue's name, resolved: never an unknown string
+        "gen_ai.request.choice.count": request.n,
+        "gen_ai.output.type": "image",
+        "vary.size": f"{request.size}x{request.size}",
+        "vary.response_format": request.response_format,
+        "vary.images": len(request.images),
+    }
+    if request.controls.seed is not None:
+        attributes["gen_ai.request.seed"] = request.controls.seed
+    return attributes
 
 
 def _json_string(text: str) -> bytes:
