@@ -119,6 +119,8 @@ def build_app(
                 await run_in_threadpool(engine.warmup)
         metrics = Metrics(served=(model.id for model in registry.served()))
         metrics.watch(registry.local)
+        spool = db.spool
+        metrics.watch_spool(lambda: len(spool) if spool is not None else 0)
         gateway = Gateway(observer=metrics)
         metrics.watch_circuits(gateway.circuit_states)
         for model in registry.local:
