@@ -125,3 +125,20 @@ def test_compose_refuses_a_broken_file(tmp_path: Any) -> None:
         [compose, "-f", str(tmp_path / "compose.yaml"), "config", "--quiet"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode != 0 and "bogus_key" in result.stderr
+
+
+def test_the_kuberay_example_runs_this_image_with_a_serve_config_ray_accepts() -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    service = yaml.safe_load((ROOT / "examples" / "kuberay-rayservice.yaml").read_text())
+    serve_config = ServeDeploySchema.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"]))
+    assert [app.import_path for app in serve_config.applications] == ["vary.cluster.deployments:build"]
+    cluster = service["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]["template"]] + [group["template"] for group in cluster["workerGroupSpecs"]]
+    images = {container["image"] for pod in pods for container in pod["spec"]["containers"]}
+    assert images == {"REGISTRY/vary:gpu"}
+    # The build command it shows names this Dockerfile's build arguments.
+    header = (ROOT / "examples" / "kuberay-rayservice.yaml").read_text().split("apiVersion")[0]
+    declared = {args.split("=")[0] for name, args in instructions() if name == "ARG"}
+    assert set(re.findall(r"--build-arg (\w+)=", header)) <= declared
+    assert "docker push REGISTRY/vary:gpu" in header
