@@ -103,7 +103,8 @@ class LocalModel:
         stages["queue"] = job.started_at - job.queued_at
         stages["generate"] = job.finished_at - job.started_at
         # Drawn after the wait, from the job's stamps: a span open across the wait would be the same.
-        tracer.start_span("vary.queue", start_time=_wall_ns(job.queued_at)).end(_wall_ns(job.started_at))
+        queued, started = _wall_ns(job.queued_at, job.started_at)
+        tracer.start_span("vary.queue", start_time=queued).end(started)
 
         # 3. The exact size, as PNGs.
         mark = time.perf_counter()
@@ -124,6 +125,8 @@ class LocalModel:
         return [encode_png(frame) for frame in self.engine.finish(frames, size)]
 
 
-def _wall_ns(stamp: float) -> int:
-    """A perf_counter() stamp as nanoseconds since the epoch, as spans take their times."""
-    return time.time_ns() - int((time.perf_counter() - stamp) * 1e9)
+def _wall_ns(*stamps: float) -> list[int]:
+    """perf_counter() stamps as nanoseconds since the epoch, as spans take their times (one offset for all,
+    so their order holds)."""
+    offset = time.time_ns() - time.perf_counter_ns()
+    return [offset + int(stamp * 1e9) for stamp in stamps]
