@@ -166,7 +166,8 @@ def test_a_local_request_s_trace_has_every_stage_in_one_tree(traced: Traced) -> 
 def test_a_routed_request_traces_its_retry_and_its_fallback(traced: Traced) -> None:
     server, receiver, first, second, key = traced
     client = OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
-    first.fail("openai", ("status", 500), ("status", 500))  # both attempts on up-first fail: retried, then given up
+    # Both attempts on up-first fail (retried, then given up), the first with words no span may repeat.
+    first.fail("openai", ("status", 500, "PROVIDER-WORDS: the prompt was ..."), ("status", 500))
     result = client.images.create_variation(
         image=png_bytes(64),
         model="first-then-second",
@@ -195,3 +196,6 @@ def test_a_routed_request_traces_its_retry_and_its_fallback(traced: Traced) -> N
     assert variation.attributes["vary.target"] == "up-second" and variation.attributes["vary.attempts"] == 3
     assert "vary.decode" in children(spans, variation)  # a route with a remote target checks the image first
     assert "vary.store" not in children(spans, variation)  # b64_json: nothing stored
+    # A failed attempt's span says the class of failure, never what the provider said.
+    assert attempts[0].status_message.startswith("retryable: ")
+    assert "PROVIDER-WORDS" not in repr(spans)

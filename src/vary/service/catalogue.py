@@ -179,7 +179,9 @@ def _engine_of_directory(path: Path) -> str:
         class_name = _pipeline_class(index)
         if class_name in PIPELINE_ENGINES:
             return PIPELINE_ENGINES[class_name]
-    raise CatalogueError(f"{path} is not a model directory vary recognises (see docs/models.md, local model directories)")
+    raise CatalogueError(
+        f"{path} is not a model directory vary recognises (see docs/models.md, local model directories)"
+    )
 
 
 def _pipeline_class(index: Path) -> str | None:

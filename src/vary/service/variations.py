@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 
 import pybase64
 from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from starlette.concurrency import run_in_threadpool
 
 from vary.imaging import ImageDecoder
 from vary.request import VariationRequest
 from vary.service.attempts import Tried
 from vary.service.gateway import Gateway
-from vary.service.registry import ModelRegistry
+from vary.service.registry import ModelRegistry, ServedModel
 from vary.state.image_store import ImageStore, Presigner
 from vary.state.signing import UrlSigner
 from vary.targets.base import Made
@@ -83,32 +84,49 @@ class VariationService:
         """The images, or a domain error; `tried` (the caller's) holds the attempts made, however it ends."""
         tried = Tried() if tried is None else tried
         served = self.registry.resolve(request.model)
-        with tracer.start_as_current_span("vary.variation", attributes=_request_attributes(served.id, request)) as span:
-            timings = Timings()
-            if any(target.remote for target in served.targets):
-                # Decoded once: a local target later in the route uses this decode.
-                mark = time.perf_counter()
-                with tracer.start_as_current_span("vary.decode", attributes={"vary.images": len(request.images)}):
-                    for image in request.images:
-                        await run_in_threadpool(self.decoder.rgb, image)
-                timings.add("prepare", time.perf_counter() - mark)
+        # Not recorded as an exception: an error's message may echo what a client or a provider sent.
+        with tracer.start_as_current_span(
+            "vary.variation",
+            attributes=_request_attributes(served.id, request),
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                result = await self._create(request, served, base_url, tried)
+            except Exception as exc:
+                span.set_attributes({"error.type": type(exc).__name__, "vary.attempts": tried.total})
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                raise
+            span.set_attributes({"vary.target": result.target, "vary.attempts": tried.total})
+            if result.batch_images:
+                span.set_attribute("vary.batch.images", result.batch_images)
+            if result.seed is not None:
+                span.set_attribute("gen_ai.request.seed", result.seed)  # drawn, when the request gave none
+            return result
 
-            made, answered = await self.gateway.run(
-                served.targets, request, deadline_seconds=served.deadline_seconds, tried=tried
-            )
-            for stage, seconds in made.stages.items():
-                timings.add(stage, seconds)
-
+    async def _create(
+        self, request: VariationRequest, served: ServedModel, base_url: str, tried: Tried
+    ) -> VariationResult:
+        timings = Timings()
+        if any(target.remote for target in served.targets):
+            # Decoded once: a local target later in the route uses this decode.
             mark = time.perf_counter()
-            body = await run_in_threadpool(self._body, made, request.response_format, int(time.time()), base_url)
-            timings.add("encode", time.perf_counter() - mark)
-            batch_images = made.batch_images or request.n
-            span.set_attributes({"vary.target": answered.target, "vary.attempts": tried.total})
-            if made.batch_images:
-                span.set_attribute("vary.batch.images", made.batch_images)
-            if made.seed is not None:
-                span.set_attribute("gen_ai.request.seed", made.seed)  # drawn, when the request gave none
-            return VariationResult(body, timings, batch_images, made.seed, answered.target, tried)
+            with tracer.start_as_current_span("vary.decode", attributes={"vary.images": len(request.images)}):
+                for image in request.images:
+                    await run_in_threadpool(self.decoder.rgb, image)
+            timings.add("prepare", time.perf_counter() - mark)
+
+        made, answered = await self.gateway.run(
+            served.targets, request, deadline_seconds=served.deadline_seconds, tried=tried
+        )
+        for stage, seconds in made.stages.items():
+            timings.add(stage, seconds)
+
+        mark = time.perf_counter()
+        body = await run_in_threadpool(self._body, made, request.response_format, int(time.time()), base_url)
+        timings.add("encode", time.perf_counter() - mark)
+        batch_images = made.batch_images or request.n
+        return VariationResult(body, timings, batch_images, made.seed, answered.target, tried)
 
     def _body(self, made: Made, response_format: str, created: int, base_url: str) -> bytes:
         if made.urls is not None:  # handed on as the provider gave them (rehost_urls = false)
