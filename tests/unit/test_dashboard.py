@@ -39,6 +39,7 @@ def exposition() -> dict[str, set[str]]:
     metrics.observe_request("m", {"queue": 0.1, "total": 0.2})
     metrics.observe_batch("m", 4, 0.5)
     metrics.observe_attempt("provider", "success", 0.3)
+    metrics.observe_check("input", "passed", 0.01)
     metrics.watch([Model()], gpu_memory=lambda: {0: (1.0, 2.0)})
     metrics.watch_circuits(lambda: {"provider": "closed"})
     metrics.watch_spool(lambda: 2)
@@ -90,6 +91,7 @@ def test_the_dashboard_covers_what_an_operator_watches() -> None:
         "vary_target_attempts_total",
         "vary_target_circuit_state",
         "vary_usage_spool_rows",
+        "vary_safety_checks_total",
     ):
         assert metric in everything
     panels = [p for p in DASHBOARD_JSON["panels"] if p["type"] != "row"]
