@@ -53,6 +53,12 @@ api_key_env = "FAKE_OPENAI_KEY"
 [[models]]
 name = "first-then-second"
 route = ["up-first", "up-second"]
+
+[[models]]
+name = "checked"
+route = ["local"]
+[models.safety]
+check = "both"
 """
 
 
@@ -199,3 +205,23 @@ def test_a_routed_request_traces_its_retry_and_its_fallback(traced: Traced) -> N
     # A failed attempt's span says the class of failure, never what the provider said.
     assert attempts[0].status_message.startswith("retryable: ")
     assert "PROVIDER-WORDS" not in repr(spans)
+
+
+def test_the_content_checks_are_a_stage_of_their_own(traced: Traced) -> None:
+    server, receiver, _, _, key = traced
+    client = OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
+    client.images.create_variation(
+        image=png_bytes(64),
+        model="checked",
+        size="256x256",
+        response_format="b64_json",
+        extra_headers={"x-request-id": "traced-checked-1"},
+    )
+    spans = trace_of(server, receiver, "traced-checked-1", last="vary.db.record_usage")
+    variation = one(spans, "vary.variation")
+    checks = sorted((s for s in spans if s.name == "vary.safety"), key=lambda s: s.start_ns)
+    assert [(s.attributes["vary.safety.stage"], s.parent_id) for s in checks] == [
+        ("input", variation.span_id),
+        ("output", variation.span_id),
+    ]
+    assert all(s.attributes["vary.safety.flagged"] == 0 for s in checks)
