@@ -31,7 +31,7 @@ from vary.engines.diffusion import Placement
 from vary.imaging import ImageDecoder
 from vary.ops.memory import ReleaseMemoryWhenIdle
 from vary.ops.metrics import Metrics
-from vary.service.catalogue import catalogue_for
+from vary.service.catalogue import Catalogue, catalogue_for
 from vary.service.components import Services
 from vary.service.gateway import Gateway
 from vary.service.rate_limiter import RateLimiter
@@ -50,9 +50,14 @@ SWEEP_LEASE = "image-sweeper"
 
 
 def build_registry(
-    settings: Settings, decoder: ImageDecoder, load_engines: Callable[[Settings], list[Engine]] | None = None
+    settings: Settings,
+    decoder: ImageDecoder,
+    load_engines: Callable[[Settings], list[Engine]] | None = None,
+    catalogue: Catalogue | None = None,
 ) -> ModelRegistry:
-    """Every served model's targets, built but not loaded; local models decode their inputs with `decoder`."""
+    """Every served model's targets, built but not loaded; local models decode their inputs with `decoder`.
+
+    `catalogue` replaces the settings' (`vary eval` serves the several models it compares)."""
     queue = QueuePolicy.of(settings)
 
     def local_model(engine: Engine) -> LocalModel:
@@ -61,7 +66,7 @@ def build_registry(
     if load_engines is not None:
         return ModelRegistry.of_engines(load_engines(settings), local=local_model)
     return ModelRegistry.from_catalogue(
-        catalogue_for(settings.config, settings.model),
+        catalogue or catalogue_for(settings.config, settings.model),
         placement=Placement(device=settings.device, dtype=settings.dtype, compile=settings.compile),
         overrides=settings.render_overrides(),
         local=local_model,

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from vary.cli import create as create_command
+from vary.cli import eval as eval_command
 from vary.datadir import DataDir, choose_data_dir
 from vary.key_limits import LIMIT_FIELDS, LIMIT_FLAGS, KeyLimits
 from vary.ops.usage_report import FORMATS
@@ -94,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     create_command.add_parser(commands)
+    eval_command.add_parser(commands)
 
     usage = commands.add_parser("usage", parents=[data_dir], help="requests, images, failures and latency")
     usage.add_argument("--key", help="only this key id")
@@ -225,6 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "create":  # a client: the server's settings do not apply
         sys.exit(create_command.run(args))
+    if args.command == "eval":  # its own models and settings, no data dir
+        sys.exit(eval_command.run(args))
     settings, data_dir = _settings(args)
     if args.command == "pull":
         from vary.cli import pull
