@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from vary.evaluation.metrics import mean
 from vary.evaluation.run import Cell, Plan, Source, input_file
 
 REPORT_JSON = "report.json"
@@ -69,17 +70,17 @@ def _plots(out: Path, cells: Sequence[Cell]) -> None:
 
     (out / "plots").mkdir(parents=True, exist_ok=True)
     models = list(dict.fromkeys(cell.model for cell in cells))
-    summaries = {(c.model, c.strength): c.summary(captions=False) for c in cells}
+    # (strength, fidelity, diversity) per model, for the cells that have the figure.
+    points = {
+        model: [(c.strength, mean(c.fidelity), mean(c.diversity)) for c in cells if c.model == model]
+        for model in models
+    }
 
     figure, axes = plt.subplots(figsize=(6, 4))
     for model in models:
-        points = sorted(
-            (strength, summaries[(m, strength)]["fidelity_clip_i"])
-            for (m, strength) in summaries
-            if m == model and summaries[(m, strength)]["fidelity_clip_i"] is not None
-        )
-        if points:
-            axes.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=model)
+        line = sorted((strength, fidelity) for strength, fidelity, _ in points[model] if fidelity is not None)
+        if line:
+            axes.plot([x for x, _ in line], [y for _, y in line], marker="o", label=model)
     axes.set_xlabel("strength (1 = furthest from the input)")
     axes.set_ylabel("fidelity, CLIP-I")
     axes.set_title("Fidelity against strength")
@@ -87,14 +88,10 @@ def _plots(out: Path, cells: Sequence[Cell]) -> None:
 
     figure, axes = plt.subplots(figsize=(6, 4))
     for model in models:
-        points = [
-            (s["diversity"], s["fidelity_clip_i"], strength)
-            for (m, strength), s in summaries.items()
-            if m == model and s["diversity"] is not None and s["fidelity_clip_i"] is not None
-        ]
-        if points:
-            axes.scatter([p[0] for p in points], [p[1] for p in points], label=model)
-            for x, y, strength in points:
+        dots = [(d, f, s) for s, f, d in points[model] if f is not None and d is not None]
+        if dots:
+            axes.scatter([d for d, _, _ in dots], [f for _, f, _ in dots], label=model)
+            for x, y, strength in dots:
                 axes.annotate(f"{strength:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     axes.set_xlabel("diversity, mean pairwise 1 - cosine")
     axes.set_ylabel("fidelity, CLIP-I")
