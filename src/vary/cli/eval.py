@@ -33,9 +33,14 @@ def add_parser(commands: Any) -> None:
         dest="models",
         action="append",
         metavar="M",
-        help="a model to evaluate, repeatable: a built-in name, a local model directory, or a model of --config",
+        help="a model to evaluate, repeatable: a built-in name, a local model directory, or a model of --catalogue",
     )
-    parser.add_argument("--config", help="a TOML model catalogue; --model then names its models (local or hosted)")
+    parser.add_argument(
+        "--catalogue",
+        "--config",  # the name for it, kept as `vary serve` keeps its old --config
+        dest="catalogue",
+        help="a TOML model catalogue; --model then names its models (local or hosted)",
+    )
     parser.add_argument("--strength", help="comma-separated strengths, e.g. 1,0.5 (default 1)")
     parser.add_argument("-n", type=int, help="variations per input, 1 to 10 (default 4)")
     parser.add_argument("--size", choices=SIZES, help="output size (default 512x512)")
@@ -106,8 +111,8 @@ def _run(args: argparse.Namespace) -> int:
 
     settings = Settings(**({"device": args.device} if args.device else {}))
     try:
-        if args.config:
-            catalogue = read_catalogue(Path(args.config))
+        if args.catalogue:
+            catalogue = read_catalogue(Path(args.catalogue))
             names = list(dict.fromkeys(args.models))
         else:
             configs = {spec: model_for_spec(spec) for spec in dict.fromkeys(args.models)}
