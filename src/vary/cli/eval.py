@@ -106,7 +106,7 @@ def _run(args: argparse.Namespace) -> int:
     from vary.evaluation.scorer import ClipScorer
     from vary.evaluation.service import running_service
     from vary.imaging import ImageDecoder
-    from vary.service.catalogue import Catalogue, ConfigError, model_for_spec, read_catalogue
+    from vary.service.catalogue import Catalogue, CatalogueError, model_for_spec, read_catalogue
     from vary.settings import Settings
 
     settings = Settings(**({"device": args.device} if args.device else {}))
@@ -118,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
             configs = {spec: model_for_spec(spec) for spec in dict.fromkeys(args.models)}
             catalogue = Catalogue(tuple(configs.values()), default=next(iter(configs.values())).name)
             names = [config.name for config in configs.values()]
-    except ConfigError as exc:
+    except CatalogueError as exc:
         raise EvalError(str(exc)) from None
     decoder = ImageDecoder(settings.image_rules())
     registry = build_registry(settings, decoder, catalogue=catalogue)
