@@ -138,3 +138,31 @@ def test_report_html_opens_from_disk_with_every_image_and_no_console_error(
             assert errors == []
         finally:
             browser.close()
+
+
+def test_the_ip_adapter_protocol_prints_the_papers_table_beside_ours(tmp_path: Path) -> None:
+    """The paper's settings, but for a toy scorer, one variation and small images (each one warned about)."""
+    pictures(tmp_path / "images")
+    coco_captions(tmp_path / "captions.json")
+    command = [sys.executable, "-m", "vary", "eval", str(tmp_path / "images"), "--protocol", "ip-adapter"]
+    command += ["--model", "tiny-random", "--captions", str(tmp_path / "captions.json"), "--scorer", "tiny-random"]
+    command += ["-n", "1", "--size", "256x256", "--out", str(tmp_path / "report"), "--no-progress", "--device", "cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "n, size, scorer differ from the ip-adapter protocol's" in done.stderr
+    assert "the protocol has 5000 COCO val2017 images; this folder gives 3" in done.stderr
+    table = done.stdout[done.stdout.index("method") :].splitlines()
+    assert [line.split()[0] for line in table[2:]] == [
+        "Open",
+        "Kandinsky",
+        "Versatile",
+        "IP-Adapter",
+        "SD",
+        "SD",
+        "tiny-random",
+    ]
+    assert table[-1].endswith("vary (3 images x 1)")
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["protocol"] == "ip-adapter"
+    without_captions = [part for part in command if part != str(tmp_path / "captions.json") and part != "--captions"]
+    done = subprocess.run(without_captions, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "needs --captions" in done.stderr
