@@ -24,6 +24,7 @@ LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
     "evaluation": (5, ("vary.evaluation",)),  # beside the edge: another client of the service
     "service": (4, ("vary.service",)),
     "targets": (3, ("vary.targets",)),
+    "safety": (3, ("vary.safety",)),
     "ops": (2, ("vary.ops",)),
     "engines": (1, ("vary.engines",)),
     "state": (1, ("vary.state",)),
