@@ -34,7 +34,7 @@ from vary.ops.metrics import Metrics
 from vary.ops.traces import instrument
 from vary.safety.checks import ContentChecks
 from vary.safety.policy import SafetyPolicy
-from vary.service.catalogue import catalogue_for
+from vary.service.catalogue import Catalogue, catalogue_for
 from vary.service.components import Services
 from vary.service.gateway import Gateway
 from vary.service.rate_limiter import RateLimiter
@@ -54,9 +54,14 @@ SWEEP_LEASE = "image-sweeper"
 
 
 def build_registry(
-    settings: Settings, decoder: ImageDecoder, load_engines: Callable[[Settings], list[Engine]] | None = None
+    settings: Settings,
+    decoder: ImageDecoder,
+    load_engines: Callable[[Settings], list[Engine]] | None = None,
+    catalogue: Catalogue | None = None,
 ) -> ModelRegistry:
-    """Every served model's targets, built but not loaded; local models decode their inputs with `decoder`."""
+    """Every served model's targets, built but not loaded; local models decode their inputs with `decoder`.
+
+    `catalogue` replaces the settings' (`vary eval` serves the several models it compares)."""
     queue = QueuePolicy.of(settings)
 
     def local_model(engine: Engine) -> LocalModel:
@@ -66,7 +71,7 @@ def build_registry(
     if load_engines is not None:
         return ModelRegistry.of_engines(load_engines(settings), local=local_model, safety=safety)
     return ModelRegistry.from_catalogue(
-        catalogue_for(settings.catalogue, settings.model),
+        catalogue or catalogue_for(settings.catalogue, settings.model),
         placement=Placement(device=settings.device, dtype=settings.dtype, compile=settings.compile),
         overrides=settings.render_overrides(),
         local=local_model,

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from vary.cli import create as create_command
 from vary.cli import db as db_command
+from vary.cli import eval as eval_command
 from vary.cli import keys as keys_command
 from vary.cli import usage as usage_command
 from vary.cli.flags import add_settings_flags, given_settings
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     add_settings_flags(pull, ["catalogue", "config", "device"])
 
     create_command.add_parser(commands)
+    eval_command.add_parser(commands)
 
     usage = commands.add_parser("usage", parents=[data_dir], help="requests, images, failures and latency")
     usage.add_argument("--key", help="only this key id")
@@ -123,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "create":  # a client: the server's settings do not apply
         sys.exit(create_command.run(args))
+    if args.command == "eval":  # its own models and settings, no data dir
+        sys.exit(eval_command.run(args))
     settings, data_dir = _settings(args)
     if args.command == "pull":
         # As for serve: logging before the ML libraries are imported (they log), and only for this command.
