@@ -72,6 +72,7 @@ class RequestAccount:
         usage = self.usage
         usage.status, usage.target, usage.attempts = 200, result.target, result.attempts
         usage.targets_tried = result.tried or None
+        usage.unused_images = result.unused_images or None
         result.timings.stages["total"] = time.perf_counter() - self.started
         self.stages = result.timings.stages
         self.services.metrics.observe_request(usage.model, self.stages)
@@ -102,6 +103,7 @@ class RequestAccount:
         tried = tried_of(exc)
         if tried is not None and tried.attempts:  # what a failed request cost, whoever pays for it
             self.usage.attempts, self.usage.targets_tried = tried.total, clipped(tried.describe(), 990)
+            self.usage.unused_images = tried.unused_images or None
         if isinstance(exc, (ClientGone, ClientDisconnect)):
             self.usage.status = CLIENT_CLOSED_REQUEST
             return True

@@ -46,6 +46,7 @@ class VariationResult:
     target: str  # the model that answered: the requested one, or a route's target
     attempts: int = 1
     tried: str = ""  # the targets tried and the attempts on each, "a:2,b:1"
+    unused_images: int = 0  # images a provider made and billed that this answer does not carry
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,14 @@ class VariationService:
         timings.add("encode", time.perf_counter() - mark)
         batch_images = made.batch_images or request.n
         return VariationResult(
-            body, timings, batch_images, made.seed, answered.target, answered.attempts, answered.tried.describe()
+            body,
+            timings,
+            batch_images,
+            made.seed,
+            answered.target,
+            answered.attempts,
+            answered.tried.describe(),
+            answered.tried.unused_images,
         )
 
     def _body(self, made: Made, response_format: str, created: int, base_url: str) -> bytes:

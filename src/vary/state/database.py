@@ -129,6 +129,9 @@ class UsageRow(Base):
     attempts: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
     # A routed request's targets tried and the attempts on each ("a:2,b:1"), failed requests included.
     targets_tried: Mapped[str | None] = mapped_column(String(1000), nullable=True, default=None)
+    # Images providers made (and billed) for a request that the client never got: an answer that was only
+    # partly made (one of Nova's calls kept failing) ends all-or-nothing, but its paid images are counted here.
+    unused_images: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
 
 
 class WriteProbeRow(Base):
