@@ -165,6 +165,7 @@ def build_app(
                 await run_in_threadpool(model.close)
             for upstream in registry.hosted:
                 await upstream.aclose()
+            app.state.services.db_calls.close()
             db.close()
 
     app = FastAPI(

@@ -13,7 +13,6 @@ import time
 from types import TracebackType
 
 from fastapi import Response
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 
@@ -138,7 +137,8 @@ class RequestAccount:
         )
         # Accounting must never cost the client the images it was already given.
         try:
-            await run_in_threadpool(services.db.record_usage, usage)
+            # Bounded: a frozen database never holds the answer; the row is still written when it thaws.
+            await services.db_calls.keep("record usage", services.db.record_usage, usage)
         except Exception:
             log.exception("could not record usage")
         if self.admission is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from starlette.concurrency import run_in_threadpool
 
 from vary.api.auth import require_admin_key
 from vary.api.deps import services_of
@@ -26,5 +25,6 @@ async def usage(
         since_ts = parse_since(since) if since else None
     except ValueError as exc:
         raise invalid(str(exc), param="since") from None
-    rows = await run_in_threadpool(services_of(request).db.usage_rows, key_id=key, user=user, since=since_ts)
+    services = services_of(request)
+    rows = await services.db_calls.run("read usage", services.db.usage_rows, key_id=key, user=user, since=since_ts)
     return {"object": "list", "data": [summary.__dict__ for summary in summarise(rows)]}

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from vary.cli import create as create_command
 from vary.datadir import DataDir, choose_data_dir
+from vary.echo import clipped
 from vary.key_limits import LIMIT_FIELDS, LIMIT_FLAGS, KeyLimits
 from vary.ops.usage_report import FORMATS
 from vary.settings import Settings
@@ -247,6 +248,9 @@ def main(argv: list[str] | None = None) -> None:
         from vary.state.database import shown
 
         print(f"vary: database {shown(settings.database_url)}", file=sys.stderr)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from vary.errors import DatabaseUnavailable
     from vary.state.database import DatabaseSetupError
 
     try:
@@ -258,6 +262,15 @@ def main(argv: list[str] | None = None) -> None:
             _keys(args, settings)
     except DatabaseSetupError as exc:
         sys.exit(f"vary: {exc}")
+    except (DatabaseUnavailable, SQLAlchemyError) as exc:
+        # The database went away (or timed out) during the command: one line, never a traceback.
+        sys.exit(f"vary: the database stopped answering during `vary {args.command}`: {_reason(exc)}")
+
+
+def _reason(exc: BaseException) -> str:
+    """The driver's own first line (psycopg's and SQLite's name the host, never the password)."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return clipped(lines[0], 300) if lines else type(exc).__name__
 
 
 if __name__ == "__main__":
