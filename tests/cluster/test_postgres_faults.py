@@ -82,7 +82,7 @@ def test_a_frozen_database_is_a_503_never_a_hang_and_the_server_stays_responsive
     own_postgres: PostgresServer, tmp_path: Path
 ) -> None:
     url = own_postgres.url()
-    db = Database(url)
+    db = Database.open(url)
     _, key = db.create_key("frozen")
     db.close()
     server = ServerProcess(tmp_path / "data", env={"VARY_DATABASE_URL": url}).start()
@@ -122,7 +122,7 @@ def test_a_database_that_dies_during_a_command_is_one_line_and_a_failure(
     own_postgres: PostgresServer, tmp_path: Path, command: list[str], table: str
 ) -> None:
     url = own_postgres.url()
-    Database(url).close()  # the schema, so the command itself has nothing to set up
+    Database.open(url).close()  # the schema, so the command itself has nothing to set up
     locker = own_postgres.connect("vary")  # closed by the server's death below
     with contextlib.closing(locker):
         locker.execute("BEGIN")

@@ -26,7 +26,7 @@ from vary.api.protocol import (
 )
 from vary.api.variation_form import read_variation_form
 from vary.errors import ModelNotFound
-from vary.state.database import KeyInfo
+from vary.state.keys import KeyInfo
 from vary.state.signing import ExpiredError, SignatureError
 
 __all__ = ["CLIENT_CLOSED_REQUEST", "router"]
@@ -74,7 +74,7 @@ async def _create_variation(request: Request, key: KeyInfo | None, *, deployment
             form = dataclasses.replace(form, model=deployment)
         account.describe(form)
         await account.admit(form.n)
-        work = services.variations.create(form.to_request(), base_url=str(request.base_url))
+        work = services.variations.create(form.to_request(), base_url=str(request.base_url), tried=account.tried)
         return account.respond(await unless_disconnected(request, work))
     return Response(status_code=CLIENT_CLOSED_REQUEST)  # the client left: nobody reads this
 

@@ -20,17 +20,23 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import uvicorn
 
+from vary.app import build_app, build_registry, http_protocol
 from vary.datadir import DataDir
+from vary.engines.weights import bound_hub_timeouts
+from vary.errors import ModelUnavailable
+from vary.imaging import ImageDecoder
+from vary.ops.memory import cap_malloc_arenas
+from vary.service.catalogue import CatalogueError, catalogue_for
+from vary.service.registry import ModelRegistry
 from vary.settings import Settings
-
-if TYPE_CHECKING:  # the ML libraries are imported only once logging is set up: their import logs
-    from vary.imaging import ImageDecoder
-    from vary.service.registry import ModelRegistry
-    from vary.state.database import Database
+from vary.state.connection import DatabaseSetupError
+from vary.state.database import Database
+from vary.state.image_store import StorageSetupError
+from vary.state.stores import open_store
 
 log = logging.getLogger("vary")
 T = TypeVar("T")
@@ -52,26 +58,16 @@ class ReadyServer(uvicorn.Server):
 
 
 def serve(settings: Settings, data_dir: DataDir) -> None:
-    from vary.ops.logs import configure_logging
-
-    # First: importing the ML libraries below already logs, and those lines must be in the log's format.
-    configure_logging(settings.log_format, level=settings.log_level)
-
-    from vary.app import build_app, http_protocol
-    from vary.errors import ModelUnavailable
-    from vary.ops.memory import cap_malloc_arenas
-    from vary.service.catalogue import ConfigError, catalogue_for
-    from vary.state.database import Database, DatabaseSetupError
-    from vary.state.image_store import StorageSetupError
-    from vary.state.stores import open_store
-
+    """Logging is already configured (vary.cli imports this module after it: importing torch logs)."""
+    for line in settings.deprecations():
+        log.warning(line)
     try:
-        catalogue_for(settings.config, settings.model)  # every mistake in one line, before anything loads
-    except ConfigError as exc:
+        catalogue_for(settings.catalogue, settings.model)  # every mistake in one line, before anything loads
+    except CatalogueError as exc:
         sys.exit(f"vary: {exc}")
     log.info(data_dir.line())
     try:  # a database or store that cannot be used ends the start in one line, before any model loads
-        db = Database(settings.database)  # its schema upgraded first (vary/migrations), as the lifespan would
+        db = Database.open(settings.database)  # its schema upgraded first (vary/migrations), as the lifespan would
         try:
             key = None if settings.no_auth else first_key(settings.data_dir, db)
         finally:
@@ -140,10 +136,6 @@ def in_background(work: Callable[[], T]) -> T:
 
 def load_models(settings: Settings) -> tuple[ModelRegistry, ImageDecoder]:
     """Every model built; the eager ones loaded (the local cache first, the Hub with timeouts) and warmed up."""
-    from vary.app import build_registry
-    from vary.engines.weights import bound_hub_timeouts
-    from vary.imaging import ImageDecoder
-
     bound_hub_timeouts()
     decoder = ImageDecoder(settings.image_rules())
     registry = build_registry(settings, decoder)
