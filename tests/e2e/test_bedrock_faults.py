@@ -14,7 +14,8 @@ import pytest
 
 from tests.conftest import create_key, png_bytes
 from tests.fakes.bedrock import FakeBedrock
-from vary.state.database import Database, UsageRow
+from vary.state.database import Database
+from vary.state.schema import UsageRow
 from vary.testing import ServerProcess
 
 pytest.importorskip("boto3", reason='boto3 is the bedrock extra: pip install -e ".[bedrock]" (the test extra has it)')
