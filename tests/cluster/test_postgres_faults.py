@@ -152,3 +152,38 @@ def test_a_database_that_dies_during_a_command_is_one_line_and_a_failure(
     assert "Traceback" not in err
     own_lines = [line for line in err.splitlines() if "database stopped answering" in line]
     assert len(own_lines) == 1 and own_lines[0].startswith("vary: "), err
+
+
+def test_replicas_starting_at_once_on_an_empty_database_make_one_first_key(
+    own_postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """Each replica checks for an active key and makes one if none: the check and the making are one step
+    across replicas, so however many start at once on an empty database, exactly one key is made."""
+    from vary.cli.serve import first_key
+
+    url = own_postgres.url()
+    Database.open(url).close()
+    replicas = 12
+    databases = [Database.open(url) for _ in range(replicas)]
+    for db in databases:
+        db.count_active_keys()  # each replica's connection is open before the race starts
+    start = threading.Barrier(replicas)
+    keys: list[str | None] = [None] * replicas
+
+    def replica(k: int) -> None:
+        start.wait(WAIT_S)
+        keys[k] = first_key(tmp_path / f"replica-{k}", databases[k])
+
+    threads = [threading.Thread(target=replica, args=(k,)) for k in range(replicas)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT_S)
+    try:
+        made = [key for key in keys if key is not None]
+        assert databases[0].count_active_keys() == 1
+        assert len(made) == 1, f"{len(made)} replicas made a first key"
+        assert databases[0].authenticate(made[0]) is not None
+    finally:
+        for db in databases:
+            db.close()
