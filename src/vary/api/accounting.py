@@ -22,7 +22,7 @@ from vary.api.errors import ApiError, api_error
 from vary.api.request_context import describe_request, request_id_of
 from vary.api.variation_form import VariationForm
 from vary.echo import clipped
-from vary.errors import VaryError
+from vary.errors import DatabaseUnavailable, VaryError
 from vary.service.attempts import Tried
 from vary.service.components import Services
 from vary.service.rate_limiter import Admission
@@ -134,12 +134,17 @@ class RequestAccount:
             size=usage.size,
             timings_ms={stage: round(seconds * 1000, 1) for stage, seconds in self.stages.items()},
         )
-        # Accounting must never cost the client the images it was already given.
+        # Accounting must never cost the client the images it was already given, nor hold its answer: a
+        # database that does not answer in time still gets the row (or the spool does) once it can. The
+        # admission is released after the row, however late: the quota never counts low.
         try:
-            # Bounded: a frozen database never holds the answer; the row is still written when it thaws.
-            await services.db_calls.keep("record usage", services.db.record_usage, usage)
+            await services.db_calls.keep("record usage", self._release, services.db.record_usage, usage)
+        except DatabaseUnavailable:
+            pass  # logged in one line; the row follows when the database answers
         except Exception:
             log.exception("could not record usage")
+
+    def _release(self) -> None:
         if self.admission is not None:
-            services.limiter.release(self.admission)  # after the usage row: the quota never double-counts low
-            services.metrics.in_flight.dec()
+            self.services.limiter.release(self.admission)
+            self.services.metrics.in_flight.dec()

@@ -46,12 +46,24 @@ class BoundedCalls:
         except asyncio.TimeoutError:
             raise self._late(action) from None
 
-    async def keep(self, action: str, call: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-        """As `run`, but the call is never dropped: after the wait it still runs when a thread is free."""
+    async def keep(
+        self, action: str, then: Callable[[], None], call: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs
+    ) -> None:
+        """As `run`, but the call is never dropped: after the wait it still runs when a thread is free, and
+        `then` runs on the event loop once it has ended, in time or not (a failure is logged there)."""
         future = asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(call, *args, **kwargs))
+
+        def ended(done: asyncio.Future[T]) -> None:
+            if not done.cancelled() and done.exception() is not None and not waited:
+                log.warning("the database could %s only late, and then failed: %r", action, done.exception())
+            then()
+
+        waited = True
+        future.add_done_callback(ended)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self.timeout_seconds)
+            await asyncio.wait_for(asyncio.shield(future), self.timeout_seconds)
         except asyncio.TimeoutError:
+            waited = False
             raise self._late(action) from None
 
     def close(self) -> None:
