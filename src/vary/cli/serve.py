@@ -156,11 +156,13 @@ def first_key(data_dir: Path, db: Database) -> str | None:
     the making happen while holding the database's FIRST_KEY_LEASE (race-safe, leases.py), so exactly
     one replica makes it; one that finds the lease held leaves the key to the replica holding it.
     """
+    if db.count_active_keys():
+        return None  # the common case, a read: no lease (a write) is taken
     holder = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{secrets.token_hex(4)}"
     if not db.try_lease(FIRST_KEY_LEASE, holder, FIRST_KEY_LEASE_SECONDS):
         return None  # another replica is making it now
     try:
-        if db.count_active_keys():
+        if db.count_active_keys():  # made by another replica before the lease was taken
             return None
         _, key = db.create_key("default")
     finally:
