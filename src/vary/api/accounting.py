@@ -23,6 +23,7 @@ from vary.api.request_context import describe_request, request_id_of
 from vary.api.variation_form import VariationForm
 from vary.echo import clipped
 from vary.errors import DatabaseUnavailable, VaryError
+from vary.safety.checks import Findings
 from vary.service.attempts import Tried
 from vary.service.components import Services
 from vary.service.rate_limiter import Admission
@@ -53,6 +54,7 @@ class RequestAccount:
         self.admission: Admission | None = None
         self.stages: dict[str, float] = {}
         self.tried = Tried()  # filled by the service, read here whether the request succeeds or fails
+        self.findings = Findings()  # the content checks' notes, likewise
 
     def describe(self, form: VariationForm) -> None:
         usage = self.usage
@@ -123,6 +125,8 @@ class RequestAccount:
         if self.tried.attempts:  # what the request cost, answered or not, whoever pays for it
             usage.attempts, usage.targets_tried = self.tried.total, clipped(self.tried.describe(), 990)
             usage.unused_images = self.tried.unused_images or None
+        policy = self.findings.describe()
+        usage.policy = clipped(policy, 1000) if policy else None
         usage.latency_ms = (time.perf_counter() - self.started) * 1000.0
         services.metrics.count_request(usage.model, usage.status)
         describe_request(
@@ -132,6 +136,7 @@ class RequestAccount:
             model=usage.model,
             n=usage.n,
             size=usage.size,
+            policy=usage.policy,  # the operator's audit trail: never in the client's answer
             timings_ms={stage: round(seconds * 1000, 1) for stage, seconds in self.stages.items()},
         )
         # Accounting must never cost the client the images it was already given, nor hold its answer: a

@@ -30,6 +30,7 @@ from vary.engines.diffusion import Placement
 from vary.engines.weights import bound_hub_timeouts
 from vary.imaging import ImageDecoder
 from vary.ops.logs import configure_logging
+from vary.safety.policy import SafetyPolicy
 from vary.service.catalogue import HOSTED_PROVIDERS, ROUTE, Catalogue, CatalogueEntry, CatalogueError, catalogue_for
 from vary.service.registry import ModelRegistry
 from vary.settings import Settings
@@ -123,6 +124,7 @@ class Edge:
             placement=Placement(device="cpu"),  # the engines here only describe the models: never loaded
             overrides=settings.render_overrides(),
             remote=ray_target,
+            safety=SafetyPolicy.of_settings(settings),  # the edge checks the images, as on one box
         )
         return build_app(settings, registry=registry, decoder=decoder)
 

@@ -76,6 +76,20 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # The content policy's checks: stage is input or output; outcome passed, flagged, failed_open, failed_closed.
+        self.safety_checks = Counter(
+            "vary_safety_checks",
+            "Content checks run, by stage (input, output) and outcome (passed, flagged, failed_open, failed_closed).",
+            ["stage", "outcome"],
+            registry=self.registry,
+        )
+        self.safety_seconds = Histogram(
+            "vary_safety_check_seconds",
+            "Seconds per content check of a batch, by stage.",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.in_flight = Gauge(
             "vary_requests_in_flight", "Variation requests admitted and not yet answered.", registry=self.registry
         )
@@ -96,6 +110,10 @@ class Metrics:
     def observe_attempt(self, target: str, outcome: str, seconds: float) -> None:
         self.attempts.labels(target, outcome).inc()
         self.attempt_seconds.labels(target).observe(seconds)
+
+    def observe_check(self, stage: str, outcome: str, seconds: float) -> None:
+        self.safety_checks.labels(stage, outcome).inc()
+        self.safety_seconds.labels(stage).observe(seconds)
 
     def watch_circuits(self, states: Callable[[], Mapping[str, str]]) -> None:
         """A scrape-time gauge per target and circuit state (closed, open, half-open): 1 for the current one."""

@@ -1,7 +1,7 @@
 """Usage rows count the images a provider made and billed that the client never got.
 
-Revision ID: 0003_usage_unused_images
-Revises: 0002_secrets_and_leases
+Revision ID: 0004_usage_unused_images
+Revises: 0003_safety_policy
 Create Date: 2026-12-04
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003_usage_unused_images"
-down_revision = "0002_secrets_and_leases"
+revision = "0004_usage_unused_images"
+down_revision = "0003_safety_policy"
 branch_labels = None
 depends_on = None
 
