@@ -188,6 +188,7 @@ def build_app(
             for upstream in registry.hosted:
                 await upstream.aclose()
             await checks.aclose()
+            app.state.services.db_calls.close()
             db.close()
 
     app = FastAPI(

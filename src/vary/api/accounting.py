@@ -14,7 +14,6 @@ from types import TracebackType
 
 from fastapi import Response
 from opentelemetry import trace
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 
@@ -24,7 +23,7 @@ from vary.api.errors import ApiError, api_error
 from vary.api.request_context import describe_request, request_id_of
 from vary.api.variation_form import VariationForm
 from vary.echo import clipped
-from vary.errors import VaryError
+from vary.errors import DatabaseUnavailable, VaryError
 from vary.safety.checks import Findings
 from vary.service.attempts import Tried
 from vary.service.components import Services
@@ -128,6 +127,7 @@ class RequestAccount:
         usage, services = self.usage, self.services
         if self.tried.attempts:  # what the request cost, answered or not, whoever pays for it
             usage.attempts, usage.targets_tried = self.tried.total, clipped(self.tried.describe(), 990)
+            usage.unused_images = self.tried.unused_images or None
         policy = self.findings.describe()
         usage.policy = clipped(policy, 1000) if policy else None
         usage.latency_ms = (time.perf_counter() - self.started) * 1000.0
@@ -142,11 +142,17 @@ class RequestAccount:
             policy=usage.policy,  # the operator's audit trail: never in the client's answer
             timings_ms={stage: round(seconds * 1000, 1) for stage, seconds in self.stages.items()},
         )
-        # Accounting must never cost the client the images it was already given.
+        # Accounting must never cost the client the images it was already given, nor hold its answer: a
+        # database that does not answer in time still gets the row (or the spool does) once it can. The
+        # admission is released after the row, however late: the quota never counts low.
         try:
-            await run_in_threadpool(services.db.record_usage, usage)
+            await services.db_calls.keep("record usage", self._release, services.db.record_usage, usage)
+        except DatabaseUnavailable:
+            pass  # logged in one line; the row follows when the database answers
         except Exception:
             log.exception("could not record usage")
+
+    def _release(self) -> None:
         if self.admission is not None:
-            services.limiter.release(self.admission)  # after the usage row: the quota never double-counts low
-            services.metrics.in_flight.dec()
+            self.services.limiter.release(self.admission)
+            self.services.metrics.in_flight.dec()

@@ -27,7 +27,8 @@ async def usage(
         since_ts = parse_since(since) if since else None
     except ValueError as exc:
         raise invalid(str(exc), param="since") from None
-    rows = await run_in_threadpool(services_of(request).db.usage_rows, key_id=key, user=user, since=since_ts)
+    services = services_of(request)
+    rows = await services.db_calls.run("read usage", services.db.usage_rows, key_id=key, user=user, since=since_ts)
     return {"object": "list", "data": [summary.__dict__ for summary in summarise(rows)]}
 
 

@@ -18,7 +18,7 @@ async def admit(services: Services, key: KeyInfo | None, images: int) -> Admissi
     delivered = 0
     if limits.image_quota is not None and key is not None:
         since = quota_period_start(time.time(), limiter.quota_period)
-        delivered = await run_in_threadpool(services.db.images_delivered, key.id, since)
+        delivered = await services.db_calls.run("count a quota", services.db.images_delivered, key.id, since)
     # Off the event loop: with a redis:// storage the windows are network calls.
     admission: Admission = await run_in_threadpool(
         limiter.admit, key.id if key else ANONYMOUS, limits, images, delivered=delivered

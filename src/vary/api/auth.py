@@ -7,7 +7,6 @@ Authorization header.
 from __future__ import annotations
 
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
 from vary.api.deps import services_of
 from vary.api.errors import ApiError
@@ -45,7 +44,8 @@ async def _bearer_key(request: Request) -> KeyInfo:
     if scheme.lower() != "bearer" or not token:
         raise ApiError(401, MISSING_KEY, code="invalid_api_key")
     # A database read per request, so a revoked key is refused at once, even by another process.
-    key: KeyInfo | None = await run_in_threadpool(services_of(request).db.authenticate, token)
+    services = services_of(request)
+    key: KeyInfo | None = await services.db_calls.run("check an API key", services.db.authenticate, token)
     if key is None:
         raise ApiError(401, WRONG_KEY, code="invalid_api_key")
     return key

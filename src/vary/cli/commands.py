@@ -19,6 +19,7 @@ from vary.cli import keys as keys_command
 from vary.cli import usage as usage_command
 from vary.cli.flags import add_settings_flags, given_settings
 from vary.datadir import DataDir, choose_data_dir
+from vary.echo import clipped
 from vary.key_limits import LIMIT_FLAGS
 from vary.ops.logs import configure_logging
 from vary.ops.usage_report import FORMATS
@@ -152,6 +153,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"vary: {data_dir.line()}", file=sys.stderr)  # stdout stays the command's own output
     if settings.database_url is not None:
         print(f"vary: database {shown(settings.database_url)}", file=sys.stderr)
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from vary.errors import DatabaseUnavailable
+
     try:
         if args.command == "usage":
             usage_command.run(args, settings)
@@ -161,6 +166,15 @@ def main(argv: list[str] | None = None) -> None:
             keys_command.run(args, settings)
     except DatabaseSetupError as exc:
         sys.exit(f"vary: {exc}")
+    except (DatabaseUnavailable, SQLAlchemyError) as exc:
+        # The database went away (or timed out) during the command: one line, never a traceback.
+        sys.exit(f"vary: the database stopped answering during `vary {args.command}`: {_reason(exc)}")
+
+
+def _reason(exc: BaseException) -> str:
+    """The driver's own first line (psycopg's and SQLite's name the host, never the password)."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return clipped(lines[0], 300) if lines else type(exc).__name__
 
 
 if __name__ == "__main__":
