@@ -24,7 +24,7 @@ from vary.api.ops_routes import router as ops_router
 from vary.api.playground import WEB_DIR
 from vary.api.playground import router as playground_router
 from vary.api.request_context import RequestContextMiddleware
-from vary.api.routes import router
+from vary.api.routes import API_PREFIX, azure_router, router
 from vary.api.variation_form import request_too_large
 from vary.engines.base import Engine
 from vary.engines.diffusion import Placement
@@ -176,7 +176,9 @@ def build_app(
         redoc_url=None,
     )
     install_error_handlers(app)
-    app.include_router(router)
+    app.include_router(router, prefix=API_PREFIX)
+    app.include_router(router, include_in_schema=False)  # the same routes without /v1, for gateways' clients
+    app.include_router(azure_router)
     app.include_router(ops_router)
     app.include_router(admin_router)
     app.include_router(playground_router)

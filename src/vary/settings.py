@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     # A built-in model id or a local model directory.
     model: str = DEFAULT_MODEL
     no_auth: bool = False
+    # Headers whose whole value is an API key, read when there is no `Authorization: Bearer` header: Azure
+    # OpenAI's and gateways' clients send theirs so (api/auth.py). VARY_API_KEY_HEADERS='["api-key"]'.
+    api_key_headers: tuple[str, ...] = ("api-key", "x-obiguard-api-key")
     # Base of the URLs handed out, for deployments behind a proxy; None = the request's own base URL.
     public_url: str | None = None
     # "cuda", "cpu", ... ; None picks CUDA when present.
@@ -120,6 +123,14 @@ class Settings(BaseSettings):
     memory_release_after_seconds: float = Field(default=2.0, ge=0)
     # glibc malloc arenas for the whole process (fewer: less memory kept after bursts); 0: glibc's default.
     malloc_arenas: int = Field(default=2, ge=0)
+
+    @field_validator("api_key_headers")
+    @classmethod
+    def _header_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:
+            if not name or not all(c.isalnum() or c in "-_" for c in name) or name.lower() == "authorization":
+                raise ValueError(f"{name!r} is not a header name vary can read a key from")
+        return tuple(name.lower() for name in names)
 
     @field_validator("signing_secret")
     @classmethod

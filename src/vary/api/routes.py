@@ -29,9 +29,13 @@ from vary.errors import ModelNotFound
 from vary.state.database import KeyInfo
 from vary.state.signing import ExpiredError, SignatureError
 
-__all__ = ["CLIENT_CLOSED_REQUEST", "router"]
+__all__ = ["CLIENT_CLOSED_REQUEST", "API_PREFIX", "azure_router", "router"]
 
+# The OpenAI API's routes, without their version prefix: the app mounts them under API_PREFIX (the documented
+# paths) and again at the root, undocumented, for gateways whose base URL has no /v1 (TrueFoundry's, for one).
 router = APIRouter()
+azure_router = APIRouter(include_in_schema=False)
+API_PREFIX = "/v1"
 CallerKey = Annotated[KeyInfo | None, Depends(require_api_key)]
 _EXPIRES = re.compile(r"[0-9]{1,12}")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -39,7 +43,7 @@ log = logging.getLogger("vary.files")
 
 
 @router.post(
-    "/v1/images/variations",
+    "/images/variations",
     # Documented, not validated: the route answers with the JSON the service built once, as bytes.
     responses={200: {"model": ImagesResponse, "description": "The variations."}, **VARIATION_ERRORS},
     openapi_extra={"requestBody": CreateImageVariationRequest.request_body()},
@@ -53,12 +57,12 @@ async def create_variation(request: Request, key: CallerKey) -> Response:
 # Azure OpenAI's path scheme, so an unchanged `AzureOpenAI` client works: its `api-version` query
 # parameter is accepted and ignored, its `api-key` header is a key (api/auth.py), and the deployment
 # in the path names the model. Not in the schema: the OpenAI route is the one documented.
-@router.post("/openai/deployments/{deployment}/images/variations", include_in_schema=False)
+@azure_router.post("/openai/deployments/{deployment}/images/variations")
 async def create_variation_azure_deployment(request: Request, deployment: str, key: CallerKey) -> Response:
     return await _create_variation(request, key, deployment=deployment)
 
 
-@router.post("/openai/images/variations", include_in_schema=False)
+@azure_router.post("/openai/images/variations")
 async def create_variation_azure(request: Request, key: CallerKey) -> Response:
     return await _create_variation(request, key)
 
@@ -79,8 +83,8 @@ async def _create_variation(request: Request, key: KeyInfo | None, *, deployment
     return Response(status_code=CLIENT_CLOSED_REQUEST)  # the client left: nobody reads this
 
 
-@router.head("/v1/files/{filename}", include_in_schema=False)  # what answers GET answers HEAD
-@router.get("/v1/files/{filename}", responses={403: ERROR_RESPONSES[401] | {"description": "Bad or expired signature"}})
+@router.head("/files/{filename}", include_in_schema=False)  # what answers GET answers HEAD
+@router.get("/files/{filename}", responses={403: ERROR_RESPONSES[401] | {"description": "Bad or expired signature"}})
 async def get_file(request: Request, filename: str, expires: str = "", signature: str = "") -> Response:
     """A generated PNG, for as long as its signed URL is valid. The signature is the credential."""
     services = services_of(request)
@@ -136,12 +140,12 @@ def _model_cards(request: Request) -> list[Model]:
     return cards
 
 
-@router.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES)
+@router.get("/models", response_model=ModelList, responses=ERROR_RESPONSES)
 async def list_models(request: Request, _: CallerKey) -> ModelList:
     return ModelList(data=_model_cards(request))
 
 
-@router.get("/v1/models/{model_id}", response_model=Model, responses=ERROR_RESPONSES)
+@router.get("/models/{model_id}", response_model=Model, responses=ERROR_RESPONSES)
 async def retrieve_model(request: Request, model_id: str, _: CallerKey) -> Model:
     for card in _model_cards(request):
         if card.id == model_id:
