@@ -187,7 +187,9 @@ def test_a_key_is_checked_when_saved_and_a_refusal_is_shown_by_the_key_field(
 ) -> None:
     page = open_page(DESKTOP)
     status, key_error = page.locator("#key-status"), page.locator("#key-error")
-    refused = "Key refused: Incorrect API key provided. Create a key with `vary keys create`."
+    from vary.api.auth import WRONG_KEY
+
+    refused = f"Key refused: {WRONG_KEY}"
     page.fill("#api-key", "vary-wrong-key")
     page.click("#key-form button")
     error_in_sight(page, refused)
