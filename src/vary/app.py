@@ -190,7 +190,8 @@ def build_app(
         timeout_seconds=settings.body_timeout_seconds,
     )
     app.add_middleware(ReleaseMemoryWhenIdle, quiet_seconds=settings.memory_release_after_seconds)
-    app.add_middleware(RequestContextMiddleware)  # outermost: every answer gets an id and a log line
+    # Outermost: every answer gets an id and a log line.
+    app.add_middleware(RequestContextMiddleware, log_assets=settings.log_asset_requests)
     return app
 
 

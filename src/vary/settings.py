@@ -114,9 +114,12 @@ class Settings(BaseSettings):
     ray_attempt_timeout_seconds: float = Field(default=600.0, gt=0)
 
     # Operations.
-    log_format: Literal["json", "text"] = "json"
+    # auto: text when the log goes to a terminal, JSON otherwise.
+    log_format: Literal["auto", "json", "text"] = "auto"
     # debug adds the tracebacks behind one-line errors (a model that fails to load, for one).
     log_level: Literal["debug", "info", "warning"] = "info"
+    # A line for each fetch of a static file (CSS, JS, icons) at info level too; otherwise at debug level only.
+    log_asset_requests: bool = False
     # On SIGTERM: stop accepting, let in-flight requests finish for this long, then exit.
     shutdown_timeout_seconds: int = Field(default=30, ge=0)
     # After this many quiet seconds (no request in flight), freed heap is handed back to the OS; 0: never.

@@ -64,7 +64,11 @@ def _parser() -> argparse.ArgumentParser:
         help="run as a Ray Serve application on the Ray cluster at ADDRESS, e.g. 10.0.0.5:6379 (VARY_RAY_ADDRESS)",
     )
 
-    serve.add_argument("--log-format", choices=("json", "text"), help="log lines (default json; VARY_LOG_FORMAT)")
+    serve.add_argument(
+        "--log-format",
+        choices=("auto", "json", "text"),
+        help="log lines (default auto: text on a terminal, json otherwise; VARY_LOG_FORMAT)",
+    )
     serve.add_argument(
         "--log-level", choices=("debug", "info", "warning"), help="debug adds tracebacks (default info; VARY_LOG_LEVEL)"
     )
