@@ -23,6 +23,7 @@ from vary.settings import Settings
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vary", description="OpenAI's image-variations API on open models.")
+    parser.add_argument("--version", action="version", version=f"vary {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     data_dir = argparse.ArgumentParser(add_help=False)
@@ -109,6 +110,15 @@ def _parser() -> argparse.ArgumentParser:
     db.add_parser("upgrade", parents=[data_dir], help="migrate the schema to this vary's version (also done at start)")
     db.add_parser("current", parents=[data_dir], help="print the schema's revision, without changing anything")
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vary")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def _limit_options(default: object) -> argparse.ArgumentParser:
@@ -253,6 +263,21 @@ def main(argv: list[str] | None = None) -> None:
         print(f"vary: database {shown(settings.database_url)}", file=sys.stderr)
     from vary.state.database import DatabaseSetupError
 
+    if settings.database_url is None and not settings.db_path.is_file():
+        if (args.command, getattr(args, "keys_command", None) or getattr(args, "db_command", None)) in (
+            ("keys", "create"),
+            ("db", "upgrade"),
+        ):
+            print(
+                f"vary: no database in {data_dir.path} yet: making one (a server started with it uses it)",
+                file=sys.stderr,
+            )
+        else:  # only reading (or changing what is not there): nothing to make, and an empty table would mislead
+            sys.exit(
+                f"vary: no database in {data_dir.path}: no server has run with this data dir and no key was made "
+                "there. `vary serve` prints its data dir and the command that reaches its keys; pass that "
+                "--data-dir (or VARY_DATA_DIR, or --database-url)."
+            )
     try:
         if args.command == "usage":
             _usage(args, settings)
