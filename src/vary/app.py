@@ -18,6 +18,9 @@ from starlette.concurrency import run_in_threadpool
 
 from vary.api.admin_routes import router as admin_router
 from vary.api.body_limit import BodyLimitMiddleware
+from vary.api.docs_pages import ASSETS_DIR as DOCS_ASSETS_DIR
+from vary.api.docs_pages import ASSETS_PATH as DOCS_ASSETS_PATH
+from vary.api.docs_pages import router as docs_router
 from vary.api.errors import install_error_handlers
 from vary.api.http_protocol import vary_http_protocol
 from vary.api.ops_routes import router as ops_router
@@ -172,7 +175,7 @@ def build_app(
         version="0.1.0",
         summary="OpenAI's image-variations API on open models.",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # api/docs_pages.py serves /docs and /redoc with bundled files, not a CDN's
         redoc_url=None,
     )
     install_error_handlers(app)
@@ -182,7 +185,9 @@ def build_app(
     app.include_router(ops_router)
     app.include_router(admin_router)
     app.include_router(playground_router)
+    app.include_router(docs_router)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    app.mount(DOCS_ASSETS_PATH, StaticFiles(directory=DOCS_ASSETS_DIR), name="docs-assets")
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,

@@ -40,7 +40,7 @@ def describe_request(request: Request, **fields: Any) -> None:
 
 
 # Paths of static assets (the playground's files, the favicon, the API docs' bundled files).
-ASSET_PREFIXES = ("/static/", "/favicon.ico", "/docs-assets/")
+ASSET_PREFIXES = ("/static/", "/favicon.ico", "/docs-assets/", "/docs-redoc.js")
 
 
 class RequestContextMiddleware:
