@@ -262,7 +262,7 @@ def test_a_file_that_fails_to_load_leaves_nothing_to_send(
     broken = tmp_path / "holiday.png"
     broken.write_bytes(b"this is not an image")
     page.set_input_files("#file", str(broken))
-    error_in_sight(page, "This file is not an image the browser can read. Try a PNG, JPEG, WebP or GIF.")
+    error_in_sight(page, "holiday.png is not an image the browser can read. Try a PNG, JPEG, WebP or GIF.")
     file_error = page.locator("#file-error")
     expect(file_error).to_be_visible()
     expect(page.locator("#file")).to_be_focused()

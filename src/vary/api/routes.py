@@ -19,13 +19,17 @@ from vary.api.errors import ApiError, api_error
 from vary.api.protocol import (
     ERROR_RESPONSES,
     VARIATION_ERRORS,
+    ControlRange,
     CreateImageVariationRequest,
     ImagesResponse,
     Model,
+    ModelControls,
     ModelList,
 )
 from vary.api.variation_form import read_variation_form
-from vary.errors import ModelNotFound
+from vary.controls import MAX_GUIDANCE_SCALE, MAX_SEED, RequestedControls
+from vary.engines.base import Engine
+from vary.errors import ControlInvalid, ModelNotFound
 from vary.state.database import KeyInfo
 from vary.state.signing import ExpiredError, SignatureError
 
@@ -123,6 +127,7 @@ async def get_file(request: Request, filename: str, expires: str = "", signature
 
 def _model_cards(request: Request) -> list[Model]:
     services = services_of(request)
+    settings = services.settings
     cards = []
     for served in services.registry.served():
         info = served.info
@@ -135,9 +140,26 @@ def _model_cards(request: Request) -> list[Model]:
                 parent=served.alias_of,
                 description=info.description if served.alias_of is None else f"Alias of {info.id}. {info.description}",
                 license=info.license,
+                controls=None if served.engine is None else _controls(served.engine, settings.max_request_steps),
             )
         )
     return cards
+
+
+def _controls(engine: Engine, max_steps: int) -> ModelControls:
+    """The engine's own defaults (what a request without controls gets) and the bounds the form checks."""
+    defaults = engine.controls(RequestedControls())
+    try:  # an engine without an img2img path refuses any strength below 1
+        engine.controls(RequestedControls(strength=0.99, steps=max_steps))
+        strength: ControlRange | None = ControlRange(default=1.0, minimum=0.0, maximum=1.0, exclusive_minimum=True)
+    except ControlInvalid:
+        strength = None
+    return ModelControls(
+        seed=ControlRange(default=None, minimum=0, maximum=MAX_SEED),
+        steps=ControlRange(default=defaults.steps, minimum=1, maximum=max_steps),
+        guidance_scale=ControlRange(default=defaults.guidance_scale, minimum=0.0, maximum=MAX_GUIDANCE_SCALE),
+        strength=strength,
+    )
 
 
 @router.get("/models", response_model=ModelList, responses=ERROR_RESPONSES)
