@@ -111,7 +111,7 @@ function showControls() {
   for (const name of CONTROLS) {
     const range = controls[name];
     const field = $(name);
-    field.closest("label").hidden = !range;
+    field.closest(".control").hidden = !range;
     if (!range) continue;
     field.min = range.exclusive_minimum ? String(range.minimum + Number(field.step)) : String(range.minimum);
     field.max = String(range.maximum);
@@ -147,7 +147,7 @@ function controlValues() {
     const low = range.exclusive_minimum ? value <= range.minimum : value < range.minimum;
     const whole = name !== "steps" || Number.isInteger(value);
     if (!Number.isFinite(value) || low || value > range.maximum || !whole) {
-      const label = field.closest("label").firstChild.textContent.trim();
+      const label = field.closest(".control").querySelector("label").textContent;
       showError("controls-error", `${label}: ${$(`${name}-hint`).textContent}`, name);
       return null;
     }
@@ -494,7 +494,7 @@ function showResults(data, originals) {
     again.type = "button";
     again.className = "secondary";
     again.textContent = "Vary this one";
-    again.setAttribute("aria-label", `Vary variation ${index + 1}`);
+    again.setAttribute("aria-label", `Vary this one (variation ${index + 1})`);
     again.addEventListener("click", async () => {  // this one image replaces the inputs
       const blob = await (await fetch(src)).blob();
       await useFiles([{ blob, label: `Variation ${index + 1}` }], true, "file");
