@@ -73,8 +73,8 @@ def configure_logging(log_format: str, *, level: str = "info", progress_bars: bo
     return log_format
 
 
-UVICORN_STARTUP = ("Started server process", "Waiting for application startup", "Application startup complete")
-UVICORN_STARTUP += ("Uvicorn running on",)
+UVICORN_STARTUP: tuple[str, ...] = ("Started server process", "Waiting for application startup")
+UVICORN_STARTUP += ("Application startup complete", "Uvicorn running on")
 
 
 def _not_uvicorn_startup(record: logging.LogRecord) -> bool:
