@@ -31,7 +31,7 @@ def decode_png(data: bytes) -> Image.Image:
 
 
 def create_key(data_dir: Path, name: str = "test") -> tuple[str, str]:
-    db = Database(data_dir / "vary.db")
+    db = Database.open(data_dir / "vary.db")
     try:
         info, key = db.create_key(name)
         return info.id, key

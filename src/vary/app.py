@@ -41,7 +41,8 @@ from vary.service.rate_limiter import RateLimiter
 from vary.service.registry import ModelRegistry
 from vary.service.variations import Links, VariationService
 from vary.settings import Settings
-from vary.state.database import Database, shown
+from vary.state.connection import shown
+from vary.state.database import Database
 from vary.state.image_store import ImageStore, Presigner
 from vary.state.signing import UrlSigner, secret_for
 from vary.state.stores import open_store
@@ -64,7 +65,7 @@ def build_registry(
     if load_engines is not None:
         return ModelRegistry.of_engines(load_engines(settings), local=local_model)
     return ModelRegistry.from_catalogue(
-        catalogue_for(settings.config, settings.model),
+        catalogue_for(settings.catalogue, settings.model),
         placement=Placement(device=settings.device, dtype=settings.dtype, compile=settings.compile),
         overrides=settings.render_overrides(),
         local=local_model,
@@ -100,7 +101,7 @@ def build_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Opening the database upgrades its schema (vary/migrations) before anything is served.
-        db = Database(
+        db = Database.open(
             settings.database,
             busy_timeout_seconds=settings.db_busy_timeout_seconds,
             statement_timeout_seconds=settings.db_statement_timeout_seconds,
@@ -108,6 +109,7 @@ def build_app(
             spool_max_rows=settings.usage_spool_max_rows,
         )
         log.info("database %s", shown(db.url))
+        db.start_spool_writer()
         nonlocal store
         if store is None:
             store = await run_in_threadpool(open_store, settings)

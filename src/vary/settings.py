@@ -1,11 +1,11 @@
-"""One frozen Settings object; every field is also an environment variable VARY_<FIELD>."""
+"""One frozen Settings object, each setting declared once: its environment variable, flag, default and help."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from vary.controls import MAX_GUIDANCE_SCALE, MAX_STEPS
@@ -22,110 +22,176 @@ DEFAULT_MODEL = "kandinsky-2.2"
 
 
 class Settings(BaseSettings):
+    """Every field is a setting: an environment variable VARY_<FIELD>, and a `vary serve` flag --<field>
+    (vary/cli/flags.py derives the flags from these declarations: name, type, default, description)."""
+
     model_config = SettingsConfigDict(env_prefix="VARY_", frozen=True, extra="ignore")
 
     # Where to listen and what to serve.
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=0, le=65535)
-    # Database, images and URL secret; the per-user data directory unless given (see datadir.py).
-    data_dir: Path = Field(default_factory=default_data_dir)
-    # A TOML model catalogue (see config.py); without one, `model` is served alone.
-    config: Path | None = None
-    # A built-in model id or a local model directory.
-    model: str = DEFAULT_MODEL
-    no_auth: bool = False
-    # Headers whose whole value is an API key, read when there is no `Authorization: Bearer` header: Azure
-    # OpenAI's and gateways' clients send theirs so (api/auth.py). VARY_API_KEY_HEADERS='["api-key"]'.
-    api_key_headers: tuple[str, ...] = ("api-key", "x-obiguard-api-key")
-    # Base of the URLs handed out, for deployments behind a proxy; None = the request's own base URL.
-    public_url: str | None = None
-    # "cuda", "cpu", ... ; None picks CUDA when present.
-    device: str | None = None
-    # None: float16 on accelerators, float32 on the CPU.
-    dtype: Literal["float16", "bfloat16", "float32"] | None = None
-    # torch.compile the UNet, warmed up at start for every render size (costs start-up time).
-    compile: bool = False
+    host: str = Field(default="127.0.0.1", description="interface to listen on")
+    port: int = Field(default=8000, ge=0, le=65535, description="port to listen on")
+    data_dir: Path = Field(
+        default_factory=default_data_dir,
+        description="database, images and URL secret (default: the per-user data dir, ~/.local/share/vary on Linux)",
+    )
+    catalogue: Path | None = Field(
+        default=None, description="a TOML model catalogue; replaces --model (see docs/models.md)"
+    )
+    config: Path | None = Field(default=None, description="deprecated name of --catalogue")
+    model: str = Field(default=DEFAULT_MODEL, description="a built-in model id or a local model directory")
+    no_auth: bool = Field(default=False, description="accept requests without an API key")
+    # Read when there is no `Authorization: Bearer` header: Azure OpenAI's and gateways' clients send theirs so.
+    api_key_headers: tuple[str, ...] = Field(
+        default=("api-key", "x-obiguard-api-key"),
+        description="headers whose whole value is an API key, besides Authorization: Bearer (env: a JSON list)",
+    )
+    public_url: str | None = Field(
+        default=None, description="base of the image URLs handed out, e.g. behind a proxy (default: the request's own)"
+    )
+    device: str | None = Field(default=None, description="torch device, e.g. cuda or cpu (default: cuda when present)")
+    dtype: Literal["float16", "bfloat16", "float32"] | None = Field(
+        default=None, description="weights' dtype (default: float16 on accelerators, float32 on the CPU)"
+    )
+    compile: bool = Field(
+        default=False, description="torch.compile the UNet, warmed up at start for every render size (slower start)"
+    )
 
     # Generation overrides for every served model; None keeps each model's own defaults.
-    num_inference_steps: int | None = Field(default=None, ge=1, le=MAX_STEPS)
-    guidance_scale: float | None = Field(default=None, ge=0.0, le=MAX_GUIDANCE_SCALE)
-    sampler: Literal["dpmsolver++", "ddpm", "default"] | None = None
-    # The most denoising steps a request may ask for with `steps`: each costs GPU time.
-    max_request_steps: int = Field(default=100, ge=1, le=MAX_STEPS)
+    num_inference_steps: int | None = Field(
+        default=None, ge=1, le=MAX_STEPS, description="denoising steps for every model (default: each model's own)"
+    )
+    guidance_scale: float | None = Field(
+        default=None, ge=0.0, le=MAX_GUIDANCE_SCALE, description="guidance scale for all models"
+    )
+    sampler: Literal["dpmsolver++", "ddpm", "default"] | None = Field(
+        default=None, description="sampler for every model (default: each model's own)"
+    )
+    max_request_steps: int = Field(
+        default=100, ge=1, le=MAX_STEPS, description="the most steps a request may ask for with `steps` (GPU time)"
+    )
 
     # URLs and their files.
-    url_ttl_seconds: int = Field(default=3600, ge=1)
-    sweep_interval_seconds: float = Field(default=60.0, gt=0)
-    # Where images are stored: file:///abs/dir or s3://BUCKET[/PREFIX] (storage.py); None: the data dir's images/.
-    storage_url: str | None = None
-    # `url` answers are the S3 store's own presigned GET URLs: image bytes never pass through vary.
-    storage_presign: bool = False
+    url_ttl_seconds: int = Field(default=3600, ge=1, description="how long image URLs stay valid")
+    sweep_interval_seconds: float = Field(default=60.0, gt=0, description="how often expired images are deleted")
+    storage_url: str | None = Field(
+        default=None,
+        description="where images are stored: file:///abs/dir or s3://BUCKET[/PREFIX] (default: data dir's images/)",
+    )
+    storage_presign: bool = Field(
+        default=False, description="`url` answers are the S3 store's own presigned GET URLs (bytes bypass vary)"
+    )
 
     # Input limits. OpenAI's contract: the image must be *less than* 4 MiB.
-    max_image_bytes: int = Field(default=4 * MiB, ge=1)
-    # Slack on top of the images for the other form fields and multipart framing.
-    max_body_overhead_bytes: int = Field(default=64 * 1024, ge=1024)
-    # Decoded pixels are checked from the PNG header before decoding (decompression bombs).
-    max_image_side: int = Field(default=4096, ge=1)
-    max_user_chars: int = Field(default=256, ge=1)
-    # The whole body must arrive within this: a client that trickles its upload is cut off (408).
-    body_timeout_seconds: float = Field(default=60.0, gt=0)
-    # A new connection must send a request, and each request its headers, within this (slow loris).
-    header_timeout_seconds: float = Field(default=10.0, gt=0)
-    # The request line (414 past it) and the whole head, request line and headers (431), as nginx caps them.
-    max_request_line_bytes: int = Field(default=8 * 1024, ge=256)
-    max_header_bytes: int = Field(default=64 * 1024, ge=1024)
-    # A client that reads none of its response for this long is dropped, and its buffered response freed.
-    send_timeout_seconds: float = Field(default=60.0, gt=0)
+    max_image_bytes: int = Field(default=4 * MiB, ge=1, description="the largest input image, in bytes")
+    max_body_overhead_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="slack on top of the images for the other fields and multipart framing"
+    )
+    max_image_side: int = Field(
+        default=4096, ge=1, description="the largest input side in pixels, read from the header (decompression bombs)"
+    )
+    max_user_chars: int = Field(default=256, ge=1, description="the longest `user` field")
+    body_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="the whole body must arrive within this; a trickled upload is cut off (408)"
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="a connection must send each request's headers within this (slow loris)"
+    )
+    max_request_line_bytes: int = Field(
+        default=8 * 1024, ge=256, description="the longest request line (414 past it), as nginx caps it"
+    )
+    max_header_bytes: int = Field(
+        default=64 * 1024, ge=1024, description="the largest head, request line and headers (431 past it)"
+    )
+    send_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="a client that reads none of its response for this long is dropped"
+    )
 
-    # Pending variation requests per model before answering 429.
-    queue_size: int = Field(default=64, ge=1)
-    # Images per pipeline call when concurrent requests are coalesced; at least one whole n=10 request.
-    max_batch_images: int = Field(default=16, ge=10)
-    # Seconds a 429 asks the client to wait.
-    retry_after_seconds: int = Field(default=2, ge=1)
+    # Queues and batches.
+    queue_size: int = Field(default=64, ge=1, description="pending requests per model before answering 429")
+    max_batch_images: int = Field(
+        default=16, ge=10, description="images per pipeline call when requests are coalesced (at least one n=10)"
+    )
+    retry_after_seconds: int = Field(default=2, ge=1, description="seconds a 429 asks the client to wait")
 
     # Per-key limits for keys that set none of their own (`vary keys create/update`); None: unlimited.
-    key_requests_per_minute: int | None = Field(default=None, ge=1)
-    key_images_per_minute: int | None = Field(default=None, ge=1)
-    key_max_concurrent: int | None = Field(default=None, ge=1)
-    key_image_quota: int | None = Field(default=None, ge=1)
-    # The quota's period, in UTC: a calendar day or a calendar month.
-    quota_period: Literal["day", "month"] = "month"
-    # Where rate-limit windows live: memory:// for one process; a limits storage URI (redis://...) to share.
-    rate_limit_storage: str = "memory://"
+    key_requests_per_minute: int | None = Field(
+        default=None, ge=1, description="requests per minute of a key without its own limit"
+    )
+    key_images_per_minute: int | None = Field(
+        default=None, ge=1, description="images per minute of a key without its own limit"
+    )
+    key_max_concurrent: int | None = Field(
+        default=None, ge=1, description="requests in flight at once for a key without its own limit"
+    )
+    key_image_quota: int | None = Field(
+        default=None, ge=1, description="images per quota period for a key without its own quota"
+    )
+    quota_period: Literal["day", "month"] = Field(default="month", description="the quota's period, in UTC")
+    rate_limit_storage: str = Field(
+        default="memory://", description="where rate-limit windows live: memory:// or redis://... to share them"
+    )
 
-    # Keys, usage, shared secrets: any SQLAlchemy URL (postgresql+psycopg://user@host/db to share one
-    # between replicas); None: the SQLite file vary.db in the data dir.
-    database_url: str | None = None
-    # The server's wait for a database locked by another writer; a usage row that cannot wait is spooled.
-    db_busy_timeout_seconds: float = Field(default=0.25, gt=0)
-    # PostgreSQL: a statement of the server's running longer is cancelled (a stuck database); usage is spooled.
-    db_statement_timeout_seconds: float = Field(default=5.0, gt=0)
-    # The key that signs image URLs, the same on every replica; None: made once and kept in the database
-    # (with database_url) or in the data dir's `secret` file (the SQLite default).
-    signing_secret: SecretStr | None = None
-    # Usage rows kept (in a file in the data dir) while the database cannot take them; past this, dropped.
-    usage_spool_max_rows: int = Field(default=100_000, ge=1)
+    # State shared between replicas.
+    database_url: str | None = Field(
+        default=None,
+        description="keys and usage in this SQLAlchemy database, e.g. postgresql+psycopg://vary@db-host/vary to "
+        "share one between replicas (default: vary.db in the data dir)",
+    )
+    db_busy_timeout_seconds: float = Field(
+        default=0.25, gt=0, description="the server's wait for a locked database; a row that cannot wait is spooled"
+    )
+    db_statement_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="PostgreSQL: a statement of the server's running longer is cancelled"
+    )
+    # Never a flag (a process list shows flags): the environment or a secret file only.
+    signing_secret: SecretStr | None = Field(
+        default=None,
+        description="the key that signs image URLs, the same on every replica (default: made once and kept in the "
+        "database, or in the data dir's `secret` file)",
+    )
+    usage_spool_max_rows: int = Field(
+        default=100_000, ge=1, description="usage rows kept while the database cannot take them; past this, dropped"
+    )
 
-    # `vary serve --ray`: the address of an existing Ray cluster to run on as a Ray Serve application.
-    ray_address: str | None = None
-    # One attempt at a model's deployment, its queue wait included; past it (a hung replica) it is retried.
-    ray_attempt_timeout_seconds: float = Field(default=600.0, gt=0)
+    # Ray Serve.
+    ray_address: str | None = Field(
+        default=None, description="run as a Ray Serve application on the Ray cluster at ADDRESS, e.g. 10.0.0.5:6379"
+    )
+    ray_attempt_timeout_seconds: float = Field(
+        default=600.0, gt=0, description="one attempt at a model's deployment, queue wait included; then retried"
+    )
 
     # Operations.
-    # auto: text when the log goes to a terminal, JSON otherwise.
-    log_format: Literal["auto", "json", "text"] = "auto"
-    # debug adds the tracebacks behind one-line errors (a model that fails to load, for one).
-    log_level: Literal["debug", "info", "warning"] = "info"
-    # A line for each fetch of a static file (CSS, JS, icons) at info level too; otherwise at debug level only.
-    log_asset_requests: bool = False
-    # On SIGTERM: stop accepting, let in-flight requests finish for this long, then exit.
-    shutdown_timeout_seconds: int = Field(default=30, ge=0)
-    # After this many quiet seconds (no request in flight), freed heap is handed back to the OS; 0: never.
-    memory_release_after_seconds: float = Field(default=2.0, ge=0)
-    # glibc malloc arenas for the whole process (fewer: less memory kept after bursts); 0: glibc's default.
-    malloc_arenas: int = Field(default=2, ge=0)
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="log lines: auto is text on a terminal, json otherwise"
+    )
+    log_level: Literal["debug", "info", "warning"] = Field(default="info", description="debug adds tracebacks")
+    log_asset_requests: bool = Field(
+        default=False, description="a log line for each static file fetched (CSS, JS, icons), not only at debug level"
+    )
+    shutdown_timeout_seconds: int = Field(
+        default=30, ge=0, description="on SIGTERM, how long in-flight requests may finish before exit"
+    )
+    memory_release_after_seconds: float = Field(
+        default=2.0, ge=0, description="quiet seconds before freed heap is handed back to the OS; 0: never"
+    )
+    malloc_arenas: int = Field(
+        default=2, ge=0, description="glibc malloc arenas for the process (fewer: less memory kept); 0: glibc's"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _catalogue_by_its_old_name(cls, data: Any) -> Any:
+        """VARY_CONFIG and --config, the catalogue's old names, still work (`deprecations` says so)."""
+        if isinstance(data, dict) and data.get("catalogue") is None and data.get("config") is not None:
+            return {**data, "catalogue": data["config"]}
+        return data
+
+    def deprecations(self) -> list[str]:
+        """One line for each old name in use, for the server's log."""
+        if self.config is not None:
+            return ["VARY_CONFIG and --config are deprecated: use VARY_CATALOGUE or --catalogue (same meaning)"]
+        return []
 
     @field_validator("api_key_headers")
     @classmethod

@@ -18,9 +18,12 @@ from pydantic import SecretStr
 from sqlalchemy import inspect
 
 from tests.cluster.postgres import PostgresServer
+from vary.key_limits import KeyLimits
 from vary.settings import Settings
 from vary.state import migrations
-from vary.state.database import Base, Database, KeyLimits, SecretRow, UsageRow, shown
+from vary.state.connection import shown
+from vary.state.database import Database
+from vary.state.schema import Base, SecretRow, UsageRow
 from vary.state.signing import DB_SECRET_NAME, secret_for
 
 pytestmark = pytest.mark.cluster
@@ -32,7 +35,7 @@ def usage(key_id: str, n: int = 1, **values: object) -> UsageRow:
 
 
 def test_migrated_to_the_head_and_equal_to_the_models(postgres_url: str) -> None:
-    db = Database(postgres_url)
+    db = Database.open(postgres_url)
     try:
         assert db.revision() == migrations.head()
         with db.engine.connect() as connection:
@@ -40,8 +43,8 @@ def test_migrated_to_the_head_and_equal_to_the_models(postgres_url: str) -> None
         assert set(inspect(db.engine).get_table_names()) == set(Base.metadata.tables) | {"alembic_version"}
     finally:
         db.close()
-    Database(postgres_url).close()  # again: nothing to do
-    db = Database(postgres_url, migrate=False)
+    Database.open(postgres_url).close()  # again: nothing to do
+    db = Database.open(postgres_url, migrate=False)
     try:
         migrations.upgrade(db.engine)  # the upgrade itself, at the head, runs nothing
         assert db.revision() == migrations.head()
@@ -50,7 +53,7 @@ def test_migrated_to_the_head_and_equal_to_the_models(postgres_url: str) -> None
 
 
 def test_keys_and_usage(postgres_url: str) -> None:
-    db = Database(postgres_url)
+    db = Database.open(postgres_url)
     try:
         info, key = db.create_key("ci", limits=KeyLimits(image_quota=5))
         admin, _ = db.create_key("boss", admin=True)
@@ -80,8 +83,11 @@ def test_a_locked_usage_table_spools_rows_and_they_are_written_later(
     postgres_server: PostgresServer, postgres_url: str, tmp_path: Path
 ) -> None:
     """The server's short lock timeout: a usage row the database cannot take at once goes to the spool."""
-    db = Database(postgres_url, busy_timeout_seconds=0.2, statement_timeout_seconds=5, spool_path=tmp_path / "spool")
+    db = Database.open(
+        postgres_url, busy_timeout_seconds=0.2, statement_timeout_seconds=5, spool_path=tmp_path / "spool"
+    )
     assert db.spool is not None
+    db.start_spool_writer()  # as the server does
     database = postgres_url.rsplit("/", 1)[1]
     try:
         info, key = db.create_key("spooled")
@@ -106,7 +112,7 @@ def test_a_locked_usage_table_spools_rows_and_they_are_written_later(
 
 
 def test_a_lease_has_one_holder_at_a_time(postgres_url: str) -> None:
-    db = Database(postgres_url)
+    db = Database.open(postgres_url)
     try:
         assert db.try_lease("sweep", "a", 60)
         assert not db.try_lease("sweep", "b", 60)
@@ -125,7 +131,7 @@ def test_a_lease_has_one_holder_at_a_time(postgres_url: str) -> None:
 def test_racing_holders_get_one_lease(postgres_url: str) -> None:
     """Eight holders, each with its own connections, try at the same moment, for a new lease and then for an
     expired one: exactly one wins each time."""
-    databases = [Database(postgres_url) for _ in range(8)]
+    databases = [Database.open(postgres_url) for _ in range(8)]
     try:
         for name, seconds_before in (("new", None), ("expired", 0.0)):
             if seconds_before is not None:
@@ -159,7 +165,7 @@ SECRET_OF = (
     "from vary.state.signing import secret_for\n"
     "settings = Settings(database_url=sys.argv[1], data_dir=sys.argv[2])\n"
     "sys.stdin.readline()\n"  # all start together
-    "db = Database(settings.database)\n"
+    "db = Database.open(settings.database)\n"
     "print(secret_for(settings, db).hex())\n"
     "db.close()\n"
 )
@@ -187,7 +193,7 @@ def test_processes_starting_at_once_share_one_secret(postgres_url: str, tmp_path
     secrets = {out.strip() for out, _ in outputs}
     assert len(secrets) == 1 and len(bytes.fromhex(secrets.pop())) == 32
     assert not any((tmp_path / f"data{i}" / "secret").exists() for i in range(4))
-    db = Database(postgres_url)
+    db = Database.open(postgres_url)
     try:
         with db.session() as s:
             assert s.query(SecretRow).count() == 1
@@ -199,7 +205,7 @@ def test_processes_starting_at_once_share_one_secret(postgres_url: str, tmp_path
 
 def test_vary_signing_secret_wins(postgres_url: str, tmp_path: Path) -> None:
     given = "s" * 40
-    db = Database(postgres_url)
+    db = Database.open(postgres_url)
     try:
         for database_url in (postgres_url, None):
             settings = Settings(database_url=database_url, data_dir=tmp_path, signing_secret=SecretStr(given))
@@ -252,7 +258,7 @@ def test_a_server_that_vanishes_mid_request_is_noticed_by_the_socket_not_minutes
     """A host gone (a crash, a partition, a failover's moved address) answers nothing, not even a reset: without
     TCP keepalives and a user timeout, Linux retries an unanswered send for ~15 minutes and a request with it.
     Every connection vary opens asks libpq for both (the statement timeout cannot help: the server is gone)."""
-    db = Database(postgres_url)
+    db = Database.open(postgres_url)
     try:
         with db.engine.connect() as connection:
             parameters = connection.connection.dbapi_connection.info.get_parameters()  # type: ignore[union-attr]
@@ -265,8 +271,9 @@ def test_a_server_that_vanishes_mid_request_is_noticed_by_the_socket_not_minutes
 def test_a_usage_row_postgresql_would_refuse_is_stored_and_holds_no_other(postgres_url: str, tmp_path: Path) -> None:
     """A client's `user` with a NUL (PostgreSQL refuses NUL in text; SQLite takes it) or longer than its
     column (VARY_MAX_USER_CHARS raised): its row is stored cleaned, and the spool behind it drains."""
-    db = Database(postgres_url, spool_path=tmp_path / "spool")
+    db = Database.open(postgres_url, spool_path=tmp_path / "spool")
     assert db.spool is not None
+    db.start_spool_writer()  # as the server does
     try:
         for user in ("a\x00b", "u" * 300, "plain"):
             db.record_usage(usage("k1", user=user))
@@ -281,7 +288,7 @@ def test_a_usage_row_postgresql_would_refuse_is_stored_and_holds_no_other(postgr
 
 def test_a_usage_filter_with_a_nul_finds_its_rows_instead_of_failing(postgres_url: str) -> None:
     """`GET /v1/admin/usage?user=a%00b` and `vary usage --user`: PostgreSQL refuses a NUL in a parameter too."""
-    db = Database(postgres_url)
+    db = Database.open(postgres_url)
     try:
         db.record_usage(usage("k\x00", user="a\x00b"))
         assert [r.user for r in db.usage_rows(user="a\x00b")] == ["a\ufffdb"]

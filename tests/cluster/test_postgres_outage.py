@@ -46,7 +46,7 @@ def test_a_database_gone_is_a_503_for_what_needs_it_and_the_rest_goes_on(
     with own_postgres.connect() as connection:
         connection.execute(f"ALTER USER postgres PASSWORD '{PASSWORD}'")  # trust auth ignores it
     url = own_postgres.url().replace("postgres@", f"postgres:{PASSWORD}@")
-    db = Database(url)
+    db = Database.open(url)
     _, key = db.create_key("outage")
     db.close()
     env = {"VARY_DATABASE_URL": url, "VARY_LOG_FORMAT": "json"}

@@ -31,13 +31,13 @@ def test_the_builder_builds_a_serve_application(ray_driver: Any, tmp_path: Path)
 
 def test_serve_refusing_a_ray_table_is_one_line_naming_it(ray_driver: Any, tmp_path: Path) -> None:
     from vary.cluster.deployments import build
-    from vary.service.catalogue import ConfigError
+    from vary.service.catalogue import CatalogueError
 
     config = tmp_path / "catalogue.toml"
     config.write_text(
         '[[models]]\nname = "a"\nengine = "kandinsky-2.2"\nweights = "tiny-random"\n[models.ray]\nnum_replica = 2\n'
     )
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(CatalogueError) as error:
         build({"config": str(config), "data_dir": str(tmp_path)})
     assert str(error.value).startswith("model 'a': [models.ray]: ") and "num_replica" in str(error.value)
     assert "\n" not in str(error.value)

@@ -2,7 +2,7 @@
 
 One application serves two deployments of the tiny twin: "tiny-random" with two replicas, and
 "tight-serve" whose Serve options bound its requests (Ray's BackPressureError). The deployment is scaled
-out as the README shows it: keys, usage and the signing secret in PostgreSQL, images in an S3 bucket
+out as docs/scaling.md shows it: keys, usage and the signing secret in PostgreSQL, images in an S3 bucket
 (SeaweedFS). Everything on CPU, with fractions of a CPU per replica: the machine has two cores.
 """
 
@@ -89,7 +89,7 @@ def shared(postgres_server: PostgresServer, seaweedfs: S3Endpoint) -> Iterator[S
 
 @pytest.fixture(scope="module")
 def key(shared: Shared) -> str:
-    db = Database(shared.database_url)
+    db = Database.open(shared.database_url)
     try:
         return db.create_key("ray")[1]
     finally:
@@ -245,7 +245,7 @@ def usage_rows(database_url: str, user: str, count: int, timeout: float = 30.0) 
     """The edge's usage rows of `user`, once there are `count` (a row is written as its answer leaves)."""
     deadline = time.monotonic() + timeout
     while True:
-        db = Database(database_url)
+        db = Database.open(database_url)
         try:
             rows = db.usage_rows(user=user)
         finally:

@@ -24,7 +24,8 @@ import pytest
 from openai import OpenAI
 
 from tests.conftest import decode_png, png_bytes
-from vary.state.database import Database, SecretRow
+from vary.state.database import Database
+from vary.state.schema import SecretRow
 from vary.testing import ServerProcess, running
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ def test_two_replicas_share_keys_usage_secret_and_images(
         )
         urls += [image.url for image in answer.data if image.url]
     assert len(urls) == 8
-    database = Database(postgres_url)
+    database = Database.open(postgres_url)
     try:
         rows = database.usage_rows(key_id=key_id)
         assert sorted(r.request_id or "" for r in rows) == ["a-1", "a-2", "b-1", "b-2"]

@@ -22,7 +22,8 @@ from PIL import Image
 
 from tests.conftest import create_key, png_bytes
 from tests.fakes.providers import FakeProvider, ResetServer
-from vary.state.database import Database, UsageRow
+from vary.state.database import Database
+from vary.state.schema import UsageRow
 from vary.testing import ServerProcess
 
 SECRET = "sk-fake-upstream-SECRET-0123456789"
@@ -210,7 +211,7 @@ def client(gateway: tuple[ServerProcess, FakeProvider, ResetServer, Path]) -> Op
 
 
 def last_usage(data_dir: Path) -> tuple[str | None, int | None, int]:
-    db = Database(data_dir / "vary.db")
+    db = Database.open(data_dir / "vary.db")
     try:
         row = db.usage_rows()[-1]
         return row.target, row.attempts, row.status
@@ -219,7 +220,7 @@ def last_usage(data_dir: Path) -> tuple[str | None, int | None, int]:
 
 
 def last_row(data_dir: Path) -> UsageRow:
-    db = Database(data_dir / "vary.db")
+    db = Database.open(data_dir / "vary.db")
     try:
         return db.usage_rows()[-1]
     finally:

@@ -143,7 +143,7 @@ def test_a_client_that_leaves_is_recorded_and_its_work_stopped(tmp_path: Path) -
         deadline = time.monotonic() + 60
         statuses: list[int] = []
         while time.monotonic() < deadline and CLIENT_CLOSED_REQUEST not in statuses:
-            db = Database(data_dir / "vary.db")
+            db = Database.open(data_dir / "vary.db")
             statuses = [row.status for row in db.usage_rows() if row.key_id == key_id]
             db.close()
             time.sleep(0.1)  # poll interval, bounded by the deadline

@@ -20,7 +20,8 @@ from openai import OpenAI
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import png_bytes
-from vary.state.database import Database, KeyLimits
+from vary.key_limits import KeyLimits
+from vary.state.database import Database
 from vary.testing import ServerProcess
 
 WAIT_S = 60
@@ -41,7 +42,7 @@ def server(data_dir: Path) -> Iterator[ServerProcess]:
 
 
 def new_key(data_dir: Path, name: str, *, admin: bool = False, **limits: int) -> tuple[str, str]:
-    db = Database(data_dir / "vary.db")
+    db = Database.open(data_dir / "vary.db")
     try:
         info, key = db.create_key(name, admin=admin, limits=KeyLimits(**limits))
         return info.id, key
@@ -178,7 +179,7 @@ def test_request_ids_on_every_answer_and_one_json_log_line_each(server: ServerPr
     assert line["duration_ms"] >= line["timings_ms"]["total"]
     assert key not in server.log()
     # The usage row carries the same id.
-    db = Database(data_dir / "vary.db")
+    db = Database.open(data_dir / "vary.db")
     try:
         assert [row.request_id for row in db.usage_rows(key_id=key_id, user="user-42")] == ["client-chosen-id.1"]
     finally:

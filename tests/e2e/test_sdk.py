@@ -154,7 +154,7 @@ def test_auth_missing_wrong_and_revoked(server: ServerProcess, server_data_dir: 
         body = body_of(wrong)
         assert body["code"] == "invalid_api_key" and body["type"] == "invalid_request_error"
         assert key not in str(body)
-    db = Database(server_data_dir / "vary.db")
+    db = Database.open(server_data_dir / "vary.db")
     assert db.revoke_key(key_id)
     db.close()
     assert body_of(key)["code"] == "invalid_api_key"
@@ -164,7 +164,7 @@ def test_usage_rows_record_each_request(client: OpenAI, server_data_dir: Path) -
     client.images.create_variation(image=png_bytes(), n=3, size="512x512", response_format="b64_json", user="user-Ω-42")
     with pytest.raises(openai.BadRequestError):
         client.images.create_variation(image=png_bytes(), n=11)
-    db = Database(server_data_dir / "vary.db")
+    db = Database.open(server_data_dir / "vary.db")
     rows = db.usage_rows()[-2:]
     db.close()
     ok, bad = rows

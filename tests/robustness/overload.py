@@ -106,7 +106,7 @@ def settled_rss(pid: int, *, at_least: float = 3.0, at_most: float = 30.0) -> in
 
 
 def serve(data_dir: Path, queue_size: int) -> tuple[ServerProcess, str]:
-    db = Database(data_dir / "vary.db")
+    db = Database.open(data_dir / "vary.db")
     try:
         key = db.create_key("overload")[1]
     finally:

@@ -39,7 +39,7 @@ def big_png(side: int = 4096) -> bytes:
 @pytest.fixture(scope="module")
 def small_queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path, str]]:
     data_dir = tmp_path_factory.mktemp("admission") / "data"
-    db = Database(data_dir / "vary.db")
+    db = Database.open(data_dir / "vary.db")
     try:
         key = db.create_key("test")[1]
     finally:
@@ -91,7 +91,7 @@ def test_refused_requests_do_not_decode_their_images(small_queue: tuple[ServerPr
 
 
 def usage_statuses(data_dir: Path) -> list[int]:
-    db = Database(data_dir / "vary.db")
+    db = Database.open(data_dir / "vary.db")
     try:
         return [row.status for row in db.usage_rows()]
     finally:

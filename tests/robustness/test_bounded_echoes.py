@@ -22,7 +22,7 @@ LONG = 16_000
 @pytest.fixture(scope="module")
 def text_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path, str, str]]:
     data_dir = tmp_path_factory.mktemp("echoes") / "data"
-    db = Database(data_dir / "vary.db")
+    db = Database.open(data_dir / "vary.db")
     try:
         key = db.create_key("user")[1]
         admin = db.create_key("admin", admin=True)[1]
@@ -47,7 +47,7 @@ def test_a_long_model_name_is_cut_everywhere(text_server: tuple[ServerProcess, P
     assert card.status_code == 404 and len(card.json()["error"]["message"]) < 300
     assert server.wait_for_log("POST /v1/images/variations 404")
     assert "m" * 201 not in server.log() and "n" * 201 not in server.log()
-    db = Database(data_dir / "vary.db")
+    db = Database.open(data_dir / "vary.db")
     try:
         rows = [row for row in db.usage_rows() if row.status == 404]
     finally:

@@ -165,7 +165,7 @@ def test_kill_9_while_writing_then_restart(own_server: tuple[ServerProcess, str,
                 assert httpx.get(f"{restarted.base_url}/v1/files/{name}", timeout=WAIT_S).status_code == 404
         with sqlite3.connect(data_dir / "vary.db") as connection:
             assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        db = Database(data_dir / "vary.db")
+        db = Database.open(data_dir / "vary.db")
         try:
             assert len(db.usage_rows()) >= 1
         finally:

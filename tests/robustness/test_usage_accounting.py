@@ -18,7 +18,8 @@ import httpx
 import pytest
 
 from tests.conftest import png_bytes
-from vary.state.database import Database, KeyLimits
+from vary.key_limits import KeyLimits
+from vary.state.database import Database
 from vary.testing import ServerProcess
 
 WAIT_S = 60
@@ -57,7 +58,7 @@ class WriteLock:
 def setup(tmp_path: Path) -> Iterator[tuple[Path, str, str]]:
     """A data dir with a key without limits and a key with a quota of 3 images."""
     data_dir = tmp_path / "data"
-    db = Database(data_dir / "vary.db")
+    db = Database.open(data_dir / "vary.db")
     try:
         key = db.create_key("free")[1]
         quota_key = db.create_key("quota", limits=KeyLimits(image_quota=3))[1]
@@ -77,7 +78,7 @@ def post(server: ServerProcess, key: str, **fields: str) -> httpx.Response:
 
 
 def rows_in(data_dir: Path) -> int:
-    db = Database(data_dir / "vary.db")
+    db = Database.open(data_dir / "vary.db")
     try:
         return len(db.usage_rows())
     finally:
@@ -148,7 +149,7 @@ def test_spooled_rows_survive_a_restart(setup: tuple[Path, str, str]) -> None:
         lock.release()
     with ServerProcess(data_dir):
         assert wait_for_rows(data_dir, 3) == 3
-    db = Database(data_dir / "vary.db")
+    db = Database.open(data_dir / "vary.db")
     try:
         assert sum(row.n or 0 for row in db.usage_rows()) == 6
     finally:
@@ -185,7 +186,7 @@ def fill(disk: Path) -> Path:
 
 def test_rows_are_kept_while_the_disk_is_full(small_disk: Path) -> None:
     data_dir = small_disk / "data"
-    db = Database(data_dir / "vary.db")
+    db = Database.open(data_dir / "vary.db")
     try:
         key = db.create_key("free")[1]
     finally:

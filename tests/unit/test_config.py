@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vary.service.catalogue import Catalogue, ConfigError, ModelConfig, catalogue_for, read_catalogue
+from vary.service.catalogue import Catalogue, CatalogueEntry, CatalogueError, catalogue_for, read_catalogue
 from vary.service.registry import ModelRegistry
 
 GOOD = """
@@ -77,7 +77,7 @@ def test_weights_paths_are_relative_to_the_file(tmp_path: Path) -> None:
 
 def test_without_a_file_the_catalogue_is_the_one_model(tmp_path: Path) -> None:
     assert catalogue_for(None, "kandinsky-2.2") == Catalogue(
-        (ModelConfig(name="kandinsky-2.2", engine="kandinsky-2.2", weights=None),), default="kandinsky-2.2"
+        (CatalogueEntry(name="kandinsky-2.2", engine="kandinsky-2.2", weights=None),), default="kandinsky-2.2"
     )
     assert catalogue_for(None, "kandinsky-2.2").aliases() == {"dall-e-2": "kandinsky-2.2"}
     assert catalogue_for(None, "stable-unclip-small").models[0].weights == (
@@ -147,7 +147,7 @@ def test_without_a_file_the_catalogue_is_the_one_model(tmp_path: Path) -> None:
 )
 def test_bad_files_are_refused_with_a_clear_message(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path, text)
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(CatalogueError) as error:
         read_catalogue(path)
     assert message in str(error.value)
     assert str(error.value).startswith(str(path))  # every message says which file
@@ -162,7 +162,7 @@ def test_ray_tables_are_kept_as_they_are(tmp_path: Path) -> None:
 
 
 def test_a_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read the file"):
+    with pytest.raises(CatalogueError, match="cannot read the file"):
         read_catalogue(tmp_path / "missing.toml")
 
 

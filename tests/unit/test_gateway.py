@@ -33,13 +33,14 @@ from vary.errors import (
 )
 from vary.imaging import InputImage
 from vary.request import VariationRequest
+from vary.service.attempts import Tried
 from vary.service.breaker import CircuitBreaker
-from vary.service.catalogue import ConfigError, read_catalogue
-from vary.service.gateway import Gateway, Tried, outcome_of, tried_of
+from vary.service.catalogue import CatalogueError, read_catalogue
+from vary.service.gateway import Gateway, outcome_of
 from vary.service.registry import ModelRegistry
 from vary.targets.base import Made, Resilience
 from vary.targets.hosted.common import MAX_IMAGE_BYTES, pngs_of_size
-from vary.targets.hosted.openai_api import UpstreamEngine, UpstreamOptions, retry_after
+from vary.targets.hosted.openai_api import OpenAIApiProvider, UpstreamOptions, retry_after
 
 REQUEST = VariationRequest(images=(InputImage(png_bytes(8)),), n=2, size=256)
 FAST = Resilience(max_attempts=3, backoff_seconds=0.0, max_backoff_seconds=0.0)
@@ -177,11 +178,11 @@ class Slow(Scripted):
 def test_the_deadline_cuts_the_route_short_and_nothing_after_it_is_tried() -> None:
     slow = Slow("slow", resilience=Resilience(max_attempts=3, timeout_seconds=10.0, backoff_seconds=0.0))
     after = Scripted("after")
-    with pytest.raises(UpstreamUnavailable) as raised:
-        asyncio.run(Gateway().run([slow, after], REQUEST, deadline_seconds=0.2))
+    tried = Tried()
+    with pytest.raises(UpstreamUnavailable):
+        asyncio.run(Gateway().run([slow, after], REQUEST, deadline_seconds=0.2, tried=tried))
     assert slow.calls == 1 and after.calls == 0, "the deadline is not a retryable timeout"
-    tried = tried_of(raised.value)
-    assert tried is not None and tried.describe() == "slow:1"
+    assert tried.describe() == "slow:1"
 
 
 def test_a_backoff_past_the_deadline_skips_the_retry_and_the_next_target_gets_the_time_left() -> None:
@@ -192,16 +193,17 @@ def test_a_backoff_past_the_deadline_skips_the_retry_and_the_next_target_gets_th
     assert flaky.calls == 1 and served.target == "other" and served.tried.describe() == "flaky:1,other:1"
 
 
-def test_failed_requests_carry_the_targets_tried_and_their_attempts() -> None:
+def test_failed_requests_leave_the_targets_tried_and_their_attempts_in_the_callers_record() -> None:
     a, b = Scripted("a", [retryable()] * 3), Scripted("b", [UpstreamMisconfigured("no such deployment", status=404)])
-    with pytest.raises(UpstreamUnavailable) as raised:
-        run(Gateway(), a, b)
-    tried = tried_of(raised.value)
-    assert tried is not None and (tried.describe(), tried.total) == ("a:3,b:1", 4)
+    tried = Tried()
+    with pytest.raises(UpstreamUnavailable):
+        asyncio.run(Gateway().run([a, b], REQUEST, tried=tried))
+    assert (tried.describe(), tried.total) == ("a:3,b:1", 4)
     refusing = Scripted("refusing", [UpstreamRefused("no", status=400, type=None, param=None, code=None)])
-    with pytest.raises(UpstreamRefused) as refused:
-        run(Gateway(), Scripted("down", [retryable()] * 3), refusing)
-    assert (tried_of(refused.value) or Tried()).describe() == "down:3,refusing:1"
+    tried = Tried()
+    with pytest.raises(UpstreamRefused):
+        asyncio.run(Gateway().run([Scripted("down", [retryable()] * 3), refusing], REQUEST, tried=tried))
+    assert tried.describe() == "down:3,refusing:1"
 
 
 def test_a_configuration_error_falls_through_without_a_retry_and_counts_toward_the_circuit() -> None:
@@ -381,9 +383,9 @@ KEY = 'sk-unit/KEY+with=odd"chars-0123456789'
 
 
 @pytest.fixture
-def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[UpstreamEngine]:
+def upstream(monkeypatch: pytest.MonkeyPatch) -> Iterator[OpenAIApiProvider]:
     monkeypatch.setenv("VARY_UNIT_KEY", KEY)
-    engine = UpstreamEngine(
+    engine = OpenAIApiProvider(
         name="u",
         engine="openai-compatible",
         options=UpstreamOptions(api_key_env="VARY_UNIT_KEY"),
@@ -421,7 +423,7 @@ def error_body(message: str, code: str | None = None) -> bytes:
     ],
 )
 def test_every_provider_status_is_classified_once(
-    upstream: UpstreamEngine, status: int, body: bytes, expected: str
+    upstream: OpenAIApiProvider, status: int, body: bytes, expected: str
 ) -> None:
     assert outcome_of(upstream.error_from(status, {}, body)) == expected
 
@@ -438,7 +440,7 @@ def test_every_provider_status_is_classified_once(
     ],
     ids=["whole", "url-encoded", "url-encoded-lower", "form-encoded", "json-escaped", "json-escaped-slash"],
 )
-def test_a_key_echoed_in_any_form_is_scrubbed_before_the_message_is_cut(upstream: UpstreamEngine, echo: str) -> None:
+def test_a_key_echoed_in_any_form_is_scrubbed_before_the_message_is_cut(upstream: OpenAIApiProvider, echo: str) -> None:
     for padding in (0, 180, 195):  # the echo crossing the 200-character cut included
         plain = ("x" * padding + f"key={echo} was refused").encode()
         as_json = error_body("x" * padding + f'{{"key": "{echo}"}}')
@@ -461,7 +463,7 @@ def test_retry_after_in_seconds_http_date_and_milliseconds() -> None:
     assert retry_after({"retry-after": "soon"}, now) is None and retry_after({}, now) is None
 
 
-def test_a_rate_limit_carries_the_provider_s_http_date(upstream: UpstreamEngine) -> None:
+def test_a_rate_limit_carries_the_provider_s_http_date(upstream: OpenAIApiProvider) -> None:
     error = upstream.error_from(429, {"retry-after": formatdate(time.time() + 90, usegmt=True)}, error_body("busy"))
     assert isinstance(error, UpstreamFailure) and error.retry_after is not None and 85 < error.retry_after <= 90
 
@@ -491,7 +493,7 @@ def test_a_provider_image_of_the_asked_size_passes_as_it_is_and_others_are_resiz
     assert out[0] is same and Image.open(io.BytesIO(out[1])).size == (64, 64)
 
 
-def test_an_oversized_base64_answer_is_refused_before_it_is_decoded(upstream: UpstreamEngine) -> None:
+def test_an_oversized_base64_answer_is_refused_before_it_is_decoded(upstream: OpenAIApiProvider) -> None:
     huge = "A" * (MAX_IMAGE_BYTES // 3 * 4 + 8)
     with pytest.raises(UpstreamFailure) as raised:
         asyncio.run(upstream._images([{"b64_json": huge}], 64))
@@ -515,8 +517,8 @@ def test_a_route_s_deadline_comes_from_the_configuration(tmp_path: Path) -> None
     for engine in registry.hosted:
         asyncio.run(engine.aclose())
     path.write_text(hosted.replace('"openai-compatible"', '"openai-compatible"\ndeadline_seconds = 3'))
-    with pytest.raises(ConfigError, match="deadline_seconds is for a route"):
+    with pytest.raises(CatalogueError, match="deadline_seconds is for a route"):
         read_catalogue(path)
     path.write_text(hosted + '[[models]]\nname = "r"\nroute = ["up"]\ndeadline_seconds = 0\n')
-    with pytest.raises(ConfigError, match="above 0"):
+    with pytest.raises(CatalogueError, match="above 0"):
         read_catalogue(path)

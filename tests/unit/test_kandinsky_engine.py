@@ -11,7 +11,7 @@ import torch
 from tests.unit.test_engines import assert_same_images, pixels, red, run
 from vary.engines.diffusion import Placement
 from vary.engines.kandinsky import KandinskyOptions, KandinskyVariationEngine
-from vary.service.catalogue import ConfigError, model_for_spec
+from vary.service.catalogue import CatalogueError, model_for_spec
 
 
 @pytest.fixture(scope="module")
@@ -28,10 +28,10 @@ def test_render_sizes() -> None:
 
 
 def test_unknown_model_spec(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="local model directory"):
+    with pytest.raises(CatalogueError, match="local model directory"):
         model_for_spec(str(tmp_path / "missing"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ConfigError, match="not a model directory"):
+    with pytest.raises(CatalogueError, match="not a model directory"):
         model_for_spec(str(tmp_path / "empty"))
 
 

@@ -23,7 +23,8 @@ from sqlalchemy import create_engine, inspect
 
 from vary.settings import Settings
 from vary.state import migrations
-from vary.state.database import Base, Database, UsageRow
+from vary.state.database import Database
+from vary.state.schema import Base, UsageRow
 from vary.state.signing import secret_for
 
 OLD_SCHEMA = """
@@ -133,7 +134,7 @@ def model_columns(table: str) -> set[str]:
 
 
 def check_upgraded_with_rows(path: Path) -> None:
-    db = Database(path)
+    db = Database.open(path)
     try:
         assert db.revision() == migrations.head()
         for table in ("api_keys", "usage", "write_probe", "secrets", "leases"):
@@ -177,9 +178,9 @@ def test_an_older_schema_gets_its_missing_columns_and_tables(tmp_path: Path) -> 
 def test_upgrading_again_changes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "vary.db"
     old_database(path, OLDEST_SCHEMA)
-    Database(path).close()
+    Database.open(path).close()
     once = schema_of(path)
-    Database(path).close()  # the usual path: the revision is read, nothing is run
+    Database.open(path).close()  # the usual path: the revision is read, nothing is run
     engine = create_engine(f"sqlite:///{path}")
     try:
         migrations.upgrade(engine)  # and the upgrade itself, run at the head, runs nothing
@@ -197,7 +198,7 @@ def test_upgrading_again_changes_nothing(tmp_path: Path) -> None:
 
 def test_the_migrated_schema_is_the_models(tmp_path: Path) -> None:
     """A revision forgotten after a model change fails here: compare_metadata lists every difference."""
-    db = Database(tmp_path / "vary.db")
+    db = Database.open(tmp_path / "vary.db")
     try:
         with db.engine.connect() as connection:
             assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
@@ -212,7 +213,7 @@ def test_processes_upgrading_one_old_database_at_once_both_succeed(tmp_path: Pat
     old_database(path, OLDEST_SCHEMA)
     script = (
         "import sys, pathlib; from vary.state.database import Database\n"
-        "d = Database(pathlib.Path(sys.argv[1])); print(d.revision()); d.close()"
+        "d = Database.open(pathlib.Path(sys.argv[1])); print(d.revision()); d.close()"
     )
     processes = [
         subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -231,7 +232,7 @@ def test_threads_opening_one_new_database_at_once(tmp_path: Path) -> None:
 
     def open_it() -> None:
         try:
-            Database(path).close()
+            Database.open(path).close()
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -270,7 +271,7 @@ def test_the_sqlite_default_is_unchanged(tmp_path: Path) -> None:
     """No database_url: vary.db and the signing secret's file in the data dir, as before Alembic."""
     settings = Settings(data_dir=tmp_path / "data")
     assert settings.database == tmp_path / "data" / "vary.db"
-    db = Database(settings.database)
+    db = Database.open(settings.database)
     try:
         secret = secret_for(settings, db)
         assert (tmp_path / "data" / "secret").read_bytes() == secret and len(secret) == 32
@@ -310,7 +311,7 @@ def test_a_database_that_cannot_be_used_is_one_line_never_a_traceback(tmp_path: 
 def test_a_schema_newer_than_this_vary_is_refused_in_one_line_never_downgraded(tmp_path: Path) -> None:
     """A rolled-back deploy: the database was migrated by a newer vary. Nothing starts, nothing is changed."""
     path = tmp_path / "newer.db"
-    Database(path).close()
+    Database.open(path).close()
     with sqlite3.connect(path) as connection:
         connection.execute("UPDATE alembic_version SET version_num = '9999_from_a_newer_vary'")
     url = f"sqlite:///{path}"

@@ -20,7 +20,7 @@ sys.meta_path.insert(0, NoRay())
 def test_the_one_box_server_does_not_import_ray() -> None:
     code = (
         "import sys\n"
-        "import vary.cli.commands, vary.cli.serve, vary.app, vary.service.registry, vary.gateway\n"
+        "import vary.cli.commands, vary.cli.serve, vary.app, vary.service.registry, vary.service.gateway\n"
         "loaded = sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.'))\n"
         "assert not loaded, loaded\n"
     )

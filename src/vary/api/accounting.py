@@ -24,11 +24,12 @@ from vary.api.request_context import describe_request, request_id_of
 from vary.api.variation_form import VariationForm
 from vary.echo import clipped
 from vary.errors import VaryError
+from vary.service.attempts import Tried
 from vary.service.components import Services
-from vary.service.gateway import tried_of
 from vary.service.rate_limiter import Admission
 from vary.service.variations import VariationResult
-from vary.state.database import KeyInfo, UsageRow
+from vary.state.keys import KeyInfo
+from vary.state.schema import UsageRow
 
 log = logging.getLogger("vary.accounting")
 # nginx's code for "client closed the request"; only ever recorded, never sent to anyone.
@@ -52,6 +53,7 @@ class RequestAccount:
         )
         self.admission: Admission | None = None
         self.stages: dict[str, float] = {}
+        self.tried = Tried()  # filled by the service, read here whether the request succeeds or fails
 
     def describe(self, form: VariationForm) -> None:
         usage = self.usage
@@ -70,8 +72,7 @@ class RequestAccount:
 
     def respond(self, result: VariationResult) -> Response:
         usage = self.usage
-        usage.status, usage.target, usage.attempts = 200, result.target, result.attempts
-        usage.targets_tried = result.tried or None
+        usage.status, usage.target = 200, result.target
         result.timings.stages["total"] = time.perf_counter() - self.started
         self.stages = result.timings.stages
         self.services.metrics.observe_request(usage.model, self.stages)
@@ -99,9 +100,6 @@ class RequestAccount:
         """Records the status `exc` means; True swallows it (a client that left gets no answer)."""
         if exc is None:
             return False
-        tried = tried_of(exc)
-        if tried is not None and tried.attempts:  # what a failed request cost, whoever pays for it
-            self.usage.attempts, self.usage.targets_tried = tried.total, clipped(tried.describe(), 990)
         if isinstance(exc, (ClientGone, ClientDisconnect)):
             self.usage.status = CLIENT_CLOSED_REQUEST
             return True
@@ -123,6 +121,8 @@ class RequestAccount:
 
     async def _record(self) -> None:
         usage, services = self.usage, self.services
+        if self.tried.attempts:  # what the request cost, answered or not, whoever pays for it
+            usage.attempts, usage.targets_tried = self.tried.total, clipped(self.tried.describe(), 990)
         usage.latency_ms = (time.perf_counter() - self.started) * 1000.0
         services.metrics.count_request(usage.model, usage.status)
         describe_request(

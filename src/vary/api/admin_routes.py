@@ -11,7 +11,7 @@ from vary.api.auth import require_admin_key
 from vary.api.deps import services_of
 from vary.api.errors import invalid
 from vary.ops.usage_report import parse_since, summarise
-from vary.state.database import KeyInfo
+from vary.state.keys import KeyInfo
 
 router = APIRouter(prefix="/v1/admin", include_in_schema=False)
 AdminKey = Annotated[KeyInfo, Depends(require_admin_key)]

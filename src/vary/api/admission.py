@@ -8,7 +8,7 @@ from starlette.concurrency import run_in_threadpool
 
 from vary.service.components import Services
 from vary.service.rate_limiter import ANONYMOUS, Admission, quota_period_start
-from vary.state.database import KeyInfo
+from vary.state.keys import KeyInfo
 
 
 async def admit(services: Services, key: KeyInfo | None, images: int) -> Admission:

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from vary.api.deps import services_of
 from vary.api.errors import ApiError
-from vary.state.database import KeyInfo
+from vary.state.keys import KeyInfo
 
 MISSING_KEY = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header "

@@ -30,7 +30,7 @@ from vary.api.variation_form import read_variation_form
 from vary.controls import MAX_GUIDANCE_SCALE, MAX_SEED, RequestedControls
 from vary.engines.base import Engine
 from vary.errors import ControlInvalid, ModelNotFound
-from vary.state.database import KeyInfo
+from vary.state.keys import KeyInfo
 from vary.state.signing import ExpiredError, SignatureError
 
 __all__ = ["CLIENT_CLOSED_REQUEST", "API_PREFIX", "azure_router", "router"]
@@ -82,7 +82,7 @@ async def _create_variation(request: Request, key: KeyInfo | None, *, deployment
             form = dataclasses.replace(form, model=deployment)
         account.describe(form)
         await account.admit(form.n)
-        work = services.variations.create(form.to_request(), base_url=str(request.base_url))
+        work = services.variations.create(form.to_request(), base_url=str(request.base_url), tried=account.tried)
         return account.respond(await unless_disconnected(request, work))
     return Response(status_code=CLIENT_CLOSED_REQUEST)  # the client left: nobody reads this
 

@@ -8,17 +8,25 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from pydantic import ValidationError
 
 from vary.cli import create as create_command
+from vary.cli import db as db_command
+from vary.cli import keys as keys_command
+from vary.cli import usage as usage_command
+from vary.cli.address import address_problem
+from vary.cli.flags import add_settings_flags, given_settings
 from vary.datadir import DataDir, choose_data_dir
-from vary.key_limits import LIMIT_FIELDS, LIMIT_FLAGS, KeyLimits
+from vary.key_limits import LIMIT_FLAGS
+from vary.ops.logs import configure_logging
 from vary.ops.usage_report import FORMATS
 from vary.settings import Settings
+from vary.state.connection import DatabaseSetupError, shown
+
+# The settings every command that opens the database takes; `vary serve` takes them all.
+STATE_SETTINGS = ("data_dir", "database_url")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,53 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"vary {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    # Where keys and usage live, for every command that reads them.
     data_dir = argparse.ArgumentParser(add_help=False)
-    data_dir.add_argument(
-        "--data-dir",
-        help="database, images and URL secret (default: the per-user data dir, ~/.local/share/vary on Linux; "
-        "VARY_DATA_DIR)",
-    )
-
-    database = argparse.ArgumentParser(add_help=False)
-    database.add_argument(
-        "--database-url",
-        help="keys and usage in this SQLAlchemy database, e.g. postgresql+psycopg://vary@db-host/vary to share "
-        "one between replicas (default: vary.db in the data dir; VARY_DATABASE_URL)",
-    )
-    data_dir = argparse.ArgumentParser(add_help=False, parents=[data_dir, database])
+    add_settings_flags(data_dir, STATE_SETTINGS)
 
     serve = commands.add_parser("serve", parents=[data_dir], help="start the API server")
-    serve.add_argument("--host", help="interface to listen on (default 127.0.0.1; VARY_HOST)")
-    serve.add_argument("--port", type=int, help="port (default 8000; VARY_PORT)")
-    serve.add_argument(
-        "--model", help="a built-in model (default kandinsky-2.2) or a local model directory (VARY_MODEL)"
-    )
-    serve.add_argument("--config", help="a TOML model catalogue; replaces --model (VARY_CONFIG)")
-    serve.add_argument(
-        "--no-auth", action="store_true", default=None, help="accept requests without an API key (VARY_NO_AUTH)"
-    )
-    serve.add_argument("--public-url", help="base of the image URLs handed out, e.g. behind a proxy (VARY_PUBLIC_URL)")
-    serve.add_argument("--device", help="torch device, e.g. cuda or cpu (default: cuda when present; VARY_DEVICE)")
-    serve.add_argument(
-        "--storage-url",
-        help="where images are stored: file:///abs/dir or s3://BUCKET[/PREFIX] (default: the data dir's images/; "
-        "VARY_STORAGE_URL)",
-    )
-    serve.add_argument(
-        "--ray",
-        dest="ray_address",
-        metavar="ADDRESS",
-        help="run as a Ray Serve application on the Ray cluster at ADDRESS, e.g. 10.0.0.5:6379 (VARY_RAY_ADDRESS)",
-    )
-
-    serve.add_argument(
-        "--log-format",
-        choices=("auto", "json", "text"),
-        help="log lines (default auto: text on a terminal, json otherwise; VARY_LOG_FORMAT)",
-    )
-    serve.add_argument(
-        "--log-level", choices=("debug", "info", "warning"), help="debug adds tracebacks (default info; VARY_LOG_LEVEL)"
-    )
+    add_settings_flags(serve, [name for name in Settings.model_fields if name not in STATE_SETTINGS])
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser(
@@ -92,11 +59,9 @@ def _parser() -> argparse.ArgumentParser:
         "pull", help="download the files a model loads, and no more, into the Hugging Face cache"
     )
     pull.add_argument("models", nargs="*", metavar="MODEL", help="built-in models (default: kandinsky-2.2)")
-    pull.add_argument("--config", help="every local model of this TOML catalogue")
     pull.add_argument("--local-dir", help="a directory instead of the HF cache: one folder per repository in it")
-    pull.add_argument(
-        "--device", help="the device the models will run on: GPUs get fp16 files where served (VARY_DEVICE)"
-    )
+    # Every local model of the catalogue; the device decides the files (GPUs get fp16 ones where served).
+    add_settings_flags(pull, ["catalogue", "config", "device"])
 
     create_command.add_parser(commands)
 
@@ -110,15 +75,6 @@ def _parser() -> argparse.ArgumentParser:
     db.add_parser("upgrade", parents=[data_dir], help="migrate the schema to this vary's version (also done at start)")
     db.add_parser("current", parents=[data_dir], help="print the schema's revision, without changing anything")
     return parser
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("vary")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown (not installed)"
 
 
 def _limit_options(default: object) -> argparse.ArgumentParser:
@@ -140,10 +96,8 @@ def _limit(text: str) -> int | None:
 
 
 def _settings(args: argparse.Namespace) -> tuple[Settings, DataDir]:
-    options: tuple[str, ...] = ("host", "port", "config", "model", "no_auth", "public_url", "device", "log_format")
-    options += ("log_level", "database_url", "storage_url", "ray_address")
-    given: dict[str, Any] = {name: getattr(args, name) for name in options if getattr(args, name, None) is not None}
-    data_dir = choose_data_dir(getattr(args, "data_dir", None))
+    given = given_settings(args)
+    data_dir = choose_data_dir(given.pop("data_dir", None))
     try:
         return Settings(**given, data_dir=data_dir.path), data_dir
     except ValidationError as exc:
@@ -160,79 +114,29 @@ def _invalid(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def _keys(args: argparse.Namespace, settings: Settings) -> None:
-    from vary.state.database import Database, KeyInfo
-
-    def limits_text(info: KeyInfo) -> str:
-        shown = [f"{flag[2:]}={_shown(getattr(info.limits, dest))}" for flag, (dest, _) in LIMIT_FLAGS.items()]
-        return " ".join(shown)
-
-    db = Database(settings.database)
-    try:
-        if args.keys_command == "create":
-            limits = KeyLimits(**{field: getattr(args, field) for field in LIMIT_FIELDS})
-            info, key = db.create_key(args.name, admin=args.admin, limits=limits)
-            kind = "admin key" if info.admin else "key"
-            print(f"Created {kind} {info.id}{f' ({info.name})' if info.name else ''}. It is shown only this once:")
-            print(key)
-        elif args.keys_command == "update":
-            changes = {field: getattr(args, field) for field in LIMIT_FIELDS if hasattr(args, field)}
-            if not changes:
-                sys.exit("vary: nothing to update: give --rpm, --ipm, --concurrency or --quota")
-            updated = db.update_key(args.key_id, **changes)
-            if updated is None:
-                sys.exit(f"vary: no key with id {args.key_id!r}")
-            print(f"Updated key {updated.id}: {limits_text(updated)}")
-        elif args.keys_command == "list":
-            print(f"{'id':<10} {'created (UTC)':<20} {'status':<8} {'role':<6} {'limits':<44} name")
-            for k in db.list_keys():
-                created = datetime.fromtimestamp(k.created_at, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-                status = "revoked" if k.revoked_at else "active"
-                role = "admin" if k.admin else "user"
-                print(f"{k.id:<10} {created:<20} {status:<8} {role:<6} {limits_text(k):<44} {k.name}")
-        elif args.keys_command == "revoke":
-            if not db.revoke_key(args.key_id):
-                sys.exit(f"vary: no key with id {args.key_id!r}")
-            print(f"Revoked key {args.key_id}.")
-    finally:
-        db.close()
-
-
-def _shown(limit: int | None) -> str:
-    return "default" if limit is None else ("unlimited" if limit == 0 else str(limit))
-
-
-def _usage(args: argparse.Namespace, settings: Settings) -> None:
-    from vary.ops.usage_report import parse_since, render, summarise
-    from vary.state.database import Database
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
 
     try:
-        since = parse_since(args.since) if args.since else None
-    except ValueError as exc:
-        sys.exit(f"vary: --since: {exc}")
-    db = Database(settings.database)
-    try:
-        print(render(summarise(db.usage_rows(key_id=args.key, user=args.user, since=since)), args.format))
-    finally:
-        db.close()
+        return version("vary")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
-def _db(args: argparse.Namespace, settings: Settings) -> None:
-    from vary.state import migrations
-    from vary.state.database import Database
-
-    db = Database(settings.database, migrate=args.db_command == "upgrade")
-    try:
-        revision = db.revision()
-    finally:
-        db.close()
-    if revision == migrations.head():
-        state = "the head"
-    elif revision is not None and not migrations.known(revision):
-        state = f"newer than this vary's head {migrations.head()}"
-    else:
-        state = f"behind the head {migrations.head()}"
-    print(f"{revision or 'none (not made by vary, or before vary used Alembic)'} ({state})")
+def _no_database_yet(args: argparse.Namespace, data_dir: DataDir) -> None:
+    """A command that makes the database says so; one that only reads it (or changes what is not there) ends:
+    an empty table would hide that this is not the data dir the server uses."""
+    command = (args.command, getattr(args, "keys_command", None) or getattr(args, "db_command", None))
+    if command in (("keys", "create"), ("db", "upgrade")):
+        print(
+            f"vary: no database in {data_dir.path} yet: making one (a server started with it uses it)", file=sys.stderr
+        )
+        return
+    sys.exit(
+        f"vary: no database in {data_dir.path}: no server has run with this data dir and no key was made there. "
+        "`vary serve` prints its data dir and the command that reaches its keys; pass that --data-dir "
+        "(or VARY_DATA_DIR, or --database-url)."
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -241,50 +145,42 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(create_command.run(args))
     settings, data_dir = _settings(args)
     if args.command == "pull":
+        # As for serve: logging before the ML libraries are imported (they log), and only for this command.
+        configure_logging("text", level=settings.log_level, progress_bars=True)
         from vary.cli import pull
 
         sys.exit(
             pull.run(
                 args.models,
-                Path(args.config) if args.config else None,
+                settings.catalogue,
                 Path(args.local_dir) if args.local_dir else None,
                 settings,
             )
         )
     if args.command == "serve":
+        # Logging first: importing the server (torch, diffusers) already logs, in the log's format. The server's
+        # module is imported only here so that `vary keys` and the other commands never load torch.
+        configure_logging(settings.log_format, level=settings.log_level)
+        if not settings.ray_address:  # a busy port in one line, before torch and the models load (with Ray,
+            problem = address_problem(settings.host, settings.port)  # the cluster's proxy listens instead)
+            if problem:
+                sys.exit(f"vary: {problem}")
         from vary.cli.serve import serve
 
         serve(settings, data_dir)
         return
     print(f"vary: {data_dir.line()}", file=sys.stderr)  # stdout stays the command's own output
     if settings.database_url is not None:
-        from vary.state.database import shown
-
         print(f"vary: database {shown(settings.database_url)}", file=sys.stderr)
-    from vary.state.database import DatabaseSetupError
-
-    if settings.database_url is None and not settings.db_path.is_file():
-        if (args.command, getattr(args, "keys_command", None) or getattr(args, "db_command", None)) in (
-            ("keys", "create"),
-            ("db", "upgrade"),
-        ):
-            print(
-                f"vary: no database in {data_dir.path} yet: making one (a server started with it uses it)",
-                file=sys.stderr,
-            )
-        else:  # only reading (or changing what is not there): nothing to make, and an empty table would mislead
-            sys.exit(
-                f"vary: no database in {data_dir.path}: no server has run with this data dir and no key was made "
-                "there. `vary serve` prints its data dir and the command that reaches its keys; pass that "
-                "--data-dir (or VARY_DATA_DIR, or --database-url)."
-            )
+    elif not settings.db_path.is_file():
+        _no_database_yet(args, data_dir)
     try:
         if args.command == "usage":
-            _usage(args, settings)
+            usage_command.run(args, settings)
         elif args.command == "db":
-            _db(args, settings)
+            db_command.run(args, settings)
         else:
-            _keys(args, settings)
+            keys_command.run(args, settings)
     except DatabaseSetupError as exc:
         sys.exit(f"vary: {exc}")
 

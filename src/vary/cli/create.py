@@ -117,7 +117,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
 
 
 def run(args: argparse.Namespace) -> int:
-    import openai
+    import openai  # here, not at the top: the other commands, which import this module's parser, never need it
 
     paths: list[Path] = args.images
     if len(paths) > MAX_IMAGES:

@@ -10,33 +10,21 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from vary.settings import Settings
+from vary.engines.diffusion import Placement
+from vary.engines.weights import HubFiles, bound_hub_timeouts, download, hub_trouble, missing_files, total_size
+from vary.service.catalogue import ENGINES, CatalogueEntry, CatalogueError, catalogue_for
+from vary.settings import DEFAULT_MODEL, Settings
 
 
 def run(models: list[str], config: Path | None, local_dir: Path | None, settings: Settings) -> int:
-    from vary.ops.logs import configure_logging
-
-    configure_logging("text", level=settings.log_level, progress_bars=True)  # before the ML libraries log
-
-    from vary.engines.diffusion import Placement
-    from vary.engines.weights import (
-        HubFiles,
-        bound_hub_timeouts,
-        download,
-        hub_trouble,
-        missing_files,
-        total_size,
-    )
-    from vary.service.catalogue import ENGINES, ConfigError, ModelConfig, catalogue_for
-    from vary.settings import DEFAULT_MODEL
-
+    """Logging is already configured, as text with progress bars (vary.cli imports this module after it)."""
     try:
-        chosen: list[ModelConfig] = (
+        chosen: list[CatalogueEntry] = (
             list(catalogue_for(config, DEFAULT_MODEL).models)
             if config is not None
             else [model for name in models or [DEFAULT_MODEL] for model in catalogue_for(None, name).models]
         )
-    except ConfigError as exc:
+    except CatalogueError as exc:
         print(f"vary: {exc}", file=sys.stderr)
         return 2
     # The same placement as `vary serve`: it decides whether fp16 files are the ones to fetch.

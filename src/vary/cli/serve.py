@@ -7,38 +7,41 @@ and wait for the load to finish. (A worker thread, as before: torch's CPU kernel
 slower in the main thread of a busy machine.)
 Weights that cannot be had end the start with one logged line and exit status 1.
 
-The address is checked before anything loads: a busy port is one line at once, not uvicorn's
-`[Errno 98]` after minutes of loading.
-
 Every start ends with the ready block, once the server answers: where the playground, the API and
 its docs are, and where the keys live with the command that makes one there. A terminal gets it as
 text, last; a JSON log gets it as one record. The first key is written to a file readable only by
 its owner as soon as it exists (a start that fails later does not lose it) and printed in the ready
-block, with a curl line to paste.
+block, with a curl line to paste. (A busy address is found before this module is even imported:
+cli/address.py.)
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import shlex
-import socket
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import uvicorn
 
+from vary.app import build_app, build_registry, http_protocol
 from vary.datadir import DataDir, default_data_dir
+from vary.engines.weights import bound_hub_timeouts
+from vary.errors import ModelUnavailable
+from vary.imaging import ImageDecoder
+from vary.ops.logs import resolved_format
+from vary.ops.memory import cap_malloc_arenas
+from vary.service.catalogue import CatalogueError, catalogue_for
+from vary.service.registry import ModelRegistry
 from vary.settings import Settings
-
-if TYPE_CHECKING:  # the ML libraries are imported only once logging is set up: their import logs
-    from vary.imaging import ImageDecoder
-    from vary.service.registry import ModelRegistry
-    from vary.state.database import Database
+from vary.state.connection import DatabaseSetupError, shown
+from vary.state.database import Database
+from vary.state.image_store import StorageSetupError
+from vary.state.stores import open_store
 
 log = logging.getLogger("vary")
 T = TypeVar("T")
@@ -60,30 +63,16 @@ class ReadyServer(uvicorn.Server):
 
 
 def serve(settings: Settings, data_dir: DataDir) -> None:
-    from vary.ops.logs import configure_logging
-
-    # First: importing the ML libraries below already logs, and those lines must be in the log's format.
-    log_format = configure_logging(settings.log_format, level=settings.log_level)
-
-    from vary.app import build_app, http_protocol
-    from vary.errors import ModelUnavailable
-    from vary.ops.memory import cap_malloc_arenas
-    from vary.service.catalogue import ConfigError, catalogue_for
-    from vary.state.database import Database, DatabaseSetupError
-    from vary.state.image_store import StorageSetupError
-    from vary.state.stores import open_store
-
+    """Logging is already configured (vary.cli imports this module after it: importing torch logs)."""
+    for line in settings.deprecations():
+        log.warning(line)
     try:
-        catalogue_for(settings.config, settings.model)  # every mistake in one line, before anything loads
-    except ConfigError as exc:
+        catalogue_for(settings.catalogue, settings.model)  # every mistake in one line, before anything loads
+    except CatalogueError as exc:
         sys.exit(f"vary: {exc}")
-    if not settings.ray_address:  # with Ray, the cluster's proxy listens, not this process
-        problem = address_problem(settings.host, settings.port)
-        if problem:
-            sys.exit(f"vary: {problem}")
     log.info(data_dir.line())
     try:  # a database or store that cannot be used ends the start in one line, before any model loads
-        db = Database(settings.database)  # its schema upgraded first (vary/migrations), as the lifespan would
+        db = Database.open(settings.database)  # its schema upgraded first (vary/migrations), as the lifespan would
         try:
             key = None if settings.no_auth else first_key(settings.data_dir, db)
         finally:
@@ -114,6 +103,7 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
         http=http_protocol(settings),
         ws="none",  # no WebSocket routes: an upgrade is answered as the plain request it is (http_protocol.py)
     )
+    log_format = resolved_format(settings.log_format)
     server = ReadyServer(config, on_ready=lambda: announce_ready(settings, data_dir, key, log_format))
     try:
         server.run()
@@ -152,10 +142,6 @@ def in_background(work: Callable[[], T]) -> T:
 
 def load_models(settings: Settings) -> tuple[ModelRegistry, ImageDecoder]:
     """Every model built; the eager ones loaded (the local cache first, the Hub with timeouts) and warmed up."""
-    from vary.app import build_registry
-    from vary.engines.weights import bound_hub_timeouts
-    from vary.imaging import ImageDecoder
-
     bound_hub_timeouts()
     decoder = ImageDecoder(settings.image_rules())
     registry = build_registry(settings, decoder)
@@ -179,32 +165,6 @@ def first_key(data_dir: Path, db: Database) -> str | None:
     return key
 
 
-def address_problem(host: str, port: int) -> str | None:
-    """Why vary could not listen on host:port, in one line; None when it can (the socket is closed again)."""
-    try:
-        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except socket.gaierror:
-        return f"cannot listen on {host!r}: no such host name or address (--host, VARY_HOST)"
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds, so the answers agree
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            where = f"{host}:{port}"
-            if exc.errno == errno.EADDRINUSE:
-                return (
-                    f"{where} is already in use, by another vary serve or another server: stop it, "
-                    "or choose another port with --port (VARY_PORT)"
-                )
-            if exc.errno == errno.EACCES:
-                return f"{where}: ports below 1024 need privileges; choose another with --port (VARY_PORT)"
-            if exc.errno == errno.EADDRNOTAVAIL:
-                return f"cannot listen on {host}: it is not an address of this machine (--host, VARY_HOST)"
-            return f"cannot listen on {where}: {exc.strerror}"
-    return None
-
-
 def keys_command(settings: Settings, data_dir: DataDir) -> str:
     """The `vary keys create` that reaches this server's own key store, as the user would type it."""
     if settings.database_url is not None:
@@ -215,8 +175,6 @@ def keys_command(settings: Settings, data_dir: DataDir) -> str:
 
 
 def keys_store(settings: Settings) -> str:
-    from vary.state.database import shown
-
     return shown(settings.database_url) if settings.database_url is not None else str(settings.db_path)
 
 

@@ -25,10 +25,12 @@ from ray import serve
 from ray.serve import Application, Deployment
 from ray.serve.handle import DeploymentHandle
 
+from vary.app import build_app
 from vary.engines.diffusion import Placement
+from vary.engines.weights import bound_hub_timeouts
 from vary.imaging import ImageDecoder
 from vary.ops.logs import configure_logging
-from vary.service.catalogue import Catalogue, ConfigError, ModelConfig, catalogue_for
+from vary.service.catalogue import HOSTED_PROVIDERS, ROUTE, Catalogue, CatalogueEntry, CatalogueError, catalogue_for
 from vary.service.registry import ModelRegistry
 from vary.settings import Settings
 from vary.targets.base import Made, Resilience
@@ -61,9 +63,9 @@ def replica_resilience(settings: Settings) -> Resilience:
 class ModelReplica:
     """One replica of a model's deployment: the weights, loaded on this replica's GPU when it has one."""
 
-    def __init__(self, settings: dict[str, Any], model: ModelConfig, secret_env: dict[str, str] | None = None) -> None:
-        from vary.engines.weights import bound_hub_timeouts
-
+    def __init__(
+        self, settings: dict[str, Any], model: CatalogueEntry, secret_env: dict[str, str] | None = None
+    ) -> None:
         os.environ.update(secret_env or {})  # first: the Hub's token is read when the weights load
         config = Settings(**settings)
         configure_logging(config.log_format, level=config.log_level)
@@ -103,13 +105,11 @@ class Edge:
         self.models = models
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        from vary.app import build_app
-
         settings = self.settings
         configure_logging(settings.log_format, level=settings.log_level)
         decoder = ImageDecoder(settings.image_rules())
 
-        def ray_target(model: ModelConfig) -> RayTarget:
+        def ray_target(model: CatalogueEntry) -> RayTarget:
             handle = self.models[model.name]
             return RayTarget(
                 model.name,
@@ -127,7 +127,7 @@ class Edge:
         return build_app(settings, registry=registry, decoder=decoder)
 
 
-def model_options(model: ModelConfig, settings: Settings, *, has_gpus: bool) -> dict[str, Any]:
+def model_options(model: CatalogueEntry, settings: Settings, *, has_gpus: bool) -> dict[str, Any]:
     """The deployment options of a model: its [models.ray] table as it is, over vary's defaults."""
     defaults: dict[str, Any] = {
         "ray_actor_options": {"num_gpus": 1} if has_gpus else {"num_cpus": 1},
@@ -197,16 +197,15 @@ def cluster_has_gpus() -> bool:
 
 def application(settings: Settings) -> Application:
     """The Serve application for these settings: the edge bound to one deployment per local model."""
-    from vary.service.catalogue import HOSTED_ENGINES, ROUTE
 
-    if settings.config is not None:  # read here, on the driver: a relative path means this directory
-        settings = settings.model_copy(update={"config": settings.config.resolve()})
-    catalogue = catalogue_for(settings.config, settings.model)
+    if settings.catalogue is not None:  # read here, on the driver: a relative path means this directory
+        settings = settings.model_copy(update={"catalogue": settings.catalogue.resolve()})
+    catalogue = catalogue_for(settings.catalogue, settings.model)
     shipped = shipped_settings(settings)
     has_gpus = cluster_has_gpus()
     models: dict[str, Application] = {}
     for model in catalogue.models:
-        if model.engine in HOSTED_ENGINES or model.engine == ROUTE:
+        if model.engine in HOSTED_PROVIDERS or model.engine == ROUTE:
             continue  # hosted providers are called from the edge; a route is its members' targets
         deployment = serve.deployment(name=model_deployment_name(model.name))(ModelReplica)
         table = model_options(model, settings, has_gpus=has_gpus)
@@ -225,7 +224,7 @@ def _with_options(deployment: Deployment, options: dict[str, Any], where: str) -
     try:
         return deployment.options(**options)
     except (TypeError, ValueError) as exc:  # an unknown option; a bad value (pydantic's error is a ValueError)
-        raise ConfigError(f"{where}: {' '.join(str(exc).split())}") from None
+        raise CatalogueError(f"{where}: {' '.join(str(exc).split())}") from None
 
 
 def build(args: dict[str, Any]) -> Application:

@@ -33,7 +33,7 @@ def serve_on_ray(settings: Settings, on_ready: str | None) -> None:
     except ImportError:
         sys.exit(MISSING_RAY)
     from vary.cluster.deployments import APP_NAME, application
-    from vary.service.catalogue import ConfigError
+    from vary.service.catalogue import CatalogueError
 
     address = settings.ray_address or "auto"
     reason = _unreachable(address)
@@ -60,7 +60,7 @@ def serve_on_ray(settings: Settings, on_ready: str | None) -> None:
             signal.pause()  # until a signal: the handler's exception leaves the wait
     except _Stop:
         log.info("stopping: deleting the application %r", APP_NAME)
-    except ConfigError as exc:  # Serve refused a [models.ray] or [ray.edge] table
+    except CatalogueError as exc:  # Serve refused a [models.ray] or [ray.edge] table
         sys.exit(f"vary: {exc}")
     except RuntimeError as exc:  # Serve's word for an application that failed to deploy
         log.error("the application could not be deployed: %s", exc)

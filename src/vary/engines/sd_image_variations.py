@@ -66,7 +66,7 @@ class SdImageVariationsEngine(DiffusionEngine):
         else:
             pipeline = StableDiffusionImageVariationPipeline.from_pretrained(
                 self._local_weights().get("pipeline", Path(self.weights).expanduser()),
-                safety_checker=None,  # vary does not filter images; see the README's licences section
+                safety_checker=None,  # vary does not filter images; see docs/licences.md
                 feature_extractor=clip_image_processor(),  # unused: vary preprocesses itself
                 dtype=self.dtype,
             )

@@ -87,7 +87,10 @@ def _not_silenced(record: logging.LogRecord) -> bool:
 
 
 def _adopt_library_loggers() -> None:
-    """The ML libraries' loggers lose their own handlers and propagate to ours, keeping their levels."""
+    """The ML libraries' loggers lose their own handlers and propagate to ours, keeping their levels.
+
+    Imported here: logging is configured before they load (they log as they import), and commands that
+    never use them never import them."""
     import diffusers.utils.logging as diffusers_logging
     import huggingface_hub.utils.logging as hub_logging
     import transformers.utils.logging as transformers_logging

@@ -3,7 +3,7 @@
 glibc's malloc gives each thread that allocates concurrently an arena of its own (up to 8 per core)
 and keeps what is freed there for reuse. After a burst (uploads decoded and images encoded on dozens
 of worker threads) the server's RSS stays at the burst's peak although Python freed everything.
-Two glibc calls fix that, measured in the README's reliability section:
+Two glibc calls fix that, measured in docs/reliability.md:
 - `mallopt(M_ARENA_MAX, n)` at start caps the arenas, so freed memory is not scattered over dozens
   of half-empty heaps (the threads share them; the request rate did not drop in `bench/`).
 - `malloc_trim(0)`, called by the middleware below once the server has been quiet for a moment, off

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
 
 from vary.echo import clipped
-from vary.state.database import UsageRow
+from vary.state.schema import UsageRow
 
 FORMATS = ("table", "csv", "json")
 

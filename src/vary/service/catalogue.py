@@ -38,12 +38,12 @@ from vary.engines.kandinsky import KandinskyVariationEngine
 from vary.engines.sd_image_variations import SdImageVariationsEngine
 from vary.engines.sdxl_ip_adapter import SdxlIpAdapterEngine
 from vary.engines.stable_unclip import UNCLIP_SMALL_REPO, StableUnclipEngine
-from vary.targets.hosted.bedrock import BEDROCK_ENGINE, BedrockNovaCanvas, BedrockOptions
-from vary.targets.hosted.openai_api import UPSTREAM_ENGINES, UpstreamEngine, UpstreamOptions
+from vary.targets.hosted.bedrock import BEDROCK_PROVIDER, BedrockNovaCanvas, BedrockOptions
+from vary.targets.hosted.openai_api import OPENAI_API_PROVIDERS, OpenAIApiProvider, UpstreamOptions
 
 # Hosted providers: no weights, a Target each.
-HOSTED_ENGINES = (*UPSTREAM_ENGINES, BEDROCK_ENGINE)
-HostedEngine = UpstreamEngine | BedrockNovaCanvas
+HOSTED_PROVIDERS = (*OPENAI_API_PROVIDERS, BEDROCK_PROVIDER)
+HostedTarget = OpenAIApiProvider | BedrockNovaCanvas
 
 ENGINES: dict[str, type[DiffusionEngine]] = {
     engine.engine_id: engine
@@ -86,12 +86,12 @@ _MODEL_KEYS = {
 _DEFAULTS_KEYS = {"steps", "guidance_scale"}
 
 
-class ConfigError(ValueError):
+class CatalogueError(ValueError):
     pass
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class CatalogueEntry:
     name: str
     engine: str  # a local engine, an upstream one, or ROUTE
     weights: str | None = None
@@ -104,15 +104,15 @@ class ModelConfig:
     deadline_seconds: float | None = None  # for a route: its whole time, every attempt and wait in it
     ray: dict[str, Any] = field(default_factory=dict)  # Ray Serve's deployment options (vary serve --ray)
 
-    def build_upstream(self) -> HostedEngine:
-        if self.engine == BEDROCK_ENGINE:
+    def build_provider(self) -> HostedTarget:
+        if self.engine == BEDROCK_PROVIDER:
             return BedrockNovaCanvas(
                 name=self.name,
                 options=BedrockOptions.of(self.options),
                 license=self.license,
                 description=self.description,
             )
-        return UpstreamEngine(
+        return OpenAIApiProvider(
             name=self.name,
             engine=self.engine,
             options=UpstreamOptions.for_engine(self.engine, self.options),
@@ -135,7 +135,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class Catalogue:
-    models: tuple[ModelConfig, ...]
+    models: tuple[CatalogueEntry, ...]
     default: str
     ray_edge: dict[str, Any] = field(default_factory=dict)  # [ray.edge]: the HTTP edge's Ray Serve options
 
@@ -154,17 +154,17 @@ def catalogue_for(config: Path | None, model: str) -> Catalogue:
     return Catalogue((model_for_spec(model),), default=_model_name(model))
 
 
-def model_for_spec(spec: str) -> ModelConfig:
+def model_for_spec(spec: str) -> CatalogueEntry:
     """`--model`: a built-in name, or a local directory whose engine is recognised from its layout."""
     if spec in BUILTIN:
         engine, weights = BUILTIN[spec]
-        return ModelConfig(name=spec, engine=engine, weights=weights)
+        return CatalogueEntry(name=spec, engine=engine, weights=weights)
     path = Path(spec).expanduser()
     if not path.is_dir():
-        raise ConfigError(
+        raise CatalogueError(
             f"unknown model {spec!r}: use one of {', '.join(BUILTIN)}, a local model directory, or --config"
         )
-    return ModelConfig(name=_model_name(spec), engine=_engine_of_directory(path), weights=str(path))
+    return CatalogueEntry(name=_model_name(spec), engine=_engine_of_directory(path), weights=str(path))
 
 
 def _model_name(spec: str) -> str:
@@ -179,7 +179,9 @@ def _engine_of_directory(path: Path) -> str:
         class_name = _pipeline_class(index)
         if class_name in PIPELINE_ENGINES:
             return PIPELINE_ENGINES[class_name]
-    raise ConfigError(f"{path} is not a model directory vary recognises (see the README's local layouts)")
+    raise CatalogueError(
+        f"{path} is not a model directory vary recognises (see docs/models.md, local model directories)"
+    )
 
 
 def _pipeline_class(index: Path) -> str | None:
@@ -195,79 +197,79 @@ def read_catalogue(path: Path) -> Catalogue:
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"{where}: cannot read the file ({exc.strerror})") from None
+        raise CatalogueError(f"{where}: cannot read the file ({exc.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{where}: not valid TOML: {exc}") from None
+        raise CatalogueError(f"{where}: not valid TOML: {exc}") from None
     unknown = set(document) - {"default", "models", "ray"}
     if unknown:
-        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}; expected 'default', [[models]] and [ray]")
+        raise CatalogueError(f"{where}: unknown key {sorted(unknown)[0]!r}; expected 'default', [[models]] and [ray]")
     ray = _table(document, "ray", where)
     if set(ray) - {"edge"}:
-        raise ConfigError(f"{where}: unknown key {sorted(set(ray) - {'edge'})[0]!r} in [ray]; expected [ray.edge]")
+        raise CatalogueError(f"{where}: unknown key {sorted(set(ray) - {'edge'})[0]!r} in [ray]; expected [ray.edge]")
     entries = document.get("models")
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
-        raise ConfigError(f"{where}: declare at least one model as a [[models]] table")
+        raise CatalogueError(f"{where}: declare at least one model as a [[models]] table")
     models = tuple(_model(entry, f"{where}: models[{i}]", path.parent) for i, entry in enumerate(entries))
 
     names = {model.name for model in models}
     for model in models:
         for member in model.route:
             if member not in names:
-                raise ConfigError(f"{where}: model {model.name!r}: its route names {member!r}, which is not a model")
+                raise CatalogueError(f"{where}: model {model.name!r}: its route names {member!r}, which is not a model")
             if next(m for m in models if m.name == member).engine == ROUTE:
-                raise ConfigError(f"{where}: model {model.name!r}: its route names {member!r}, which is a route")
+                raise CatalogueError(f"{where}: model {model.name!r}: its route names {member!r}, which is a route")
     taken: dict[str, str] = {}
     for model in models:
         for name in (model.name, *model.aliases):
             if name in taken:
-                raise ConfigError(f"{where}: the name {name!r} is used twice ({taken[name]} and {model.name})")
+                raise CatalogueError(f"{where}: the name {name!r} is used twice ({taken[name]} and {model.name})")
             taken[name] = model.name
     default = document.get("default", models[0].name)
     if not isinstance(default, str) or default not in taken:
-        raise ConfigError(f"{where}: default = {default!r} names no model in the file")
+        raise CatalogueError(f"{where}: default = {default!r} names no model in the file")
     return Catalogue(models, default=taken[default], ray_edge=_table(ray, "ray.edge", where, key="edge"))
 
 
-def _model(entry: dict[str, Any], where: str, base: Path) -> ModelConfig:
+def _model(entry: dict[str, Any], where: str, base: Path) -> CatalogueEntry:
     name = entry.get("name")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ConfigError(f"{where}: 'name' must be a model id of letters, digits, '.', '_', ':', '-'")
+        raise CatalogueError(f"{where}: 'name' must be a model id of letters, digits, '.', '_', ':', '-'")
     where = f"{where.rsplit(':', 1)[0]}: model {name!r}"
     unknown = set(entry) - _MODEL_KEYS
     if unknown:
-        raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}; known: {', '.join(sorted(_MODEL_KEYS))}")
+        raise CatalogueError(f"{where}: unknown key {sorted(unknown)[0]!r}; known: {', '.join(sorted(_MODEL_KEYS))}")
     if "route" in entry:
         return _route(entry, where)
     if "deadline_seconds" in entry:
-        raise ConfigError(f"{where}: deadline_seconds is for a route; a hosted model takes it in its options")
+        raise CatalogueError(f"{where}: deadline_seconds is for a route; a hosted model takes it in its options")
     engine = entry.get("engine")
-    if engine not in ENGINES and engine not in HOSTED_ENGINES:
-        known = ", ".join((*ENGINES, *HOSTED_ENGINES))
-        raise ConfigError(f"{where}: unknown engine {engine!r}; use one of {known}, or give a route")
+    if engine not in ENGINES and engine not in HOSTED_PROVIDERS:
+        known = ", ".join((*ENGINES, *HOSTED_PROVIDERS))
+        raise CatalogueError(f"{where}: unknown engine {engine!r}; use one of {known}, or give a route")
     load = entry.get("load", "eager")
     if load not in ("eager", "lazy"):
-        raise ConfigError(f'{where}: \'load\' must be "eager" or "lazy", not {load!r}')
+        raise CatalogueError(f'{where}: \'load\' must be "eager" or "lazy", not {load!r}')
 
     defaults = _table(entry, "defaults", where)
     if set(defaults) - _DEFAULTS_KEYS:
         unknown_default = sorted(set(defaults) - _DEFAULTS_KEYS)[0]
-        raise ConfigError(f"{where}: unknown default {unknown_default!r}; known: steps, guidance_scale")
+        raise CatalogueError(f"{where}: unknown default {unknown_default!r}; known: steps, guidance_scale")
     options = {**_table(entry, "options", where), **defaults}
     try:
         # Built now, so a bad option fails at start-up, not at the first request.
-        if engine == BEDROCK_ENGINE:
+        if engine == BEDROCK_PROVIDER:
             BedrockOptions.of(options)
-        elif engine in UPSTREAM_ENGINES:
+        elif engine in OPENAI_API_PROVIDERS:
             UpstreamOptions.for_engine(engine, options)
         else:
             ENGINES[engine].options_type().merged(**options)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    if engine in HOSTED_ENGINES and "weights" in entry:
-        raise ConfigError(f"{where}: an upstream engine has no weights; give options.base_url instead")
-    if engine in HOSTED_ENGINES and "ray" in entry:
-        raise ConfigError(f"{where}: [models.ray] is for local models; a hosted one is called from the edge")
-    return ModelConfig(
+        raise CatalogueError(f"{where}: {exc}") from None
+    if engine in HOSTED_PROVIDERS and "weights" in entry:
+        raise CatalogueError(f"{where}: an upstream engine has no weights; give options.base_url instead")
+    if engine in HOSTED_PROVIDERS and "ray" in entry:
+        raise CatalogueError(f"{where}: [models.ray] is for local models; a hosted one is called from the edge")
+    return CatalogueEntry(
         name=name,
         engine=engine,
         weights=_weights(entry.get("weights"), where, base),
@@ -281,18 +283,18 @@ def _model(entry: dict[str, Any], where: str, base: Path) -> ModelConfig:
     )
 
 
-def _route(entry: dict[str, Any], where: str) -> ModelConfig:
+def _route(entry: dict[str, Any], where: str) -> CatalogueEntry:
     members = entry["route"]
     if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
-        raise ConfigError(f"{where}: 'route' must be a list of model names, tried in order")
+        raise CatalogueError(f"{where}: 'route' must be a list of model names, tried in order")
     keys = ("name", "route", "aliases", "description", "license", "deadline_seconds")
     extra = sorted(set(entry) - set(keys))
     if extra:
-        raise ConfigError(f"{where}: a route takes {', '.join(keys)}, not {extra[0]!r}")
+        raise CatalogueError(f"{where}: a route takes {', '.join(keys)}, not {extra[0]!r}")
     deadline = entry.get("deadline_seconds")
     if deadline is not None and (isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or deadline <= 0):
-        raise ConfigError(f"{where}: deadline_seconds must be a number of seconds above 0")
-    return ModelConfig(
+        raise CatalogueError(f"{where}: deadline_seconds must be a number of seconds above 0")
+    return CatalogueEntry(
         name=entry["name"],
         engine=ROUTE,
         aliases=_aliases(entry, where),
@@ -306,21 +308,21 @@ def _route(entry: dict[str, Any], where: str) -> ModelConfig:
 def _aliases(entry: dict[str, Any], where: str) -> tuple[str, ...]:
     aliases = entry.get("aliases", [])
     if not isinstance(aliases, list) or not all(isinstance(a, str) and _NAME.fullmatch(a) for a in aliases):
-        raise ConfigError(f"{where}: 'aliases' must be a list of model ids")
+        raise CatalogueError(f"{where}: 'aliases' must be a list of model ids")
     return tuple(aliases)
 
 
 def _optional_text(entry: dict[str, Any], key: str, where: str) -> str | None:
     value = entry.get(key)
     if value is not None and not isinstance(value, str):
-        raise ConfigError(f"{where}: {key!r} must be a string")
+        raise CatalogueError(f"{where}: {key!r} must be a string")
     return value
 
 
 def _table(entry: dict[str, Any], name: str, where: str, *, key: str | None = None) -> dict[str, Any]:
     value = entry.get(key or name, {})
     if not isinstance(value, dict):
-        raise ConfigError(f"{where}: [{name}] must be a table")
+        raise CatalogueError(f"{where}: [{name}] must be a table")
     return value
 
 
@@ -329,12 +331,12 @@ def _weights(value: object, where: str, base: Path) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: 'weights' must be a Hub id, a local path or \"tiny-random\"")
+        raise CatalogueError(f"{where}: 'weights' must be a Hub id, a local path or \"tiny-random\"")
     if value == TINY_WEIGHTS:
         return value
     path = (base / value).expanduser() if not value.startswith("~") else Path(value).expanduser()
     if path.is_dir():
         return str(path)
     if value.startswith(("/", ".", "~")) or not _HUB_ID.fullmatch(value):
-        raise ConfigError(f"{where}: the weights path {value!r} does not exist (resolved to {path})")
+        raise CatalogueError(f"{where}: the weights path {value!r} does not exist (resolved to {path})")
     return value

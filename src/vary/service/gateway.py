@@ -12,7 +12,7 @@ A target whose attempts keep failing opens its circuit and is skipped until its 
 then one request probes it while the others skip it (breaker.py). Every attempt and wait of a
 request fits in its deadline. When every target failed, a lone target's own error goes back as it
 is (a local model's 429 or 503); otherwise the answer is UpstreamRateLimited or UpstreamUnavailable.
-Whatever leaves `run`, answer or error, carries the targets tried and the attempts on each.
+The caller's Tried record holds the targets tried and the attempts on each, whatever `run` ends with.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
@@ -35,6 +34,7 @@ from vary.errors import (
     VaryError,
 )
 from vary.request import VariationRequest
+from vary.service.attempts import Served, Tried
 from vary.service.breaker import CircuitBreaker
 from vary.targets.base import Made, Target
 
@@ -50,30 +50,6 @@ class AttemptObserver(Protocol):
     def observe_attempt(self, target: str, outcome: str, seconds: float) -> None: ...
 
 
-@dataclass
-class Tried:
-    """The attempts made on each target tried, in order; a skipped target (open circuit) is not in it."""
-
-    attempts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def total(self) -> int:
-        return sum(self.attempts.values())
-
-    def describe(self) -> str:
-        """`a:2,b:1`, as the usage row records it."""
-        return ",".join(f"{name}:{count}" for name, count in self.attempts.items())
-
-
-@dataclass(frozen=True)
-class Served:
-    """Which target answered, after how many attempts in all, and on which targets."""
-
-    target: str
-    attempts: int
-    tried: Tried = field(default_factory=Tried)
-
-
 def kind_of(error: BaseException) -> Kind:
     """What a failure means for the route; anything unforeseen means this target cannot serve now."""
     return error.kind if isinstance(error, VaryError) else "unavailable"
@@ -85,12 +61,6 @@ def outcome_of(error: BaseException | None) -> Outcome:
     if isinstance(error, UpstreamMisconfigured):
         return "configuration"
     return kind_of(error)
-
-
-def tried_of(error: BaseException) -> Tried | None:
-    """The targets tried by the request that ended in `error`, when the gateway raised it."""
-    tried = getattr(error, "vary_tried", None)
-    return tried if isinstance(tried, Tried) else None
 
 
 class DeadlinePassed(UpstreamFailure):
@@ -118,16 +88,19 @@ class Gateway:
         return {name: breaker.state for name, breaker in self._breakers.items()}
 
     async def run(
-        self, targets: Sequence[Target], request: VariationRequest, *, deadline_seconds: float | None = None
+        self,
+        targets: Sequence[Target],
+        request: VariationRequest,
+        *,
+        deadline_seconds: float | None = None,
+        tried: Tried | None = None,
     ) -> tuple[Made, Served]:
-        """The first target's images that succeed; raises the refusal, or what every failure adds up to."""
+        """The first target's images that succeed; raises the refusal, or what every failure adds up to.
+
+        `tried`, the caller's record, holds the attempts made however the run ends.
+        """
         ends = None if deadline_seconds is None else time.monotonic() + deadline_seconds
-        tried = Tried()
-        try:
-            return await self._run(targets, request, ends, tried)
-        except BaseException as exc:
-            exc.vary_tried = tried  # type: ignore[attr-defined]  # read by the usage row (tried_of)
-            raise
+        return await self._run(targets, request, ends, Tried() if tried is None else tried)
 
     async def _run(
         self, targets: Sequence[Target], request: VariationRequest, ends: float | None, tried: Tried

@@ -1,7 +1,7 @@
 """Model names to what serves them: each served model is an ordered list of Targets; aliases (dall-e-2).
 
 A local model is one LocalModel target (its engine behind a scheduler), a hosted provider one
-UpstreamEngine target, and a route the targets of the models it names, in order. A target is built
+OpenAIApiProvider target, and a route the targets of the models it names, in order. A target is built
 once and shared: a local model in two routes has one queue.
 """
 
@@ -15,7 +15,7 @@ from vary.engines.base import Engine, ModelInfo
 from vary.engines.diffusion import Placement
 from vary.errors import ModelNotFound
 from vary.imaging import ImageDecoder
-from vary.service.catalogue import HOSTED_ENGINES, ROUTE, Catalogue, HostedEngine, ModelConfig
+from vary.service.catalogue import HOSTED_PROVIDERS, ROUTE, Catalogue, CatalogueEntry, HostedTarget
 from vary.targets.base import Target
 from vary.targets.hosted.common import DEFAULT_DEADLINE_SECONDS
 from vary.targets.local_model import LocalModel
@@ -23,7 +23,7 @@ from vary.targets.local_model import LocalModel
 # Wraps an engine in the target that serves it; the app passes one with its queue settings and decoder.
 LocalModelFactory = Callable[[Engine], LocalModel]
 # Serves a local model from elsewhere (vary.targets.ray_replica.RayTarget: a Ray Serve deployment holds the weights).
-RemoteModelFactory = Callable[[ModelConfig], Target]
+RemoteModelFactory = Callable[[CatalogueEntry], Target]
 
 
 def default_local_model(engine: Engine) -> LocalModel:
@@ -51,7 +51,7 @@ class ModelRegistry:
         models: list[ServedModel],
         *,
         local: list[LocalModel] | None = None,
-        hosted: list[HostedEngine] | None = None,
+        hosted: list[HostedTarget] | None = None,
         aliases: dict[str, str] | None = None,
         default: str | None = None,
     ) -> None:
@@ -91,10 +91,10 @@ class ModelRegistry:
         """
         by_name: dict[str, ServedModel] = {}
         local_models: list[LocalModel] = []
-        hosted: list[HostedEngine] = []
+        hosted: list[HostedTarget] = []
         for model in catalogue.models:
-            if model.engine in HOSTED_ENGINES:
-                upstream = model.build_upstream()
+            if model.engine in HOSTED_PROVIDERS:
+                upstream = model.build_provider()
                 hosted.append(upstream)
                 by_name[model.name] = ServedModel(
                     model.name, upstream.info, (upstream,), deadline_seconds=upstream.options.deadline_seconds

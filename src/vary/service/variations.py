@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from vary.imaging import ImageDecoder
 from vary.request import VariationRequest
+from vary.service.attempts import Tried
 from vary.service.gateway import Gateway
 from vary.service.registry import ModelRegistry
 from vary.state.image_store import ImageStore, Presigner
@@ -44,8 +45,7 @@ class VariationResult:
     batch_images: int  # images in the pipeline call this request shared
     seed: int | None  # the request's seed, given or drawn; None when a provider made the images
     target: str  # the model that answered: the requested one, or a route's target
-    attempts: int = 1
-    tried: str = ""  # the targets tried and the attempts on each, "a:2,b:1"
+    tried: Tried  # the targets tried and the attempts on each
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,9 @@ class VariationService:
     links: Links
     gateway: Gateway = field(default_factory=Gateway)
 
-    async def create(self, request: VariationRequest, *, base_url: str) -> VariationResult:
+    async def create(self, request: VariationRequest, *, base_url: str, tried: Tried | None = None) -> VariationResult:
+        """The images, or a domain error; `tried` (the caller's) holds the attempts made, however it ends."""
+        tried = Tried() if tried is None else tried
         served = self.registry.resolve(request.model)
         timings = Timings()
         if any(target.remote for target in served.targets):
@@ -86,7 +88,9 @@ class VariationService:
                 await run_in_threadpool(self.decoder.rgb, image)
             timings.add("prepare", time.perf_counter() - mark)
 
-        made, answered = await self.gateway.run(served.targets, request, deadline_seconds=served.deadline_seconds)
+        made, answered = await self.gateway.run(
+            served.targets, request, deadline_seconds=served.deadline_seconds, tried=tried
+        )
         for stage, seconds in made.stages.items():
             timings.add(stage, seconds)
 
@@ -94,9 +98,7 @@ class VariationService:
         body = await run_in_threadpool(self._body, made, request.response_format, int(time.time()), base_url)
         timings.add("encode", time.perf_counter() - mark)
         batch_images = made.batch_images or request.n
-        return VariationResult(
-            body, timings, batch_images, made.seed, answered.target, answered.attempts, answered.tried.describe()
-        )
+        return VariationResult(body, timings, batch_images, made.seed, answered.target, tried)
 
     def _body(self, made: Made, response_format: str, created: int, base_url: str) -> bytes:
         if made.urls is not None:  # handed on as the provider gave them (rehost_urls = false)

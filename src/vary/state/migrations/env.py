@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from vary.state.database import Base
+from vary.state.schema import Base
 
 connection = context.config.attributes.get("connection")
 if connection is None:

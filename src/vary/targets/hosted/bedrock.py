@@ -36,7 +36,7 @@ from vary.request import VariationRequest
 from vary.targets.base import Made, Resilience
 from vary.targets.hosted.common import DEFAULT_DEADLINE_SECONDS, HostedProvider, pngs_of_size
 
-BEDROCK_ENGINE = "bedrock-nova-canvas"
+BEDROCK_PROVIDER = "bedrock-nova-canvas"
 NOVA_CANVAS = "amazon.nova-canvas-v1:0"
 MAX_IMAGES_PER_CALL = 5
 MIN_SIDE, MAX_SIDE, SIDE_STEP = 320, 4096, 16
@@ -101,7 +101,7 @@ class BedrockNovaCanvas(HostedProvider):
         import boto3  # an optional extra: pip install "vary[bedrock]"
         from botocore.config import Config
 
-        self.kind = BEDROCK_ENGINE
+        self.kind = BEDROCK_PROVIDER
         self.options = options
         self.info = ModelInfo(
             id=name,

@@ -6,7 +6,7 @@ kind says whether a retry could help: UpstreamFailure (retryable or not) or Upst
 request itself, passed on). Retries, fallbacks and the circuit breaker are the gateway's (gateway.py).
 
 Every answer is classified here, where it is read, images decoded and checked included (the table
-is in the README's gateway section): success; retryable (5xx, 429, timeouts, resets, malformed,
+is in docs/gateway.md): success; retryable (5xx, 429, timeouts, resets, malformed,
 oversized or unreadable answers); vary's own configuration (UpstreamMisconfigured: 401, 403, 404,
 3xx, a missing key); or the client's request (UpstreamRefused: any other 4xx).
 
@@ -41,7 +41,7 @@ from vary.request import VariationRequest
 from vary.targets.base import Made, Resilience
 from vary.targets.hosted.common import DEFAULT_DEADLINE_SECONDS, MAX_IMAGE_BYTES, HostedProvider, pngs_of_size
 
-UPSTREAM_ENGINES = ("openai-compatible", "azure-openai", "openai-gpt-image")
+OPENAI_API_PROVIDERS = ("openai-compatible", "azure-openai", "openai-gpt-image")
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_PROMPT = (
     "Create a variation of this image: keep its subject, composition, palette and style, "
@@ -99,7 +99,7 @@ class UpstreamOptions:
         return options
 
 
-class UpstreamEngine(HostedProvider):
+class OpenAIApiProvider(HostedProvider):
     """A hosted provider served under a model name: no weights, no scheduler, an HTTP pool of its own."""
 
     def __init__(
@@ -237,7 +237,7 @@ class UpstreamEngine(HostedProvider):
         raise UpstreamFailure("the provider's answer had neither b64_json nor url", retryable=True)
 
     def error_from(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamFailure | UpstreamRefused:
-        """A provider's non-200 answer, classified (the README's table)."""
+        """A provider's non-200 answer, classified (the table in docs/gateway.md)."""
         error: dict[str, Any] = {}
         try:
             parsed = json.loads(body)

@@ -1,0 +1,145 @@
+"""Usage: one row per variation request, and what a key's quota counts.
+
+The server gives the database a usage spool (`usage_spool.py`): a row that cannot be written at once
+is spooled, and one writer thread (started by the server, never by opening the database) writes the
+spool to the database when it takes writes again. Commands (`vary keys`, `vary usage`) do not spool.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy import String, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from vary.state.connection import Sessions, answering
+from vary.state.schema import UsageRow
+from vary.state.usage_spool import UsageSpool, Values
+
+log = logging.getLogger("vary.usage")
+# How often the writer thread tries the database again while rows are spooled.
+SPOOL_RETRY_SECONDS = 1.0
+
+
+_USAGE_COLUMNS = tuple(column.name for column in UsageRow.__table__.columns if column.name != "id")
+
+
+_TEXT_LENGTHS = {
+    column.name: column.type.length
+    for column in UsageRow.__table__.columns
+    if isinstance(column.type, String) and column.type.length
+}
+
+
+def _storable(values: Values) -> Values:
+    """Values every database takes. PostgreSQL refuses a NUL in text and text longer than its column (SQLite
+    takes both): one refused row, a client's `user` say, would hold every spooled row behind it for good."""
+    cleaned = dict(values)
+    for name, length in _TEXT_LENGTHS.items():
+        value = cleaned.get(name)
+        if isinstance(value, str):
+            cleaned[name] = value.replace("\x00", "\ufffd")[:length]
+    return cleaned
+
+
+def _values(row: UsageRow) -> Values:
+    return _storable({name: getattr(row, name) for name in _USAGE_COLUMNS})
+
+
+class Usage(Sessions):
+    spool: UsageSpool | None = None
+    _writer: threading.Thread | None = None
+    _stop: threading.Event
+
+    def record_usage(self, row: UsageRow) -> None:
+        """Writes the row, or spools it when the database cannot take it at once (with a spool)."""
+        values = _values(row)
+        if self.spool is None:
+            with self.session() as s:
+                s.add(UsageRow(**values))
+            return
+        if len(self.spool):  # the database was failing a moment ago: do not wait on it again
+            self.spool.add(values)
+            return
+        try:
+            with self.session() as s:
+                s.add(UsageRow(**values))
+        except SQLAlchemyError as exc:
+            log.warning(
+                "usage row spooled: the database cannot take it now (%s)",
+                type(getattr(exc, "orig", None) or exc).__name__,
+            )
+            self.spool.add(values)
+
+    def write_spool(self) -> int:
+        """Writes the spooled rows to the database in one transaction; how many were written (0 on failure)."""
+        if self.spool is None:
+            return 0
+        rows = self.spool.rows()
+        if not rows:
+            return 0
+        try:
+            with self.session() as s:
+                for values in rows:
+                    # A row may already be there if the spool file could not be emptied after a write.
+                    present = s.scalar(
+                        select(func.count())
+                        .select_from(UsageRow)
+                        .where(
+                            UsageRow.created_at == values.get("created_at"),
+                            UsageRow.request_id == values.get("request_id"),
+                        )
+                    )
+                    if not present:
+                        s.add(UsageRow(**_storable({k: v for k, v in values.items() if k in _USAGE_COLUMNS})))
+        except SQLAlchemyError:
+            return 0
+        self.spool.written(len(rows))
+        log.info("wrote %d spooled usage rows to the database", len(rows))
+        return len(rows)
+
+    def start_spool_writer(self) -> None:
+        """One thread that writes spooled rows whenever the database takes writes again (the server's)."""
+        if self.spool is None or self._writer is not None:
+            return
+        self._stop = threading.Event()
+        self._writer = threading.Thread(target=self._write_spool_forever, name="vary-usage-spool", daemon=True)
+        self._writer.start()
+
+    def stop_spool_writer(self) -> None:
+        if self._writer is not None:
+            self._stop.set()
+            self._writer.join()
+            self._writer = None
+
+    def _write_spool_forever(self) -> None:
+        while not self._stop.wait(SPOOL_RETRY_SECONDS):
+            try:
+                self.write_spool()
+            except Exception:  # noqa: BLE001 - the writer thread must outlive any one failure
+                log.exception("writing spooled usage rows failed")
+
+    def usage_rows(
+        self, *, key_id: str | None = None, user: str | None = None, since: float | None = None
+    ) -> list[UsageRow]:
+        query = select(UsageRow).order_by(UsageRow.id)
+        # Compared as stored (_storable): PostgreSQL would refuse a NUL in the parameter as well.
+        if key_id is not None:
+            query = query.where(UsageRow.key_id == key_id.replace("\x00", "\ufffd"))
+        if user is not None:
+            query = query.where(UsageRow.user == user.replace("\x00", "\ufffd"))
+        if since is not None:
+            query = query.where(UsageRow.created_at >= since)
+        with answering("read usage"), self.session() as s:
+            return list(s.scalars(query))
+
+    def images_delivered(self, key_id: str, since: float) -> int:
+        """Images a key received since `since`: what its quota counts."""
+        query = select(func.coalesce(func.sum(UsageRow.n), 0)).where(
+            UsageRow.key_id == key_id, UsageRow.status == 200, UsageRow.created_at >= since
+        )
+        with answering("count a quota"), self.session() as s:
+            delivered = int(s.scalar(query) or 0)
+        # Rows spooled and not yet written count too; one being written may count twice for a moment.
+        return delivered + (self.spool.images(key_id, since) if self.spool is not None else 0)
