@@ -1,6 +1,7 @@
 """`python -m bench`: measure vary in one run, print markdown tables, write the same as JSON.
 
-CPU part (anywhere): PNG encode per 1024 image; server overhead and request rates with tiny-random.
+CPU part (anywhere): PNG encode per 1024 image; server overhead and request rates with tiny-random; the
+content checks' cost per image and per request (bench/safety.py).
 GPU part (when CUDA is present): vary through its HTTP server against plain diffusers, on Kandinsky
 2.2's real architecture with random weights.
 """
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from bench import gpu, load, png
+from bench import gpu, load, png, safety
 
 Table = tuple[str, list[str], list[list[str]]]
 
@@ -49,6 +50,29 @@ def png_part(quick: bool) -> tuple[Table, list[dict[str, Any]]]:
     ]
     head = ["image", "Pillow default ms", "vary encode ms", "vary encode + store ms", "MB (Pillow / vary)"]
     return ("PNG encode, one core", head, body), rows
+
+
+def safety_part(quick: bool, work: Path) -> tuple[list[Table], dict[str, Any]]:
+    rows = safety.classifier_costs(repeats=3 if quick else 10)
+    per_image = [[r["classifier"], str(r["batch"]), r["image"], f"{r['ms_per_image']:.1f}"] for r in rows]
+    request = safety.request_cost(work / "safety-data", requests=2 if quick else 5)
+    per_request = [
+        [
+            f"{request['size']} n={request['n']}, tiny-random",
+            f"{request['safety_p50_ms']:.1f}",
+            f"{request['safety_ms_per_image']:.1f}",
+            f"{request['total_p50_ms']:.1f}",
+        ]
+    ]
+    tables = [
+        ("Content checks on the CPU, per image", ["classifier", "batch", "image", "ms per image"], per_image),
+        (
+            "Content checks in a request (input and output, open-nsfw)",
+            ["request", "safety stage ms", "per image ms", "whole request ms"],
+            per_request,
+        ),
+    ]
+    return tables, {"classifiers": rows, "request": request}
 
 
 def cpu_server_part(quick: bool, work: Path) -> tuple[list[Table], dict[str, Any]]:
@@ -216,6 +240,8 @@ def main(argv: list[str] | None = None) -> None:
             tables.append(table)
             server_tables, report["cpu_server"] = cpu_server_part(args.quick, work)
             tables += server_tables
+            safety_tables, report["safety"] = safety_part(args.quick, work)
+            tables += safety_tables
         if (torch.cuda.is_available() or args.smoke) and not args.skip_gpu:
             gpu_tables, report["gpu"] = gpu_part(args.quick, args.smoke, work, args.peak_tflops, args.cases)
             tables += gpu_tables

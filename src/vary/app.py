@@ -34,6 +34,9 @@ from vary.engines.diffusion import Placement
 from vary.imaging import ImageDecoder
 from vary.ops.memory import ReleaseMemoryWhenIdle
 from vary.ops.metrics import Metrics
+from vary.ops.traces import instrument
+from vary.safety.checks import ContentChecks
+from vary.safety.policy import SafetyPolicy
 from vary.service.catalogue import catalogue_for
 from vary.service.components import Services
 from vary.service.gateway import Gateway
@@ -62,13 +65,15 @@ def build_registry(
     def local_model(engine: Engine) -> LocalModel:
         return LocalModel(engine, decoder=decoder, queue=queue)
 
+    safety = SafetyPolicy.of_settings(settings)
     if load_engines is not None:
-        return ModelRegistry.of_engines(load_engines(settings), local=local_model)
+        return ModelRegistry.of_engines(load_engines(settings), local=local_model, safety=safety)
     return ModelRegistry.from_catalogue(
         catalogue_for(settings.catalogue, settings.model),
         placement=Placement(device=settings.device, dtype=settings.dtype, compile=settings.compile),
         overrides=settings.render_overrides(),
         local=local_model,
+        safety=safety,
     )
 
 
@@ -89,12 +94,14 @@ def build_app(
     registry: ModelRegistry | None = None,
     decoder: ImageDecoder | None = None,
     store: ImageStore | None = None,
+    checks: ContentChecks | None = None,
 ) -> FastAPI:
     """`load_engines` replaces the catalogue (tests hand in engines they built); all of them load eagerly.
 
     `registry`: models already built and warmed up, with the `decoder` they were built with (`vary serve`
     loads them before uvicorn starts). Without one, the lifespan builds and warms them up.
     `store`: the image store, already opened and checked (`vary serve` does it before loading models).
+    `checks`: the content classifiers, already loaded (`vary serve` loads them before the models, too).
     """
     inputs = decoder or ImageDecoder(settings.image_rules())
 
@@ -121,7 +128,14 @@ def build_app(
                 await run_in_threadpool(engine.warmup)
         metrics = Metrics(served=(model.id for model in registry.served()))
         metrics.watch(registry.local)
+        spool = db.spool
+        metrics.watch_spool(lambda: len(spool) if spool is not None else 0)
         gateway = Gateway(observer=metrics)
+        nonlocal checks
+        checks = checks or ContentChecks()
+        checks.observer = metrics
+        # At start: a missing classifier package or a changed model file stops the server, not a request.
+        await run_in_threadpool(checks.load, (model.safety for model in registry.served()))
         metrics.watch_circuits(gateway.circuit_states)
         for model in registry.local:
             model.start(on_batch=functools.partial(metrics.observe_batch, model.name))
@@ -143,6 +157,7 @@ def build_app(
                     presigner=store if settings.storage_presign and isinstance(store, Presigner) else None,
                 ),
                 gateway,
+                checks,
             ),
             limiter=RateLimiter(
                 defaults=settings.key_limits(),
@@ -170,6 +185,7 @@ def build_app(
                 await run_in_threadpool(model.close)
             for upstream in registry.hosted:
                 await upstream.aclose()
+            await checks.aclose()
             db.close()
 
     app = FastAPI(
@@ -199,6 +215,7 @@ def build_app(
     app.add_middleware(ReleaseMemoryWhenIdle, quiet_seconds=settings.memory_release_after_seconds)
     # Outermost: every answer gets an id and a log line.
     app.add_middleware(RequestContextMiddleware, log_assets=settings.log_asset_requests)
+    instrument(app)  # when traces are on, their server span wraps even that
     return app
 
 

@@ -65,6 +65,42 @@ class ControlInvalid(RequestInvalid):
         super().__init__(message, param=param)
 
 
+# --- the content policy ------------------------------------------------------------------------
+
+# OpenAI's own words for its safety system's refusals: clients match on the code, people read the message.
+FLAGGED_INPUT_MESSAGE = "Your input image may contain content that is not allowed by our safety system."
+FLAGGED_OUTPUT_MESSAGE = (
+    "Your request was rejected as a result of our safety system. "
+    "The generated image may contain content that is not allowed."
+)
+
+
+class ContentFlagged(RequestInvalid):
+    """The content policy flagged an input or an output image; the whole request fails, as OpenAI's did.
+
+    `audit` (which check, the classifier, the score) is for the log line and the usage row only: the
+    client's answer is OpenAI's fixed message, so nothing about the classifier can be probed through it.
+    """
+
+    def __init__(self, stage: str, audit: str) -> None:
+        message = FLAGGED_INPUT_MESSAGE if stage == "input" else FLAGGED_OUTPUT_MESSAGE
+        super().__init__(message, code="content_policy_violation")
+        self.stage = stage
+        self.audit = audit
+
+
+class SafetyUnavailable(VaryError):
+    """A content check could not run (its guardrail down, slow or answering garbage) and the policy fails
+    closed. The reason, and the guardrail's address, are in the server's log only."""
+
+    kind: Kind = "unavailable"
+
+    def __init__(self, audit: str, retry_after: int = 5) -> None:
+        super().__init__("The content safety check is unavailable right now. Retry after a few seconds.")
+        self.audit = audit
+        self.retry_after = retry_after
+
+
 # --- the model --------------------------------------------------------------------------------
 
 

@@ -153,6 +153,34 @@ class Settings(BaseSettings):
         default=100_000, ge=1, description="usage rows kept while the database cannot take them; past this, dropped"
     )
 
+    # The content policy every model gets unless its [models.safety] table, or its route's, says otherwise
+    # (vary.safety.policy; docs/safety.md). Off by default.
+    safety_check: Literal["off", "input", "output", "both"] = Field(
+        default="off", description="content checks on the input images, the output images, both, or off"
+    )
+    safety_classifier: str = Field(
+        default="open-nsfw",
+        description='"open-nsfw" (built in: pip install "vary[safety]"), "hf:ID_OR_PATH" or an http(s) guardrail URL',
+    )
+    safety_threshold: float = Field(
+        default=0.8, ge=0.0, le=1.0, description="an image is flagged when its score is at least this"
+    )
+    safety_on_flagged_output: Literal["refuse", "regenerate"] = Field(
+        default="refuse", description="a flagged output: refuse the request, or make that image again first"
+    )
+    safety_max_regenerations: int = Field(
+        default=2, ge=0, le=10, description="the most times flagged outputs are made again before a refusal"
+    )
+    safety_fail: Literal["open", "closed"] = Field(
+        default="closed", description="a classifier that is down, slow or answers garbage: pass the images, or 503"
+    )
+    safety_labels: str = Field(
+        default="nsfw", description="an hf: classifier's labels that count as flagged, comma-separated"
+    )
+    safety_timeout_seconds: float = Field(
+        default=5.0, gt=0, description="the longest a guardrail may take to answer one check"
+    )
+
     # Ray Serve.
     ray_address: str | None = Field(
         default=None, description="run as a Ray Serve application on the Ray cluster at ADDRESS, e.g. 10.0.0.5:6379"

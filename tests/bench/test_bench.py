@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import gpu, png
+from bench import gpu, png, safety
 from vary.engines.kandinsky import KandinskyVariationEngine
 
 
@@ -53,3 +53,11 @@ def test_gpu_cases_parse() -> None:
     for bad in ("1024", "300:1", "512:11", "a:b"):
         with pytest.raises((argparse.ArgumentTypeError, ValueError)):
             parse_cases(bad)
+
+
+def test_safety_part_measures_each_classifier() -> None:
+    rows = safety.classifier_costs(repeats=1, side=256)
+    assert [(r["classifier"], r["batch"]) for r in rows] == [
+        (name, batch) for name in ("open-nsfw", "guardrail (loopback)", "hf (toy ViT)") for batch in (1, 4)
+    ]
+    assert all(r["ms_per_image"] > 0 for r in rows)

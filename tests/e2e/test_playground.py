@@ -504,3 +504,52 @@ def test_several_inputs_sit_side_by_side_on_a_phone(
     assert boxes[2]["y"] > boxes[0]["y"]  # the third wraps to the next row
     page.locator("#preview").scroll_into_view_if_needed()
     screenshot(page, "playground-phone-inputs.png", full_page=False)
+
+
+@pytest.fixture(scope="module")
+def policy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
+    """A server whose one model refuses every input (the content policy at threshold 0), and a route to it
+    that refuses every output instead."""
+    from tests.conftest import create_key
+
+    root = tmp_path_factory.mktemp("policy-playground")
+    (root / "vary.toml").write_text(
+        '[[models]]\nname = "tiny-random"\nengine = "kandinsky-2.2"\nweights = "tiny-random"\n'
+        '[models.safety]\ncheck = "input"\nthreshold = 0\n\n'
+        '[[models]]\nname = "outputs-refused"\nroute = ["tiny-random"]\n'
+        '[models.safety]\ncheck = "output"\nthreshold = 0\n'
+    )
+    data_dir = root / "data"
+    key = create_key(data_dir)[1]
+    server = ServerProcess(data_dir, extra_args=["--catalogue", str(root / "vary.toml")]).start()
+    yield server, key
+    server.stop()
+
+
+def test_a_content_policy_refusal_is_a_clear_message_by_the_image(
+    browser: Browser, policy_server: tuple[ServerProcess, str], tmp_path: Path
+) -> None:
+    server, key = policy_server
+    context = browser.new_context(viewport=DESKTOP)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(WAIT_MS)
+        page.goto(server.base_url + "/")
+        save_key(page, key)
+        choose_image(page, tmp_path)
+        page.select_option("#size", "256x256")
+        page.click("#generate")
+        refusal = page.locator("#file-error")  # by the image it is about, not a generic failure
+        expect(refusal).to_have_text(
+            "Refused by the content policy. "
+            "Your input image may contain content that is not allowed by our safety system."
+        )
+        in_sight(refusal)
+        expect(page.locator("#results")).to_be_hidden()
+        screenshot(page, "playground-content-policy.png")
+
+        page.select_option("#model", "outputs-refused")
+        page.click("#generate")
+        expect(page.locator("#error")).to_contain_text("Refused by the content policy. Your request was rejected")
+    finally:
+        context.close()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 
+from vary.engines.diffusion import Placement
+from vary.safety.policy import SafetyPolicy
 from vary.service.catalogue import Catalogue, CatalogueEntry, CatalogueError, catalogue_for, read_catalogue
 from vary.service.registry import ModelRegistry
 
@@ -177,3 +180,70 @@ def test_the_example_in_the_repository_parses() -> None:
     ]
     assert catalogue.default == "kandinsky-2.2" and catalogue.aliases()["dall-e-2"] == "kandinsky-2.2"
     assert [m.eager for m in catalogue.models] == [True, False, False, False]
+
+
+SAFETY = """
+[[models]]
+name = "local"
+engine = "kandinsky-2.2"
+weights = "tiny-random"
+[models.safety]
+check = "both"
+threshold = 0.5
+
+[[models]]
+name = "plain"
+engine = "kandinsky-2.2"
+weights = "tiny-random"
+
+[[models]]
+name = "same"
+route = ["local"]
+
+[[models]]
+name = "own"
+route = ["local", "plain"]
+[models.safety]
+check = "input"
+classifier = "https://guard.example/check"
+fail = "open"
+"""
+
+
+def test_safety_tables_override_the_servers_default_and_routes_carry_their_own(tmp_path: Path) -> None:
+    catalogue = read_catalogue(write(tmp_path, SAFETY))
+    default = SafetyPolicy(check="output", threshold=0.9, max_regenerations=1)
+    registry = ModelRegistry.from_catalogue(catalogue, placement=Placement(device="cpu"), safety=default)
+    policies = {model.id: model.safety for model in registry.models()}
+    assert (policies["local"].check, policies["local"].threshold, policies["local"].max_regenerations) == (
+        "both",
+        0.5,
+        1,
+    )
+    assert policies["plain"] == default  # no table: the server's default
+    assert policies["same"] == policies["local"]  # a route without a table: its models' one table
+    assert (policies["own"].check, policies["own"].classifier, policies["own"].fail) == (
+        "input",
+        "https://guard.example/check",
+        "open",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (SAFETY.replace("threshold = 0.5", "threshold = 2"), "threshold must be a number from 0 to 1"),
+        (SAFETY.replace('check = "both"', 'check = "always"'), "check must be one of"),
+        (SAFETY.replace("threshold = 0.5", 'colour = "red"'), "unknown key 'colour'"),
+        (SAFETY.replace('fail = "open"', 'fail = "ajar"'), 'fail must be "open" or "closed"'),
+        (SAFETY.replace('classifier = "https://guard.example/check"', 'classifier = "nudenet"'), "classifier must be"),
+        (
+            SAFETY.split('[[models]]\nname = "own"')[0] + '[[models]]\nname = "own"\nroute = ["local", "plain"]\n',
+            "different [models.safety] tables",
+        ),
+    ],
+    ids=["threshold", "check", "unknown-key", "fail", "classifier", "route-without-its-own"],
+)
+def test_bad_safety_tables_are_refused_with_a_clear_message(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(CatalogueError, match=re.escape(message)):
+        read_catalogue(write(tmp_path, text))

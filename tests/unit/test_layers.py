@@ -23,6 +23,7 @@ LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
     "api": (5, ("vary.api",)),
     "service": (4, ("vary.service",)),
     "targets": (3, ("vary.targets",)),
+    "safety": (3, ("vary.safety",)),
     "ops": (2, ("vary.ops",)),
     "engines": (1, ("vary.engines",)),
     "state": (1, ("vary.state",)),

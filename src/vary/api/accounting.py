@@ -13,6 +13,7 @@ import time
 from types import TracebackType
 
 from fastapi import Response
+from opentelemetry import trace
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -24,6 +25,7 @@ from vary.api.request_context import describe_request, request_id_of
 from vary.api.variation_form import VariationForm
 from vary.echo import clipped
 from vary.errors import VaryError
+from vary.safety.checks import Findings
 from vary.service.attempts import Tried
 from vary.service.components import Services
 from vary.service.rate_limiter import Admission
@@ -32,6 +34,7 @@ from vary.state.keys import KeyInfo
 from vary.state.schema import UsageRow
 
 log = logging.getLogger("vary.accounting")
+tracer = trace.get_tracer(__name__)
 # nginx's code for "client closed the request"; only ever recorded, never sent to anyone.
 CLIENT_CLOSED_REQUEST = 499
 
@@ -54,6 +57,7 @@ class RequestAccount:
         self.admission: Admission | None = None
         self.stages: dict[str, float] = {}
         self.tried = Tried()  # filled by the service, read here whether the request succeeds or fails
+        self.findings = Findings()  # the content checks' notes, likewise
 
     def describe(self, form: VariationForm) -> None:
         usage = self.usage
@@ -67,7 +71,8 @@ class RequestAccount:
 
     async def admit(self, images: int) -> None:
         """The key's limits and quota, or a 429; held until the request ends."""
-        self.admission = await admit(self.services, self.key, images)
+        with tracer.start_as_current_span("vary.admission", attributes={"vary.images": images}):
+            self.admission = await admit(self.services, self.key, images)
         self.services.metrics.in_flight.inc()
 
     def respond(self, result: VariationResult) -> Response:
@@ -123,6 +128,8 @@ class RequestAccount:
         usage, services = self.usage, self.services
         if self.tried.attempts:  # what the request cost, answered or not, whoever pays for it
             usage.attempts, usage.targets_tried = self.tried.total, clipped(self.tried.describe(), 990)
+        policy = self.findings.describe()
+        usage.policy = clipped(policy, 1000) if policy else None
         usage.latency_ms = (time.perf_counter() - self.started) * 1000.0
         services.metrics.count_request(usage.model, usage.status)
         describe_request(
@@ -132,6 +139,7 @@ class RequestAccount:
             model=usage.model,
             n=usage.n,
             size=usage.size,
+            policy=usage.policy,  # the operator's audit trail: never in the client's answer
             timings_ms={stage: round(seconds * 1000, 1) for stage, seconds in self.stages.items()},
         )
         # Accounting must never cost the client the images it was already given.

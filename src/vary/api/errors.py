@@ -103,6 +103,10 @@ def api_error(exc: domain.VaryError) -> ApiError:
         return ApiError(
             503, message, type=SERVER_ERROR, code="store_unavailable", headers={"Retry-After": str(exc.retry_after)}
         )
+    if isinstance(exc, domain.SafetyUnavailable):
+        return ApiError(
+            503, message, type=SERVER_ERROR, code="safety_unavailable", headers={"Retry-After": str(exc.retry_after)}
+        )
     if isinstance(exc, domain.DatabaseUnavailable):
         return ApiError(
             503, message, type=SERVER_ERROR, code="database_unavailable", headers={"Retry-After": str(exc.retry_after)}

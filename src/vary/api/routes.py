@@ -9,6 +9,7 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
+from opentelemetry import trace
 from starlette.concurrency import run_in_threadpool
 
 from vary.api.accounting import CLIENT_CLOSED_REQUEST, RequestAccount
@@ -44,6 +45,7 @@ CallerKey = Annotated[KeyInfo | None, Depends(require_api_key)]
 _EXPIRES = re.compile(r"[0-9]{1,12}")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 log = logging.getLogger("vary.files")
+tracer = trace.get_tracer(__name__)
 
 
 @router.post(
@@ -75,14 +77,22 @@ async def _create_variation(request: Request, key: KeyInfo | None, *, deployment
     services = services_of(request)
     settings = services.settings
     async with RequestAccount(request, services, key) as account:
-        form = await read_variation_form(
-            request, max_user_chars=settings.max_user_chars, max_steps=settings.max_request_steps
-        )
+        with tracer.start_as_current_span("vary.read_form"):  # the multipart body, its fields checked
+            form = await read_variation_form(
+                request, max_user_chars=settings.max_user_chars, max_steps=settings.max_request_steps
+            )
         if deployment is not None:  # Azure's deployment is the model, whatever the form says
             form = dataclasses.replace(form, model=deployment)
         account.describe(form)
         await account.admit(form.n)
-        work = services.variations.create(form.to_request(), base_url=str(request.base_url), tried=account.tried)
+        checks = key is None or key.checks_content  # an operator may trust a key with checks off
+        work = services.variations.create(
+            form.to_request(),
+            base_url=str(request.base_url),
+            tried=account.tried,
+            findings=account.findings,
+            safety=checks,
+        )
         return account.respond(await unless_disconnected(request, work))
     return Response(status_code=CLIENT_CLOSED_REQUEST)  # the client left: nobody reads this
 

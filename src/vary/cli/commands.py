@@ -51,6 +51,13 @@ def _parser() -> argparse.ArgumentParser:
         "update", parents=[data_dir, _limit_options(argparse.SUPPRESS)], help="change a key's limits"
     )
     update.add_argument("key_id", help="the key's id, as `vary keys list` shows it")
+    for command, default in ((create, None), (update, argparse.SUPPRESS)):
+        command.add_argument(
+            "--safety",
+            choices=("off", "default"),
+            default=default,
+            help="off: this key's requests skip the content checks (a trusted key); default: the models' policies",
+        )
     keys.add_parser("list", parents=[data_dir], help="list keys and their limits (never the keys themselves)")
     revoke = keys.add_parser("revoke", parents=[data_dir], help="revoke a key; it is refused from the next request on")
     revoke.add_argument("key_id", help="the key's id, as `vary keys list` shows it")

@@ -15,21 +15,23 @@ from vary.state.keys import KeyInfo
 def run(args: argparse.Namespace, settings: Settings) -> None:
     def limits_text(info: KeyInfo) -> str:
         shown = [f"{flag[2:]}={_shown(getattr(info.limits, dest))}" for flag, (dest, _) in LIMIT_FLAGS.items()]
-        return " ".join(shown)
+        return " ".join(shown + (["safety=off"] if info.safety else []))
 
     db = Database.open(settings.database)
     try:
         if args.keys_command == "create":
             limits = KeyLimits(**{field: getattr(args, field) for field in LIMIT_FIELDS})
-            info, key = db.create_key(args.name, admin=args.admin, limits=limits)
+            info, key = db.create_key(args.name, admin=args.admin, limits=limits, safety=_key_safety(args.safety))
             kind = "admin key" if info.admin else "key"
             print(f"Created {kind} {info.id}{f' ({info.name})' if info.name else ''}. It is shown only this once:")
             print(key)
         elif args.keys_command == "update":
             changes = {field: getattr(args, field) for field in LIMIT_FIELDS if hasattr(args, field)}
-            if not changes:
-                sys.exit("vary: nothing to update: give --rpm, --ipm, --concurrency or --quota")
+            if not changes and not hasattr(args, "safety"):
+                sys.exit("vary: nothing to update: give --rpm, --ipm, --concurrency, --quota or --safety")
             updated = db.update_key(args.key_id, **changes)
+            if updated is not None and hasattr(args, "safety"):
+                updated = db.set_key_safety(args.key_id, _key_safety(args.safety))
             if updated is None:
                 sys.exit(f"vary: no key with id {args.key_id!r}")
             print(f"Updated key {updated.id}: {limits_text(updated)}")
@@ -46,6 +48,11 @@ def run(args: argparse.Namespace, settings: Settings) -> None:
             print(f"Revoked key {args.key_id}.")
     finally:
         db.close()
+
+
+def _key_safety(choice: str | None) -> str | None:
+    """`--safety default` (or none given) is NULL: the models' policies apply."""
+    return None if choice in (None, "default") else choice
 
 
 def _shown(limit: int | None) -> str:

@@ -35,7 +35,11 @@ from vary.errors import ModelUnavailable
 from vary.imaging import ImageDecoder
 from vary.ops.logs import resolved_format
 from vary.ops.memory import cap_malloc_arenas
-from vary.service.catalogue import CatalogueError, catalogue_for
+from vary.ops.traces import TracingSetupError, configure_tracing
+from vary.safety.checks import ContentChecks
+from vary.safety.classifier import ClassifierFailed
+from vary.safety.policy import SafetyPolicy
+from vary.service.catalogue import Catalogue, CatalogueError, catalogue_for
 from vary.service.registry import ModelRegistry
 from vary.settings import Settings
 from vary.state.connection import DatabaseSetupError, shown
@@ -67,10 +71,15 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
     for line in settings.deprecations():
         log.warning(line)
     try:
-        catalogue_for(settings.catalogue, settings.model)  # every mistake in one line, before anything loads
+        catalogue = catalogue_for(settings.catalogue, settings.model)  # every mistake in one line, before loading
     except CatalogueError as exc:
         sys.exit(f"vary: {exc}")
+    checks = content_checks(settings, catalogue)
     log.info(data_dir.line())
+    try:
+        configure_tracing()  # the standard OTEL_* variables; off without them
+    except TracingSetupError as exc:
+        sys.exit(f"vary: {exc}")
     try:  # a database or store that cannot be used ends the start in one line, before any model loads
         db = Database.open(settings.database)  # its schema upgraded first (vary/migrations), as the lifespan would
         try:
@@ -93,7 +102,7 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     config = uvicorn.Config(
-        build_app(settings, registry=registry, decoder=decoder, store=store),
+        build_app(settings, registry=registry, decoder=decoder, store=store, checks=checks),
         host=settings.host,
         port=settings.port,
         log_config=None,  # configure_logging's handlers stay
@@ -111,6 +120,21 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
         pass
     if not server.started:
         sys.exit(3)  # uvicorn's own code for a failed start
+
+
+def content_checks(settings: Settings, catalogue: Catalogue) -> ContentChecks:
+    """The content classifiers the models' policies name, loaded before the models: a missing package, a
+    changed model file or an unknown label ends the start in one line."""
+    try:
+        default = SafetyPolicy.of_settings(settings)
+    except ValueError as exc:
+        sys.exit(f"vary: VARY_SAFETY_*: {exc}")
+    checks = ContentChecks()
+    try:
+        checks.load(entry.safety_policy(default) for entry in catalogue.models)
+    except ClassifierFailed as exc:
+        sys.exit(f"vary: the content policy's classifier cannot be used: {exc}")
+    return checks
 
 
 def in_background(work: Callable[[], T]) -> T:

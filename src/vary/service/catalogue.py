@@ -13,6 +13,8 @@
     [models.defaults]                  # per-request defaults: steps, guidance_scale
     [models.options]                   # the engine's own settings (sampler, render sides, noise_level, ...)
     [models.ray]                       # `vary serve --ray`: Ray Serve's deployment options, as they are
+    [models.safety]                    # the content policy (vary.safety.policy, docs/safety.md); a route may
+                                       # carry its own; keys not given come from VARY_SAFETY_*
 
     [ray.edge]                         # optional, `vary serve --ray`: the HTTP edge deployment's options
 
@@ -21,6 +23,7 @@ Every mistake is reported with the file and the model it is in, before anything 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -38,6 +41,7 @@ from vary.engines.kandinsky import KandinskyVariationEngine
 from vary.engines.sd_image_variations import SdImageVariationsEngine
 from vary.engines.sdxl_ip_adapter import SdxlIpAdapterEngine
 from vary.engines.stable_unclip import UNCLIP_SMALL_REPO, StableUnclipEngine
+from vary.safety.policy import SafetyPolicy
 from vary.targets.hosted.bedrock import BEDROCK_PROVIDER, BedrockNovaCanvas, BedrockOptions
 from vary.targets.hosted.openai_api import OPENAI_API_PROVIDERS, OpenAIApiProvider, UpstreamOptions
 
@@ -82,6 +86,7 @@ _MODEL_KEYS = {
     "route",
     "deadline_seconds",
     "ray",
+    "safety",
 }
 _DEFAULTS_KEYS = {"steps", "guidance_scale"}
 
@@ -103,6 +108,11 @@ class CatalogueEntry:
     route: tuple[str, ...] = ()  # for a route: the models it tries, in order
     deadline_seconds: float | None = None  # for a route: its whole time, every attempt and wait in it
     ray: dict[str, Any] = field(default_factory=dict)  # Ray Serve's deployment options (vary serve --ray)
+    # [models.safety] as written: its keys override the server's default policy (SafetyPolicy.merged).
+    safety: dict[str, Any] | None = None
+
+    def safety_policy(self, default: SafetyPolicy) -> SafetyPolicy:
+        return default.merged(self.safety) if self.safety is not None else default
 
     def build_provider(self) -> HostedTarget:
         if self.engine == BEDROCK_PROVIDER:
@@ -218,6 +228,9 @@ def read_catalogue(path: Path) -> Catalogue:
                 raise CatalogueError(f"{where}: model {model.name!r}: its route names {member!r}, which is not a model")
             if next(m for m in models if m.name == member).engine == ROUTE:
                 raise CatalogueError(f"{where}: model {model.name!r}: its route names {member!r}, which is a route")
+    models = tuple(_route_safety(model, models, where) for model in models)
+    for model in models:
+        _check_hands_on_urls(model, models, where)
     taken: dict[str, str] = {}
     for model in models:
         for name in (model.name, *model.aliases):
@@ -269,6 +282,10 @@ def _model(entry: dict[str, Any], where: str, base: Path) -> CatalogueEntry:
         raise CatalogueError(f"{where}: an upstream engine has no weights; give options.base_url instead")
     if engine in HOSTED_PROVIDERS and "ray" in entry:
         raise CatalogueError(f"{where}: [models.ray] is for local models; a hosted one is called from the edge")
+    safety = _safety(entry, where)
+    if safety is not None and engine in OPENAI_API_PROVIDERS and options.get("rehost_urls") is False:
+        if SafetyPolicy().merged(safety).checks_output:
+            raise CatalogueError(f"{where}: output checks need the images: rehost_urls = false hands on URLs unchecked")
     return CatalogueEntry(
         name=name,
         engine=engine,
@@ -280,6 +297,7 @@ def _model(entry: dict[str, Any], where: str, base: Path) -> CatalogueEntry:
         options=options,
         # Handed to Ray Serve as it is: Serve itself checks the option names and values.
         ray=_table(entry, "models.ray", where, key="ray"),
+        safety=safety,
     )
 
 
@@ -287,7 +305,7 @@ def _route(entry: dict[str, Any], where: str) -> CatalogueEntry:
     members = entry["route"]
     if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
         raise CatalogueError(f"{where}: 'route' must be a list of model names, tried in order")
-    keys = ("name", "route", "aliases", "description", "license", "deadline_seconds")
+    keys = ("name", "route", "aliases", "description", "license", "deadline_seconds", "safety")
     extra = sorted(set(entry) - set(keys))
     if extra:
         raise CatalogueError(f"{where}: a route takes {', '.join(keys)}, not {extra[0]!r}")
@@ -302,7 +320,46 @@ def _route(entry: dict[str, Any], where: str) -> CatalogueEntry:
         description=_optional_text(entry, "description", where),
         route=tuple(members),
         deadline_seconds=float(deadline) if deadline is not None else None,
+        safety=_safety(entry, where),
     )
+
+
+def _safety(entry: dict[str, Any], where: str) -> dict[str, Any] | None:
+    """[models.safety], checked now over the built-in defaults so a bad key or value fails at start."""
+    if "safety" not in entry:
+        return None
+    table = _table(entry, "models.safety", where, key="safety")
+    try:
+        SafetyPolicy().merged(table)
+    except ValueError as exc:
+        raise CatalogueError(f"{where}: {exc}") from None
+    return table
+
+
+def _route_safety(route: CatalogueEntry, models: tuple[CatalogueEntry, ...], where: str) -> CatalogueEntry:
+    """A route without its own [models.safety] takes its models' one table; it must not pick between
+    policies by whichever target answers (the input is checked before any target is tried)."""
+    if route.engine != ROUTE or route.safety is not None:
+        return route
+    tables = [m.safety for m in models if m.name in route.route]
+    if len({json.dumps(table, sort_keys=True) for table in tables}) > 1:
+        raise CatalogueError(
+            f"{where}: model {route.name!r}: its route's models have different [models.safety] tables; "
+            "give the route its own [models.safety]"
+        )
+    return dataclasses.replace(route, safety=tables[0]) if tables else route
+
+
+def _check_hands_on_urls(model: CatalogueEntry, models: tuple[CatalogueEntry, ...], where: str) -> None:
+    """Output checks need the images: a provider whose URLs are handed on as they are cannot have them."""
+    if model.engine != ROUTE or model.safety is None or not SafetyPolicy().merged(model.safety).checks_output:
+        return
+    for member in models:
+        if member.name in model.route and member.options.get("rehost_urls") is False:
+            raise CatalogueError(
+                f"{where}: model {model.name!r}: output checks need the images, and {member.name!r} hands on "
+                "its provider's URLs (rehost_urls = false)"
+            )
 
 
 def _aliases(entry: dict[str, Any], where: str) -> tuple[str, ...]:

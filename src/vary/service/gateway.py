@@ -23,6 +23,8 @@ import time
 from collections.abc import Sequence
 from typing import Literal, Protocol
 
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from vary.errors import (
@@ -39,6 +41,7 @@ from vary.service.breaker import CircuitBreaker
 from vary.targets.base import Made, Target
 
 log = logging.getLogger("vary.gateway")
+tracer = trace.get_tracer(__name__)
 
 # How an attempt ended, for the metrics: a fixed set, so labels never come from a provider's answer.
 Outcome = Literal["success", "retryable", "configuration", "refused", "overloaded", "unavailable"]
@@ -170,7 +173,7 @@ class Gateway:
                 with attempt:
                     tried.attempts[target.name] = tried.attempts.get(target.name, 0) + 1
                     try:
-                        made = await self._attempt(target, request, ends)
+                        made = await self._attempt(target, request, ends, tried.attempts[target.name], breaker)
                     except Exception as exc:
                         # Each failed attempt counts, but never the client's fault or the route's deadline.
                         if breaker is not None and kind_of(exc) != "refused" and not isinstance(exc, DeadlinePassed):
@@ -186,7 +189,39 @@ class Gateway:
                 breaker.end_probe()
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
-    async def _attempt(self, target: Target, request: VariationRequest, ends: float | None) -> Made:
+    async def _attempt(
+        self,
+        target: Target,
+        request: VariationRequest,
+        ends: float | None,
+        number: int,
+        breaker: CircuitBreaker | None,
+    ) -> Made:
+        """One attempt, in its own span: the target, its class of outcome, the provider's status."""
+        attributes: dict[str, str | int | bool] = {
+            "vary.target": target.name,
+            "vary.attempt": number,
+            "vary.remote": target.remote,
+        }
+        if breaker is not None:
+            attributes["vary.circuit"] = breaker.state
+        # Not recorded as an exception: the span says the class of failure, never a provider's words.
+        with tracer.start_as_current_span(
+            "vary.attempt", attributes=attributes, record_exception=False, set_status_on_exception=False
+        ) as span:
+            try:
+                made = await self._timed_attempt(target, request, ends)
+            except Exception as exc:
+                span.set_attribute("vary.outcome", outcome_of(exc))
+                status = exc.status if isinstance(exc, UpstreamFailure) else None
+                if status is not None:
+                    span.set_attribute("http.response.status_code", status)
+                span.set_status(Status(StatusCode.ERROR, f"{outcome_of(exc)}: {type(exc).__name__}"))
+                raise
+            span.set_attribute("vary.outcome", "success")
+            return made
+
+    async def _timed_attempt(self, target: Target, request: VariationRequest, ends: float | None) -> Made:
         """One attempt, within the target's timeout and the route's deadline, told to the observer."""
         policy = target.resilience
         remaining = None if ends is None else ends - time.monotonic()

@@ -15,6 +15,7 @@ from vary.engines.base import Engine, ModelInfo
 from vary.engines.diffusion import Placement
 from vary.errors import ModelNotFound
 from vary.imaging import ImageDecoder
+from vary.safety.policy import NO_CHECKS, SafetyPolicy
 from vary.service.catalogue import HOSTED_PROVIDERS, ROUTE, Catalogue, CatalogueEntry, HostedTarget
 from vary.targets.base import Target
 from vary.targets.hosted.common import DEFAULT_DEADLINE_SECONDS
@@ -39,6 +40,7 @@ class ServedModel:
     alias_of: str | None = None
     eager: bool = True  # loaded and warmed up at start, rather than on its first request
     deadline_seconds: float | None = None  # for every attempt and wait of a request; None: none (a local model)
+    safety: SafetyPolicy = NO_CHECKS  # the content policy; a route's applies to whichever target answers
 
     @property
     def loaded(self) -> bool:
@@ -68,10 +70,16 @@ class ModelRegistry:
             self._by_name.setdefault(alias, dataclasses.replace(model, id=alias, alias_of=target, eager=True))
 
     @classmethod
-    def of_engines(cls, engines: list[Engine], *, local: LocalModelFactory = default_local_model) -> ModelRegistry:
-        """Local engines served under their own names, all eager; the first is the default."""
+    def of_engines(
+        cls,
+        engines: list[Engine],
+        *,
+        local: LocalModelFactory = default_local_model,
+        safety: SafetyPolicy = NO_CHECKS,
+    ) -> ModelRegistry:
+        """Local engines served under their own names, all eager, under one content policy; the first is default."""
         targets = [local(engine) for engine in engines]
-        models = [ServedModel(t.name, t.engine.info, (t,), t.engine) for t in targets]
+        models = [ServedModel(t.name, t.engine.info, (t,), t.engine, safety=safety) for t in targets]
         return cls(models, local=targets)
 
     @classmethod
@@ -83,6 +91,7 @@ class ModelRegistry:
         overrides: dict[str, object] | None = None,
         local: LocalModelFactory = default_local_model,
         remote: RemoteModelFactory | None = None,
+        safety: SafetyPolicy = NO_CHECKS,
     ) -> ModelRegistry:
         """Every model's targets, built but not loaded: loading is the lifespan's (eager) or the first request's.
 
@@ -97,23 +106,33 @@ class ModelRegistry:
                 upstream = model.build_provider()
                 hosted.append(upstream)
                 by_name[model.name] = ServedModel(
-                    model.name, upstream.info, (upstream,), deadline_seconds=upstream.options.deadline_seconds
+                    model.name,
+                    upstream.info,
+                    (upstream,),
+                    deadline_seconds=upstream.options.deadline_seconds,
+                    safety=model.safety_policy(safety),
                 )
             elif model.engine != ROUTE:
                 engine = model.build(placement=placement, overrides=overrides)
                 if remote is not None:
-                    by_name[model.name] = ServedModel(model.name, engine.info, (remote(model),))
+                    by_name[model.name] = ServedModel(
+                        model.name, engine.info, (remote(model),), safety=model.safety_policy(safety)
+                    )
                     continue
                 target = local(engine)
                 local_models.append(target)
-                by_name[model.name] = ServedModel(model.name, engine.info, (target,), engine, eager=model.eager)
+                by_name[model.name] = ServedModel(
+                    model.name, engine.info, (target,), engine, eager=model.eager, safety=model.safety_policy(safety)
+                )
         for model in catalogue.models:
             if model.engine == ROUTE:
                 members = tuple(target for name in model.route for target in by_name[name].targets)
                 description = model.description or "Tries, in order: " + ", ".join(model.route) + "."
                 info = ModelInfo(model.name, "vary", description, model.license or "that of the target that answers")
                 deadline = model.deadline_seconds or DEFAULT_DEADLINE_SECONDS
-                by_name[model.name] = ServedModel(model.name, info, members, deadline_seconds=deadline)
+                by_name[model.name] = ServedModel(
+                    model.name, info, members, deadline_seconds=deadline, safety=model.safety_policy(safety)
+                )
         return cls(
             [by_name[model.name] for model in catalogue.models],
             local=local_models,

@@ -1,28 +1,39 @@
 """One variation request, start to finish, in the service's own terms: no HTTP here.
 
 The road: the registry names the model's targets; a model with a remote target has its images
-checked first (a bad image is refused before any provider is called and billed); the gateway tries
-the targets; the images come back as base64 or are stored and signed as URLs, in OpenAI's
-ImagesResponse JSON, built once as bytes.
+checked first (a bad image is refused before any provider is called and billed); the content policy
+checks the inputs (a flagged one costs no model work); the gateway tries the targets; the policy checks
+the outputs, all of them at once, and has flagged ones made again or refuses; the images come back as
+base64 or are stored and signed as URLs, in OpenAI's ImagesResponse JSON, built once as bytes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import secrets
 import time
 from dataclasses import dataclass, field
 
 import pybase64
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from starlette.concurrency import run_in_threadpool
 
+from vary.errors import ContentFlagged, SafetyUnavailable
 from vary.imaging import ImageDecoder
 from vary.request import VariationRequest
+from vary.safety.checks import CheckResult, ContentChecks, Findings
+from vary.safety.classifier import Picture, Stage
+from vary.safety.policy import NO_CHECKS, SafetyPolicy
 from vary.service.attempts import Tried
 from vary.service.gateway import Gateway
-from vary.service.registry import ModelRegistry
+from vary.service.registry import ModelRegistry, ServedModel
 from vary.state.image_store import ImageStore, Presigner
 from vary.state.signing import UrlSigner
 from vary.targets.base import Made
+
+tracer = trace.get_tracer(__name__)
 
 
 @dataclass
@@ -75,30 +86,143 @@ class VariationService:
     store: ImageStore
     links: Links
     gateway: Gateway = field(default_factory=Gateway)
+    checks: ContentChecks = field(default_factory=ContentChecks)
 
-    async def create(self, request: VariationRequest, *, base_url: str, tried: Tried | None = None) -> VariationResult:
-        """The images, or a domain error; `tried` (the caller's) holds the attempts made, however it ends."""
+    async def create(
+        self,
+        request: VariationRequest,
+        *,
+        base_url: str,
+        tried: Tried | None = None,
+        findings: Findings | None = None,
+        safety: bool = True,
+    ) -> VariationResult:
+        """The images, or a domain error. The caller's records are filled however it ends: `tried` with the
+        attempts made (the regenerations' included), `findings` with what the content checks found.
+        `safety`: False skips the content checks (a key the operator trusts)."""
         tried = Tried() if tried is None else tried
+        findings = Findings() if findings is None else findings
         served = self.registry.resolve(request.model)
+        # Not recorded as an exception: an error's message may echo what a client or a provider sent.
+        with tracer.start_as_current_span(
+            "vary.variation",
+            attributes=_request_attributes(served.id, request),
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                result = await self._create(request, served, base_url, tried, findings, safety)
+            except Exception as exc:
+                span.set_attributes({"error.type": type(exc).__name__, "vary.attempts": tried.total})
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                raise
+            span.set_attributes({"vary.target": result.target, "vary.attempts": tried.total})
+            if result.batch_images:
+                span.set_attribute("vary.batch.images", result.batch_images)
+            if result.seed is not None:
+                span.set_attribute("gen_ai.request.seed", result.seed)  # drawn, when the request gave none
+            return result
+
+    async def _create(
+        self,
+        request: VariationRequest,
+        served: ServedModel,
+        base_url: str,
+        tried: Tried,
+        findings: Findings,
+        safety: bool,
+    ) -> VariationResult:
+        policy = served.safety if safety else NO_CHECKS
         timings = Timings()
-        if any(target.remote for target in served.targets):
+        if policy.checks_input or any(target.remote for target in served.targets):
             # Decoded once: a local target later in the route uses this decode.
             mark = time.perf_counter()
-            for image in request.images:
-                await run_in_threadpool(self.decoder.rgb, image)
+            with tracer.start_as_current_span("vary.decode", attributes={"vary.images": len(request.images)}):
+                for image in request.images:
+                    await run_in_threadpool(self.decoder.rgb, image)
             timings.add("prepare", time.perf_counter() - mark)
+        if policy.checks_input:
+            pictures = [Picture(image.data, self.decoder.rgb(image)) for image in request.images]
+            checked = await self._check(policy, "input", pictures, timings, findings)
+            if checked.flagged:
+                raise ContentFlagged("input", checked.audit)
 
         made, answered = await self.gateway.run(
             served.targets, request, deadline_seconds=served.deadline_seconds, tried=tried
         )
         for stage, seconds in made.stages.items():
             timings.add(stage, seconds)
+        if policy.checks_output:
+            made = await self._checked_output(served, policy, request, made, timings, findings, tried)
 
         mark = time.perf_counter()
         body = await run_in_threadpool(self._body, made, request.response_format, int(time.time()), base_url)
         timings.add("encode", time.perf_counter() - mark)
         batch_images = made.batch_images or request.n
         return VariationResult(body, timings, batch_images, made.seed, answered.target, tried)
+
+    async def _checked_output(
+        self,
+        served: ServedModel,
+        policy: SafetyPolicy,
+        request: VariationRequest,
+        made: Made,
+        timings: Timings,
+        findings: Findings,
+        tried: Tried,
+    ) -> Made:
+        """The images once every one passed the check: flagged ones made again (policy permitting) with a
+        new seed, only those, up to `max_regenerations` times; raises ContentFlagged when one still fails."""
+        if made.urls is not None:  # a provider's URLs handed on: the catalogue refuses output checks on them
+            note = "output check impossible: the provider's URLs are handed on (rehost_urls = false)"
+            findings.add(note)
+            raise SafetyUnavailable(note)
+        pngs = list(made.pngs)
+        checked = await self._check(policy, "output", [Picture(png) for png in pngs], timings, findings)
+        flagged = list(checked.flagged)
+        regenerations = 0
+        while flagged and policy.on_flagged_output == "regenerate" and regenerations < policy.max_regenerations:
+            regenerations += 1
+            # A seed the client gave would make the same images again; without one, the target draws a new one.
+            seed = secrets.randbits(63) if request.controls.seed is not None else None
+            again = dataclasses.replace(
+                request, n=len(flagged), controls=dataclasses.replace(request.controls, seed=seed)
+            )
+            remade, _ = await self.gateway.run(
+                served.targets, again, deadline_seconds=served.deadline_seconds, tried=tried
+            )
+            for stage, seconds in remade.stages.items():
+                timings.add(stage, seconds)
+            for index, png in zip(flagged, remade.pngs, strict=True):
+                pngs[index] = png
+            rechecked = await self._check(policy, "output", [Picture(pngs[i]) for i in flagged], timings, findings)
+            flagged = [flagged[i] for i in rechecked.flagged]
+        if flagged:
+            if regenerations:
+                findings.add(f"still flagged after {regenerations} regeneration{'s' if regenerations != 1 else ''}")
+            raise ContentFlagged("output", findings.describe() or "")
+        if regenerations:
+            findings.add(f"passed after {regenerations} regeneration{'s' if regenerations != 1 else ''}")
+        return dataclasses.replace(made, pngs=pngs)
+
+    async def _check(
+        self, policy: SafetyPolicy, stage: Stage, pictures: list[Picture], timings: Timings, findings: Findings
+    ) -> CheckResult:
+        """One check, its time in the `safety` stage and its finding in the record, whatever it ends in."""
+        mark = time.perf_counter()
+        try:
+            with tracer.start_as_current_span(
+                "vary.safety", attributes={"vary.safety.stage": stage, "vary.images": len(pictures)}
+            ) as span:
+                checked = await self.checks.check(policy, stage, pictures)
+                span.set_attribute("vary.safety.flagged", len(checked.flagged))
+        except SafetyUnavailable as exc:
+            findings.add(exc.audit)
+            raise
+        finally:
+            timings.add("safety", time.perf_counter() - mark)
+        findings.add(checked.audit)
+        return checked
 
     def _body(self, made: Made, response_format: str, created: int, base_url: str) -> bytes:
         if made.urls is not None:  # handed on as the provider gave them (rehost_urls = false)
@@ -109,11 +233,29 @@ class VariationService:
         # mtime or LastModified) can never delete an image while a URL to it is still valid.
         expires = created + self.links.ttl_seconds
         urls = []
-        for png in made.pngs:
-            image_id = self.store.put(png)
-            # Escaped: the base comes from the request's Host header, which a client controls.
-            urls.append(_json_string(self.links.url(image_id, expires=expires, base_url=base_url)))
+        with tracer.start_as_current_span("vary.store", attributes={"vary.images": len(made.pngs)}):
+            for png in made.pngs:
+                image_id = self.store.put(png)
+                # Escaped: the base comes from the request's Host header, which a client controls.
+                urls.append(_json_string(self.links.url(image_id, expires=expires, base_url=base_url)))
         return _images_body(created, b"url", urls)
+
+
+def _request_attributes(model: str, request: VariationRequest) -> dict[str, str | int]:
+    """What a span may say about a request (OpenTelemetry's GenAI names where they fit): never its images,
+    its `user` or anything a client typed freely."""
+    attributes: dict[str, str | int] = {
+        "gen_ai.operation.name": "image_variation",
+        "gen_ai.request.model": model,  # the catalogue's name, resolved: never an unknown string
+        "gen_ai.request.choice.count": request.n,
+        "gen_ai.output.type": "image",
+        "vary.size": f"{request.size}x{request.size}",
+        "vary.response_format": request.response_format,
+        "vary.images": len(request.images),
+    }
+    if request.controls.seed is not None:
+        attributes["gen_ai.request.seed"] = request.controls.seed
+    return attributes
 
 
 def _json_string(text: str) -> bytes:

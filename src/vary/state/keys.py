@@ -20,6 +20,9 @@ from vary.state.connection import Sessions, answering
 from vary.state.schema import ApiKeyRow
 
 KEY_PREFIX = "vary-"
+# A key's `safety`: its requests skip the content checks. NULL (None) follows the model's policy.
+KEY_SAFETY_OFF = "off"
+KEY_SAFETY_VALUES = (KEY_SAFETY_OFF, None)
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,11 @@ class KeyInfo:
     revoked_at: float | None
     admin: bool = False
     limits: KeyLimits = KeyLimits()
+    safety: str | None = None  # KEY_SAFETY_OFF: the content checks are skipped for this key
+
+    @property
+    def checks_content(self) -> bool:
+        return self.safety != KEY_SAFETY_OFF
 
 
 def _hash(key: str) -> str:
@@ -38,12 +46,18 @@ def _hash(key: str) -> str:
 
 def _info(row: ApiKeyRow) -> KeyInfo:
     limits = KeyLimits(**{name: getattr(row, name) for name in LIMIT_FIELDS})
-    return KeyInfo(row.id, row.name, row.created_at, row.revoked_at, bool(row.admin), limits)
+    return KeyInfo(row.id, row.name, row.created_at, row.revoked_at, bool(row.admin), limits, row.safety)
+
+
+def _key_safety(safety: str | None) -> str | None:
+    if safety not in KEY_SAFETY_VALUES:
+        raise ValueError(f"a key's safety is \"{KEY_SAFETY_OFF}\" or None (the model's policy), not {safety!r}")
+    return safety
 
 
 class Keys(Sessions):
     def create_key(
-        self, name: str = "", *, admin: bool = False, limits: KeyLimits | None = None
+        self, name: str = "", *, admin: bool = False, limits: KeyLimits | None = None, safety: str | None = None
     ) -> tuple[KeyInfo, str]:
         """Returns the key's record and the key itself, which is never stored and never shown again."""
         key_id = secrets.token_hex(4)
@@ -54,6 +68,7 @@ class Keys(Sessions):
             key_hash=_hash(key),
             created_at=time.time(),
             admin=admin,
+            safety=_key_safety(safety),
             **{field: getattr(limits or KeyLimits(), field) for field in LIMIT_FIELDS},
         )
         with self.session() as s:
@@ -71,6 +86,15 @@ class Keys(Sessions):
                 return None
             for field, value in changes.items():
                 setattr(row, field, value)
+            return _info(row)
+
+    def set_key_safety(self, key_id: str, safety: str | None) -> KeyInfo | None:
+        """ "off": the key's requests skip the content checks; None: the models' policies apply again."""
+        with self.session() as s:
+            row = s.get(ApiKeyRow, key_id)
+            if row is None:
+                return None
+            row.safety = _key_safety(safety)
             return _info(row)
 
     def list_keys(self) -> list[KeyInfo]:

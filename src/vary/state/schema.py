@@ -24,6 +24,8 @@ class ApiKeyRow(Base):
     images_per_minute: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
     max_concurrent: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
     image_quota: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
+    # The content policy for this key: "off" skips the checks (a trusted internal key); NULL: the model's.
+    safety: Mapped[str | None] = mapped_column(String(16), nullable=True, default=None)
 
 
 class UsageRow(Base):
@@ -45,6 +47,8 @@ class UsageRow(Base):
     attempts: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
     # A routed request's targets tried and the attempts on each ("a:2,b:1"), failed requests included.
     targets_tried: Mapped[str | None] = mapped_column(String(1000), nullable=True, default=None)
+    # What the content checks found (which check flagged, on what, the score), for an operator's audit.
+    policy: Mapped[str | None] = mapped_column(String(1000), nullable=True, default=None)
 
 
 class WriteProbeRow(Base):

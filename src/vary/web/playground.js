@@ -34,9 +34,13 @@ function showError(id, text, focusId) {
   $(focusId).focus({ preventScroll: true });
 }
 
+// OpenAI's code for an image its safety system refused, the input or the generated one.
+const CONTENT_POLICY = "content_policy_violation";
+
 // What an API error means, in plain words; the server's own message follows where it helps.
 function plainError(status, body) {
   const message = (body && body.error && body.error.message) || "";
+  if (body && body.error && body.error.code === CONTENT_POLICY) return `Refused by the content policy. ${message}`;
   if (status === 401) return "The server did not accept the API key. Check it, then save it again." + (message ? ` (${message})` : "");
   if (status === 403) return `This key may not do that. ${message}`;
   if (status === 413) return "The image is too large to upload.";
@@ -53,6 +57,12 @@ class ApiError extends Error {
     this.status = status;
     this.serverMessage = (body && body.error && body.error.message) || "";
     this.param = (body && body.error && body.error.param) || null;
+    this.code = (body && body.error && body.error.code) || "";
+  }
+
+  // A refusal of the uploaded image itself (OpenAI's own wording), not of what was made from it.
+  get inputRefused() {
+    return this.code === CONTENT_POLICY && this.serverMessage.startsWith("Your input image");
   }
 }
 
@@ -563,6 +573,7 @@ async function generate(event) {
     $("elapsed").textContent = "";
     if (err.status === 401) keyRefused(err, key, true);
     else if (err.status === 400 && CONTROLS.concat("seed").includes(err.param)) showError("controls-error", err.message, err.param);
+    else if (err.inputRefused) showError("file-error", err.message, "file");  // by the image it is about
     else showError("error", err.message, "generate");
   }
 }

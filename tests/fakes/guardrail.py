@@ -1,0 +1,71 @@
+"""A guardrail on loopback in LiteLLM's Generic Guardrail API shape, whose answer depends on the path it is
+called on: /pass, /block, /block-once (blocks its first call, then passes), /garbage, /error (HTTP 500),
+/slow (answers after `delay` seconds, or when the test stops it). It records every request's JSON."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+PASS = b'{"action": "NONE"}'
+BLOCK = b'{"action": "BLOCKED", "blocked_reason": "the fake guardrail blocks everything on /block"}'
+
+
+class FakeGuardrail:
+    def __init__(self, delay: float = 30.0) -> None:
+        self.delay = delay
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        guardrail = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - the standard library's name
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with guardrail._lock:
+                    guardrail.requests.append((self.path, body))
+                status, payload = guardrail.answer(self.path)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the caller gave up waiting (/slow): that is the point
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def calls(self, path: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [body for called, body in self.requests if called == path]
+
+    def answer(self, path: str) -> tuple[int, bytes]:
+        answers: dict[str, Callable[[], tuple[int, bytes]]] = {
+            "/pass": lambda: (200, PASS),
+            "/block": lambda: (200, BLOCK),
+            "/block-once": lambda: (200, BLOCK if len(self.calls(path)) == 1 else PASS),
+            "/garbage": lambda: (200, b"<html>surely not a verdict</html>"),
+            "/error": lambda: (500, b'{"error": "internal"}'),
+            "/slow": self._slow,
+        }
+        return answers.get(path, lambda: (404, b"{}"))()
+
+    def _slow(self) -> tuple[int, bytes]:
+        self.stopping.wait(self.delay)
+        return 200, PASS
+
+    def close(self) -> None:
+        self.stopping.set()
+        self.server.shutdown()
+        self.server.server_close()
