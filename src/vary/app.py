@@ -18,13 +18,16 @@ from starlette.concurrency import run_in_threadpool
 
 from vary.api.admin_routes import router as admin_router
 from vary.api.body_limit import BodyLimitMiddleware
+from vary.api.docs_pages import ASSETS_DIR as DOCS_ASSETS_DIR
+from vary.api.docs_pages import ASSETS_PATH as DOCS_ASSETS_PATH
+from vary.api.docs_pages import router as docs_router
 from vary.api.errors import install_error_handlers
 from vary.api.http_protocol import vary_http_protocol
 from vary.api.ops_routes import router as ops_router
 from vary.api.playground import WEB_DIR
 from vary.api.playground import router as playground_router
 from vary.api.request_context import RequestContextMiddleware
-from vary.api.routes import router
+from vary.api.routes import API_PREFIX, azure_router, router
 from vary.api.variation_form import request_too_large
 from vary.engines.base import Engine
 from vary.engines.diffusion import Placement
@@ -196,15 +199,19 @@ def build_app(
         version="0.1.0",
         summary="OpenAI's image-variations API on open models.",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # api/docs_pages.py serves /docs and /redoc with bundled files, not a CDN's
         redoc_url=None,
     )
     install_error_handlers(app)
-    app.include_router(router)
+    app.include_router(router, prefix=API_PREFIX)
+    app.include_router(router, include_in_schema=False)  # the same routes without /v1, for gateways' clients
+    app.include_router(azure_router)
     app.include_router(ops_router)
     app.include_router(admin_router)
     app.include_router(playground_router)
+    app.include_router(docs_router)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    app.mount(DOCS_ASSETS_PATH, StaticFiles(directory=DOCS_ASSETS_DIR), name="docs-assets")
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
@@ -212,7 +219,8 @@ def build_app(
         timeout_seconds=settings.body_timeout_seconds,
     )
     app.add_middleware(ReleaseMemoryWhenIdle, quiet_seconds=settings.memory_release_after_seconds)
-    app.add_middleware(RequestContextMiddleware)  # outermost: every answer gets an id and a log line
+    # Outermost: every answer gets an id and a log line.
+    app.add_middleware(RequestContextMiddleware, log_assets=settings.log_asset_requests)
     instrument(app)  # when traces are on, their server span wraps even that
     return app
 

@@ -6,6 +6,10 @@ log line (logger `vary.access`) has the method, the path without its query strin
 their signature there), the status and the duration, plus what the route added with
 `describe_request` (key id, user, model, n, size, timings), and the trace id when traces are on
 (ops/traces.py), so a slow request's line leads to its trace.
+
+A successful fetch of a static asset (the playground's CSS, JS and icons, the API docs' files) is
+logged at debug level only, unless asked for: a page load would otherwise add a line per file and
+scroll the ready block and its key out of sight.
 """
 
 from __future__ import annotations
@@ -37,9 +41,14 @@ def describe_request(request: Request, **fields: Any) -> None:
     request.scope.setdefault("state", {}).setdefault("log_fields", {}).update(fields)
 
 
+# Paths of static assets (the playground's files, the favicon, the API docs' bundled files).
+ASSET_PREFIXES = ("/static/", "/favicon.ico", "/docs-assets/", "/docs-redoc.js")
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, log_assets: bool = False) -> None:
         self.app = app
+        self.quiet_prefixes: tuple[str, ...] = () if log_assets else ASSET_PREFIXES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,7 +82,9 @@ class RequestContextMiddleware:
             span = trace.get_current_span().get_span_context()  # the server span, when one is recorded
             if span.is_valid and span.trace_flags.sampled:
                 fields["trace_id"] = trace.format_trace_id(span.trace_id)
-            log.info("%s %s %d", scope["method"], fields["path"], status, extra=fields)
+            quiet = status < 400 and scope["path"].startswith(self.quiet_prefixes)
+            level = logging.DEBUG if quiet else logging.INFO
+            log.log(level, "%s %s %d", scope["method"], fields["path"], status, extra=fields)
 
 
 def _client_id(scope: Scope) -> str | None:

@@ -7,9 +7,12 @@ and wait for the load to finish. (A worker thread, as before: torch's CPU kernel
 slower in the main thread of a busy machine.)
 Weights that cannot be had end the start with one logged line and exit status 1.
 
-The first key is written to a file readable only by its owner as soon as it exists (a start that
-fails later does not lose it) and printed once the server answers, after the loading's output, with
-the URL and a curl line to paste.
+Every start ends with the ready block, once the server answers: where the playground, the API and
+its docs are, and where the keys live with the command that makes one there. A terminal gets it as
+text, last; a JSON log gets it as one record. The first key is written to a file readable only by
+its owner as soon as it exists (a start that fails later does not lose it) and printed in the ready
+block, with a curl line to paste. (A busy address is found before this module is even imported:
+cli/address.py.)
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shlex
 import socket
 import sys
 import threading
@@ -27,10 +31,11 @@ from typing import Any, TypeVar
 import uvicorn
 
 from vary.app import build_app, build_registry, http_protocol
-from vary.datadir import DataDir
+from vary.datadir import DataDir, default_data_dir
 from vary.engines.weights import bound_hub_timeouts
 from vary.errors import ModelUnavailable
 from vary.imaging import ImageDecoder
+from vary.ops.logs import resolved_format
 from vary.ops.memory import cap_malloc_arenas
 from vary.ops.traces import TracingSetupError, configure_tracing
 from vary.safety.checks import ContentChecks
@@ -39,7 +44,7 @@ from vary.safety.policy import SafetyPolicy
 from vary.service.catalogue import Catalogue, CatalogueError, catalogue_for
 from vary.service.registry import ModelRegistry
 from vary.settings import Settings
-from vary.state.connection import DatabaseSetupError
+from vary.state.connection import DatabaseSetupError, shown
 from vary.state.database import Database
 from vary.state.image_store import StorageSetupError
 from vary.state.stores import open_store
@@ -54,16 +59,16 @@ FIRST_KEY_LEASE_SECONDS = 60.0
 
 
 class ReadyServer(uvicorn.Server):
-    """uvicorn's server, plus a message printed once it listens."""
+    """uvicorn's server, plus the ready block once it listens."""
 
-    def __init__(self, config: uvicorn.Config, on_ready: str | None) -> None:
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None]) -> None:
         super().__init__(config)
         self.on_ready = on_ready
 
     async def startup(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         await super().startup(sockets=sockets)  # type: ignore[arg-type]
-        if self.started and self.on_ready:
-            print(self.on_ready, flush=True)  # stdout, for the person at the terminal; the log is stderr
+        if self.started:
+            self.on_ready()
 
 
 def serve(settings: Settings, data_dir: DataDir) -> None:
@@ -93,7 +98,7 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
     if settings.ray_address:  # the models load in the cluster's replicas, not here
         from vary.cluster.launch import serve_on_ray
 
-        serve_on_ray(settings, key and ready_message(settings, key))
+        serve_on_ray(settings, key and ready_message(settings, data_dir, key))
         return
     try:
         registry, decoder = in_background(lambda: load_models(settings))
@@ -112,7 +117,8 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
         http=http_protocol(settings),
         ws="none",  # no WebSocket routes: an upgrade is answered as the plain request it is (http_protocol.py)
     )
-    server = ReadyServer(config, on_ready=key and ready_message(settings, key))
+    log_format = resolved_format(settings.log_format)
+    server = ReadyServer(config, on_ready=lambda: announce_ready(settings, data_dir, key, log_format))
     try:
         server.run()
     except KeyboardInterrupt:
@@ -201,17 +207,61 @@ def first_key(data_dir: Path, db: Database) -> str | None:
     return key
 
 
-def ready_message(settings: Settings, key: str) -> str:
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    base = f"http://{host}:{settings.port}"
-    return "\n".join(
-        (
-            f"vary is ready: {base}/ (playground), {base}/v1 (API).",
+def keys_command(settings: Settings, data_dir: DataDir) -> str:
+    """The `vary keys create` that reaches this server's own key store, as the user would type it."""
+    if settings.database_url is not None:
+        return "VARY_DATABASE_URL=... vary keys create  (the same database URL as this server)"
+    if data_dir.path == default_data_dir():
+        return "vary keys create"
+    return f"vary keys create --data-dir {shlex.quote(str(data_dir.path))}"
+
+
+def keys_store(settings: Settings) -> str:
+    return shown(settings.database_url) if settings.database_url is not None else str(settings.db_path)
+
+
+def ready_message(settings: Settings, data_dir: DataDir, key: str | None) -> str:
+    """The block a start ends with: where everything is, and the first key when one was just made."""
+    base = base_url(settings)
+    lines = [
+        "vary is ready.",
+        f"  Playground: {base}/",
+        f"  API:        {base}/v1  (docs: {base}/docs)",
+    ]
+    if settings.no_auth:
+        lines.append("  Keys:       none needed (--no-auth)")
+    else:
+        lines.append(f"  Keys:       in {keys_store(settings)}; make one with: {keys_command(settings, data_dir)}")
+    if key is not None:
+        lines += [
             "No API key existed, so one was created. It is shown only this once (and kept in "
             f"{settings.data_dir / FIRST_KEY_FILE}, readable by you only, until you delete it):",
             key,
             "Try it:",
             f'  curl {base}/v1/images/variations -H "Authorization: Bearer {key}" '
             "-F image=@input.png -F size=512x512 -F response_format=url",
-        )
+        ]
+    return "\n".join(lines)
+
+
+def announce_ready(settings: Settings, data_dir: DataDir, key: str | None, log_format: str) -> None:
+    """The ready block: printed on a text log (the person at the terminal); one record in a JSON log, plus the
+    first key printed, as it must be seen once."""
+    if log_format == "text" or key is not None:
+        # stdout, after the log's lines on stderr: flushed so that the block is the last thing on the screen.
+        sys.stderr.flush()
+        print(f"\n{ready_message(settings, data_dir, key)}\n", flush=True)  # set apart from the log
+        return
+    base = base_url(settings)
+    keys = "none needed (--no-auth)" if settings.no_auth else f"in {keys_store(settings)}"
+    log.info(
+        "vary is ready: %s/ (playground), %s/v1 (API), %s/docs (API docs); keys %s",
+        *(base, base, base, keys),
+        extra={"keys_command": None if settings.no_auth else keys_command(settings, data_dir)},
     )
+
+
+def base_url(settings: Settings) -> str:
+    """The URL a browser on this machine reaches the server at."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.port}"
