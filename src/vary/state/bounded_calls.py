@@ -13,6 +13,7 @@ for the same time but never dropped: it is written once the database answers aga
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 from collections.abc import Callable
@@ -40,7 +41,7 @@ class BoundedCalls:
 
     async def run(self, action: str, call: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
         """`call(*args, **kwargs)` on the pool; DatabaseUnavailable when it has not answered in time."""
-        future = asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(call, *args, **kwargs))
+        future = asyncio.get_running_loop().run_in_executor(self._pool, _in_this_context(call, *args, **kwargs))
         try:
             return await asyncio.wait_for(future, self.timeout_seconds)
         except asyncio.TimeoutError:
@@ -51,7 +52,7 @@ class BoundedCalls:
     ) -> None:
         """As `run`, but the call is never dropped: after the wait it still runs when a thread is free, and
         `then` runs on the event loop once it has ended, in time or not (a failure is logged there)."""
-        future = asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(call, *args, **kwargs))
+        future = asyncio.get_running_loop().run_in_executor(self._pool, _in_this_context(call, *args, **kwargs))
 
         def ended(done: asyncio.Future[T]) -> None:
             if not done.cancelled() and done.exception() is not None and not waited:
@@ -72,3 +73,9 @@ class BoundedCalls:
     def _late(self, action: str) -> DatabaseUnavailable:
         log.warning("the database cannot %s now: no answer within %.0f s", action, self.timeout_seconds)
         return DatabaseUnavailable()
+
+
+def _in_this_context(call: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Callable[[], T]:
+    """The call, to run on another thread in the caller's context (its trace span, its request's log fields),
+    as Starlette's run_in_threadpool does."""
+    return functools.partial(contextvars.copy_context().run, call, *args, **kwargs)
