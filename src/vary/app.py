@@ -19,14 +19,17 @@ from starlette.concurrency import run_in_threadpool
 from vary.api.admin_routes import router as admin_router
 from vary.api.allowed_hosts import AllowedHostsMiddleware
 from vary.api.body_limit import BodyLimitMiddleware
+from vary.api.docs_pages import ASSETS_DIR as DOCS_ASSETS_DIR
+from vary.api.docs_pages import ASSETS_PATH as DOCS_ASSETS_PATH
+from vary.api.docs_pages import router as docs_router
 from vary.api.errors import install_error_handlers
 from vary.api.http_protocol import vary_http_protocol
 from vary.api.ops_routes import router as ops_router
-from vary.api.playground import SWAGGER_UI_DIR, WEB_DIR
+from vary.api.playground import WEB_DIR
 from vary.api.playground import router as playground_router
 from vary.api.readiness import ReadinessProbe
 from vary.api.request_context import RequestContextMiddleware
-from vary.api.routes import router
+from vary.api.routes import API_PREFIX, azure_router, router
 from vary.api.security_headers import SecurityHeadersMiddleware
 from vary.api.variation_form import request_too_large
 from vary.engines.base import Engine
@@ -34,9 +37,10 @@ from vary.engines.diffusion import Placement
 from vary.imaging import ImageDecoder
 from vary.ops.memory import ReleaseMemoryWhenIdle
 from vary.ops.metrics import Metrics
+from vary.ops.traces import instrument
 from vary.safety.checks import ContentChecks
 from vary.safety.policy import SafetyPolicy
-from vary.service.catalogue import catalogue_for
+from vary.service.catalogue import Catalogue, catalogue_for
 from vary.service.components import Services
 from vary.service.gateway import Gateway
 from vary.service.rate_limiter import RateLimiter
@@ -56,9 +60,14 @@ SWEEP_LEASE = "image-sweeper"
 
 
 def build_registry(
-    settings: Settings, decoder: ImageDecoder, load_engines: Callable[[Settings], list[Engine]] | None = None
+    settings: Settings,
+    decoder: ImageDecoder,
+    load_engines: Callable[[Settings], list[Engine]] | None = None,
+    catalogue: Catalogue | None = None,
 ) -> ModelRegistry:
-    """Every served model's targets, built but not loaded; local models decode their inputs with `decoder`."""
+    """Every served model's targets, built but not loaded; local models decode their inputs with `decoder`.
+
+    `catalogue` replaces the settings' (`vary eval` serves the several models it compares)."""
     queue = QueuePolicy.of(settings)
 
     def local_model(engine: Engine) -> LocalModel:
@@ -68,7 +77,7 @@ def build_registry(
     if load_engines is not None:
         return ModelRegistry.of_engines(load_engines(settings), local=local_model, safety=safety)
     return ModelRegistry.from_catalogue(
-        catalogue_for(settings.catalogue, settings.model),
+        catalogue or catalogue_for(settings.catalogue, settings.model),
         placement=Placement(device=settings.device, dtype=settings.dtype, compile=settings.compile),
         overrides=settings.render_overrides(),
         local=local_model,
@@ -128,6 +137,8 @@ def build_app(
                 await run_in_threadpool(engine.warmup)
         metrics = Metrics(served=(model.id for model in registry.served()))
         metrics.watch(registry.local)
+        spool = db.spool
+        metrics.watch_spool(lambda: len(spool) if spool is not None else 0)
         gateway = Gateway(observer=metrics)
         nonlocal checks
         checks = checks or ContentChecks()
@@ -187,6 +198,7 @@ def build_app(
             for upstream in registry.hosted:
                 await upstream.aclose()
             await checks.aclose()
+            app.state.services.db_calls.close()
             db.close()
 
     app = FastAPI(
@@ -194,17 +206,20 @@ def build_app(
         version="0.1.0",
         summary="OpenAI's image-variations API on open models.",
         lifespan=lifespan,
-        docs_url=None,  # vary's own page (playground.py): Swagger UI from vary itself, not a CDN
+        docs_url=None,  # api/docs_pages.py serves /docs and /redoc with bundled files, not a CDN's
         redoc_url=None,
     )
     app.state.readiness = ReadinessProbe(settings.readyz_interval_seconds)
     install_error_handlers(app)
-    app.include_router(router)
+    app.include_router(router, prefix=API_PREFIX)
+    app.include_router(router, include_in_schema=False)  # the same routes without /v1, for gateways' clients
+    app.include_router(azure_router)
     app.include_router(ops_router)
     app.include_router(admin_router)
     app.include_router(playground_router)
+    app.include_router(docs_router)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
-    app.mount("/docs-assets", StaticFiles(directory=SWAGGER_UI_DIR), name="docs-assets")
+    app.mount(DOCS_ASSETS_PATH, StaticFiles(directory=DOCS_ASSETS_DIR), name="docs-assets")
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
@@ -215,7 +230,9 @@ def build_app(
     if settings.allowed_hosts is not None:
         app.add_middleware(AllowedHostsMiddleware, allowed=settings.allowed_hosts)
     app.add_middleware(SecurityHeadersMiddleware)  # on every answer, refusals included
-    app.add_middleware(RequestContextMiddleware)  # outermost: every answer gets an id and a log line
+    # Outermost: every answer gets an id and a log line.
+    app.add_middleware(RequestContextMiddleware, log_assets=settings.log_asset_requests)
+    instrument(app)  # when traces are on, their server span wraps even that
     return app
 
 

@@ -129,6 +129,30 @@ def load_variation_input(data: bytes, rules: ImageRules = ImageRules()) -> Image
         raise ImageRejected("Uploaded image is not a valid PNG: it is truncated or corrupt.") from None
 
 
+# What a provider may answer in besides PNG (gpt-image's output_format, gateways that transcode).
+PROVIDER_FORMATS = ("JPEG", "WEBP")
+
+
+def load_provider_image(data: bytes, rules: ImageRules) -> Image.Image:
+    """A provider's image as RGB: a PNG under an input's rules, or a JPEG or WebP under the same limits
+    (bytes, square, max_side, Pillow's bomb limit), its size read from the header before any decode."""
+    if data.startswith(PNG_MAGIC):
+        return load_variation_input(data, rules)
+    if len(data) >= rules.max_bytes:
+        raise ImageRejected(f"The image is larger than {rules.size_phrase}.")
+    _limit_pillow(rules.max_side * rules.max_side)
+    try:
+        with Image.open(io.BytesIO(data), formats=list(PROVIDER_FORMATS)) as img:
+            check_dimensions(*img.size, rules)
+            img.load()  # an animated WebP: its first frame
+            return to_rgb(img)
+    except Image.DecompressionBombError:
+        side = rules.max_side
+        raise ImageRejected(f"The image has more pixels than the largest accepted, {side}x{side}.") from None
+    except _DECODE_ERRORS:
+        raise ImageRejected("The image is not a readable PNG, JPEG or WebP.") from None
+
+
 def _limit_pillow(max_pixels: int) -> None:
     # Pillow's own decompression-bomb check, at open: it warns past MAX_IMAGE_PIXELS and refuses past
     # twice that. It is process-wide; a server has one max_side, so this is set once in practice.

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
     config: Path | None = Field(default=None, description="deprecated name of --catalogue")
     model: str = Field(default=DEFAULT_MODEL, description="a built-in model id or a local model directory")
     no_auth: bool = Field(default=False, description="accept requests without an API key")
+    # Read when there is no `Authorization: Bearer` header: Azure OpenAI's and gateways' clients send theirs so.
+    api_key_headers: tuple[str, ...] = Field(
+        default=("api-key", "x-obiguard-api-key"),
+        description="headers whose whole value is an API key, besides Authorization: Bearer (env: a JSON list)",
+    )
     public_url: str | None = Field(
         default=None, description="base of the image URLs handed out, e.g. behind a proxy (default: the request's own)"
     )
@@ -198,8 +203,13 @@ class Settings(BaseSettings):
     readyz_interval_seconds: float = Field(
         default=5.0, ge=0, description="/readyz writes to the store and database at most this often; 0: every call"
     )
-    log_format: Literal["json", "text"] = Field(default="json", description="log lines")
+    log_format: Literal["auto", "json", "text"] = Field(
+        default="auto", description="log lines: auto is text on a terminal, json otherwise"
+    )
     log_level: Literal["debug", "info", "warning"] = Field(default="info", description="debug adds tracebacks")
+    log_asset_requests: bool = Field(
+        default=False, description="a log line for each static file fetched (CSS, JS, icons), not only at debug level"
+    )
     shutdown_timeout_seconds: int = Field(
         default=30, ge=0, description="on SIGTERM, how long in-flight requests may finish before exit"
     )
@@ -230,6 +240,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return tuple(host.strip() for host in value.split(",") if host.strip())
         return value
+
+    @field_validator("api_key_headers")
+    @classmethod
+    def _header_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        for name in names:
+            if not name or not all(c.isalnum() or c in "-_" for c in name) or name.lower() == "authorization":
+                raise ValueError(f"{name!r} is not a header name vary can read a key from")
+        return tuple(name.lower() for name in names)
 
     @field_validator("signing_secret", "signing_secret_previous")
     @classmethod

@@ -113,7 +113,7 @@ def test_urls_are_stored_and_signed_by_vary(nova: tuple[OpenAI, FakeBedrock]) ->
     assert decode_png(httpx.get(url, timeout=30).content).size == (256, 256)
 
 
-def test_throttling_and_5xx_are_retried_by_botocore(nova: tuple[OpenAI, FakeBedrock]) -> None:
+def test_throttling_and_5xx_are_retried_by_the_gateway(nova: tuple[OpenAI, FakeBedrock]) -> None:
     client, bedrock = nova
     bedrock.faults.extend([("throttle",), ("status", 503)])
     attempts = bedrock.attempts

@@ -187,7 +187,9 @@ def test_a_key_is_checked_when_saved_and_a_refusal_is_shown_by_the_key_field(
 ) -> None:
     page = open_page(DESKTOP)
     status, key_error = page.locator("#key-status"), page.locator("#key-error")
-    refused = "Key refused: Incorrect API key provided. Create a key with `vary keys create`."
+    from vary.api.auth import WRONG_KEY
+
+    refused = f"Key refused: {WRONG_KEY}"
     page.fill("#api-key", "vary-wrong-key")
     page.click("#key-form button")
     error_in_sight(page, refused)
@@ -260,7 +262,7 @@ def test_a_file_that_fails_to_load_leaves_nothing_to_send(
     broken = tmp_path / "holiday.png"
     broken.write_bytes(b"this is not an image")
     page.set_input_files("#file", str(broken))
-    error_in_sight(page, "This file is not an image the browser can read. Try a PNG, JPEG, WebP or GIF.")
+    error_in_sight(page, "holiday.png is not an image the browser can read. Try a PNG, JPEG, WebP or GIF.")
     file_error = page.locator("#file-error")
     expect(file_error).to_be_visible()
     expect(page.locator("#file")).to_be_focused()

@@ -2,12 +2,15 @@
 
 It checks what AWS checks first: a SigV4 Authorization header whose credential scope names the
 access key, a date, the region, the `bedrock` service and `aws4_request`; then the JSON body against
-Nova Canvas's documented rules. It answers base64 PNGs, and faults can be queued per call:
-("throttle",), ("status", 500 | 503), ("validation", message).
+Nova Canvas's documented rules. It answers base64 PNGs whose colour depends on the call's seed and the
+image's place in it, and faults can be queued per call: ("throttle",) (no Retry-After, as Bedrock
+sends none), ("status", 500 | 503), ("validation", message), and faults in a 200 answer:
+("trickle", seconds) (the body dribbles in over that long), ("wrong_count",), ("not_an_image",).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -15,6 +18,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +26,7 @@ import uvicorn
 from PIL import Image
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from vary.testing import free_port
@@ -38,6 +42,8 @@ class FakeBedrock:
     access_key: str
     region: str
     faults: deque[tuple[Any, ...]] = field(default_factory=deque)
+    # Faults for the calls with a given seed only (the calls of a split request arrive in any order).
+    seed_faults: dict[int, deque[tuple[Any, ...]]] = field(default_factory=dict)
     calls: list[dict[str, Any]] = field(default_factory=list)  # the JSON bodies of accepted calls
     attempts: int = 0  # every request, refused ones included
     port: int = 0
@@ -73,22 +79,39 @@ class FakeBedrock:
             return _error(403, "InvalidSignatureException", "Credential should be scoped to a valid region/service.")
         if request.path_params["model_id"] != "amazon.nova-canvas-v1:0":
             return _error(404, "ResourceNotFoundException", "The model does not exist.")
-        if self.faults:
-            fault = self.faults.popleft()
-            if fault[0] == "throttle":
-                return _error(429, "ThrottlingException", "Too many requests, please wait before trying again.")
-            if fault[0] == "status":
-                return _error(fault[1], "InternalServerException", "The server encountered an error.")
-            if fault[0] == "validation":
-                return _error(400, "ValidationException", fault[1])
+        fault: tuple[Any, ...] = self.faults.popleft() if self.faults else ("none",)
+        if refused := _refusal(fault):
+            return refused
         try:
             body = json.loads(await request.body())
             count, side = _check(body)
         except (ValueError, KeyError, TypeError) as exc:
             return _error(400, "ValidationException", f"Malformed input request: {exc}")
+        seed = int(body["imageGenerationConfig"].get("seed", 0))
+        if fault[0] == "none" and self.seed_faults.get(seed):
+            fault = self.seed_faults[seed].popleft()
+            if refused := _refusal(fault):
+                return refused
         self.calls.append(body)
-        images = [base64.b64encode(_png(side, k)).decode() for k in range(count)]
-        return JSONResponse({"images": images, "error": None})
+        images = [base64.b64encode(_png(side, k, seed)).decode() for k in range(count)]
+        if fault[0] == "wrong_count":
+            images = images[:-1] or images * 2
+        if fault[0] == "not_an_image":
+            images = [base64.b64encode(b"GIF89a not really").decode()] * count
+        answer = json.dumps({"images": images, "error": None}).encode()
+        if fault[0] == "trickle":
+            return StreamingResponse(_trickle(answer, float(fault[1])), media_type="application/json")
+        return Response(answer, media_type="application/json")
+
+
+def _refusal(fault: tuple[Any, ...]) -> Response | None:
+    if fault[0] == "throttle":
+        return _error(429, "ThrottlingException", "Too many requests, please wait before trying again.")
+    if fault[0] == "status":
+        return _error(fault[1], "InternalServerException", "The server encountered an error.")
+    if fault[0] == "validation":
+        return _error(400, "ValidationException", fault[1])
+    return None
 
 
 def _check(body: dict[str, Any]) -> tuple[int, int]:
@@ -120,7 +143,16 @@ def _error(status: int, kind: str, message: str) -> JSONResponse:
     return JSONResponse({"message": message}, status_code=status, headers={"x-amzn-ErrorType": f"{kind}:http://"})
 
 
-def _png(side: int, k: int) -> bytes:
+def _png(side: int, k: int, seed: int = 0) -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", (side, side), (10 * k, 100, 200)).save(buffer, format="PNG")
+    Image.new("RGB", (side, side), (10 * k, seed % 256, 200)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+async def _trickle(answer: bytes, seconds: float) -> AsyncIterator[bytes]:
+    """The whole answer, a few bytes at a time, spread over `seconds`: every read is prompt, the whole is late."""
+    pieces = 40
+    step = -(-len(answer) // pieces)
+    for start in range(0, len(answer), step):
+        yield answer[start : start + step]
+        await asyncio.sleep(seconds / pieces)

@@ -117,8 +117,8 @@ def test_a_store_that_cannot_write_is_an_error_never_a_url(own_server: tuple[Ser
     images.write_text("a file where the directory was: every write fails, as on a full or read-only disk")
     try:
         failed = post(server, key)
-        assert failed.status_code == 500
-        assert failed.json()["error"]["type"] == "server_error" and "url" not in failed.text
+        assert failed.status_code == 503 and failed.headers["Retry-After"]
+        assert failed.json()["error"]["code"] == "store_unavailable" and "url" not in failed.text
         assert post(server, key, response_format="b64_json").status_code == 200  # what needs no store still works
     finally:
         images.unlink()

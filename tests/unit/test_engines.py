@@ -196,3 +196,11 @@ def test_img2img_of_several_images_starts_from_the_first(engine: DiffusionEngine
     first = engine.prepare(red(), 64, controls)
     assert two.init is not None and first.init is not None
     assert torch.equal(two.init, first.init)
+
+
+def test_measured_times_never_read_as_zero_seconds() -> None:
+    from vary.engines.diffusion import about
+
+    assert [about(s) for s in (95.4, 12.0, 2.46, 0.4, 0.012, 0.0001)] == [
+        "95 s", "12 s", "2.5 s", "0.4 s", "12 ms", "under 1 ms"
+    ]  # fmt: skip

@@ -21,6 +21,7 @@ LAYERS: dict[str, tuple[int, tuple[str, ...]]] = {
     "cluster": (7, ("vary.cluster",)),
     "app": (6, ("vary.app",)),
     "api": (5, ("vary.api",)),
+    "evaluation": (5, ("vary.evaluation",)),  # beside the edge: another client of the service
     "service": (4, ("vary.service",)),
     "targets": (3, ("vary.targets",)),
     "safety": (3, ("vary.safety",)),

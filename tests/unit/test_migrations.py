@@ -158,7 +158,7 @@ def check_upgraded_with_rows(path: Path) -> None:
 
 
 # Columns the revisions after the baseline add (SQLite's ADD COLUMN appends them to the table's SQL).
-LATER_COLUMNS = (", safety VARCHAR(16)", ", policy VARCHAR(1000)")  # 0003_safety_policy
+LATER_COLUMNS = (", safety VARCHAR(16)", ", policy VARCHAR(1000)", ", unused_images INTEGER")  # 0003, 0004
 
 
 def without_later_columns(sql: str) -> str:

@@ -78,3 +78,16 @@ def test_credentials_never_go_in_the_runtime_env_which_ray_shows_but_reach_the_r
         "HF_TOKEN": "hf-token-never-shown",
     }
     assert driver_secrets({}, {"HOME": "/root", "VARY_SIGNING_SECRET": "x" * 40}) == {}
+
+
+def test_the_otel_variables_reach_the_replicas_and_the_exporters_headers_as_a_secret() -> None:
+    """The replicas export their own spans (ops/traces.py): the endpoint and service name are shown in the
+    runtime_env; the OTLP headers, a collector's credentials, travel as a secret."""
+    environ = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+        "OTEL_SERVICE_NAME": "vary",
+        "OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer collector-secret",
+    }
+    shown = with_driver_env({}, environ)["ray_actor_options"]["runtime_env"]["env_vars"]
+    assert shown == {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_SERVICE_NAME": "vary"}
+    assert driver_secrets({}, environ) == {"OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer collector-secret"}

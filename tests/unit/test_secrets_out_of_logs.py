@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from vary.cli.serve import ready_message
+from vary.datadir import DataDir
 from vary.ops.logs import QUIET_LOGGERS, configure_logging, redact_urls
 from vary.settings import Settings
 
@@ -43,7 +44,8 @@ def test_client_libraries_log_warnings_only_even_at_debug(
 
 def test_the_first_key_is_printed_to_a_terminal_only(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, port=8123)
+    data_dir = DataDir(tmp_path, "--data-dir")
     key = "vary-abcd1234-SECRETSECRET"
-    assert key in ready_message(settings, key, terminal=True)
-    elsewhere = ready_message(settings, key, terminal=False)
+    assert key in ready_message(settings, data_dir, key, terminal=True)
+    elsewhere = ready_message(settings, data_dir, key, terminal=False)
     assert key not in elsewhere and str(tmp_path / "first-api-key") in elsewhere

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from vary.app import _sweep_forever
+from vary.errors import StoreUnavailable
 from vary.settings import Settings
 from vary.state.image_store import StorageSetupError
 from vary.state.local_store import LocalImageStore
@@ -44,7 +45,7 @@ def test_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyP
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(StoreUnavailable):
         store.put(b"data")
     assert list(tmp_path.iterdir()) == []
 

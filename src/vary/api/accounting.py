@@ -13,7 +13,7 @@ import time
 from types import TracebackType
 
 from fastapi import Response
-from starlette.concurrency import run_in_threadpool
+from opentelemetry import trace
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 
@@ -23,7 +23,7 @@ from vary.api.errors import ApiError, api_error
 from vary.api.request_context import describe_request, request_id_of
 from vary.api.variation_form import VariationForm
 from vary.echo import clipped
-from vary.errors import VaryError
+from vary.errors import DatabaseUnavailable, VaryError
 from vary.safety.checks import Findings
 from vary.service.attempts import Tried
 from vary.service.components import Services
@@ -33,6 +33,7 @@ from vary.state.keys import KeyInfo
 from vary.state.schema import UsageRow
 
 log = logging.getLogger("vary.accounting")
+tracer = trace.get_tracer(__name__)
 # nginx's code for "client closed the request"; only ever recorded, never sent to anyone.
 CLIENT_CLOSED_REQUEST = 499
 
@@ -69,7 +70,8 @@ class RequestAccount:
 
     async def admit_request(self) -> None:
         """What the key alone decides (before the body is read), or a 429; held until the request ends."""
-        self.admission = await admit_request(self.services, self.key)
+        with tracer.start_as_current_span("vary.admission"):
+            self.admission = await admit_request(self.services, self.key)
         self.services.metrics.in_flight.inc()
 
     async def admit(self, images: int) -> None:
@@ -77,7 +79,8 @@ class RequestAccount:
         if self.admission is None:
             await self.admit_request()
         assert self.admission is not None
-        await admit_images(self.services, self.key, self.admission, images)
+        with tracer.start_as_current_span("vary.admission", attributes={"vary.images": images}):
+            await admit_images(self.services, self.key, self.admission, images)
 
     def respond(self, result: VariationResult) -> Response:
         usage = self.usage
@@ -132,6 +135,7 @@ class RequestAccount:
         usage, services = self.usage, self.services
         if self.tried.attempts:  # what the request cost, answered or not, whoever pays for it
             usage.attempts, usage.targets_tried = self.tried.total, clipped(self.tried.describe(), 990)
+            usage.unused_images = self.tried.unused_images or None
         policy = self.findings.describe()
         usage.policy = clipped(policy, 1000) if policy else None
         usage.latency_ms = (time.perf_counter() - self.started) * 1000.0
@@ -146,11 +150,17 @@ class RequestAccount:
             policy=usage.policy,  # the operator's audit trail: never in the client's answer
             timings_ms={stage: round(seconds * 1000, 1) for stage, seconds in self.stages.items()},
         )
-        # Accounting must never cost the client the images it was already given.
+        # Accounting must never cost the client the images it was already given, nor hold its answer: a
+        # database that does not answer in time still gets the row (or the spool does) once it can. The
+        # admission is released after the row, however late: the quota never counts low.
         try:
-            await run_in_threadpool(services.db.record_usage, usage)
+            await services.db_calls.keep("record usage", self._release, services.db.record_usage, usage)
+        except DatabaseUnavailable:
+            pass  # logged in one line; the row follows when the database answers
         except Exception:
             log.exception("could not record usage")
+
+    def _release(self) -> None:
         if self.admission is not None:
-            services.limiter.release(self.admission)  # after the usage row: the quota never double-counts low
-            services.metrics.in_flight.dec()
+            self.services.limiter.release(self.admission)
+            self.services.metrics.in_flight.dec()

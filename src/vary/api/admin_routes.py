@@ -46,8 +46,9 @@ async def usage(
         raise invalid(f"limit must be from 1 to {MAX_PAGE}.", param="limit")
     if offset < 0:
         raise invalid("offset must be 0 or more.", param="offset")
-    groups = await run_in_threadpool(
-        services_of(request).db.usage_groups, key_id=key, user=user, since=since_ts, limit=limit + 1, offset=offset
+    services = services_of(request)
+    groups = await services.db_calls.run(
+        "read usage", services.db.usage_groups, key_id=key, user=user, since=since_ts, limit=limit + 1, offset=offset
     )
     data = [summary_of(group).__dict__ for group in groups[:limit]]
     return {"object": "list", "data": data, "has_more": len(groups) > limit}

@@ -42,5 +42,5 @@ async def _delivered(services: Services, key: KeyInfo | None) -> int:
     if limits.image_quota is None or key is None:
         return 0
     since = quota_period_start(time.time(), services.limiter.quota_period)
-    delivered: int = await run_in_threadpool(services.db.images_delivered, key.id, since)
+    delivered: int = await services.db_calls.run("count a quota", services.db.images_delivered, key.id, since)
     return delivered

@@ -1,13 +1,14 @@
-"""Bearer keys: `Authorization: Bearer vary-...`, checked against hashed keys in SQLite.
+"""API keys: `Authorization: Bearer vary-...`, or one of the key headers other clients send, checked against
+hashed keys in the database.
 
-Azure OpenAI's clients send the key as `api-key: ...` instead; that header is read when there is no
-Authorization header.
+Clients written for other OpenAI-compatible endpoints send the key in their own header: Azure OpenAI's
+`api-key`, Obiguard's `x-obiguard-api-key`. The headers read (the `api_key_headers` setting) are tried in
+order when there is no Authorization header, so such a program works with only its base URL changed.
 """
 
 from __future__ import annotations
 
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
 from vary.api.deps import services_of
 from vary.api.errors import ApiError
@@ -17,7 +18,12 @@ MISSING_KEY = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header "
     "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
 )
-WRONG_KEY = "Incorrect API key provided. Create a key with `vary keys create`."
+# Said to any client, so it names no path: whoever runs the server knows where it keeps its data, and
+# `vary keys create` must be pointed there (the server's start prints the exact command).
+WRONG_KEY = (
+    "Incorrect API key provided. Keys are made on the server's machine with `vary keys create`, run with the "
+    "same --data-dir (or VARY_DATA_DIR, or --database-url) as the server: its start prints that command."
+)
 NOT_ADMIN = "This API key is not an admin key. Admin endpoints need one: `vary keys create --admin`."
 
 
@@ -25,27 +31,39 @@ async def require_api_key(request: Request) -> KeyInfo | None:
     """The caller's key, or None when the server runs with --no-auth. Never echoes the key."""
     if services_of(request).settings.no_auth:
         return None
-    return await _bearer_key(request)
+    return await _caller_key(request)
 
 
 async def require_admin_key(request: Request) -> KeyInfo:
     """An active admin key; checked even under --no-auth, which opens only the model API."""
-    key = await _bearer_key(request)
+    key = await _caller_key(request)
     if not key.admin:
         raise ApiError(403, NOT_ADMIN, code="insufficient_permissions")
     return key
 
 
-async def _bearer_key(request: Request) -> KeyInfo:
+def presented_key(request: Request, key_headers: tuple[str, ...]) -> str | None:
+    """The key the request carries: a Bearer token, else the first of `key_headers` that is set."""
     header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if not header and request.headers.get("api-key"):
-        scheme, token = "bearer", request.headers["api-key"].strip()
-    if scheme.lower() != "bearer" or not token:
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer":
+            return None
+        return token.strip() or None
+    for name in key_headers:
+        value = request.headers.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+async def _caller_key(request: Request) -> KeyInfo:
+    services = services_of(request)
+    token = presented_key(request, services.settings.api_key_headers)
+    if token is None:
         raise ApiError(401, MISSING_KEY, code="invalid_api_key")
     # A database read per request, so a revoked key is refused at once, even by another process.
-    key: KeyInfo | None = await run_in_threadpool(services_of(request).db.authenticate, token)
+    key: KeyInfo | None = await services.db_calls.run("check an API key", services.db.authenticate, token)
     if key is None:
         raise ApiError(401, WRONG_KEY, code="invalid_api_key")
     return key

@@ -98,6 +98,22 @@ class ErrorResponse(BaseModel):
     error: Error
 
 
+class ControlRange(BaseModel):
+    """A control's default and bounds for one model, so a client can offer it (the playground does)."""
+
+    default: float | int | None  # None: chosen per request (the seed: random, returned in x-vary-seed)
+    minimum: float | int
+    maximum: float | int
+    exclusive_minimum: bool = False  # the value must be above `minimum`, not equal to it
+
+
+class ModelControls(BaseModel):
+    seed: ControlRange
+    steps: ControlRange
+    guidance_scale: ControlRange
+    strength: ControlRange | None  # None: the model has no img2img path; strength stays 1
+
+
 class Model(BaseModel):
     id: str
     object: Literal["model"] = "model"
@@ -108,6 +124,8 @@ class Model(BaseModel):
     parent: str | None = None
     description: str
     license: str
+    # The request controls a local model takes, with its defaults; None for a hosted one.
+    controls: ModelControls | None = None
 
 
 class ModelList(BaseModel):

@@ -4,7 +4,12 @@ The id is the client's `x-request-id` when it sends a sane one, else a fresh one
 every response and into the usage row, so a client's report, the log and the database meet. The
 log line (logger `vary.access`) has the method, the path without its query string (image URLs carry
 their signature there), the status and the duration, plus what the route added with
-`describe_request` (key id, user, model, n, size, timings).
+`describe_request` (key id, user, model, n, size, timings), and the trace id when traces are on
+(ops/traces.py), so a slow request's line leads to its trace.
+
+A successful fetch of a static asset (the playground's CSS, JS and icons, the API docs' files) is
+logged at debug level only, unless asked for: a page load would otherwise add a line per file and
+scroll the ready block and its key out of sight.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import time
 import uuid
 from typing import Any
 
+from opentelemetry import trace
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,9 +41,14 @@ def describe_request(request: Request, **fields: Any) -> None:
     request.scope.setdefault("state", {}).setdefault("log_fields", {}).update(fields)
 
 
+# Paths of static assets (the playground's files, the favicon, the API docs' bundled files).
+ASSET_PREFIXES = ("/static/", "/favicon.ico", "/docs-assets/", "/docs-redoc.js")
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, log_assets: bool = False) -> None:
         self.app = app
+        self.quiet_prefixes: tuple[str, ...] = () if log_assets else ASSET_PREFIXES
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,7 +79,12 @@ class RequestContextMiddleware:
                 "duration_ms": round((time.perf_counter() - started) * 1000, 1),
                 **{k: v for k, v in state.get("log_fields", {}).items() if v is not None},
             }
-            log.info("%s %s %d", scope["method"], fields["path"], status, extra=fields)
+            span = trace.get_current_span().get_span_context()  # the server span, when one is recorded
+            if span.is_valid and span.trace_flags.sampled:
+                fields["trace_id"] = trace.format_trace_id(span.trace_id)
+            quiet = status < 400 and scope["path"].startswith(self.quiet_prefixes)
+            level = logging.DEBUG if quiet else logging.INFO
+            log.log(level, "%s %s %d", scope["method"], fields["path"], status, extra=fields)
 
 
 def _client_id(scope: Scope) -> str | None:

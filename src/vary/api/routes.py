@@ -9,6 +9,7 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
+from opentelemetry import trace
 from starlette.concurrency import run_in_threadpool
 
 from vary.api.accounting import CLIENT_CLOSED_REQUEST, RequestAccount
@@ -19,27 +20,36 @@ from vary.api.errors import ApiError, api_error
 from vary.api.protocol import (
     ERROR_RESPONSES,
     VARIATION_ERRORS,
+    ControlRange,
     CreateImageVariationRequest,
     ImagesResponse,
     Model,
+    ModelControls,
     ModelList,
 )
 from vary.api.variation_form import read_variation_form
-from vary.errors import ModelNotFound
+from vary.controls import MAX_GUIDANCE_SCALE, MAX_SEED, RequestedControls
+from vary.engines.base import Engine
+from vary.errors import ControlInvalid, ModelNotFound
 from vary.state.keys import KeyInfo
 from vary.state.signing import ExpiredError, SignatureError
 
-__all__ = ["CLIENT_CLOSED_REQUEST", "router"]
+__all__ = ["CLIENT_CLOSED_REQUEST", "API_PREFIX", "azure_router", "router"]
 
+# The OpenAI API's routes, without their version prefix: the app mounts them under API_PREFIX (the documented
+# paths) and again at the root, undocumented, for gateways whose base URL has no /v1 (TrueFoundry's, for one).
 router = APIRouter()
+azure_router = APIRouter(include_in_schema=False)
+API_PREFIX = "/v1"
 CallerKey = Annotated[KeyInfo | None, Depends(require_api_key)]
 _EXPIRES = re.compile(r"[0-9]{1,12}")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 log = logging.getLogger("vary.files")
+tracer = trace.get_tracer(__name__)
 
 
 @router.post(
-    "/v1/images/variations",
+    "/images/variations",
     # Documented, not validated: the route answers with the JSON the service built once, as bytes.
     responses={200: {"model": ImagesResponse, "description": "The variations."}, **VARIATION_ERRORS},
     openapi_extra={"requestBody": CreateImageVariationRequest.request_body()},
@@ -53,12 +63,12 @@ async def create_variation(request: Request, key: CallerKey) -> Response:
 # Azure OpenAI's path scheme, so an unchanged `AzureOpenAI` client works: its `api-version` query
 # parameter is accepted and ignored, its `api-key` header is a key (api/auth.py), and the deployment
 # in the path names the model. Not in the schema: the OpenAI route is the one documented.
-@router.post("/openai/deployments/{deployment}/images/variations", include_in_schema=False)
+@azure_router.post("/openai/deployments/{deployment}/images/variations")
 async def create_variation_azure_deployment(request: Request, deployment: str, key: CallerKey) -> Response:
     return await _create_variation(request, key, deployment=deployment)
 
 
-@router.post("/openai/images/variations", include_in_schema=False)
+@azure_router.post("/openai/images/variations")
 async def create_variation_azure(request: Request, key: CallerKey) -> Response:
     return await _create_variation(request, key)
 
@@ -68,9 +78,10 @@ async def _create_variation(request: Request, key: KeyInfo | None, *, deployment
     settings = services.settings
     async with RequestAccount(request, services, key) as account:
         await account.admit_request()  # before the body: a key over its limits uploads nothing
-        form = await read_variation_form(
-            request, max_user_chars=settings.max_user_chars, max_steps=settings.max_request_steps
-        )
+        with tracer.start_as_current_span("vary.read_form"):  # the multipart body, its fields checked
+            form = await read_variation_form(
+                request, max_user_chars=settings.max_user_chars, max_steps=settings.max_request_steps
+            )
         if deployment is not None:  # Azure's deployment is the model, whatever the form says
             form = dataclasses.replace(form, model=deployment)
         account.describe(form)
@@ -87,8 +98,8 @@ async def _create_variation(request: Request, key: KeyInfo | None, *, deployment
     return Response(status_code=CLIENT_CLOSED_REQUEST)  # the client left: nobody reads this
 
 
-@router.head("/v1/files/{filename}", include_in_schema=False)  # what answers GET answers HEAD
-@router.get("/v1/files/{filename}", responses={403: ERROR_RESPONSES[401] | {"description": "Bad or expired signature"}})
+@router.head("/files/{filename}", include_in_schema=False)  # what answers GET answers HEAD
+@router.get("/files/{filename}", responses={403: ERROR_RESPONSES[401] | {"description": "Bad or expired signature"}})
 async def get_file(request: Request, filename: str, expires: str = "", signature: str = "") -> Response:
     """A generated PNG, for as long as its signed URL is valid. The signature is the credential."""
     services = services_of(request)
@@ -127,6 +138,7 @@ async def get_file(request: Request, filename: str, expires: str = "", signature
 
 def _model_cards(request: Request) -> list[Model]:
     services = services_of(request)
+    settings = services.settings
     cards = []
     for served in services.registry.served():
         info = served.info
@@ -139,17 +151,34 @@ def _model_cards(request: Request) -> list[Model]:
                 parent=served.alias_of,
                 description=info.description if served.alias_of is None else f"Alias of {info.id}. {info.description}",
                 license=info.license,
+                controls=None if served.engine is None else _controls(served.engine, settings.max_request_steps),
             )
         )
     return cards
 
 
-@router.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES)
+def _controls(engine: Engine, max_steps: int) -> ModelControls:
+    """The engine's own defaults (what a request without controls gets) and the bounds the form checks."""
+    defaults = engine.controls(RequestedControls())
+    try:  # an engine without an img2img path refuses any strength below 1
+        engine.controls(RequestedControls(strength=0.99, steps=max_steps))
+        strength: ControlRange | None = ControlRange(default=1.0, minimum=0.0, maximum=1.0, exclusive_minimum=True)
+    except ControlInvalid:
+        strength = None
+    return ModelControls(
+        seed=ControlRange(default=None, minimum=0, maximum=MAX_SEED),
+        steps=ControlRange(default=defaults.steps, minimum=1, maximum=max_steps),
+        guidance_scale=ControlRange(default=defaults.guidance_scale, minimum=0.0, maximum=MAX_GUIDANCE_SCALE),
+        strength=strength,
+    )
+
+
+@router.get("/models", response_model=ModelList, responses=ERROR_RESPONSES)
 async def list_models(request: Request, _: CallerKey) -> ModelList:
     return ModelList(data=_model_cards(request))
 
 
-@router.get("/v1/models/{model_id}", response_model=Model, responses=ERROR_RESPONSES)
+@router.get("/models/{model_id}", response_model=Model, responses=ERROR_RESPONSES)
 async def retrieve_model(request: Request, model_id: str, _: CallerKey) -> Model:
     for card in _model_cards(request):
         if card.id == model_id:

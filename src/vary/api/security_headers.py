@@ -20,6 +20,7 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "style-src 'self' 'unsafe-inline'",
         "img-src 'self' data: blob: https: http:",
         "connect-src 'self'",
+        "worker-src 'self' blob:",  # ReDoc parses the schema in a worker it makes from a blob
         "object-src 'none'",
         "base-uri 'none'",
         "form-action 'self'",

@@ -11,14 +11,19 @@ import sys
 from pathlib import Path
 
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from vary.cli import create as create_command
 from vary.cli import db as db_command
+from vary.cli import eval as eval_command
 from vary.cli import keys as keys_command
 from vary.cli import secret as secret_command
 from vary.cli import usage as usage_command
+from vary.cli.address import address_problem
 from vary.cli.flags import add_settings_flags, given_settings
 from vary.datadir import DataDir, choose_data_dir
+from vary.echo import clipped
+from vary.errors import DatabaseUnavailable
 from vary.key_limits import LIMIT_FLAGS
 from vary.ops.logs import configure_logging
 from vary.ops.usage_report import FORMATS
@@ -31,6 +36,7 @@ STATE_SETTINGS = ("data_dir", "database_url")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vary", description="OpenAI's image-variations API on open models.")
+    parser.add_argument("--version", action="version", version=f"vary {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     # Where keys and usage live, for every command that reads them.
@@ -70,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     add_settings_flags(pull, ["catalogue", "config", "device"])
 
     create_command.add_parser(commands)
+    eval_command.add_parser(commands)
 
     usage = commands.add_parser("usage", parents=[data_dir], help="requests, images, failures and latency")
     usage.add_argument("--key", help="only this key id")
@@ -125,10 +132,37 @@ def _invalid(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("vary")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _no_database_yet(args: argparse.Namespace, data_dir: DataDir) -> None:
+    """A command that makes the database says so; one that only reads it (or changes what is not there) ends:
+    an empty table would hide that this is not the data dir the server uses."""
+    command = (args.command, getattr(args, "keys_command", None) or getattr(args, "db_command", None))
+    if command in (("keys", "create"), ("db", "upgrade")):
+        print(
+            f"vary: no database in {data_dir.path} yet: making one (a server started with it uses it)", file=sys.stderr
+        )
+        return
+    sys.exit(
+        f"vary: no database in {data_dir.path}: no server has run with this data dir and no key was made there. "
+        "`vary serve` prints its data dir and the command that reaches its keys; pass that --data-dir "
+        "(or VARY_DATA_DIR, or --database-url)."
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "create":  # a client: the server's settings do not apply
         sys.exit(create_command.run(args))
+    if args.command == "eval":  # its own models and settings, no data dir
+        sys.exit(eval_command.run(args))
     settings, data_dir = _settings(args)
     if args.command == "pull":
         # As for serve: logging before the ML libraries are imported (they log), and only for this command.
@@ -147,6 +181,10 @@ def main(argv: list[str] | None = None) -> None:
         # Logging first: importing the server (torch, diffusers) already logs, in the log's format. The server's
         # module is imported only here so that `vary keys` and the other commands never load torch.
         configure_logging(settings.log_format, level=settings.log_level)
+        if not settings.ray_address:  # a busy port in one line, before torch and the models load (with Ray,
+            problem = address_problem(settings.host, settings.port)  # the cluster's proxy listens instead)
+            if problem:
+                sys.exit(f"vary: {problem}")
         from vary.cli.serve import serve
 
         serve(settings, data_dir)
@@ -154,6 +192,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"vary: {data_dir.line()}", file=sys.stderr)  # stdout stays the command's own output
     if settings.database_url is not None:
         print(f"vary: database {shown(settings.database_url)}", file=sys.stderr)
+    elif not settings.db_path.is_file():
+        _no_database_yet(args, data_dir)
     try:
         if args.command == "usage":
             usage_command.run(args, settings)
@@ -165,6 +205,15 @@ def main(argv: list[str] | None = None) -> None:
             keys_command.run(args, settings)
     except DatabaseSetupError as exc:
         sys.exit(f"vary: {exc}")
+    except (DatabaseUnavailable, SQLAlchemyError) as exc:
+        # The database went away (or timed out) during the command: one line, never a traceback.
+        sys.exit(f"vary: the database stopped answering during `vary {args.command}`: {_reason(exc)}")
+
+
+def _reason(exc: BaseException) -> str:
+    """The driver's own first line (psycopg's and SQLite's name the host, never the password)."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return clipped(lines[0], 300) if lines else type(exc).__name__
 
 
 if __name__ == "__main__":

@@ -75,8 +75,10 @@ def square_png(data: bytes, *, fit: str = "crop", max_side: int = MAX_SIDE, max_
         side = int(side * 0.8)  # a noisy photo can exceed 4 MB as PNG even at 1024 px
     if side != squared:
         changes.append(f"scaled to {side}x{side}")
-    if source_format != "PNG" or changes:
+    if source_format != "PNG":
         changes.append(f"converted from {source_format} to PNG ({_size(buffer.tell())})")
+    elif changes:
+        changes.append(f"now {_size(buffer.tell())}")
     return SquarePng(buffer.getvalue(), changes)
 
 
@@ -101,8 +103,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     create.add_argument("--model", help="the model (default: the server's default)")
     create.add_argument("--seed", type=int, help="the same seed gives the same images again")
     create.add_argument("--fit", choices=("crop", "pad"), default="crop", help="make it square by crop or pad")
-    create.add_argument("--out", type=Path, default=Path("."), help="where to write the files (default .)")
-    create.add_argument("--server", help=f"the server (default $VARY_SERVER, $OPENAI_BASE_URL, {DEFAULT_SERVER})")
+    create.add_argument(
+        "--out",
+        type=Path,
+        default=Path("."),
+        help="the folder to write the files to, made if missing (default .); files already there are kept",
+    )
+    create.add_argument(
+        "--server",
+        help=f"the server, e.g. 127.0.0.1:8000 (default $VARY_SERVER, $OPENAI_BASE_URL, {DEFAULT_SERVER})",
+    )
     create.add_argument("--api-key", help="the API key (default $VARY_API_KEY, then $OPENAI_API_KEY)")
 
 
@@ -136,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
     api_key = args.api_key or os.environ.get("VARY_API_KEY") or os.environ.get("OPENAI_API_KEY")
     if not api_key:
         return _fail("no API key: pass --api-key or set VARY_API_KEY (a server run with --no-auth takes any)", 2)
+    problem = _unwritable(args.out)  # checked before asking: the images are made (and billed) by then
+    if problem:
+        return _fail(problem, 2)
     client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=2, timeout=600)
     try:
         with _progress(f"Making {args.n} variation{'s' if args.n > 1 else ''} at {args.size} on {base_url}"):
@@ -153,13 +166,36 @@ def run(args: argparse.Namespace) -> int:
     except openai.APIConnectionError:
         return _fail(f"cannot reach a server at {base_url}; is `vary serve` running there?", 1)
 
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = "+".join(path.stem for path in paths)
-    for k, item in enumerate(result.data or [], start=1):
-        path = args.out / f"{stem}-variation-{k}.png"
-        path.write_bytes(base64.b64decode(item.b64_json or ""))
-        print(path)
+    for item in result.data or []:
+        print(_write_new(args.out, stem, base64.b64decode(item.b64_json or "")))
     return 0
+
+
+def _unwritable(out: Path) -> str | None:
+    """Why the images could not be written to `out` (made if missing); None when they can."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file, not a folder: name a folder (made if missing)"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"--out {out}: cannot make this folder: {exc.strerror}"
+    if not os.access(out, os.W_OK | os.X_OK):
+        return f"--out {out}: this folder is not writable"
+    return None
+
+
+def _write_new(out: Path, stem: str, data: bytes) -> Path:
+    """Writes to the next free `{stem}-variation-{k}.png`: an earlier run's files are never overwritten."""
+    for k in itertools.count(1):
+        path = out / f"{stem}-variation-{k}.png"
+        try:
+            with open(path, "xb") as file:  # x: fails if the file exists, even one made meanwhile
+                file.write(data)
+        except FileExistsError:
+            continue
+        return path
+    raise AssertionError("unreachable")
 
 
 def _weights(raw: str | None, count: int) -> list[float] | str | None:
@@ -178,6 +214,8 @@ def _weights(raw: str | None, count: int) -> list[float] | str | None:
 
 def _api_base(server: str | None) -> str:
     base = (server or DEFAULT_SERVER).rstrip("/")
+    if "://" not in base:  # host:port, as curl takes it
+        base = f"http://{base}"
     return base if base.endswith("/v1") else base + "/v1"
 
 

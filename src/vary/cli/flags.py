@@ -21,7 +21,7 @@ from vary.settings import Settings
 
 # Flags whose name is not the field's own: shorter, or kept from earlier releases.
 RENAMED = {"ray_address": ["--ray"], "catalogue": ["--catalogue"], "config": ["--config"]}
-METAVARS = {"ray_address": "ADDRESS", "catalogue": "FILE", "config": "FILE"}
+METAVARS = {"ray_address": "ADDRESS", "catalogue": "FILE", "config": "FILE", "api_key_headers": "HEADER"}
 
 
 def flags_of(name: str) -> list[str]:
@@ -46,6 +46,8 @@ def add_settings_flags(parser: argparse.ArgumentParser, names: typing.Iterable[s
                 options.pop("metavar")
             elif kind in (int, float):
                 options["type"] = kind
+            elif typing.get_origin(kind) is tuple:  # a list of values: --api-key-headers api-key x-team-key
+                options["nargs"] = "+"
         parser.add_argument(*flags_of(name), **options)
 
 

@@ -7,15 +7,21 @@ and wait for the load to finish. (A worker thread, as before: torch's CPU kernel
 slower in the main thread of a busy machine.)
 Weights that cannot be had end the start with one logged line and exit status 1.
 
-The first key is written to a file readable only by its owner as soon as it exists (a start that
-fails later does not lose it) and printed once the server answers, after the loading's output, with
-the URL and a curl line to paste.
+Every start ends with the ready block, once the server answers: where the playground, the API and
+its docs are, and where the keys live with the command that makes one there. A terminal gets it as
+text, last; a JSON log gets it as one record. The first key is written to a file readable only by
+its owner as soon as it exists (a start that fails later does not lose it) and printed in the ready
+block, with a curl line to paste. (A busy address is found before this module is even imported:
+cli/address.py.)
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
+import shlex
+import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -25,18 +31,20 @@ from typing import Any, TypeVar
 import uvicorn
 
 from vary.app import build_app, build_registry, http_protocol
-from vary.datadir import DataDir, make_private_dir
+from vary.datadir import DataDir, default_data_dir, make_private_dir
 from vary.engines.weights import bound_hub_timeouts
 from vary.errors import ModelUnavailable
 from vary.imaging import ImageDecoder
+from vary.ops.logs import resolved_format
 from vary.ops.memory import cap_malloc_arenas
+from vary.ops.traces import TracingSetupError, configure_tracing
 from vary.safety.checks import ContentChecks
 from vary.safety.classifier import ClassifierFailed
 from vary.safety.policy import SafetyPolicy
 from vary.service.catalogue import Catalogue, CatalogueError, catalogue_for
 from vary.service.registry import ModelRegistry
 from vary.settings import Settings
-from vary.state.connection import DatabaseSetupError
+from vary.state.connection import DatabaseSetupError, shown
 from vary.state.database import Database
 from vary.state.image_store import StorageSetupError
 from vary.state.stores import open_store
@@ -45,19 +53,22 @@ log = logging.getLogger("vary")
 T = TypeVar("T")
 
 FIRST_KEY_FILE = "first-api-key"
+# Held while a replica checks for a key and makes the first one; a holder that crashed frees it after this.
+FIRST_KEY_LEASE = "first-key"
+FIRST_KEY_LEASE_SECONDS = 60.0
 
 
 class ReadyServer(uvicorn.Server):
-    """uvicorn's server, plus a message printed once it listens."""
+    """uvicorn's server, plus the ready block once it listens."""
 
-    def __init__(self, config: uvicorn.Config, on_ready: str | None) -> None:
+    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None]) -> None:
         super().__init__(config)
         self.on_ready = on_ready
 
     async def startup(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         await super().startup(sockets=sockets)  # type: ignore[arg-type]
-        if self.started and self.on_ready:
-            print(self.on_ready, flush=True)  # stdout, for the person at the terminal; the log is stderr
+        if self.started:
+            self.on_ready()
 
 
 def serve(settings: Settings, data_dir: DataDir) -> None:
@@ -71,6 +82,10 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
     checks = content_checks(settings, catalogue)
     log.info(data_dir.line())
     make_private_dir(settings.data_dir)  # before anything is written there; an older vary made it 0755
+    try:
+        configure_tracing()  # the standard OTEL_* variables; off without them
+    except TracingSetupError as exc:
+        sys.exit(f"vary: {exc}")
     try:  # a database or store that cannot be used ends the start in one line, before any model loads
         db = Database.open(settings.database)  # its schema upgraded first (vary/migrations), as the lifespan would
         try:
@@ -84,7 +99,7 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
     if settings.ray_address:  # the models load in the cluster's replicas, not here
         from vary.cluster.launch import serve_on_ray
 
-        serve_on_ray(settings, key and ready_message(settings, key, terminal=sys.stdout.isatty()))
+        serve_on_ray(settings, key and ready_message(settings, data_dir, key, terminal=sys.stdout.isatty()))
         return
     try:
         registry, decoder = in_background(lambda: load_models(settings))
@@ -103,7 +118,8 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
         http=http_protocol(settings),
         ws="none",  # no WebSocket routes: an upgrade is answered as the plain request it is (http_protocol.py)
     )
-    server = ReadyServer(config, on_ready=key and ready_message(settings, key, terminal=sys.stdout.isatty()))
+    log_format = resolved_format(settings.log_format)
+    server = ReadyServer(config, on_ready=lambda: announce_ready(settings, data_dir, key, log_format))
     try:
         server.run()
     except KeyboardInterrupt:
@@ -165,10 +181,23 @@ def load_models(settings: Settings) -> tuple[ModelRegistry, ImageDecoder]:
 
 
 def first_key(data_dir: Path, db: Database) -> str | None:
-    """A key when none is active yet, kept in a 0600 file until the user deletes it; None otherwise."""
+    """A key when none is active yet, kept in a 0600 file until the user deletes it; None otherwise.
+
+    Replicas starting at once on one empty database would each see no key and make one: the check and
+    the making happen while holding the database's FIRST_KEY_LEASE (race-safe, leases.py), so exactly
+    one replica makes it; one that finds the lease held leaves the key to the replica holding it.
+    """
     if db.count_active_keys():
-        return None
-    _, key = db.create_key("default")
+        return None  # the common case, a read: no lease (a write) is taken
+    holder = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{secrets.token_hex(4)}"
+    if not db.try_lease(FIRST_KEY_LEASE, holder, FIRST_KEY_LEASE_SECONDS):
+        return None  # another replica is making it now
+    try:
+        if db.count_active_keys():  # made by another replica before the lease was taken
+            return None
+        _, key = db.create_key("default")
+    finally:
+        db.release_lease(FIRST_KEY_LEASE, holder)
     data_dir.mkdir(parents=True, exist_ok=True)  # with a database_url, nothing else made it yet
     path = data_dir / FIRST_KEY_FILE
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -179,30 +208,73 @@ def first_key(data_dir: Path, db: Database) -> str | None:
     return key
 
 
-def ready_message(settings: Settings, key: str, *, terminal: bool) -> str:
-    """The key itself only for a person at a terminal: a log collector (journald, a container's log) keeps
+def keys_command(settings: Settings, data_dir: DataDir) -> str:
+    """The `vary keys create` that reaches this server's own key store, as the user would type it."""
+    if settings.database_url is not None:
+        return "VARY_DATABASE_URL=... vary keys create  (the same database URL as this server)"
+    if data_dir.path == default_data_dir():
+        return "vary keys create"
+    return f"vary keys create --data-dir {shlex.quote(str(data_dir.path))}"
+
+
+def keys_store(settings: Settings) -> str:
+    return shown(settings.database_url) if settings.database_url is not None else str(settings.db_path)
+
+
+def ready_message(settings: Settings, data_dir: DataDir, key: str | None, *, terminal: bool = True) -> str:
+    """The block a start ends with: where everything is, and the first key when one was just made.
+
+    The key itself only for a person at a terminal: a log collector (journald, a container's log) keeps
     stdout, and the key is in its 0600 file anyway."""
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    base = f"http://{host}:{settings.port}"
+    base = base_url(settings)
+    lines = [
+        "vary is ready.",
+        f"  Playground: {base}/",
+        f"  API:        {base}/v1  (docs: {base}/docs)",
+    ]
+    if settings.no_auth:
+        lines.append("  Keys:       none needed (--no-auth)")
+    else:
+        lines.append(f"  Keys:       in {keys_store(settings)}; make one with: {keys_command(settings, data_dir)}")
     key_file = settings.data_dir / FIRST_KEY_FILE
-    if not terminal:
-        return "\n".join(
-            (
-                f"vary is ready: {base}/ (playground), {base}/v1 (API).",
-                f"No API key existed, so one was created: it is in {key_file}, readable by you only "
-                "(not printed: stdout is not a terminal). Try it:",
-                f'  curl {base}/v1/images/variations -H "Authorization: Bearer $(cat {key_file})" '
-                "-F image=@input.png -F size=512x512 -F response_format=url",
-            )
-        )
-    return "\n".join(
-        (
-            f"vary is ready: {base}/ (playground), {base}/v1 (API).",
+    if key is not None and not terminal:
+        lines += [
+            f"No API key existed, so one was created: it is in {key_file}, readable by you only "
+            "(not printed: stdout is not a terminal). Try it:",
+            f'  curl {base}/v1/images/variations -H "Authorization: Bearer $(cat {key_file})" '
+            "-F image=@input.png -F size=512x512 -F response_format=url",
+        ]
+    elif key is not None:
+        lines += [
             "No API key existed, so one was created. It is shown only this once (and kept in "
             f"{settings.data_dir / FIRST_KEY_FILE}, readable by you only, until you delete it):",
             key,
             "Try it:",
             f'  curl {base}/v1/images/variations -H "Authorization: Bearer {key}" '
             "-F image=@input.png -F size=512x512 -F response_format=url",
-        )
+        ]
+    return "\n".join(lines)
+
+
+def announce_ready(settings: Settings, data_dir: DataDir, key: str | None, log_format: str) -> None:
+    """The ready block: printed on a text log (the person at the terminal); one record in a JSON log, plus the
+    first key printed, as it must be seen once."""
+    if log_format == "text" or key is not None:
+        # stdout, after the log's lines on stderr: flushed so that the block is the last thing on the screen.
+        sys.stderr.flush()
+        terminal = sys.stdout.isatty()
+        print(f"\n{ready_message(settings, data_dir, key, terminal=terminal)}\n", flush=True)  # set apart from the log
+        return
+    base = base_url(settings)
+    keys = "none needed (--no-auth)" if settings.no_auth else f"in {keys_store(settings)}"
+    log.info(
+        "vary is ready: %s/ (playground), %s/v1 (API), %s/docs (API docs); keys %s",
+        *(base, base, base, keys),
+        extra={"keys_command": None if settings.no_auth else keys_command(settings, data_dir)},
     )
+
+
+def base_url(settings: Settings) -> str:
+    """The URL a browser on this machine reaches the server at."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.port}"

@@ -21,6 +21,8 @@ from typing import Any
 
 import ray
 from fastapi import FastAPI
+from opentelemetry import propagate, trace
+from opentelemetry.trace import SpanKind
 from ray import serve
 from ray.serve import Application, Deployment
 from ray.serve.handle import DeploymentHandle
@@ -30,6 +32,7 @@ from vary.engines.diffusion import Placement
 from vary.engines.weights import bound_hub_timeouts
 from vary.imaging import ImageDecoder
 from vary.ops.logs import configure_logging
+from vary.ops.traces import configure_tracing
 from vary.safety.policy import SafetyPolicy
 from vary.service.catalogue import HOSTED_PROVIDERS, ROUTE, Catalogue, CatalogueEntry, CatalogueError, catalogue_for
 from vary.service.registry import ModelRegistry
@@ -39,16 +42,19 @@ from vary.targets.local_model import LocalModel, QueuePolicy
 from vary.targets.ray_replica import RayTarget, ShippedRequest
 
 log = logging.getLogger("vary.ray")
+tracer = trace.get_tracer(__name__)
 
 APP_NAME = "vary"
 EDGE_DEPLOYMENT = "edge"
 # Serve's default of 5 requests in flight per replica; the edge only waits on models, so it takes many.
 EDGE_MAX_ONGOING_REQUESTS = 1000
-# The command's environment variables that replicas get too: the standard AWS and Hugging Face settings.
-FORWARDED_ENV_PREFIXES = ("AWS_", "HF_")
-# Those of them that are credentials (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, HF_TOKEN): never in a
-# runtime_env, whose env_vars Ray shows on its dashboard and writes to its logs (ray-project/ray#28276).
-SECRET_ENV_WORDS = ("SECRET", "TOKEN", "PASSWORD")
+# The command's environment variables that replicas get too: the standard AWS, Hugging Face and
+# OpenTelemetry settings.
+FORWARDED_ENV_PREFIXES = ("AWS_", "HF_", "OTEL_")
+# Those of them that are credentials (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, HF_TOKEN, the OTLP exporter's
+# HEADERS): never in a runtime_env, whose env_vars Ray shows on its dashboard and writes to its logs
+# (ray-project/ray#28276).
+SECRET_ENV_WORDS = ("SECRET", "TOKEN", "PASSWORD", "HEADERS")
 
 
 def model_deployment_name(model: str) -> str:
@@ -70,6 +76,7 @@ class ModelReplica:
         os.environ.update(secret_env or {})  # first: the Hub's token is read when the weights load
         config = Settings(**settings)
         configure_logging(config.log_format, level=config.log_level)
+        configure_tracing()  # the OTEL_* variables, forwarded from the command (with_driver_env)
         bound_hub_timeouts()  # as `vary serve` does: a Hub that never answers fails the load, not hangs it
         device = "cuda" if ray.get_gpu_ids() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES to this replica's GPUs
         placement = Placement(device=device, dtype=config.dtype, compile=config.compile)
@@ -81,7 +88,12 @@ class ModelReplica:
         log.info("replica of %s ready on %s", model.name, device)
 
     async def make(self, shipped: ShippedRequest) -> Made:
-        return await self.model.make(shipped.request())
+        # A child of the edge's attempt span, across the Ray hop.
+        with tracer.start_as_current_span(
+            "vary.replica", context=propagate.extract(shipped.trace_context), kind=SpanKind.SERVER
+        ) as span:
+            span.set_attribute("gen_ai.request.model", self.model.name)
+            return await self.model.make(shipped.request())
 
     def __del__(self) -> None:
         model = getattr(self, "model", None)
@@ -108,6 +120,7 @@ class Edge:
     def __serve_build_asgi_app__(self) -> FastAPI:
         settings = self.settings
         configure_logging(settings.log_format, level=settings.log_level)
+        configure_tracing()  # build_app adds the server span when it is on
         decoder = ImageDecoder(settings.image_rules())
 
         def ray_target(model: CatalogueEntry) -> RayTarget:

@@ -347,14 +347,14 @@ class DiffusionEngine(ABC):
     def _say_cpu_cost(self, side: int, steps: int, seconds: float) -> None:
         """On a CPU an image can take minutes: say so once, from the warm-up's own measured time."""
         log.info(
-            "on this CPU one %dx%d image of %s takes about %.0f s (%d steps at %.2f s each, measured by the warm-up); "
+            "on this CPU one %dx%d image of %s takes about %s (%d steps at %s each, measured by the warm-up); "
             "a GPU is much faster, and VARY_NUM_INFERENCE_STEPS trades quality for time",
             side,
             side,
             self.info.id,
-            seconds,
+            about(seconds),
             steps,
-            seconds / steps,
+            about(seconds / steps),
         )
 
     @torch.inference_mode()
@@ -442,3 +442,12 @@ def _to_tensor(image: Image.Image) -> torch.Tensor:
     """(1, 3, H, W) float in [0, 1], the range diffusers' image processors expect for tensors."""
     array = np.asarray(image, dtype=np.float32) / 255.0
     return torch.from_numpy(array).permute(2, 0, 1).unsqueeze(0).contiguous()
+
+
+def about(seconds: float) -> str:
+    """A measured time as a person reads it: never "0 s" for something that took time."""
+    if seconds >= 10:
+        return f"{seconds:.0f} s"
+    if seconds >= 0.1:
+        return f"{seconds:.1f} s"
+    return f"{seconds * 1000:.0f} ms" if seconds >= 0.001 else "under 1 ms"

@@ -1,5 +1,8 @@
 """Logging set-up: one JSON object per line (python-json-logger), or plain text for a terminal.
 
+`auto` (the default) picks text when the log goes to a terminal, where a person reads it, and JSON
+otherwise (a file, a pipe, a container's log collector).
+
 Everything a start prints goes through the one handler: Python warnings, and the loggers of
 transformers, diffusers and huggingface_hub (each ships its own stderr handler, in its own format).
 Progress bars are for a terminal, so `vary serve` turns them off; `vary pull` keeps them.
@@ -55,7 +58,16 @@ LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNI
 SILENCED = ("requires torchvision (not installed)",)
 
 
-def configure_logging(log_format: str, *, level: str = "info", progress_bars: bool = False) -> None:
+def resolved_format(log_format: str) -> str:
+    """`json` or `text`: `auto` is text on a terminal."""
+    if log_format != "auto":
+        return log_format
+    return "text" if sys.stderr.isatty() else "json"
+
+
+def configure_logging(log_format: str, *, level: str = "info", progress_bars: bool = False) -> str:
+    """Sets up the one handler; returns the format used (`auto` resolved)."""
+    log_format = resolved_format(log_format)
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(
@@ -69,6 +81,8 @@ def configure_logging(log_format: str, *, level: str = "info", progress_bars: bo
     else:
         handler.setFormatter(EscapingFormatter(TEXT_FORMAT))
     handler.addFilter(_not_silenced)
+    if log_format == "text":  # the ready block says where vary listens; uvicorn's start-up steps are noise there
+        handler.addFilter(_not_uvicorn_startup)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])
@@ -82,6 +96,15 @@ def configure_logging(log_format: str, *, level: str = "info", progress_bars: bo
     _adopt_library_loggers()
     if not progress_bars:
         _disable_progress_bars()
+    return log_format
+
+
+UVICORN_STARTUP: tuple[str, ...] = ("Started server process", "Waiting for application startup")
+UVICORN_STARTUP += ("Application startup complete", "Uvicorn running on")
+
+
+def _not_uvicorn_startup(record: logging.LogRecord) -> bool:
+    return not (record.name == "uvicorn.error" and record.getMessage().startswith(UVICORN_STARTUP))
 
 
 def _not_silenced(record: logging.LogRecord) -> bool:

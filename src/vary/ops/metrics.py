@@ -1,7 +1,10 @@
 """Prometheus metrics (prometheus-client), on a registry of the app's own so two apps never share one.
 
 Counted as things happen: requests by model and status, each stage's latency, batches, images.
-Read at scrape time: queue depth, which models are loaded, and GPU memory when CUDA is in use.
+Read at scrape time: queue depth, which models are loaded, GPU memory when CUDA is in use, and the
+usage rows spooled while the database cannot take them.
+The Grafana dashboard deploy/grafana/vary.json is drawn from these; tests/unit/test_dashboard.py checks that
+every one of its queries names a metric exported here.
 
 The `model` label only takes the served catalogue's names (and "" for a request that named none):
 any other name is counted as "unknown", so hostile names cannot add series without end.
@@ -94,9 +97,13 @@ class Metrics:
             "vary_requests_in_flight", "Variation requests admitted and not yet answered.", registry=self.registry
         )
 
-    def watch(self, models: Sequence[Watched]) -> None:
-        """Scrape-time gauges over the local models: their queues and whether they are loaded."""
-        self.registry.register(_LiveCollector(models))
+    def watch(self, models: Sequence[Watched], *, gpu_memory: Callable[[], GpuMemory] | None = None) -> None:
+        """Scrape-time gauges over the local models: their queues, whether they are loaded, the GPUs' memory."""
+        self.registry.register(_LiveCollector(models, gpu_memory or cuda_memory))
+
+    def watch_spool(self, rows: Callable[[], int]) -> None:
+        """A scrape-time gauge: usage rows waiting in this replica's spool for the database."""
+        self.registry.register(_SpoolCollector(rows))
 
     def serve(self, names: Iterable[str]) -> None:
         """Adds model names that may be labels (the catalogue's, with their aliases)."""
@@ -149,9 +156,34 @@ class _CircuitCollector(Collector):
         yield family
 
 
+# Per device index: (bytes allocated to tensors, bytes reserved by the caching allocator).
+GpuMemory = Mapping[int, tuple[float, float]]
+
+
+def cuda_memory() -> GpuMemory:
+    """Each GPU's memory, once CUDA is in use: asking earlier would create a CUDA context in a CPU-only process."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):  # type: ignore[no-untyped-call]
+        return {}
+    return {
+        index: (float(torch.cuda.memory_allocated(index)), float(torch.cuda.memory_reserved(index)))
+        for index in range(torch.cuda.device_count())
+    }
+
+
+class _SpoolCollector(Collector):
+    def __init__(self, rows: Callable[[], int]) -> None:
+        self.rows = rows
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "vary_usage_spool_rows", "Usage rows spooled, waiting for the database to take them.", value=self.rows()
+        )
+
+
 class _LiveCollector(Collector):
-    def __init__(self, models: Sequence[Watched]) -> None:
+    def __init__(self, models: Sequence[Watched], gpu_memory: Callable[[], GpuMemory]) -> None:
         self.models = models
+        self.gpu_memory = gpu_memory
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily("vary_queue_depth", "Requests waiting for the model.", labels=["model"])
@@ -162,12 +194,12 @@ class _LiveCollector(Collector):
         for model in self.models:
             loaded.add_metric([model.name], 1.0 if model.loaded else 0.0)
         yield loaded
-        # Only once CUDA is in use: asking earlier would create a CUDA context in a CPU-only process.
-        if torch.cuda.is_available() and torch.cuda.is_initialized():  # type: ignore[no-untyped-call]
+        devices = self.gpu_memory()
+        if devices:
             allocated = GaugeMetricFamily("vary_gpu_memory_allocated_bytes", "Tensor memory.", labels=["device"])
             reserved = GaugeMetricFamily("vary_gpu_memory_reserved_bytes", "Caching allocator.", labels=["device"])
-            for index in range(torch.cuda.device_count()):
-                allocated.add_metric([str(index)], float(torch.cuda.memory_allocated(index)))
-                reserved.add_metric([str(index)], float(torch.cuda.memory_reserved(index)))
+            for index, (tensors, cached) in devices.items():
+                allocated.add_metric([str(index)], tensors)
+                reserved.add_metric([str(index)], cached)
             yield allocated
             yield reserved

@@ -14,6 +14,8 @@ class Tried:
     """The attempts made on each target tried, in order; a skipped target (open circuit) is not in it."""
 
     attempts: dict[str, int] = field(default_factory=dict)
+    # Images providers made (and billed) that the client never got: a partly made answer given up on.
+    unused_images: int = 0
 
     @property
     def total(self) -> int:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vary.ops.metrics import Metrics
 from vary.service.rate_limiter import RateLimiter
 from vary.service.registry import ModelRegistry
 from vary.service.variations import VariationService
 from vary.settings import Settings
+from vary.state.bounded_calls import BoundedCalls
 from vary.state.database import Database
 from vary.state.image_store import ImageStore
 from vary.state.signing import UrlSigner
@@ -25,3 +26,5 @@ class Services:
     limiter: RateLimiter
     metrics: Metrics
     started_at: int
+    # The database calls a request waits on, bounded in time on threads of their own.
+    db_calls: BoundedCalls = field(default_factory=BoundedCalls)

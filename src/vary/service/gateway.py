@@ -3,11 +3,15 @@
 Decisions follow the kind of the domain error a target raised (vary/errors.py), never an HTTP status:
 - refused: the request itself is wrong; it goes back to the client and no other target is tried.
 - retryable: the same target is tried again (tenacity: exponential backoff with jitter, or the
-  provider's Retry-After), up to its `max_attempts`, while its circuit stays closed. A Retry-After
+  provider's Retry-After), up to its `max_attempts`, while its circuit stays closed. An attempt that
+  made part of the images (PartlyMade: one of Nova's two calls failed) is retried for the rest only;
+  the client still gets all n images or an error. A Retry-After
   longer than the target's `max_backoff_seconds`, or any wait past the route's deadline, is not
   waited out: the next target is tried at once.
 - overloaded, unavailable (vary's own configuration of a provider included), or an unexpected
   failure (an engine crash): the next target is tried.
+A provider that throttles without a Retry-After gets the client the backoff the gateway itself would
+wait before its next attempt (backoff_seconds x 2^(attempts-1), capped), rounded up, never a constant.
 A target whose attempts keep failing opens its circuit and is skipped until its cooldown has passed;
 then one request probes it while the others skip it (breaker.py). Every attempt and wait of a
 request fits in its deadline. When every target failed, a lone target's own error goes back as it
@@ -18,11 +22,15 @@ The caller's Tried record holds the targets tried and the attempts on each, what
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import math
 import time
 from collections.abc import Sequence
 from typing import Literal, Protocol
 
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from vary.errors import (
@@ -36,9 +44,10 @@ from vary.errors import (
 from vary.request import VariationRequest
 from vary.service.attempts import Served, Tried
 from vary.service.breaker import CircuitBreaker
-from vary.targets.base import Made, Target
+from vary.targets.base import Made, PartlyMade, Target
 
 log = logging.getLogger("vary.gateway")
+tracer = trace.get_tracer(__name__)
 
 # How an attempt ended, for the metrics: a fixed set, so labels never come from a provider's answer.
 Outcome = Literal["success", "retryable", "configuration", "refused", "overloaded", "unavailable"]
@@ -141,6 +150,10 @@ class Gateway:
             multiplier=policy.backoff_seconds, max=policy.max_backoff_seconds, jitter=policy.backoff_seconds
         )
         verdict = False  # whether this request told the breaker how the target did
+        pending = request  # after a partly made attempt, only the rest
+        before: list[bytes] = []
+        after: list[bytes] = []
+        seed: int | None = None
 
         def wait(state: RetryCallState) -> float:
             error = state.outcome.exception() if state.outcome else None
@@ -170,8 +183,11 @@ class Gateway:
                 with attempt:
                     tried.attempts[target.name] = tried.attempts.get(target.name, 0) + 1
                     try:
-                        made = await self._attempt(target, request, ends)
+                        made = await self._attempt(target, pending, ends, tried.attempts[target.name], breaker)
                     except Exception as exc:
+                        if isinstance(exc, PartlyMade):
+                            before, after, pending = before + exc.before, exc.after + after, exc.rest
+                            seed = exc.seed if seed is None else seed
                         # Each failed attempt counts, but never the client's fault or the route's deadline.
                         if breaker is not None and kind_of(exc) != "refused" and not isinstance(exc, DeadlinePassed):
                             breaker.failed()
@@ -180,13 +196,57 @@ class Gateway:
                     if breaker is not None:
                         breaker.succeeded()
                         verdict = True
+                    if before or after:
+                        made = dataclasses.replace(made, pngs=before + made.pngs + after, seed=seed)
                     return made
+        except UpstreamFailure as exc:
+            tried.unused_images += len(before) + len(after)
+            if exc.rate_limited and exc.retry_after is None:
+                # The wait the gateway itself would take before its next attempt, without the jitter.
+                attempts = tried.attempts.get(target.name, 1)
+                exc.retry_after = min(policy.max_backoff_seconds, policy.backoff_seconds * 2 ** (attempts - 1))
+            raise
+        except BaseException:
+            tried.unused_images += len(before) + len(after)
+            raise
         finally:
             if probe and not verdict and breaker is not None:
                 breaker.end_probe()
         raise AssertionError("unreachable: tenacity either returns or reraises")
 
-    async def _attempt(self, target: Target, request: VariationRequest, ends: float | None) -> Made:
+    async def _attempt(
+        self,
+        target: Target,
+        request: VariationRequest,
+        ends: float | None,
+        number: int,
+        breaker: CircuitBreaker | None,
+    ) -> Made:
+        """One attempt, in its own span: the target, its class of outcome, the provider's status."""
+        attributes: dict[str, str | int | bool] = {
+            "vary.target": target.name,
+            "vary.attempt": number,
+            "vary.remote": target.remote,
+        }
+        if breaker is not None:
+            attributes["vary.circuit"] = breaker.state
+        # Not recorded as an exception: the span says the class of failure, never a provider's words.
+        with tracer.start_as_current_span(
+            "vary.attempt", attributes=attributes, record_exception=False, set_status_on_exception=False
+        ) as span:
+            try:
+                made = await self._timed_attempt(target, request, ends)
+            except Exception as exc:
+                span.set_attribute("vary.outcome", outcome_of(exc))
+                status = exc.status if isinstance(exc, UpstreamFailure) else None
+                if status is not None:
+                    span.set_attribute("http.response.status_code", status)
+                span.set_status(Status(StatusCode.ERROR, f"{outcome_of(exc)}: {type(exc).__name__}"))
+                raise
+            span.set_attribute("vary.outcome", "success")
+            return made
+
+    async def _timed_attempt(self, target: Target, request: VariationRequest, ends: float | None) -> Made:
         """One attempt, within the target's timeout and the route's deadline, told to the observer."""
         policy = target.resilience
         remaining = None if ends is None else ends - time.monotonic()
@@ -224,5 +284,5 @@ def _all_failed(last: BaseException | None, targets: Sequence[Target]) -> BaseEx
         return last  # a lone local model's own answer: its 429, 503 or 500
     names = ", ".join(target.name for target in targets)
     if isinstance(last, UpstreamFailure) and last.rate_limited:
-        return UpstreamRateLimited(names, max(1, round(last.retry_after or 1)))
+        return UpstreamRateLimited(names, max(1, math.ceil(last.retry_after or 1)))
     return UpstreamUnavailable(names)

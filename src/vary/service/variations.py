@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 
 import pybase64
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from starlette.concurrency import run_in_threadpool
 
 from vary.errors import ContentFlagged, SafetyUnavailable
@@ -30,6 +32,8 @@ from vary.service.registry import ModelRegistry, ServedModel
 from vary.state.image_store import ImageStore, Presigner
 from vary.state.signing import UrlSigner
 from vary.targets.base import Made
+
+tracer = trace.get_tracer(__name__)
 
 
 @dataclass
@@ -99,13 +103,43 @@ class VariationService:
         tried = Tried() if tried is None else tried
         findings = Findings() if findings is None else findings
         served = self.registry.resolve(request.model)
+        # Not recorded as an exception: an error's message may echo what a client or a provider sent.
+        with tracer.start_as_current_span(
+            "vary.variation",
+            attributes=_request_attributes(served.id, request),
+            record_exception=False,
+            set_status_on_exception=False,
+        ) as span:
+            try:
+                result = await self._create(request, served, base_url, tried, findings, safety)
+            except Exception as exc:
+                span.set_attributes({"error.type": type(exc).__name__, "vary.attempts": tried.total})
+                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                raise
+            span.set_attributes({"vary.target": result.target, "vary.attempts": tried.total})
+            if result.batch_images:
+                span.set_attribute("vary.batch.images", result.batch_images)
+            if result.seed is not None:
+                span.set_attribute("gen_ai.request.seed", result.seed)  # drawn, when the request gave none
+            return result
+
+    async def _create(
+        self,
+        request: VariationRequest,
+        served: ServedModel,
+        base_url: str,
+        tried: Tried,
+        findings: Findings,
+        safety: bool,
+    ) -> VariationResult:
         policy = served.safety if safety else NO_CHECKS
         timings = Timings()
         if policy.checks_input or any(target.remote for target in served.targets):
             # Decoded once: a local target later in the route uses this decode.
             mark = time.perf_counter()
-            for image in request.images:
-                await run_in_threadpool(self.decoder.rgb, image)
+            with tracer.start_as_current_span("vary.decode", attributes={"vary.images": len(request.images)}):
+                for image in request.images:
+                    await run_in_threadpool(self.decoder.rgb, image)
             timings.add("prepare", time.perf_counter() - mark)
         if policy.checks_input:
             pictures = [Picture(image.data, self.decoder.rgb(image)) for image in request.images]
@@ -177,7 +211,11 @@ class VariationService:
         """One check, its time in the `safety` stage and its finding in the record, whatever it ends in."""
         mark = time.perf_counter()
         try:
-            checked = await self.checks.check(policy, stage, pictures)
+            with tracer.start_as_current_span(
+                "vary.safety", attributes={"vary.safety.stage": stage, "vary.images": len(pictures)}
+            ) as span:
+                checked = await self.checks.check(policy, stage, pictures)
+                span.set_attribute("vary.safety.flagged", len(checked.flagged))
         except SafetyUnavailable as exc:
             findings.add(exc.audit)
             raise
@@ -195,11 +233,29 @@ class VariationService:
         # mtime or LastModified) can never delete an image while a URL to it is still valid.
         expires = created + self.links.ttl_seconds
         urls = []
-        for png in made.pngs:
-            image_id = self.store.put(png)
-            # Escaped: the base comes from the request's Host header, which a client controls.
-            urls.append(_json_string(self.links.url(image_id, expires=expires, base_url=base_url)))
+        with tracer.start_as_current_span("vary.store", attributes={"vary.images": len(made.pngs)}):
+            for png in made.pngs:
+                image_id = self.store.put(png)
+                # Escaped: the base comes from the request's Host header, which a client controls.
+                urls.append(_json_string(self.links.url(image_id, expires=expires, base_url=base_url)))
         return _images_body(created, b"url", urls)
+
+
+def _request_attributes(model: str, request: VariationRequest) -> dict[str, str | int]:
+    """What a span may say about a request (OpenTelemetry's GenAI names where they fit): never its images,
+    its `user` or anything a client typed freely."""
+    attributes: dict[str, str | int] = {
+        "gen_ai.operation.name": "image_variation",
+        "gen_ai.request.model": model,  # the catalogue's name, resolved: never an unknown string
+        "gen_ai.request.choice.count": request.n,
+        "gen_ai.output.type": "image",
+        "vary.size": f"{request.size}x{request.size}",
+        "vary.response_format": request.response_format,
+        "vary.images": len(request.images),
+    }
+    if request.controls.seed is not None:
+        attributes["gen_ai.request.seed"] = request.controls.seed
+    return attributes
 
 
 def _json_string(text: str) -> bytes:

@@ -49,6 +49,9 @@ class UsageRow(Base):
     targets_tried: Mapped[str | None] = mapped_column(String(1000), nullable=True, default=None)
     # What the content checks found (which check flagged, on what, the score), for an operator's audit.
     policy: Mapped[str | None] = mapped_column(String(1000), nullable=True, default=None)
+    # Images providers made (and billed) for a request that the client never got: an answer that was only
+    # partly made (one of Nova's calls kept failing) ends all-or-nothing, but its paid images are counted here.
+    unused_images: Mapped[int | None] = mapped_column(Integer, nullable=True, default=None)
 
 
 class WriteProbeRow(Base):

@@ -12,6 +12,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from opentelemetry import trace
 from sqlalchemy import ColumnElement, Select, String, and_, case, func, select
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -20,6 +21,7 @@ from vary.state.schema import UsageRow
 from vary.state.usage_spool import UsageSpool, Values
 
 log = logging.getLogger("vary.usage")
+tracer = trace.get_tracer(__name__)
 # How often the writer thread tries the database again while rows are spooled.
 SPOOL_RETRY_SECONDS = 1.0
 
@@ -56,14 +58,24 @@ class Usage(Sessions):
 
     def record_usage(self, row: UsageRow) -> None:
         """Writes the row, or spools it when the database cannot take it at once (with a spool)."""
-        values = _values(row)
+        with tracer.start_as_current_span("vary.db.record_usage", attributes=self._span_attributes()) as span:
+            spooled = self._record_usage(_values(row))
+            span.set_attribute("vary.usage.spooled", spooled)
+
+    def _span_attributes(self) -> dict[str, str]:
+        bind = self._sessions.kw.get("bind")
+        system = bind.dialect.name if bind is not None else "unknown"
+        return {"db.system.name": system, "db.operation.name": "INSERT", "db.collection.name": "usage"}
+
+    def _record_usage(self, values: Values) -> bool:
+        """Whether the row was spooled rather than written."""
         if self.spool is None:
             with self.session() as s:
                 s.add(UsageRow(**values))
-            return
+            return False
         if len(self.spool):  # the database was failing a moment ago: do not wait on it again
             self.spool.add(values)
-            return
+            return True
         try:
             with self.session() as s:
                 s.add(UsageRow(**values))
@@ -73,6 +85,8 @@ class Usage(Sessions):
                 type(getattr(exc, "orig", None) or exc).__name__,
             )
             self.spool.add(values)
+            return True
+        return False
 
     def write_spool(self) -> int:
         """Writes the spooled rows to the database in one transaction; how many were written (0 on failure)."""

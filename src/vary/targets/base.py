@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from vary.errors import UpstreamFailure
 from vary.request import VariationRequest
 
 
@@ -34,6 +35,30 @@ class Made:
     seed: int | None = None  # the seed used, when the target draws one
     batch_images: int = 0  # images in the pipeline call the request shared (0: not batched here)
     stages: dict[str, float] = field(default_factory=dict)  # seconds per stage, for Server-Timing
+
+
+class PartlyMade(UpstreamFailure):
+    """An attempt that made (and was billed for) some of the images but not all: the gateway keeps `made`
+    and its next attempt on the same target asks only for `rest`. The client still gets all n or none."""
+
+    def __init__(
+        self,
+        cause: UpstreamFailure,
+        *,
+        before: list[bytes],
+        after: list[bytes],
+        rest: VariationRequest,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(cause.message, status=cause.status, retryable=cause.kind == "retryable")
+        self.retry_after = cause.retry_after
+        self.before, self.after = before, after  # the images made, in the order they go around the rest's
+        self.rest = rest
+        self.seed = seed  # the whole request's, reported once the rest is made
+
+    @property
+    def made(self) -> int:
+        return len(self.before) + len(self.after)
 
 
 class Target(Protocol):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from opentelemetry import trace
 from starlette.concurrency import run_in_threadpool
 
 from vary.controls import Controls
@@ -25,6 +26,8 @@ from vary.targets.scheduler import Scheduler
 
 if TYPE_CHECKING:
     from vary.settings import Settings
+
+tracer = trace.get_tracer(__name__)
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,8 @@ class LocalModel:
         reservation = self.scheduler.reserve()
         try:
             # The CLIP preprocessing (and a lazy model's first load) runs here, off the GPU thread.
-            conditioning = await run_in_threadpool(self._prepare, request, controls)
+            with tracer.start_as_current_span("vary.prepare", attributes={"vary.images": len(request.images)}):
+                conditioning = await run_in_threadpool(self._prepare, request, controls)
             seed = request.controls.seed if request.controls.seed is not None else secrets.randbits(63)
             item = VariationItem(conditioning=conditioning, n=request.n, seed=seed)
             job = self.scheduler.submit(item, request.size, controls, reservation)
@@ -98,10 +102,14 @@ class LocalModel:
             raise
         stages["queue"] = job.started_at - job.queued_at
         stages["generate"] = job.finished_at - job.started_at
+        # Drawn after the wait, from the job's stamps: a span open across the wait would be the same.
+        queued, started = _wall_ns(job.queued_at, job.started_at)
+        tracer.start_span("vary.queue", start_time=queued).end(started)
 
         # 3. The exact size, as PNGs.
         mark = time.perf_counter()
-        pngs = await run_in_threadpool(self._encode, frames, request.size)
+        with tracer.start_as_current_span("vary.encode", attributes={"vary.images": len(frames)}):
+            pngs = await run_in_threadpool(self._encode, frames, request.size)
         stages["encode"] = time.perf_counter() - mark
         return Made(pngs=pngs, seed=seed, batch_images=job.batch_images, stages=stages)
 
@@ -115,3 +123,10 @@ class LocalModel:
 
     def _encode(self, frames: Frames, size: int) -> list[bytes]:
         return [encode_png(frame) for frame in self.engine.finish(frames, size)]
+
+
+def _wall_ns(*stamps: float) -> list[int]:
+    """perf_counter() stamps as nanoseconds since the epoch, as spans take their times (one offset for all,
+    so their order holds)."""
+    offset = time.time_ns() - time.perf_counter_ns()
+    return [offset + int(stamp * 1e9) for stamp in stamps]

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from opentelemetry import propagate
 from ray.exceptions import RayActorError, RayTaskError, TaskCancelledError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
@@ -38,11 +39,15 @@ class ShippedRequest:
 
     images: tuple[bytes, ...]
     fields: dict[str, Any]
+    # The caller's trace context (W3C traceparent): the replica's spans join the request's trace.
+    trace_context: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, request: VariationRequest) -> ShippedRequest:
         fields = {f.name: getattr(request, f.name) for f in dataclasses.fields(request) if f.name != "images"}
-        return cls(tuple(image.data for image in request.images), fields)
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)  # nothing without a configured tracer provider
+        return cls(tuple(image.data for image in request.images), fields, carrier)
 
     def request(self) -> VariationRequest:
         return VariationRequest(images=tuple(InputImage(data) for data in self.images), **self.fields)

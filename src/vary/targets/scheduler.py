@@ -20,12 +20,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+
+from opentelemetry import trace
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, Link, NonRecordingSpan, SpanContext
 
 from vary.engines.base import Batch, Controls, Engine, Frames, GenerationCancelled, VariationItem
 from vary.errors import Overloaded, ShuttingDown
 
 log = logging.getLogger("vary.scheduler")
+tracer = trace.get_tracer(__name__)
 
 
 @dataclass(eq=False)
@@ -40,6 +45,8 @@ class Job:
     started_at: float = 0.0
     finished_at: float = 0.0
     batch_images: int = 0  # images in the pipeline call this job rode in
+    # The span of the request that queued the job: its batch's span links to it (traces, ops/traces.py).
+    span_context: SpanContext = INVALID_SPAN_CONTEXT
 
     @property
     def batch_key(self) -> tuple[int, Controls]:
@@ -103,7 +110,7 @@ class Scheduler:
     def submit(self, item: VariationItem, size: int, controls: Controls, reservation: Reservation | None = None) -> Job:
         """Queues a job in its reserved place (or a new one, which may raise Overloaded)."""
         reservation = reservation or self.reserve()
-        job = Job(item, size, controls)
+        job = Job(item, size, controls, span_context=trace.get_current_span().get_span_context())
         with self._cond:
             self._take(reservation)
             if self._closed:
@@ -170,7 +177,8 @@ class Scheduler:
         )
         started = time.perf_counter()
         try:
-            outputs = self.engine.generate(batch)
+            with self._batch_span(jobs, batch):
+                outputs = self.engine.generate(batch)
         except GenerationCancelled as exc:
             log.info("generation stopped early: its client left")
             self._fail(jobs, exc)
@@ -186,6 +194,24 @@ class Scheduler:
                     self.on_batch(batch.total_images, finished - started)
                 except Exception:  # accounting must never stop the worker
                     log.exception("the batch observer failed")
+
+    def _batch_span(self, jobs: list[Job], batch: Batch) -> AbstractContextManager[trace.Span]:
+        """One span per pipeline call, linked to the request of every job in it; a child of the oldest one's,
+        so that request's trace holds its generation (the others reach it through the links)."""
+        traced = [job.span_context for job in jobs if job.span_context.is_valid]
+        parent = trace.set_span_in_context(NonRecordingSpan(traced[0])) if traced else None
+        span = tracer.start_span(
+            "vary.generate",
+            context=parent,
+            links=[Link(context) for context in traced],
+            attributes={
+                "gen_ai.request.model": self.engine.info.id,
+                "vary.batch.images": batch.total_images,
+                "vary.batch.requests": len(jobs),
+                "vary.size": f"{batch.size}x{batch.size}",
+            },
+        )
+        return trace.use_span(span, end_on_exit=True)
 
     @staticmethod
     def _fail(jobs: list[Job], exc: BaseException) -> None:

@@ -10,7 +10,7 @@ const PREPARING = "The images are still being prepared.";
 const $ = (id) => document.getElementById(id);
 // `inputs` are the images to send, in order (see "the images" below). `problems` are the file
 // errors of the latest choice, shown together.
-const state = { inputs: [], problems: [], problemFocus: "file", busy: false, timer: null };
+const state = { inputs: [], problems: [], problemFocus: "file", busy: false, timer: null, models: [], seed: null };
 
 // The key in the field is the one used, saved or not: what the user sees is what is sent.
 function typedKey() {
@@ -56,6 +56,7 @@ class ApiError extends Error {
     super(status ? plainError(status, body) : "Could not reach the server. Is it still running?");
     this.status = status;
     this.serverMessage = (body && body.error && body.error.message) || "";
+    this.param = (body && body.error && body.error.param) || null;
     this.code = (body && body.error && body.error.code) || "";
   }
 
@@ -66,6 +67,11 @@ class ApiError extends Error {
 }
 
 async function apiFetch(path, key, options = {}) {
+  return (await apiResponse(path, key, options)).json();
+}
+
+// The response of a request that succeeded (its headers say more: x-vary-seed); an ApiError otherwise.
+async function apiResponse(path, key, options = {}) {
   let response;
   try {
     response = await fetch(path, { ...options, headers: { ...headers(key), ...(options.headers || {}) } });
@@ -77,7 +83,7 @@ async function apiFetch(path, key, options = {}) {
     try { body = await response.json(); } catch (err) { /* not JSON: the status says enough */ }
     throw new ApiError(response.status, body);
   }
-  return response.json();
+  return response;
 }
 
 function showModels(list) {
@@ -90,6 +96,74 @@ function showModels(list) {
   }
   select.value = chosen;
   if (select.selectedIndex < 0) select.value = "";
+  state.models = list.data;
+  showControls();
+}
+
+// --- the controls: seed, steps, guidance scale, strength, from the chosen model's card ----------
+//
+// /v1/models gives each local model's defaults and bounds; a hosted model has none, and then the
+// controls are hidden. The fields start at the model's defaults; only values that differ are sent.
+
+const CONTROLS = ["steps", "guidance_scale", "strength"];
+
+function chosenModel() {
+  const id = $("model").value;
+  return state.models.find((model) => model.id === id) || (id ? null : state.models[0]) || null;
+}
+
+function showControls() {
+  const model = chosenModel();
+  const controls = model && model.controls;
+  $("controls").hidden = !controls;
+  showError("controls-error", "");
+  if (!controls) return;
+  for (const name of CONTROLS) {
+    const range = controls[name];
+    const field = $(name);
+    field.closest(".control").hidden = !range;
+    if (!range) continue;
+    field.min = range.exclusive_minimum ? String(range.minimum + Number(field.step)) : String(range.minimum);
+    field.max = String(range.maximum);
+    field.value = String(range.default);
+    field.dataset.default = String(range.default);
+    const bounds = range.exclusive_minimum ? `above ${range.minimum}, up to ${range.maximum}` : `${range.minimum} to ${range.maximum}`;
+    $(`${name}-hint`).textContent = `Default ${range.default} (${bounds}).`;
+  }
+  $("strength-hint").textContent += " Lower keeps more of the input's layout.";
+  $("seed").max = String(controls.seed.maximum);
+}
+
+// The controls to send, checked as the server checks them; null (and the error shown by its field)
+// when one is out of bounds.
+function controlValues() {
+  const model = chosenModel();
+  const controls = model && model.controls;
+  if (!controls) return {};
+  const values = {};
+  const seed = $("seed").value.trim();
+  if (seed !== "") {
+    if (!/^[0-9]+$/.test(seed) || BigInt(seed) > BigInt(controls.seed.maximum)) {
+      showError("controls-error", "The seed must be a whole number, 0 or more (or empty for a new one each time).", "seed");
+      return null;
+    }
+    values.seed = seed;
+  }
+  for (const name of CONTROLS) {
+    const range = controls[name];
+    const field = $(name);
+    if (!range || field.value.trim() === field.dataset.default) continue;
+    const value = field.value.trim() === "" ? NaN : Number(field.value);
+    const low = range.exclusive_minimum ? value <= range.minimum : value < range.minimum;
+    const whole = name !== "steps" || Number.isInteger(value);
+    if (!Number.isFinite(value) || low || value > range.maximum || !whole) {
+      const label = field.closest(".control").querySelector("label").textContent;
+      showError("controls-error", `${label}: ${$(`${name}-hint`).textContent}`, name);
+      return null;
+    }
+    if (value !== Number(range.default)) values[name] = String(value);
+  }
+  return values;
 }
 
 // A 401 is about the key, whichever request got it: say so by the key field.
@@ -163,7 +237,6 @@ function inputCard() {
   weightLabel.className = "weight";
   const weight = document.createElement("input");
   Object.assign(weight, { type: "number", min: "0", step: "any", value: "1", inputMode: "decimal" });
-  weight.setAttribute("aria-describedby", "file-error");
   weightLabel.append("Weight ", weight);
   const remove = document.createElement("button");
   remove.type = "button";
@@ -172,8 +245,13 @@ function inputCard() {
   const controls = document.createElement("div");
   controls.className = "row";
   controls.append(weightLabel, remove);
-  root.append(img, info, controls);
-  return { root, img, info, weight, weightLabel, remove };
+  // A weight's error shows under its own field, not above all the images.
+  const error = document.createElement("p");
+  error.className = "error";
+  error.setAttribute("role", "alert");
+  error.hidden = true;
+  root.append(img, info, controls, error);
+  return { root, img, info, weight, weightLabel, remove, error };
 }
 
 function newInput(label) {
@@ -195,6 +273,8 @@ function renumber() {
     card.info.id = n === 1 ? "preview-info" : `preview-info-${n}`;
     card.img.alt = `Image ${n}, the square PNG that will be sent`;
     card.weight.id = `weight-${n}`;
+    card.error.id = `weight-error-${n}`;
+    card.weight.setAttribute("aria-describedby", card.error.id);
     card.weight.setAttribute("aria-label", `Weight of image ${n} (${input.label})`);
     card.remove.setAttribute("aria-label", `Remove image ${n} (${input.label})`);
     card.weightLabel.hidden = !several;
@@ -232,21 +312,20 @@ function clearInputs() {
   for (const input of [...state.inputs]) removeInput(input, false);
 }
 
-// An input that cannot be used is left out, and the error names it, unless it was the only image
-// in question (then "This file", as with one image).
+// An input that cannot be used is left out, and the error names it.
 function leaveOut(input, problem, alone) {
   removeInput(input, false);
-  const subject = alone && state.inputs.length === 0 ? problem.alone : `${input.label} ${problem.named}`;
+  const subject = `${input.label} ${alone && state.inputs.length === 0 ? problem.alone : problem.named}`;
   state.problems.push(subject);
   showError("file-error", state.problems.join(" "), state.inputs.length ? state.problemFocus : "file");
 }
 
 const UNREADABLE = {
-  alone: "This file is not an image the browser can read. Try a PNG, JPEG, WebP or GIF.",
+  alone: "is not an image the browser can read. Try a PNG, JPEG, WebP or GIF.",
   named: "is not an image the browser can read, so it was left out. Try a PNG, JPEG, WebP or GIF.",
 };
 const TOO_LARGE = {
-  alone: "This image is too large for the browser to convert. Try a smaller one.",
+  alone: "is too large for the browser to convert. Try a smaller one.",
   named: "is too large for the browser to convert, so it was left out. Try a smaller one.",
 };
 
@@ -256,6 +335,7 @@ async function useFiles(items, replace, focusId) {
   state.problems = [];
   state.problemFocus = focusId;
   showError("file-error", "");
+  $("elapsed").textContent = "";  // "3 images." spoke of the images before these
   if (replace) clearInputs();
   const room = MAX_IMAGES - state.inputs.length;
   const taken = items.slice(0, room);
@@ -348,18 +428,20 @@ function prepareAll() {
 // The weights, one per input, checked as the server checks them; an error names the image and
 // puts the focus in its weight field.
 function weights() {
+  for (const input of state.inputs) showError(input.card.error.id, "");
   const values = [];
   for (const [index, input] of state.inputs.entries()) {
     const field = input.card.weight;
     const value = field.value.trim() === "" ? NaN : Number(field.value);
     if (!Number.isFinite(value) || value < 0) {
-      showError("file-error", `Image ${index + 1} (${input.label}): the weight must be a number, 0 or more.`, field.id);
+      showError(input.card.error.id, `Image ${index + 1} (${input.label}): the weight must be a number, 0 or more.`, field.id);
       return null;
     }
     values.push(value);
   }
   if (!values.some((value) => value > 0)) {
-    showError("file-error", "The weights are all 0: give at least one image a weight above 0.", state.inputs[0].card.weight.id);
+    const first = state.inputs[0].card;
+    showError(first.error.id, "The weights are all 0: give at least one image a weight above 0.", first.weight.id);
     return null;
   }
   return values;
@@ -372,15 +454,19 @@ function busy(on) {
   updateGenerate();
   $("progress").hidden = !on;
   clearInterval(state.timer);
+  $("timer").textContent = "";
   if (on) {
+    // The live status says the start and, later, the result; the seconds go beside it, unannounced,
+    // or a screen reader would keep reading them out.
     const started = performance.now();
     $("elapsed").textContent = "Generating…";
     state.timer = setInterval(() => {
-      $("elapsed").textContent = `Generating… ${Math.round((performance.now() - started) / 1000)} s`;
+      $("timer").textContent = `${Math.round((performance.now() - started) / 1000)} s`;
     }, 500);
   }
 }
 
+// The caption is the image's name for sighted users; a screen reader hears it once, as the alt text.
 function figure(src, caption, extraClass) {
   const item = document.createElement("figure");
   if (extraClass) item.className = extraClass;
@@ -388,7 +474,10 @@ function figure(src, caption, extraClass) {
   image.src = src;
   image.alt = caption;
   const text = document.createElement("figcaption");
-  text.append(caption);
+  const name = document.createElement("span");
+  name.textContent = caption;
+  name.setAttribute("aria-hidden", "true");
+  text.append(name);
   item.append(image, text);
   return { item, text };
 }
@@ -400,6 +489,12 @@ function base64Blob(text) {
 }
 
 // `originals` are the inputs as sent ({ src, label }): "Original" for one, "Image 1", ... for several.
+function showSeed(seed) {
+  state.seed = seed;
+  $("seed-used").textContent = seed ? `Seed ${seed}.` : "";
+  $("same-seed").hidden = !seed;
+}
+
 function showResults(data, originals) {
   const grid = $("grid");
   grid.replaceChildren(...originals.map((original) => figure(original.src, original.label, "original").item));
@@ -410,10 +505,12 @@ function showResults(data, originals) {
     download.href = src;
     download.download = `variation-${index + 1}.png`;
     download.textContent = "Download";
+    download.setAttribute("aria-label", `Download variation ${index + 1}`);
     const again = document.createElement("button");
     again.type = "button";
     again.className = "secondary";
     again.textContent = "Vary this one";
+    again.setAttribute("aria-label", `Vary this one (variation ${index + 1})`);
     again.addEventListener("click", async () => {  // this one image replaces the inputs
       const blob = entry.url ? await (await fetch(entry.url)).blob() : base64Blob(entry.b64_json);
       await useFiles([{ blob, label: `Variation ${index + 1}` }], true, "file");
@@ -441,10 +538,15 @@ async function generate(event) {
     return;
   }
   const several = state.inputs.length > 1;
+  showError("file-error", "");  // what the last choice left out was said; now the weights and controls speak
   const blend = several ? weights() : null;
   if (several && !blend) return;
+  showError("controls-error", "");
+  const controls = controlValues();
+  if (!controls) return;
   showError("file-error", "");
   showError("error", "");
+  $("key-status").textContent = "";  // "Key accepted." spoke of the Save; what happens now is said below
   const key = typedKey();
   const form = new FormData();
   // One image is the request it always was; several go as image[] parts, as the SDKs send a list.
@@ -458,14 +560,17 @@ async function generate(event) {
   form.append("size", $("size").value);
   form.append("response_format", $("format").value);
   if ($("model").value) form.append("model", $("model").value);
+  for (const [name, value] of Object.entries(controls)) form.append(name, value);
   const originals = state.inputs.map((input, index) => ({
     src: input.pngUrl,
     label: several ? `Image ${index + 1}` : "Original",
   }));
   busy(true);
   try {
-    const result = await apiFetch("/v1/images/variations", key, { method: "POST", body: form });
+    const response = await apiResponse("/v1/images/variations", key, { method: "POST", body: form });
+    const result = await response.json();
     busy(false);
+    showSeed(response.headers.get("x-vary-seed"));
     if (key === typedKey()) showError("key-error", "");  // the key worked: an old refusal is stale
     $("elapsed").textContent = `${result.data.length} image${result.data.length === 1 ? "" : "s"}.`;
     showResults(result.data, originals);
@@ -473,6 +578,7 @@ async function generate(event) {
     busy(false);
     $("elapsed").textContent = "";
     if (err.status === 401) keyRefused(err, key, true);
+    else if (err.status === 400 && CONTROLS.concat("seed").includes(err.param)) showError("controls-error", err.message, err.param);
     else if (err.inputRefused) showError("file-error", err.message, "file");  // by the image it is about
     else showError("error", err.message, "generate");
   }
@@ -506,6 +612,11 @@ function init() {
   acceptFiles($("add-file"), $("add"), false);
   for (const radio of document.querySelectorAll('input[name="fit"]')) radio.addEventListener("change", prepareAll);
   $("generate-form").addEventListener("submit", generate);
+  $("model").addEventListener("change", showControls);
+  $("same-seed").addEventListener("click", () => {  // the last result's seed, made again
+    $("seed").value = state.seed;
+    $("generate-form").requestSubmit();
+  });
   updateGenerate();
   if (typedKey()) loadModels();
 }

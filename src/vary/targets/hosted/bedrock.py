@@ -1,18 +1,25 @@
 """Amazon Bedrock's Nova Canvas IMAGE_VARIATION as a Target: the hosted model that still makes variations.
 
-The call goes through boto3's `bedrock-runtime` client, so SigV4 signing, regions, the credential
-chain (environment, profile, instance role) and retries (botocore's "standard" mode, throttling
-included) are AWS's own. One `make` is one gateway attempt; botocore retries inside it.
+The call goes through boto3's `bedrock-runtime` client, so SigV4 signing, regions and the credential
+chain (environment, profile, instance role) are AWS's own. Retries are not: botocore makes one
+attempt per call and the gateway does all retrying, as for every provider, so each call to Nova is
+an attempt in the usage row and `targets_tried`, and a bad 200 answer (wrong count, unreadable
+image) is retried like any retryable failure. `timeout_seconds` bounds one attempt's whole answer,
+not each network read: a late call is abandoned and its connection closed.
 
 What vary maps:
-- n: Nova Canvas makes at most 5 images a call, so n above 5 is split into several calls.
+- n: Nova Canvas makes at most 5 images a call, so n above 5 is split into several calls. When one
+  of them fails, the images of the others (already billed) are kept and the next attempt asks only
+  for the rest; the client gets all n or an error.
 - size: Nova renders 320 to 4096 px in multiples of 16; 256 is rendered at 320 and resized.
 - strength: vary's 1 is furthest from the input, Nova's `similarityStrength` (0.2 to 1.0) runs the
   other way, so similarityStrength = 1 - 0.8 x strength (strength 1 -> 0.2, strength near 0 -> 1.0).
   Without `strength` in the request, the model's `similarity_strength` option (default 0.7) is sent.
 - several images: Nova blends up to 5 inputs itself, with equal weight, so unequal `image_weights`
   are refused before the call.
-- seed: Nova takes 0 to 2147483646; call k of a split request uses seed + k.
+- seed: Nova takes 0 to 2147483646 (2^31 - 2), vary 0 to 2^63 - 1: call k of a request sends
+  (seed + k) mod 2147483647. The x-vary-seed header reports the seed call 0 sent, so a repeat with
+  it sends exactly the same calls.
 - guidance_scale: sent as `cfgScale` (Nova takes 1.1 to 10).
 The answers are base64 PNGs, resized to the asked size and then stored and signed by vary like any.
 """
@@ -23,17 +30,19 @@ import asyncio
 import dataclasses
 import json
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import anyio.to_thread
 import pybase64
 from starlette.concurrency import run_in_threadpool
 
 from vary.engines.base import ModelInfo
 from vary.errors import RequestInvalid, UpstreamFailure, UpstreamRefused
 from vary.request import VariationRequest
-from vary.targets.base import Made, Resilience
+from vary.targets.base import Made, PartlyMade, Resilience
 from vary.targets.hosted.common import DEFAULT_DEADLINE_SECONDS, HostedProvider, pngs_of_size
 
 BEDROCK_PROVIDER = "bedrock-nova-canvas"
@@ -56,9 +65,11 @@ class BedrockOptions:
     negative_prompt: str | None = None
     quality: str = "standard"  # or "premium"
     cfg_scale: float | None = None  # None: Nova's default (6.5), unless the request gives guidance_scale
-    timeout_seconds: float = 120.0
-    # botocore's standard retry mode: attempts per call, throttling and 5xx included.
+    timeout_seconds: float = 120.0  # one attempt, the whole answer included
+    # The gateway's attempts (botocore itself makes one), throttling and 5xx included.
     max_attempts: int = 3
+    backoff_seconds: float = 0.5  # the first retry's wait; it doubles, with jitter
+    max_backoff_seconds: float = 20.0
     circuit_failures: int = 5
     circuit_cooldown_seconds: float = 30.0
     # Served alone: every call and wait within this; a route has its own deadline_seconds.
@@ -113,14 +124,17 @@ class BedrockNovaCanvas(HostedProvider):
             region_name=options.region,
             connect_timeout=min(10.0, options.timeout_seconds),
             read_timeout=options.timeout_seconds,
-            retries={"mode": "standard", "total_max_attempts": options.max_attempts},
+            # One attempt: the gateway retries (and counts) every call itself.
+            retries={"mode": "standard", "total_max_attempts": 1},
         )
         self.client = boto3.session.Session().client(
             "bedrock-runtime", endpoint_url=options.endpoint_url, config=config
         )
         self.resilience = Resilience(
-            max_attempts=1,  # botocore retries within the attempt
-            timeout_seconds=None,  # botocore's read timeout bounds each call
+            max_attempts=options.max_attempts,
+            timeout_seconds=options.timeout_seconds,  # the whole answer: a late call is abandoned (_call)
+            backoff_seconds=options.backoff_seconds,
+            max_backoff_seconds=options.max_backoff_seconds,
             circuit_failures=options.circuit_failures,
             circuit_cooldown_seconds=options.circuit_cooldown_seconds,
         )
@@ -135,17 +149,47 @@ class BedrockNovaCanvas(HostedProvider):
                 f"The model '{self.info.id}' blends its input images with equal weight; leave out 'image_weights'.",
                 param="image_weights",
             )
-        seed = request.controls.seed if request.controls.seed is not None else secrets.randbelow(MAX_SEED + 1)
+        given = request.controls.seed
+        seed = given % (MAX_SEED + 1) if given is not None else secrets.randbelow(MAX_SEED + 1)
         counts = [min(MAX_IMAGES_PER_CALL, request.n - start) for start in range(0, request.n, MAX_IMAGES_PER_CALL)]
-        calls = [
-            run_in_threadpool(self._invoke, self._body(request, count, (seed + k) % (MAX_SEED + 1)))
-            for k, count in enumerate(counts)
-        ]
-        answers = [image for images in await asyncio.gather(*calls) for image in images]
-        if len(answers) != request.n:
+        seeds = [(seed + k) % (MAX_SEED + 1) for k in range(len(counts))]
+        results = await asyncio.gather(
+            *(self._images(request, count, call_seed) for count, call_seed in zip(counts, seeds, strict=True)),
+            return_exceptions=True,
+        )
+        failed = [k for k, result in enumerate(results) if isinstance(result, BaseException)]
+        if not failed:
+            pngs = [png for result in results if isinstance(result, list) for png in result]
+            return Made(pngs=pngs, seed=seed, stages={"upstream": time.perf_counter() - started})
+        first = results[failed[0]]
+        assert isinstance(first, BaseException)
+        succeeded = [k for k in range(len(counts)) if k not in failed]
+        if not succeeded or len(failed) > 1 or not isinstance(first, UpstreamFailure) or first.kind != "retryable":
+            raise first
+        # One call of two failed: its images are asked for again, the other's are kept (Nova billed them).
+        (k,) = failed
+        kept = [result for result in results if isinstance(result, list)]
+        rest = dataclasses.replace(request, n=counts[k], controls=dataclasses.replace(request.controls, seed=seeds[k]))
+        before = [png for j in succeeded if j < k for png in kept[succeeded.index(j)]]
+        after = [png for j in succeeded if j > k for png in kept[succeeded.index(j)]]
+        raise PartlyMade(first, before=before, after=after, rest=rest, seed=seed)
+
+    async def _images(self, request: VariationRequest, count: int, seed: int) -> list[bytes]:
+        """One call to Nova: `count` PNGs of the asked size, checked."""
+        answers = await self._call(self._body(request, count, seed))
+        if len(answers) != count:
             raise UpstreamFailure("Nova Canvas answered with the wrong number of images", retryable=True)
-        pngs = await run_in_threadpool(pngs_of_size, answers, request.size, True)
-        return Made(pngs=pngs, seed=seed, stages={"upstream": time.perf_counter() - started})
+        return await run_in_threadpool(pngs_of_size, answers, request.size, True)
+
+    async def _call(self, body: dict[str, Any]) -> list[bytes]:
+        """`_invoke` in a thread that is abandoned when the attempt is cancelled (its time is up, or the client
+        left): the answer's connection is closed, so the thread stops reading rather than trickling on."""
+        call = _Call()
+        try:
+            return await anyio.to_thread.run_sync(self._invoke, body, call, abandon_on_cancel=True)
+        except BaseException:
+            call.abandon()
+            raise
 
     def _body(self, request: VariationRequest, count: int, seed: int) -> dict[str, Any]:
         options = self.options
@@ -170,7 +214,7 @@ class BedrockNovaCanvas(HostedProvider):
             config["cfgScale"] = min(10.0, max(1.1, cfg))
         return {"taskType": "IMAGE_VARIATION", "imageVariationParams": params, "imageGenerationConfig": config}
 
-    def _invoke(self, body: dict[str, Any]) -> list[bytes]:
+    def _invoke(self, body: dict[str, Any], call: _Call) -> list[bytes]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -180,6 +224,7 @@ class BedrockNovaCanvas(HostedProvider):
                 contentType="application/json",
                 accept="application/json",
             )
+            call.reading(response["body"])
             answer = json.loads(response["body"].read())
         except ClientError as exc:
             raise _error_from(exc) from None
@@ -195,8 +240,31 @@ class BedrockNovaCanvas(HostedProvider):
             raise UpstreamFailure("Nova Canvas's base64 was corrupt", retryable=True) from None
 
 
+class _Call:
+    """One call's answer body, closed from the event loop when the attempt gives up on it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._body: Any = None
+        self._abandoned = False
+
+    def reading(self, body: Any) -> None:
+        with self._lock:
+            self._body = body
+            abandoned = self._abandoned
+        if abandoned:
+            body.close()
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            body = self._body
+        if body is not None:
+            body.close()
+
+
 def _error_from(exc: Any) -> UpstreamFailure | UpstreamRefused:
-    """A botocore ClientError (after botocore's own retries) as a domain error."""
+    """A botocore ClientError (one attempt) as a domain error."""
     error = exc.response.get("Error", {})
     code = str(error.get("Code", ""))
     message = str(error.get("Message", ""))[:200]

@@ -1,0 +1,100 @@
+"""`vary eval`'s pieces without the models: the figures, captions, the paper's table, the CLIP scorer by path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from vary.evaluation import metrics
+from vary.evaluation.captions import CaptionsError, read_captions
+from vary.evaluation.protocol import PAPER_ROWS, Row, table
+from vary.evaluation.run import slug, variation_file
+from vary.evaluation.scorer import ClipScorer
+
+
+def unit(*rows: list[float]) -> torch.Tensor:
+    return torch.nn.functional.normalize(torch.tensor(rows, dtype=torch.float32), dim=-1)
+
+
+def test_fidelity_is_the_cosine_to_the_input() -> None:
+    source = unit([1.0, 0.0])[0]
+    variations = unit([1.0, 0.0], [0.0, 1.0], [1.0, 1.0])
+    assert metrics.fidelity(variations, source) == pytest.approx([1.0, 0.0, 2**-0.5])
+
+
+def test_clip_score_is_hessels_rescaled_and_clipped_cosine() -> None:
+    caption = unit([1.0, 0.0])[0]
+    assert metrics.clip_score(unit([1.0, 1.0], [-1.0, 0.0]), caption) == pytest.approx([2.5 * 2**-0.5, 0.0])
+
+
+def test_diversity_is_the_mean_pairwise_distance() -> None:
+    same = unit([1.0, 0.0], [1.0, 0.0], [1.0, 0.0])
+    assert metrics.diversity(same) == pytest.approx(0.0)
+    # Pairs: (x, y) 1, (x, -x) 2, (y, -x) 1.
+    assert metrics.diversity(unit([1.0, 0.0], [0.0, 1.0], [-1.0, 0.0])) == pytest.approx(4 / 3)
+    assert metrics.diversity(unit([1.0, 0.0])) is None
+
+
+def test_speed_and_means() -> None:
+    assert metrics.p50_ms([0.1, 0.3, 0.2]) == pytest.approx(200)
+    assert metrics.p50_ms([]) is None
+    assert metrics.images_per_second(8, 2.0) == 4 and metrics.images_per_second(0, 1.0) is None
+    assert metrics.mean([1.0, None, 3.0]) == 2 and metrics.mean([None]) is None
+
+
+def test_captions_from_coco_json_and_tsv(tmp_path: Path) -> None:
+    coco = tmp_path / "captions_val2017.json"
+    coco.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 7, "file_name": "000000000007.jpg"}],
+                "annotations": [
+                    {"id": 3, "image_id": 7, "caption": "A  dog\non a sofa. "},
+                    {"id": 1, "image_id": 7, "caption": "A dog sleeping."},
+                ],
+            }
+        )
+    )
+    assert read_captions(coco) == {"000000000007.jpg": "A dog sleeping."}
+    mapping = tmp_path / "captions.json"
+    mapping.write_text(json.dumps({"a.png": "a cat"}))
+    assert read_captions(mapping) == {"a.png": "a cat"}
+    lines = tmp_path / "captions.tsv"
+    lines.write_text("a.png\ta cat\n\nb.png\ta dog\n")
+    assert read_captions(lines) == {"a.png": "a cat", "b.png": "a dog"}
+    lines.write_text("a.png a cat\n")
+    with pytest.raises(CaptionsError, match=":1: expected"):
+        read_captions(lines)
+    mapping.write_text("[1, 2]")
+    with pytest.raises(CaptionsError, match="neither a COCO"):
+        read_captions(mapping)
+
+
+def test_the_paper_table_lists_its_rows_beside_ours() -> None:
+    text = table([Row("kandinsky-2.2", 0.6, None, "vary (5000 images x 4)")])
+    lines = text.splitlines()
+    assert len(lines) == 2 + len(PAPER_ROWS) + 1
+    assert "Open unCLIP" in lines[2] and "0.608" in lines[2] and "0.858" in lines[2]
+    assert lines[-1].split()[:3] == ["kandinsky-2.2", "0.600", "-"]
+
+
+def test_file_names_are_safe_for_any_model_name() -> None:
+    assert slug("team/model:v2") == "team-model-v2"
+    assert variation_file("a/b", 0.5, 3, 1).as_posix() == "variations/a-b/strength-0.5/0003-1.png"
+
+
+def test_the_tiny_scorer_saves_and_loads_by_path(tmp_path: Path) -> None:
+    scorer = ClipScorer.load("tiny-random", device="cpu")
+    config = scorer.model.config.vision_config
+    assert (config.image_size, config.patch_size) == (224, 14)  # ViT-L/14's input, at toy width
+    images = [Image.new("RGB", (300, 200), (200, 20, 20)), Image.new("RGB", (50, 50), (20, 20, 200))]
+    embeds = scorer.embed_images(images)
+    assert embeds.shape == (2, 32) and torch.allclose(embeds.norm(dim=-1), torch.ones(2))
+    scorer.save_pretrained(tmp_path / "clip")
+    loaded = ClipScorer.load(str(tmp_path / "clip"), device="cpu")
+    assert torch.allclose(loaded.embed_images(images), embeds, atol=1e-5)
+    assert torch.allclose(loaded.embed_texts(["a red square"]), scorer.embed_texts(["a red square"]), atol=1e-5)
