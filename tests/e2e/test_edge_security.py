@@ -105,7 +105,7 @@ def test_every_answer_carries_the_security_headers(edge: tuple[ServerProcess, st
     assert headers["x-content-type-options"] == "nosniff"
 
 
-@pytest.mark.parametrize("page", ["/", "/docs"])
+@pytest.mark.parametrize("page", ["/", "/docs", "/redoc"])
 def test_pages_load_only_vary_s_own_scripts_and_styles(edge: tuple[ServerProcess, str, Path], page: str) -> None:
     server, _, _ = edge
     html = httpx.get(f"{server.base_url}{page}", timeout=WAIT_S).text
