@@ -43,7 +43,9 @@ def assert_store_unavailable(answer: httpx.Response) -> None:
 @contextlib.contextmanager
 def server_storing_in(data_dir: Path, images: Path) -> Iterator[tuple[ServerProcess, str]]:
     _, key = create_key(data_dir)
-    server = ServerProcess(data_dir, env={"VARY_STORAGE_URL": f"file://{images}"}).start()
+    # readyz answers from a probe at most every few seconds; these tests read it right after each flip
+    env = {"VARY_STORAGE_URL": f"file://{images}", "VARY_READYZ_INTERVAL_SECONDS": "0"}
+    server = ServerProcess(data_dir, env=env).start()
     try:
         yield server, key
     finally:
