@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vary.controls import RequestedControls
+from vary.controls import MAX_IMAGES, RequestedControls
 from vary.imaging import InputImage
 
 RESPONSE_FORMATS = ("url", "b64_json")
 SIDES = (256, 512, 1024)
 MAX_N = 10
-# Input images one request may blend (Nova Canvas takes the same 1 to 5).
-MAX_IMAGES = 5
+__all__ = ["MAX_IMAGES", "MAX_N", "RESPONSE_FORMATS", "SIDES", "VariationRequest"]
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,16 @@ from PIL import Image
 
 from vary.engines.base import Batch, Controls, RequestedControls, VariationItem
 from vary.engines.diffusion import DiffusionEngine
+from vary.engines.registry import engine_types
 from vary.errors import ControlInvalid
-from vary.service.catalogue import ENGINES, model_for_spec
+from vary.service.catalogue import model_for_spec
 
 DEFAULT = RequestedControls()
 
 
-@pytest.fixture(scope="module", params=sorted(ENGINES))
+@pytest.fixture(scope="module", params=sorted(engine_types()))
 def engine(request: pytest.FixtureRequest) -> DiffusionEngine:
-    return ENGINES[request.param].tiny_random()
+    return engine_types()[request.param].tiny_random()
 
 
 def pixels(frame: np.ndarray) -> np.ndarray:
@@ -101,7 +102,7 @@ def test_steps_and_guidance_change_the_output(engine: DiffusionEngine) -> None:
 
 def test_strength_runs_img2img_from_the_input_or_is_refused(engine: DiffusionEngine) -> None:
     low = RequestedControls(strength=0.5, steps=10)
-    if not engine.has_img2img:
+    if not engine.capabilities.img2img:
         with pytest.raises(ControlInvalid) as refused:
             engine.controls(low)
         assert refused.value.param == "strength"
@@ -122,7 +123,7 @@ def test_strength_runs_img2img_from_the_input_or_is_refused(engine: DiffusionEng
 
 def test_controls_fill_in_the_model_defaults_and_refuse_zero_steps(engine: DiffusionEngine) -> None:
     assert engine.controls(DEFAULT) == Controls(engine.options.steps, engine.options.guidance_scale, 1.0)
-    if engine.has_img2img:
+    if engine.capabilities.img2img:
         with pytest.raises(ControlInvalid, match="no denoising step"):
             engine.controls(RequestedControls(strength=0.1, steps=5))
 
@@ -138,7 +139,7 @@ def test_save_and_load_by_path_gives_the_same_images(engine: DiffusionEngine, tm
 
 
 def test_a_lazy_engine_loads_once_on_first_use() -> None:
-    engine = ENGINES["stable-unclip"].tiny_random()
+    engine = engine_types()["stable-unclip"].tiny_random()
     assert not engine.loaded
     engine.controls(DEFAULT)  # resolving controls needs only the options
     assert not engine.loaded
@@ -189,7 +190,7 @@ def test_blended_items_batch_with_others(engine: DiffusionEngine) -> None:
 
 
 def test_img2img_of_several_images_starts_from_the_first(engine: DiffusionEngine) -> None:
-    if not engine.has_img2img:
+    if not engine.capabilities.img2img:
         return
     controls = engine.controls(RequestedControls(strength=0.5, steps=10))
     two = engine.prepare([red(), blue()], 64, controls, [0, 1])

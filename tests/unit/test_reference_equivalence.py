@@ -55,8 +55,8 @@ from PIL import Image
 from vary.engines import kandinsky, sd_image_variations, sdxl_ip_adapter, stable_unclip, tiny
 from vary.engines.base import Batch, RequestedControls, VariationItem
 from vary.engines.diffusion import CLIP_MEAN, CLIP_STD, DiffusionEngine, image_seed
+from vary.engines.registry import engine_types
 from vary.imaging import fit_to_size
-from vary.service.catalogue import ENGINES
 
 SIDE = 64  # the tiny twins' render side: no resizing unless a test asks for another size
 STEPS = 2  # strength 0.5 leaves one denoising step
@@ -386,7 +386,7 @@ class Pair:
 
 @pytest.fixture(scope="module", params=sorted(REFERENCES))
 def pair(request: pytest.FixtureRequest) -> Pair:
-    engine = ENGINES[request.param].tiny_random(sampler="default")
+    engine = engine_types()[request.param].tiny_random(sampler="default")
     engine.load()
     return Pair(engine, REFERENCES[request.param](engine, as_shipped))
 
@@ -425,7 +425,7 @@ def test_several_images_with_weights(pair: Pair) -> None:
 
 
 def test_strength_below_one(pair: Pair) -> None:
-    if not pair.engine.has_img2img:
+    if not pair.engine.capabilities.img2img:
         pytest.skip(f"{pair.engine.engine_id} has no img2img path: strength below 1 is refused (test_engines)")
     req = one(seed=13)
     assert_equivalent(vary_images(pair.engine, [req], strength=0.5)[0], references(pair, req, 0.5))
@@ -446,7 +446,7 @@ def test_a_request_inside_a_batch_shared_with_others(pair: Pair) -> None:
 
 
 def test_a_request_inside_an_img2img_batch(pair: Pair) -> None:
-    if not pair.engine.has_img2img:
+    if not pair.engine.capabilities.img2img:
         pytest.skip(f"{pair.engine.engine_id} has no img2img path")
     ours, other = one(seed=16, n=2), one(seed=5, n=1, picture_seed=9)
     batched = vary_images(pair.engine, [other, ours], strength=0.5)
@@ -459,7 +459,7 @@ def test_a_request_inside_an_img2img_batch(pair: Pair) -> None:
 @pytest.mark.parametrize("engine_id", sorted(REFERENCES))
 def test_the_default_sampler_is_the_only_difference(engine_id: str) -> None:
     """vary's default sampler (DPM-Solver++ 2M) equals the reference with that scheduler swapped in."""
-    engine = ENGINES[engine_id].tiny_random()
+    engine = engine_types()[engine_id].tiny_random()
     assert engine.options.sampler == "dpmsolver++"
     reference = Pair(engine, REFERENCES[engine_id](engine, dpm_solver))
     req = one(seed=21, n=2)
@@ -477,7 +477,7 @@ def test_resizing_is_the_only_difference_at_other_sizes(pair: Pair) -> None:
 
 def test_sd_image_variations_encodes_as_the_model_card_says() -> None:
     """The one preprocessing difference: the model's own training resize, not CLIP's processor."""
-    engine = ENGINES["sd-image-variations"].tiny_random()
+    engine = engine_types()["sd-image-variations"].tiny_random()
     engine.load()
     image = picture(3)
     side = engine.pipeline.image_encoder.config.image_size  # type: ignore[attr-defined]

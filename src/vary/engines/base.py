@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 # Re-exported: engines speak in these.
+from vary.controls import Capabilities as Capabilities
 from vary.controls import Controls as Controls
 from vary.controls import RequestedControls as RequestedControls
 
@@ -53,6 +54,15 @@ class ModelInfo:
     owned_by: str
     description: str
     license: str
+    capabilities: Capabilities = Capabilities()
+    # The controls a request that gives none gets (a local model's defaults); None: the provider's own.
+    defaults: Controls | None = None
+
+
+class ImageProcessor(Protocol):
+    """An image encoder's preprocessing, as transformers' image processors (CLIP's, SigLIP's) do it."""
+
+    def __call__(self, images: Image.Image, *, return_tensors: str) -> Any: ...
 
 
 class Engine(Protocol):

@@ -25,12 +25,13 @@ from diffusers import DDPMScheduler, DiffusionPipeline, DPMSolverMultistepSchedu
 from PIL import Image
 from transformers import CLIPImageProcessorPil as CLIPImageProcessor  # the torchvision-free processor
 
-from vary.controls import MAX_GUIDANCE_SCALE
+from vary.controls import MAX_GUIDANCE_SCALE, Capabilities
 from vary.engines.base import (
     Batch,
     Controls,
     Frames,
     GenerationCancelled,
+    ImageProcessor,
     ModelInfo,
     RequestedControls,
     VariationItem,
@@ -38,6 +39,7 @@ from vary.engines.base import (
 from vary.engines.weights import HubFiles, WeightsUnavailable, locate
 from vary.errors import ControlInvalid, ModelUnavailable
 from vary.imaging import fit_to_size
+from vary.options import Options
 
 log = logging.getLogger("vary.engines")
 
@@ -52,7 +54,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass(frozen=True)
-class EngineOptions:
+class EngineOptions(Options):
     """Per-model settings: request defaults (steps, guidance) and how to render. Engines add their own fields."""
 
     # DPM-Solver++ (2M) reaches in 20-25 steps the quality DDPM needs 100 for (Lu et al. 2022), and unlike
@@ -78,14 +80,6 @@ class EngineOptions:
     def render_side(self, size: int, multiple: int) -> int:
         side = min(max(size, self.min_render_side), self.max_render_side)
         return -(-side // multiple) * multiple
-
-    def merged(self, **overrides: Any) -> EngineOptions:
-        """A copy with `overrides` applied; None leaves a field as it is; unknown names are refused."""
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise ValueError(f"unknown option {unknown[0]!r}; known: {', '.join(sorted(known))}")
-        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
 @dataclass(frozen=True)
@@ -150,6 +144,15 @@ def clip_image_processor(side: int = 224) -> CLIPImageProcessor:
     )
 
 
+def _pipeline_class(index: Path) -> str | None:
+    """The pipeline class a model_index.json names, or None when it is missing or unreadable."""
+    try:
+        value = json.loads(index.read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
 def read_options_file(weights: str) -> dict[str, Any]:
     path = Path(weights).expanduser() / OPTIONS_FILE
     if not path.is_file():
@@ -159,24 +162,38 @@ def read_options_file(weights: str) -> dict[str, Any]:
 
 
 class DiffusionEngine(ABC):
-    # What a subclass declares about its model.
+    """A diffusers model served as an engine. A subclass declares its model in class attributes and says how
+    its weights load (`_load`) and how one batch renders (`_render`); registered with
+    `vary.engines.registry.register_engine`, it needs no other file to change."""
+
+    # The catalogue's `engine`, and the built-in model id of its default weights.
     engine_id: ClassVar[str]
+    # More built-in model ids, each with its own weights (e.g. a smaller checkpoint of the same model).
+    also_served_as: ClassVar[dict[str, str]] = {}
+    # The built-in model id of the tiny twin: the same architecture at toy size, seeded random weights.
+    tiny_name: ClassVar[str]
     options_type: ClassVar[type[EngineOptions]] = EngineOptions
     default_weights: ClassVar[str]
     owned_by: ClassVar[str]
     license: ClassVar[str]
+    # The diffusers pipelines it runs; a local directory whose model_index.json names one is this engine's.
+    pipelines: ClassVar[tuple[type[DiffusionPipeline], ...]] = ()
+    # The pipelines' denoising module, by attribute: "unet" (convolutional) or "transformer" (DiT, FLUX).
+    denoiser: ClassVar[str] = "unet"
+    # What turns the input image into the condition, in words (docs/models.md).
+    image_encoder_kind: ClassVar[str] = ""
+    # Pipeline modules that run faster channels-last on a GPU (tensor-core convolutions), the VAE's decoder say.
+    conv_modules: ClassVar[tuple[str, ...]] = ()
+    # What it does with a request's controls; strength below 1 needs `img2img`.
+    capabilities: ClassVar[Capabilities] = Capabilities()
     # The tiny twin's option overrides: few steps, small renders.
     tiny_options: ClassVar[dict[str, Any]] = {"steps": 2, "min_render_side": 64, "max_render_side": 64}
-    # Rendered sides are multiples of this (the VAE's downscale times the UNet's).
+    # Rendered sides are multiples of this (the VAE's downscale times the denoiser's).
     side_multiple: ClassVar[int] = 64
-    # False where the model has no img2img path, so strength below 1 is refused.
-    has_img2img: ClassVar[bool] = True
-    # The built-in model id of the tiny twin.
-    tiny_name: ClassVar[str]
-    # The CLIP preprocessing of the model's image encoder, set by `_load`.
-    image_processor: CLIPImageProcessor
     # Repositories that serve an "fp16" variant of their weights: half the download where the model runs in float16.
     fp16_repos: ClassVar[frozenset[str]] = frozenset()
+    # The preprocessing of the model's image encoder (CLIP's, SigLIP's), set by `_load`.
+    image_processor: ImageProcessor
 
     def __init__(
         self,
@@ -189,6 +206,7 @@ class DiffusionEngine(ABC):
         seed: int = 0,
         **overrides: Any,
     ) -> None:
+        self.name = name
         self.weights = weights or self.default_weights
         self.tiny = self.weights == TINY_WEIGHTS
         self.seed = seed  # for the tiny twin's random weights
@@ -204,6 +222,8 @@ class DiffusionEngine(ABC):
             owned_by="vary" if self.tiny else self.owned_by,
             description=description or self.options.description,
             license=license or self.license,
+            capabilities=self.capabilities,
+            defaults=self.controls(RequestedControls()),
         )
         self._load_lock = threading.Lock()
         self._loaded = False
@@ -211,6 +231,11 @@ class DiffusionEngine(ABC):
     @classmethod
     def tiny_random(cls, *, name: str | None = None, **kwargs: Any) -> DiffusionEngine:
         return cls(name=name or cls.tiny_name, weights=TINY_WEIGHTS, **kwargs)
+
+    @classmethod
+    def recognises(cls, path: Path) -> bool:
+        """Whether a local directory holds this engine's model: by default, model_index.json names its pipeline."""
+        return _pipeline_class(path / "model_index.json") in {pipeline.__name__ for pipeline in cls.pipelines}
 
     def _tiny_defaults(self) -> dict[str, Any]:
         description = f"{self.engine_id} architecture at toy size with seeded random weights: outputs noise."
@@ -263,17 +288,17 @@ class DiffusionEngine(ABC):
         """ "fp16" where the model runs in float16 and the repository serves that variant."""
         return "fp16" if self.dtype == torch.float16 and repo_id in self.fp16_repos else None
 
-    def _place(self, pipeline: DiffusionPipeline, *conv_modules: str) -> DiffusionPipeline:
+    def _place(self, pipeline: DiffusionPipeline) -> DiffusionPipeline:
         # Cast only when needed: weights loaded with the right dtype stay exactly as diffusers loaded them.
         pipeline = pipeline.to(self.device) if pipeline.dtype == self.dtype else pipeline.to(self.device, self.dtype)
         pipeline.scheduler = make_sampler(pipeline.scheduler, self.options.sampler)
         pipeline.set_progress_bar_config(disable=True)
         if self.device.type == "cuda":
-            # Convolutions dominate the UNet and the VAE; NHWC is what tensor-core kernels want.
-            for name in ("unet", *conv_modules):
+            # Convolutions dominate a UNet and a VAE; NHWC is what tensor-core kernels want (not a transformer's).
+            for name in ((self.denoiser,) if self.denoiser == "unet" else ()) + self.conv_modules:
                 getattr(pipeline, name).to(memory_format=torch.channels_last)
         if self.placement.compile:
-            pipeline.unet = torch.compile(pipeline.unet)
+            setattr(pipeline, self.denoiser, torch.compile(getattr(pipeline, self.denoiser)))
         return pipeline
 
     # --- requests --------------------------------------------------------------------------
@@ -286,11 +311,7 @@ class DiffusionEngine(ABC):
             ),
             strength=requested.strength if requested.strength is not None else 1.0,
         )
-        if resolved.strength < 1 and not self.has_img2img:
-            raise ControlInvalid(
-                "strength",
-                f"The model '{self.info.id}' has no img2img path, so 'strength' must be 1 (the default).",
-            )
+        self.capabilities.refuse_strength(resolved.strength, self.name)
         if int(resolved.steps * resolved.strength) < 1:
             raise ControlInvalid(
                 "strength",

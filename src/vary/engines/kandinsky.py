@@ -29,6 +29,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
 from vary.engines.base import Batch
 from vary.engines.diffusion import DiffusionEngine, EngineOptions, clip_image_processor
+from vary.engines.registry import register_engine
 from vary.engines.weights import HubFiles, diffusers_model, is_local, scheduler, transformers_model
 
 PRIOR_REPO = "kandinsky-community/kandinsky-2-2-prior"
@@ -43,15 +44,25 @@ class KandinskyOptions(EngineOptions):
     prior: str | None = None
 
 
+@register_engine
 class KandinskyVariationEngine(DiffusionEngine):
     engine_id = "kandinsky-2.2"
+    tiny_name = "tiny-random"
     options_type = KandinskyOptions
     default_weights = DECODER_REPO
     owned_by = "kandinsky-community"
     license = "apache-2.0"
-    tiny_name = "tiny-random"
+    pipelines = (KandinskyV22Pipeline, KandinskyV22Img2ImgPipeline)
+    image_encoder_kind = "CLIP ViT-bigG/14 (the prior repository's image encoder)"
+    conv_modules = ("movq",)
 
     options: KandinskyOptions
+    image_processor: CLIPImageProcessor
+
+    @classmethod
+    def recognises(cls, path: Path) -> bool:
+        # The layout `save_pretrained` writes and both repositories downloaded side by side give.
+        return (path / "decoder").is_dir() and (path / "prior").is_dir()
 
     def hub_files(self) -> dict[str, HubFiles]:
         # The decoder's UNet and MoVQ, and only the image encoder of the prior repository (not its prior
@@ -81,7 +92,7 @@ class KandinskyVariationEngine(DiffusionEngine):
             self.image_processor = CLIPImageProcessor.from_pretrained(prior, subfolder="image_processor")
             pipeline = KandinskyV22Pipeline.from_pretrained(decoder, dtype=self.dtype)
         self.image_encoder = image_encoder.to(self.device, self.dtype).eval()
-        self.pipeline = self._place(pipeline, "movq")
+        self.pipeline = self._place(pipeline)
         # The same modules (and sampler) through diffusers' img2img pipeline, for strength below 1.
         self.img2img = KandinskyV22Img2ImgPipeline(**self.pipeline.components)
         self.img2img.set_progress_bar_config(disable=True)

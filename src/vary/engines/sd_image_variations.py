@@ -33,6 +33,7 @@ from vary.engines.diffusion import (
     EngineOptions,
     clip_image_processor,
 )
+from vary.engines.registry import register_engine
 from vary.engines.weights import HubFiles, diffusers_model, is_local, scheduler, transformers_model
 
 VARIATIONS_REPO = "lambdalabs/sd-image-variations-diffusers"
@@ -50,13 +51,17 @@ class SdImageVariationsOptions(EngineOptions):
     revision: str | None = "v2.0"
 
 
+@register_engine
 class SdImageVariationsEngine(DiffusionEngine):
     engine_id = "sd-image-variations"
+    tiny_name = "tiny-random-sd-image-variations"
     options_type = SdImageVariationsOptions
     default_weights = VARIATIONS_REPO
     owned_by = "lambdalabs"
     license = "creativeml-openrail-m"
-    tiny_name = "tiny-random-sd-image-variations"
+    pipelines = (StableDiffusionImageVariationPipeline,)
+    image_encoder_kind = "CLIP ViT-L/14"
+    conv_modules = ("vae",)
 
     options: SdImageVariationsOptions
 
@@ -70,7 +75,7 @@ class SdImageVariationsEngine(DiffusionEngine):
                 feature_extractor=clip_image_processor(),  # unused: vary preprocesses itself
                 dtype=self.dtype,
             )
-        self.pipeline = self._place(pipeline, "vae")
+        self.pipeline = self._place(pipeline)
         modules = {
             "vae": self.pipeline.vae,
             "text_encoder": None,

@@ -28,6 +28,7 @@ from transformers import CLIPVisionModelWithProjection
 from vary.engines import tiny
 from vary.engines.base import Batch
 from vary.engines.diffusion import DiffusionEngine, EngineOptions, clip_image_processor
+from vary.engines.registry import register_engine
 from vary.engines.weights import (
     HubFiles,
     clip_tokenizer,
@@ -68,14 +69,18 @@ class SdxlIpAdapterOptions(EngineOptions):
             raise ValueError(f"ip_adapter_scale must be between 0 and 2, not {self.ip_adapter_scale}")
 
 
+@register_engine
 class SdxlIpAdapterEngine(DiffusionEngine):
     engine_id = "sdxl-ip-adapter"
+    tiny_name = "tiny-random-sdxl-ip-adapter"
     options_type = SdxlIpAdapterOptions
     default_weights = SDXL_REPO
     owned_by = "stabilityai"
     # SDXL base 1.0 is CreativeML Open RAIL++-M; the IP-Adapter weights are Apache-2.0.
     license = "openrail++ (SDXL base 1.0), apache-2.0 (IP-Adapter)"
-    tiny_name = "tiny-random-sdxl-ip-adapter"
+    pipelines = (StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline)
+    image_encoder_kind = "CLIP ViT-H/14 through IP-Adapter-Plus's Resampler"
+    conv_modules = ("vae",)
     fp16_repos = frozenset({SDXL_REPO})
 
     options: SdxlIpAdapterOptions
@@ -118,7 +123,7 @@ class SdxlIpAdapterEngine(DiffusionEngine):
         # Our own image embeddings go in, so the adapter loads without diffusers' image encoder lookup.
         pipeline.load_ip_adapter(adapter, subfolder=subfolder, weight_name=weight_name, image_encoder_folder=None)
         pipeline.set_ip_adapter_scale(options.ip_adapter_scale)
-        self.pipeline = self._place(pipeline, "vae")
+        self.pipeline = self._place(pipeline)
         self.img2img = StableDiffusionXLImg2ImgPipeline.from_pipe(self.pipeline)
         self.img2img.set_progress_bar_config(disable=True)
         self.image_encoder: CLIPVisionModelWithProjection = self.pipeline.image_encoder

@@ -16,8 +16,9 @@ from diffusers.pipelines.stable_diffusion.stable_unclip_image_normalizer import 
 from transformers import CLIPImageProcessorPil as CLIPImageProcessor  # the torchvision-free processor
 
 from vary.engines import tiny
-from vary.engines.base import Batch
+from vary.engines.base import Batch, Capabilities
 from vary.engines.diffusion import DiffusionEngine, EngineOptions, clip_image_processor
+from vary.engines.registry import register_engine
 from vary.engines.weights import (
     HubFiles,
     clip_tokenizer,
@@ -48,14 +49,19 @@ class StableUnclipOptions(EngineOptions):
             raise ValueError(f"noise_level must be between 0 and 999, not {self.noise_level}")
 
 
+@register_engine
 class StableUnclipEngine(DiffusionEngine):
     engine_id = "stable-unclip"
+    also_served_as = {"stable-unclip-small": UNCLIP_SMALL_REPO}
+    tiny_name = "tiny-random-stable-unclip"
     options_type = StableUnclipOptions
     default_weights = UNCLIP_REPO
     owned_by = "stabilityai"
     license = "openrail++"
-    has_img2img = False
-    tiny_name = "tiny-random-stable-unclip"
+    pipelines = (StableUnCLIPImg2ImgPipeline,)
+    image_encoder_kind = "CLIP ViT-H/14 (ViT-L/14 for -small), its embedding noised by noise_level"
+    conv_modules = ("vae",)
+    capabilities = Capabilities(img2img=False)
     fp16_repos = frozenset({UNCLIP_REPO, UNCLIP_SMALL_REPO})
 
     options: StableUnclipOptions
@@ -70,7 +76,7 @@ class StableUnclipEngine(DiffusionEngine):
                 folder, feature_extractor=processor, dtype=self.dtype, variant=self.variant(self.weights)
             )
         self.image_processor = pipeline.feature_extractor
-        self.pipeline = self._place(pipeline, "vae")
+        self.pipeline = self._place(pipeline)
         with torch.inference_mode():
             # The empty prompt, once: the image embedding is the only condition.
             self._prompt, _ = self.pipeline.encode_prompt("", self.device, 1, do_classifier_free_guidance=False)
