@@ -39,8 +39,8 @@ from vary.service.catalogue import CatalogueError, read_catalogue
 from vary.service.gateway import Gateway, outcome_of
 from vary.service.registry import ModelRegistry
 from vary.targets.base import Made, Resilience
-from vary.targets.hosted.common import MAX_IMAGE_BYTES, pngs_of_size
-from vary.targets.hosted.openai_api import OpenAIApiProvider, UpstreamOptions, retry_after
+from vary.targets.hosted.answers import MAX_IMAGE_BYTES, pngs_of_size, retry_after
+from vary.targets.hosted.openai_api import OpenAIApiProvider, UpstreamOptions
 
 REQUEST = VariationRequest(images=(InputImage(png_bytes(8)),), n=2, size=256)
 FAST = Resilience(max_attempts=3, backoff_seconds=0.0, max_backoff_seconds=0.0)

@@ -39,11 +39,13 @@ import anyio.to_thread
 import pybase64
 from starlette.concurrency import run_in_threadpool
 
-from vary.engines.base import ModelInfo
-from vary.errors import RequestInvalid, UpstreamFailure, UpstreamRefused
+from vary.controls import Capabilities
+from vary.errors import UpstreamFailure, UpstreamRefused
 from vary.request import VariationRequest
-from vary.targets.base import Made, PartlyMade, Resilience
-from vary.targets.hosted.common import DEFAULT_DEADLINE_SECONDS, HostedProvider, pngs_of_size
+from vary.targets.base import Made, PartlyMade
+from vary.targets.hosted.answers import pngs_of_size
+from vary.targets.hosted.provider import HostedOptions, HostedProvider
+from vary.targets.hosted.registry import register_provider
 
 BEDROCK_PROVIDER = "bedrock-nova-canvas"
 NOVA_CANVAS = "amazon.nova-canvas-v1:0"
@@ -53,10 +55,11 @@ MAX_SEED = 2147483646
 
 
 @dataclass(frozen=True)
-class BedrockOptions:
+class BedrockOptions(HostedOptions):
+    # base_url None: AWS's own endpoint for the region; set it for a VPC endpoint, a proxy or a test double.
+    # Credentials come from AWS's own chain (environment, profile, instance role), never api_key_env.
     region: str = "us-east-1"
-    # None: AWS's own endpoint for the region; set it for a VPC endpoint, a proxy or a test double.
-    endpoint_url: str | None = None
+    endpoint_url: str | None = None  # the old name of base_url, still read
     model_id: str = NOVA_CANVAS
     # Nova's similarityStrength when the request gives no strength: 0.2 (loose) to 1.0 (close).
     similarity_strength: float = 0.7
@@ -65,31 +68,19 @@ class BedrockOptions:
     negative_prompt: str | None = None
     quality: str = "standard"  # or "premium"
     cfg_scale: float | None = None  # None: Nova's default (6.5), unless the request gives guidance_scale
-    timeout_seconds: float = 120.0  # one attempt, the whole answer included
-    # The gateway's attempts (botocore itself makes one), throttling and 5xx included.
-    max_attempts: int = 3
-    backoff_seconds: float = 0.5  # the first retry's wait; it doubles, with jitter
-    max_backoff_seconds: float = 20.0
-    circuit_failures: int = 5
-    circuit_cooldown_seconds: float = 30.0
-    # Served alone: every call and wait within this; a route has its own deadline_seconds.
-    deadline_seconds: float = DEFAULT_DEADLINE_SECONDS
-    description: str = ""
 
-    @classmethod
-    def of(cls, values: dict[str, Any]) -> BedrockOptions:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown option {unknown[0]!r}; known: {', '.join(sorted(known))}")
-        options = cls(**values)
-        if not 0.2 <= options.similarity_strength <= 1.0:
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.2 <= self.similarity_strength <= 1.0:
             raise ValueError("similarity_strength must be between 0.2 and 1.0")
-        if options.quality not in ("standard", "premium"):
+        if self.quality not in ("standard", "premium"):
             raise ValueError("quality must be standard or premium")
-        if options.max_attempts < 1 or options.timeout_seconds <= 0 or options.deadline_seconds <= 0:
-            raise ValueError("max_attempts must be at least 1, timeout_seconds and deadline_seconds above 0")
-        return options
+        if self.endpoint_url is not None and not self.endpoint_url.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint_url must be an http(s) URL, not {self.endpoint_url!r}")
+
+    @property
+    def endpoint(self) -> str | None:
+        return self.base_url or self.endpoint_url
 
 
 def similarity_for(strength: float | None, default: float) -> float:
@@ -105,21 +96,29 @@ def render_side(size: int) -> int:
     return -(-side // SIDE_STEP) * SIDE_STEP
 
 
+@register_provider
 class BedrockNovaCanvas(HostedProvider):
     """Nova Canvas variations through boto3; a Target, and closed with the other hosted providers."""
 
-    def __init__(self, *, name: str, options: BedrockOptions, license: str | None, description: str | None) -> None:
+    engines = (BEDROCK_PROVIDER,)
+    options_type = BedrockOptions
+    owned_by = "amazon"
+    options: BedrockOptions
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        engine: str = BEDROCK_PROVIDER,
+        options: HostedOptions,
+        license: str | None = None,
+        description: str | None = None,
+    ) -> None:
         import boto3  # an optional extra: pip install "vary[bedrock]"
         from botocore.config import Config
 
-        self.kind = BEDROCK_PROVIDER
-        self.options = options
-        self.info = ModelInfo(
-            id=name,
-            owned_by="amazon",
-            description=description or options.description or f"Amazon Nova Canvas ({options.model_id}) on Bedrock",
-            license=license or "the provider's terms",
-        )
+        super().__init__(name=name, engine=engine, options=options, license=license, description=description)
+        options = self.options
         config = Config(
             region_name=options.region,
             connect_timeout=min(10.0, options.timeout_seconds),
@@ -127,28 +126,20 @@ class BedrockNovaCanvas(HostedProvider):
             # One attempt: the gateway retries (and counts) every call itself.
             retries={"mode": "standard", "total_max_attempts": 1},
         )
-        self.client = boto3.session.Session().client(
-            "bedrock-runtime", endpoint_url=options.endpoint_url, config=config
-        )
-        self.resilience = Resilience(
-            max_attempts=options.max_attempts,
-            timeout_seconds=options.timeout_seconds,  # the whole answer: a late call is abandoned (_call)
-            backoff_seconds=options.backoff_seconds,
-            max_backoff_seconds=options.max_backoff_seconds,
-            circuit_failures=options.circuit_failures,
-            circuit_cooldown_seconds=options.circuit_cooldown_seconds,
-        )
+        self.client = boto3.session.Session().client("bedrock-runtime", endpoint_url=options.endpoint, config=config)
+
+    def describe(self) -> str:
+        return f"Amazon Nova Canvas ({self.options.model_id}) on Bedrock"
+
+    def capabilities(self) -> Capabilities:
+        # Seeds, guidance (cfgScale) and strength (similarityStrength) map; Nova blends up to 5 inputs equally.
+        return Capabilities(steps=False, image_weights=False, max_images=MAX_IMAGES_PER_CALL)
 
     async def aclose(self) -> None:
         self.client.close()
 
     async def make(self, request: VariationRequest) -> Made:
         started = time.perf_counter()
-        if request.weights and len(set(request.weights)) > 1:
-            raise RequestInvalid(
-                f"The model '{self.info.id}' blends its input images with equal weight; leave out 'image_weights'.",
-                param="image_weights",
-            )
         given = request.controls.seed
         seed = given % (MAX_SEED + 1) if given is not None else secrets.randbelow(MAX_SEED + 1)
         counts = [min(MAX_IMAGES_PER_CALL, request.n - start) for start in range(0, request.n, MAX_IMAGES_PER_CALL)]

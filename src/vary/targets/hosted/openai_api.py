@@ -18,31 +18,33 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime
-import email.utils
 import json
-import math
-import os
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, quote_plus
 
 import httpx
 import pybase64
 from starlette.concurrency import run_in_threadpool
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from vary.engines.base import ModelInfo
-from vary.errors import RequestInvalid, UpstreamFailure, UpstreamMisconfigured, UpstreamRefused
+from vary.controls import Capabilities
+from vary.errors import UpstreamFailure, UpstreamMisconfigured, UpstreamRefused
 from vary.request import VariationRequest
 from vary.targets.base import Made, Resilience
-from vary.targets.hosted.common import DEFAULT_DEADLINE_SECONDS, MAX_IMAGE_BYTES, HostedProvider, pngs_of_size
+from vary.targets.hosted.answers import (
+    ABSOLUTE_HTTP_URL,
+    MAX_IMAGE_BYTES,
+    pngs_of_size,
+    read_capped,
+    retry_after,
+    scrub,
+)
 from vary.targets.hosted.downloads import Downloader, DownloadPolicy
+from vary.targets.hosted.provider import HostedOptions, HostedProvider
+from vary.targets.hosted.registry import register_provider
 
-OPENAI_API_PROVIDERS = ("openai-compatible", "azure-openai", "openai-gpt-image")
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_PROMPT = (
     "Create a variation of this image: keep its subject, composition, palette and style, "
@@ -52,29 +54,12 @@ DEFAULT_PROMPT = (
 GPT_IMAGE_SIZE = "1024x1024"
 # Error codes that name vary's deployment or upstream model, whatever the status they come with.
 CONFIGURATION_CODES = frozenset({"DeploymentNotFound", "model_not_found"})
-MAX_RETRY_AFTER = 86400.0  # a provider's wait beyond a day is read as a day
 
 
 @dataclass(frozen=True)
-class UpstreamOptions:
-    base_url: str = OPENAI_BASE_URL
-    # The name of the environment variable that holds the key, never the key itself.
-    api_key_env: str | None = None
+class UpstreamOptions(HostedOptions):
     # The model name sent upstream; None sends none (OpenAI-compatible) or the engine's default.
     upstream_model: str | None = None
-    timeout_seconds: float = 120.0  # one attempt, the whole answer included
-    max_attempts: int = 3
-    backoff_seconds: float = 0.5  # the first retry's wait; it doubles, with jitter
-    max_backoff_seconds: float = 20.0  # also caps a Retry-After
-    circuit_failures: int = 5  # failed attempts in a row that open the circuit
-    circuit_cooldown_seconds: float = 30.0
-    # The model served alone: every attempt and wait within this; a route has its own deadline_seconds.
-    deadline_seconds: float = DEFAULT_DEADLINE_SECONDS
-    # URL answers: downloaded, stored and signed by vary (its expiry, its host), or handed on as they are
-    # (absolute http(s) URLs only).
-    rehost_urls: bool = True
-    # Hosts besides the base_url's that answer URLs may be downloaded from ("*.example.com": its subdomains).
-    download_hosts: tuple[str, ...] = ()
     # Also send vary's controls (seed, strength, steps, guidance_scale): for an upstream that is a vary.
     forward_controls: bool = False
     # azure-openai
@@ -83,82 +68,71 @@ class UpstreamOptions:
     # openai-gpt-image
     prompt: str = DEFAULT_PROMPT
     quality: str | None = None
-    description: str = ""
+
+
+@register_provider
+class OpenAIApiProvider(HostedProvider):
+    """A provider that speaks OpenAI's images API, with an HTTP pool of its own."""
+
+    engines = ("openai-compatible", "azure-openai", "openai-gpt-image")
+    options_type = UpstreamOptions
+    default_base_url = OPENAI_BASE_URL
+    options: UpstreamOptions
 
     @classmethod
-    def for_engine(cls, engine: str, values: dict[str, Any]) -> UpstreamOptions:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown option {unknown[0]!r}; known: {', '.join(sorted(known))}")
-        hosts = values.get("download_hosts", ())
-        if not isinstance(hosts, (list, tuple)) or not all(isinstance(h, str) and _HOST.fullmatch(h) for h in hosts):
-            raise ValueError(
-                'download_hosts must be a list of host names (no scheme, port or path): ["cdn.example.com"]'
-            )
-        options = cls(**{**values, "download_hosts": tuple(hosts)})
+    def options_for(cls, engine: str, values: Mapping[str, Any]) -> UpstreamOptions:
+        options = UpstreamOptions.of(values)
         if engine == "azure-openai" and not options.deployment:
             raise ValueError(
                 "azure-openai needs options.deployment (and base_url = https://<resource>.openai.azure.com)"
             )
-        if options.max_attempts < 1 or options.timeout_seconds <= 0 or options.deadline_seconds <= 0:
-            raise ValueError("max_attempts must be at least 1, timeout_seconds and deadline_seconds above 0")
-        if not options.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must be an http(s) URL, not {options.base_url!r}")
         return options
 
-
-class OpenAIApiProvider(HostedProvider):
-    """A hosted provider served under a model name: no weights, no scheduler, an HTTP pool of its own."""
-
     def __init__(
-        self, *, name: str, engine: str, options: UpstreamOptions, license: str | None, description: str | None
+        self,
+        *,
+        name: str,
+        engine: str,
+        options: HostedOptions,
+        license: str | None = None,
+        description: str | None = None,
     ) -> None:
-        self.kind = engine
-        self.options = options
-        self.info = ModelInfo(
-            id=name,
-            owned_by="openai" if "openai" in engine else "upstream",
-            # Never the base URL: which providers vary uses, and where, is not the clients' business.
-            description=description or options.description or f"A hosted provider ({engine}).",
-            license=license or "the provider's terms",
-        )
-        timeout = httpx.Timeout(options.timeout_seconds, connect=min(10.0, options.timeout_seconds))
-        self.client = httpx.AsyncClient(base_url=options.base_url.rstrip("/") + "/", timeout=timeout)
+        super().__init__(name=name, engine=engine, options=options, license=license, description=description)
+        if "openai" in engine:
+            self.info = dataclasses.replace(self.info, owned_by="openai")
+        base_url = self.base_url or OPENAI_BASE_URL
+        timeout = httpx.Timeout(self.options.timeout_seconds, connect=min(10.0, self.options.timeout_seconds))
+        self.client = httpx.AsyncClient(base_url=base_url.rstrip("/") + "/", timeout=timeout)
         # Downloads of answer URLs, never with the provider's key, and only where its configuration allows.
-        self.downloads = Downloader(DownloadPolicy.of(options.base_url, options.download_hosts), timeout=timeout)
-        self.resilience = Resilience(
-            max_attempts=options.max_attempts,
-            # None: make() times the generation itself, so a slow re-hosting download never
-            # makes the gateway ask for (and pay for) the generation again.
-            timeout_seconds=None,
-            backoff_seconds=options.backoff_seconds,
-            max_backoff_seconds=options.max_backoff_seconds,
-            circuit_failures=options.circuit_failures,
-            circuit_cooldown_seconds=options.circuit_cooldown_seconds,
-        )
+        self.downloads = Downloader(DownloadPolicy.of(base_url, self.options.download_hosts), timeout=timeout)
+
+    @property
+    def resilience(self) -> Resilience:
+        # None: make() times the generation itself, so a slow re-hosting download never makes the gateway ask
+        # for (and pay for) the generation again.
+        return self.options.resilience(timeout_seconds=None)
+
+    def capabilities(self) -> Capabilities:
+        if self.kind == "openai-compatible" and self.options.forward_controls:
+            return Capabilities()  # an upstream vary: every control, as it honours them
+        if self.kind == "openai-gpt-image":  # edits take several images, blended as the model sees fit
+            return Capabilities(seed=False, steps=False, guidance_scale=False, img2img=False, image_weights=False)
+        return super().capabilities()
 
     async def aclose(self) -> None:
         await self.client.aclose()
         await self.downloads.aclose()
 
-    def secret(self) -> str | None:
-        """The key, read from its environment variable at each call (so a rotated key is picked up)."""
-        if self.options.api_key_env is None:
-            return None
-        return os.environ.get(self.options.api_key_env) or None
-
     def scrub(self, text: str) -> str:
         """`text` without the provider's key in it, in any form it can be echoed, for anything that leaves here."""
-        secret = self.secret()
-        return scrub(text, secret) if secret else text
+        return scrub(text, self.secret())
 
     async def make(self, request: VariationRequest) -> Made:
         """One attempt; raises UpstreamFailure (or UpstreamMisconfigured) or UpstreamRefused."""
         started = time.perf_counter()
         key = self.secret()
-        if self.options.api_key_env and key is None:
-            raise UpstreamMisconfigured(f"the environment variable {self.options.api_key_env} is not set")
+        if self.api_key_env and key is None:
+            raise UpstreamMisconfigured(f"the environment variable {self.api_key_env} is not set")
         path, headers, data = self._request(request, key)
         files = self._files(request)
         try:
@@ -186,21 +160,13 @@ class OpenAIApiProvider(HostedProvider):
     ) -> tuple[int, httpx.Headers, bytes]:
         """Status, headers and body, read as it streams in and refused past `limit` bytes."""
         async with self.client.stream("POST", path, headers=headers, data=data, files=files) as response:
-            body = await _read_capped(response, limit, "the provider's answer")
+            body = await read_capped(response, limit, "the provider's answer")
             return response.status_code, response.headers, body
 
-    def takes_several_images(self) -> bool:
-        """gpt-image edits take `image[]`; an upstream vary takes them with its controls; others take one."""
-        return self.kind == "openai-gpt-image" or (self.kind == "openai-compatible" and self.options.forward_controls)
-
     def _files(self, request: VariationRequest) -> list[tuple[str, tuple[str, bytes, str]]]:
+        # Several images only reach providers whose capabilities take them: the service refused the rest.
         if len(request.images) == 1:
             return [("image", ("image.png", request.images[0].data, "image/png"))]
-        if not self.takes_several_images():
-            # Refused before the provider is called (and bills): it would use one image, or refuse them all.
-            raise RequestInvalid(
-                f"The model '{self.info.id}' takes one input image; {len(request.images)} were given.", param="image"
-            )
         return [("image[]", (f"image-{k}.png", image.data, "image/png")) for k, image in enumerate(request.images)]
 
     def _request(self, request: VariationRequest, key: str | None) -> tuple[str, dict[str, str], dict[str, str]]:
@@ -239,7 +205,7 @@ class OpenAIApiProvider(HostedProvider):
             urls = [item["url"] for item in items]
             if not self.options.rehost_urls:
                 # Handed to the client (and the playground's links) as they are: nothing but a web address.
-                if not all(_ABSOLUTE_HTTP_URL.fullmatch(url) for url in urls):
+                if not all(ABSOLUTE_HTTP_URL.fullmatch(url) for url in urls):
                     raise UpstreamFailure("the provider's answer had a url that is not an http(s) URL", retryable=True)
                 return Made(urls=urls)
             # The generation is paid for: from here on a failure retries the download, and if that
@@ -310,7 +276,7 @@ class OpenAIApiProvider(HostedProvider):
             if response.status_code != 200:
                 retryable = response.status_code >= 500 or response.status_code == 429
                 raise UpstreamFailure(f"an image URL answered {response.status_code}", retryable=retryable)
-            return await _read_capped(response, MAX_IMAGE_BYTES, "an image URL", retryable=False)
+            return await read_capped(response, MAX_IMAGE_BYTES, "an image URL", retryable=False)
 
         try:
             return await self.downloads.get(url, read)
@@ -322,72 +288,10 @@ def _bearer(key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"} if key else {}
 
 
-async def _read_capped(response: httpx.Response, limit: int, what: str, *, retryable: bool = True) -> bytes:
-    chunks, total = [], 0
-    async for chunk in response.aiter_bytes():
-        total += len(chunk)
-        if total > limit:
-            raise UpstreamFailure(f"{what} was larger than {limit} bytes", retryable=retryable)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _answer_limit(n: int) -> int:
     """The most an ImagesResponse of n images may weigh: n base64 images at the cap, and room for the JSON."""
     return n * (MAX_IMAGE_BYTES // 3 + 1) * 4 + 64 * 1024
 
 
-def scrub(text: str, secret: str) -> str:
-    """`text` with `secret` replaced wherever it appears: whole, URL-encoded, or escaped in a JSON string."""
-    encoded = {
-        quote(secret, safe=""),
-        quote_plus(secret, safe=""),
-        json.dumps(secret)[1:-1],
-        json.dumps(secret, ensure_ascii=False)[1:-1],
-        json.dumps(secret)[1:-1].replace("/", "\\/"),  # some encoders escape "/" too
-    }
-    # Percent-escapes and \u escapes may come in either case.
-    forms = {secret} | {_ESCAPE.sub(lambda m: m.group().upper().replace("\\U", "\\u"), f) for f in encoded}
-    forms |= {_ESCAPE.sub(lambda m: m.group().lower(), f) for f in encoded}
-    for form in sorted(forms, key=len, reverse=True):
-        text = text.replace(form, "[redacted]")
-    return text
-
-
-# What a provider's `url` must look like to be handed on: an absolute http(s) URL, nothing a browser runs.
-_ABSOLUTE_HTTP_URL = re.compile(r"https?://[^\x00-\x20\x7f/?#@\\]+(?:[/?#][^\x00-\x20\x7f]*)?", re.IGNORECASE)
-_HOST = re.compile(r"(?:\*\.)?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
-_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}")
-
-
 def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
-
-
-def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds to wait, from `retry-after-ms` (OpenAI's) or `Retry-After` in seconds or as an HTTP-date."""
-    milliseconds = _number(headers.get("retry-after-ms"))
-    if milliseconds is not None:
-        return milliseconds / 1000.0
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    seconds = _number(value)
-    if seconds is not None:
-        return seconds
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # an HTTP-date is GMT
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return min(MAX_RETRY_AFTER, max(0.0, when.timestamp() - (time.time() if now is None else now)))
-
-
-def _number(value: str | None) -> float | None:
-    """A finite wait of 0 to MAX_RETRY_AFTER seconds, or None when `value` is none ("inf" and "nan" are not)."""
-    try:
-        number = float(value) if value is not None else math.nan
-    except ValueError:
-        return None
-    return min(MAX_RETRY_AFTER, max(0.0, number)) if math.isfinite(number) else None
