@@ -123,7 +123,7 @@ def test_without_a_file_the_catalogue_is_the_one_model(tmp_path: Path) -> None:
         ('[[models]]\nname = "a"\nengine = "kandinsky-2.2"\naliases = "b"', "'aliases' must be a list"),
         # Upstream providers and routes.
         ('[[models]]\nname = "a"\nengine = "azure-openai"', "azure-openai needs options.deployment"),
-        ('[[models]]\nname = "a"\nengine = "openai-compatible"\nweights = "x/y"', "an upstream engine has no weights"),
+        ('[[models]]\nname = "a"\nengine = "openai-compatible"\nweights = "x/y"', "a hosted provider has no weights"),
         (
             '[[models]]\nname = "a"\nengine = "openai-compatible"\n[models.options]\nbase_url = "ftp://x"',
             "base_url must be an http(s) URL",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from vary.engines.diffusion import Placement
 from vary.engines.weights import HubFiles, bound_hub_timeouts, download, hub_trouble, missing_files, total_size
-from vary.service.catalogue import ENGINES, CatalogueEntry, CatalogueError, catalogue_for
+from vary.service.catalogue import CatalogueEntry, CatalogueError, catalogue_for
 from vary.settings import DEFAULT_MODEL, Settings
 
 
@@ -32,7 +32,7 @@ def run(models: list[str], config: Path | None, local_dir: Path | None, settings
     plan: list[tuple[str, HubFiles]] = [
         (model.name, files)
         for model in chosen
-        if model.engine in ENGINES
+        if model.local
         for files in model.build(placement=placement).hub_files().values()
     ]
     if not plan:

@@ -34,7 +34,7 @@ from vary.imaging import ImageDecoder
 from vary.ops.logs import configure_logging
 from vary.ops.traces import configure_tracing
 from vary.safety.policy import SafetyPolicy
-from vary.service.catalogue import HOSTED_PROVIDERS, ROUTE, Catalogue, CatalogueEntry, CatalogueError, catalogue_for
+from vary.service.catalogue import Catalogue, CatalogueEntry, CatalogueError, catalogue_for
 from vary.service.registry import ModelRegistry
 from vary.settings import Settings
 from vary.targets.base import Made, Resilience
@@ -222,7 +222,7 @@ def application(settings: Settings) -> Application:
     has_gpus = cluster_has_gpus()
     models: dict[str, Application] = {}
     for model in catalogue.models:
-        if model.engine in HOSTED_PROVIDERS or model.engine == ROUTE:
+        if not model.local:
             continue  # hosted providers are called from the edge; a route is its members' targets
         deployment = serve.deployment(name=model_deployment_name(model.name))(ModelReplica)
         table = model_options(model, settings, has_gpus=has_gpus)

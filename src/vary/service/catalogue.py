@@ -4,7 +4,7 @@
 
     [[models]]
     name = "kandinsky-2.2"             # the id clients send as `model`
-    engine = "kandinsky-2.2"           # one of ENGINES
+    engine = "kandinsky-2.2"           # a local engine or a hosted provider (vary.engines, vary.targets.hosted)
     weights = "kandinsky-community/kandinsky-2-2-decoder"   # optional: a Hub id, a local path, or "tiny-random"
     aliases = ["dall-e-2"]             # optional
     load = "eager"                     # or "lazy": on the first request for it
@@ -37,40 +37,14 @@ else:  # the same parser, before it joined the standard library
     import tomli as tomllib
 
 from vary.engines.diffusion import TINY_WEIGHTS, DiffusionEngine, Placement
-from vary.engines.kandinsky import KandinskyVariationEngine
-from vary.engines.sd_image_variations import SdImageVariationsEngine
-from vary.engines.sdxl_ip_adapter import SdxlIpAdapterEngine
-from vary.engines.stable_unclip import UNCLIP_SMALL_REPO, StableUnclipEngine
+from vary.engines.registry import builtin_models, engine_of_directory, engine_types
 from vary.safety.policy import SafetyPolicy
-from vary.targets.hosted.bedrock import BEDROCK_PROVIDER, BedrockNovaCanvas, BedrockOptions
-from vary.targets.hosted.openai_api import OPENAI_API_PROVIDERS, OpenAIApiProvider, UpstreamOptions
+from vary.targets.hosted.provider import HostedProvider
+from vary.targets.hosted.registry import provider_types
 
-# Hosted providers: no weights, a Target each.
-HOSTED_PROVIDERS = (*OPENAI_API_PROVIDERS, BEDROCK_PROVIDER)
-HostedTarget = OpenAIApiProvider | BedrockNovaCanvas
-
-ENGINES: dict[str, type[DiffusionEngine]] = {
-    engine.engine_id: engine
-    for engine in (KandinskyVariationEngine, SdxlIpAdapterEngine, StableUnclipEngine, SdImageVariationsEngine)
-}
 ROUTE = "route"  # the engine of a model that is an ordered list of other models
 # Unchanged OpenAI clients may send dall-e-2; unless the catalogue gives it to a model, it names the default.
 DALL_E_2 = "dall-e-2"
-# The names `--model` accepts besides a local directory: (engine, weights; None = the engine's default).
-BUILTIN: dict[str, tuple[str, str | None]] = {
-    "kandinsky-2.2": ("kandinsky-2.2", None),
-    "sdxl-ip-adapter": ("sdxl-ip-adapter", None),
-    "stable-unclip": ("stable-unclip", None),
-    "stable-unclip-small": ("stable-unclip", UNCLIP_SMALL_REPO),
-    "sd-image-variations": ("sd-image-variations", None),
-    **{engine.tiny_name: (engine_id, TINY_WEIGHTS) for engine_id, engine in ENGINES.items()},
-}
-# What a local directory's model_index.json names, for `--model DIR`.
-PIPELINE_ENGINES = {
-    "StableDiffusionXLPipeline": "sdxl-ip-adapter",
-    "StableUnCLIPImg2ImgPipeline": "stable-unclip",
-    "StableDiffusionImageVariationPipeline": "sd-image-variations",
-}
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 _MODEL_KEYS = {
@@ -98,7 +72,7 @@ class CatalogueError(ValueError):
 @dataclass(frozen=True)
 class CatalogueEntry:
     name: str
-    engine: str  # a local engine, an upstream one, or ROUTE
+    engine: str  # a local engine, a hosted provider's, or ROUTE
     weights: str | None = None
     aliases: tuple[str, ...] = ()
     eager: bool = True
@@ -114,18 +88,20 @@ class CatalogueEntry:
     def safety_policy(self, default: SafetyPolicy) -> SafetyPolicy:
         return default.merged(self.safety) if self.safety is not None else default
 
-    def build_provider(self) -> HostedTarget:
-        if self.engine == BEDROCK_PROVIDER:
-            return BedrockNovaCanvas(
-                name=self.name,
-                options=BedrockOptions.of(self.options),
-                license=self.license,
-                description=self.description,
-            )
-        return OpenAIApiProvider(
+    @property
+    def hosted(self) -> bool:
+        return self.engine in provider_types()
+
+    @property
+    def local(self) -> bool:
+        return self.engine in engine_types()
+
+    def build_provider(self) -> HostedProvider:
+        provider = provider_types()[self.engine]
+        return provider(
             name=self.name,
             engine=self.engine,
-            options=UpstreamOptions.for_engine(self.engine, self.options),
+            options=provider.options_for(self.engine, self.options),
             license=self.license,
             description=self.description,
         )
@@ -133,7 +109,7 @@ class CatalogueEntry:
     def build(self, *, placement: Placement | None = None, overrides: dict[str, Any] | None = None) -> DiffusionEngine:
         """The engine, not loaded yet. `overrides` (the VARY_* generation settings) win over the file's options."""
         options = {**self.options, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-        return ENGINES[self.engine](
+        return engine_types()[self.engine](
             name=self.name,
             weights=self.weights,
             placement=placement or Placement(),
@@ -166,40 +142,25 @@ def catalogue_for(config: Path | None, model: str) -> Catalogue:
 
 def model_for_spec(spec: str) -> CatalogueEntry:
     """`--model`: a built-in name, or a local directory whose engine is recognised from its layout."""
-    if spec in BUILTIN:
-        engine, weights = BUILTIN[spec]
-        return CatalogueEntry(name=spec, engine=engine, weights=weights)
+    builtin = builtin_models()
+    if spec in builtin:
+        engine_id, weights = builtin[spec]
+        return CatalogueEntry(name=spec, engine=engine_id, weights=weights)
     path = Path(spec).expanduser()
     if not path.is_dir():
         raise CatalogueError(
-            f"unknown model {spec!r}: use one of {', '.join(BUILTIN)}, a local model directory, or --config"
+            f"unknown model {spec!r}: use one of {', '.join(builtin)}, a local model directory, or --catalogue"
         )
-    return CatalogueEntry(name=_model_name(spec), engine=_engine_of_directory(path), weights=str(path))
+    engine = engine_of_directory(path)
+    if engine is None:
+        raise CatalogueError(
+            f"{path} is not a model directory vary recognises (see docs/models.md, local model directories)"
+        )
+    return CatalogueEntry(name=_model_name(spec), engine=engine, weights=str(path))
 
 
 def _model_name(spec: str) -> str:
-    return spec if spec in BUILTIN else Path(spec).expanduser().resolve().name
-
-
-def _engine_of_directory(path: Path) -> str:
-    if (path / "decoder").is_dir() and (path / "prior").is_dir():
-        return "kandinsky-2.2"
-    index = path / "model_index.json"
-    if index.is_file():
-        class_name = _pipeline_class(index)
-        if class_name in PIPELINE_ENGINES:
-            return PIPELINE_ENGINES[class_name]
-    raise CatalogueError(
-        f"{path} is not a model directory vary recognises (see docs/models.md, local model directories)"
-    )
-
-
-def _pipeline_class(index: Path) -> str | None:
-    try:
-        value = json.loads(index.read_text()).get("_class_name")
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, str) else None
+    return spec if spec in builtin_models() else Path(spec).expanduser().resolve().name
 
 
 def read_catalogue(path: Path) -> Catalogue:
@@ -256,8 +217,9 @@ def _model(entry: dict[str, Any], where: str, base: Path) -> CatalogueEntry:
     if "deadline_seconds" in entry:
         raise CatalogueError(f"{where}: deadline_seconds is for a route; a hosted model takes it in its options")
     engine = entry.get("engine")
-    if engine not in ENGINES and engine not in HOSTED_PROVIDERS:
-        known = ", ".join((*ENGINES, *HOSTED_PROVIDERS))
+    engines, providers = engine_types(), provider_types()
+    if not isinstance(engine, str) or (engine not in engines and engine not in providers):
+        known = ", ".join((*engines, *providers))
         raise CatalogueError(f"{where}: unknown engine {engine!r}; use one of {known}, or give a route")
     load = entry.get("load", "eager")
     if load not in ("eager", "lazy"):
@@ -269,21 +231,18 @@ def _model(entry: dict[str, Any], where: str, base: Path) -> CatalogueEntry:
         raise CatalogueError(f"{where}: unknown default {unknown_default!r}; known: steps, guidance_scale")
     options = {**_table(entry, "options", where), **defaults}
     try:
-        # Built now, so a bad option fails at start-up, not at the first request.
-        if engine == BEDROCK_PROVIDER:
-            BedrockOptions.of(options)
-        elif engine in OPENAI_API_PROVIDERS:
-            UpstreamOptions.for_engine(engine, options)
-        else:
-            ENGINES[engine].options_type().merged(**options)
-    except (TypeError, ValueError) as exc:
+        # Checked now, so a bad option fails at start-up, not at the first request.
+        checked = providers[engine].options_for(engine, options) if engine in providers else None
+        if checked is None:
+            engines[engine].options_type.of(options)
+    except ValueError as exc:
         raise CatalogueError(f"{where}: {exc}") from None
-    if engine in HOSTED_PROVIDERS and "weights" in entry:
-        raise CatalogueError(f"{where}: an upstream engine has no weights; give options.base_url instead")
-    if engine in HOSTED_PROVIDERS and "ray" in entry:
+    if engine in providers and "weights" in entry:
+        raise CatalogueError(f"{where}: a hosted provider has no weights; give options.base_url instead")
+    if engine in providers and "ray" in entry:
         raise CatalogueError(f"{where}: [models.ray] is for local models; a hosted one is called from the edge")
     safety = _safety(entry, where)
-    if safety is not None and engine in OPENAI_API_PROVIDERS and options.get("rehost_urls") is False:
+    if safety is not None and checked is not None and not checked.rehost_urls:
         if SafetyPolicy().merged(safety).checks_output:
             raise CatalogueError(f"{where}: output checks need the images: rehost_urls = false hands on URLs unchecked")
     return CatalogueEntry(

@@ -1,13 +1,14 @@
 """Model names to what serves them: each served model is an ordered list of Targets; aliases (dall-e-2).
 
 A local model is one LocalModel target (its engine behind a scheduler), a hosted provider one
-OpenAIApiProvider target, and a route the targets of the models it names, in order. A target is built
+HostedProvider target, and a route the targets of the models it names, in order. A target is built
 once and shared: a local model in two routes has one queue.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -16,9 +17,9 @@ from vary.engines.diffusion import Placement
 from vary.errors import ModelNotFound
 from vary.imaging import ImageDecoder
 from vary.safety.policy import NO_CHECKS, SafetyPolicy
-from vary.service.catalogue import HOSTED_PROVIDERS, ROUTE, Catalogue, CatalogueEntry, HostedTarget
+from vary.service.catalogue import ROUTE, Catalogue, CatalogueEntry
 from vary.targets.base import Target
-from vary.targets.hosted.common import DEFAULT_DEADLINE_SECONDS
+from vary.targets.hosted.provider import DEFAULT_DEADLINE_SECONDS, HostedProvider
 from vary.targets.local_model import LocalModel
 
 # Wraps an engine in the target that serves it; the app passes one with its queue settings and decoder.
@@ -53,7 +54,7 @@ class ModelRegistry:
         models: list[ServedModel],
         *,
         local: list[LocalModel] | None = None,
-        hosted: list[HostedTarget] | None = None,
+        hosted: list[HostedProvider] | None = None,
         aliases: dict[str, str] | None = None,
         default: str | None = None,
     ) -> None:
@@ -100,16 +101,16 @@ class ModelRegistry:
         """
         by_name: dict[str, ServedModel] = {}
         local_models: list[LocalModel] = []
-        hosted: list[HostedTarget] = []
+        hosted: list[HostedProvider] = []
         for model in catalogue.models:
-            if model.engine in HOSTED_PROVIDERS:
+            if model.hosted:
                 upstream = model.build_provider()
                 hosted.append(upstream)
                 by_name[model.name] = ServedModel(
                     model.name,
                     upstream.info,
                     (upstream,),
-                    deadline_seconds=upstream.options.deadline_seconds,
+                    deadline_seconds=upstream.deadline_seconds,
                     safety=model.safety_policy(safety),
                 )
             elif model.engine != ROUTE:
@@ -128,7 +129,20 @@ class ModelRegistry:
             if model.engine == ROUTE:
                 members = tuple(target for name in model.route for target in by_name[name].targets)
                 description = model.description or "Tries, in order: " + ", ".join(model.route) + "."
-                info = ModelInfo(model.name, "vary", description, model.license or "that of the target that answers")
+                first = by_name[model.route[0]].info
+                info = ModelInfo(
+                    model.name,
+                    "vary",
+                    description,
+                    model.license or "that of the target that answers",
+                    # What every target honours, so a request means the same whichever one answers.
+                    capabilities=functools.reduce(
+                        lambda shared, name: shared.shared(by_name[name].info.capabilities),
+                        model.route[1:],
+                        first.capabilities,
+                    ),
+                    defaults=first.defaults,
+                )
                 deadline = model.deadline_seconds or DEFAULT_DEADLINE_SECONDS
                 by_name[model.name] = ServedModel(
                     model.name, info, members, deadline_seconds=deadline, safety=model.safety_policy(safety)
