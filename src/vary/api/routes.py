@@ -28,9 +28,9 @@ from vary.api.protocol import (
     ModelList,
 )
 from vary.api.variation_form import read_variation_form
-from vary.controls import MAX_GUIDANCE_SCALE, MAX_SEED, RequestedControls
-from vary.engines.base import Engine
-from vary.errors import ControlInvalid, ModelNotFound
+from vary.controls import MAX_GUIDANCE_SCALE, MAX_SEED
+from vary.engines.base import ModelInfo
+from vary.errors import ModelNotFound
 from vary.state.keys import KeyInfo
 from vary.state.signing import ExpiredError, SignatureError
 
@@ -50,7 +50,7 @@ tracer = trace.get_tracer(__name__)
 
 @router.post(
     "/images/variations",
-    # Documented, not validated: the route answers with the JSON the service built once, as bytes.
+    # Documented here, and rendered from the same model (ImagesResponse.render) by the edge's accounting.
     responses={200: {"model": ImagesResponse, "description": "The variations."}, **VARIATION_ERRORS},
     openapi_extra={"requestBody": CreateImageVariationRequest.request_body()},
     summary="Creates variations of a given image.",
@@ -94,7 +94,7 @@ async def _create_variation(request: Request, key: KeyInfo | None, *, deployment
             findings=account.findings,
             safety=checks,
         )
-        return account.respond(await unless_disconnected(request, work))
+        return await account.respond(await unless_disconnected(request, work))
     return Response(status_code=CLIENT_CLOSED_REQUEST)  # the client left: nobody reads this
 
 
@@ -138,7 +138,7 @@ async def get_file(request: Request, filename: str, expires: str = "", signature
 
 def _model_cards(request: Request) -> list[Model]:
     services = services_of(request)
-    settings = services.settings
+    max_steps = services.settings.max_request_steps
     cards = []
     for served in services.registry.served():
         info = served.info
@@ -151,25 +151,27 @@ def _model_cards(request: Request) -> list[Model]:
                 parent=served.alias_of,
                 description=info.description if served.alias_of is None else f"Alias of {info.id}. {info.description}",
                 license=info.license,
-                controls=None if served.engine is None else _controls(served.engine, settings.max_request_steps),
+                controls=_controls(info, max_steps),
             )
         )
     return cards
 
 
-def _controls(engine: Engine, max_steps: int) -> ModelControls:
-    """The engine's own defaults (what a request without controls gets) and the bounds the form checks."""
-    defaults = engine.controls(RequestedControls())
-    try:  # an engine without an img2img path refuses any strength below 1
-        engine.controls(RequestedControls(strength=0.99, steps=max_steps))
-        strength: ControlRange | None = ControlRange(default=1.0, minimum=0.0, maximum=1.0, exclusive_minimum=True)
-    except ControlInvalid:
-        strength = None
+def _controls(info: ModelInfo, max_steps: int) -> ModelControls:
+    """What the model declares it does with each control, its defaults, and the bounds the form checks."""
+    able, defaults = info.capabilities, info.defaults  # no defaults: the provider's own
+    steps = defaults.steps if defaults else None
+    guidance = defaults.guidance_scale if defaults else None
+    strength = ControlRange(default=1.0, minimum=0.0, maximum=1.0, exclusive_minimum=True)
     return ModelControls(
-        seed=ControlRange(default=None, minimum=0, maximum=MAX_SEED),
-        steps=ControlRange(default=defaults.steps, minimum=1, maximum=max_steps),
-        guidance_scale=ControlRange(default=defaults.guidance_scale, minimum=0.0, maximum=MAX_GUIDANCE_SCALE),
-        strength=strength,
+        seed=ControlRange(default=None, minimum=0, maximum=MAX_SEED) if able.seed else None,
+        steps=ControlRange(default=steps, minimum=1, maximum=max_steps) if able.steps else None,
+        guidance_scale=(
+            ControlRange(default=guidance, minimum=0.0, maximum=MAX_GUIDANCE_SCALE) if able.guidance_scale else None
+        ),
+        strength=strength if able.img2img else None,
+        max_images=able.max_images,
+        image_weights=able.image_weights,
     )
 
 

@@ -9,7 +9,6 @@ Each variation is scored as it arrives and only its embedding is kept; the image
 from __future__ import annotations
 
 import io
-import json
 import re
 import sys
 import time
@@ -17,7 +16,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pybase64
 from PIL import Image
 from tqdm import tqdm
 
@@ -133,7 +131,7 @@ async def _vary(service: VariationService, cell: Cell, source: Source, plan: Pla
         cell.failures.append(f"{source.name}: {type(exc).__name__}: {exc}")
         return []
     cell.latencies.append(time.perf_counter() - started)
-    return [pybase64.b64decode(item["b64_json"]) for item in json.loads(result.body)["data"]]
+    return list(result.pngs)
 
 
 def _caption_rows(captions: Sequence[str | None]) -> list[int | None]:

@@ -4,18 +4,16 @@ The road: the registry names the model's targets; a model with a remote target h
 checked first (a bad image is refused before any provider is called and billed); the content policy
 checks the inputs (a flagged one costs no model work); the gateway tries the targets; the policy checks
 the outputs, all of them at once, and has flagged ones made again or refuses; the images come back as
-base64 or are stored and signed as URLs, in OpenAI's ImagesResponse JSON, built once as bytes.
+PNGs (for base64) or are stored and signed as URLs, in a typed result the edge renders as OpenAI's JSON.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import secrets
 import time
 from dataclasses import dataclass, field
 
-import pybase64
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from starlette.concurrency import run_in_threadpool
@@ -51,7 +49,10 @@ class Timings:
 
 @dataclass(frozen=True)
 class VariationResult:
-    body: bytes  # the ImagesResponse JSON, built once
+    created: int  # unix seconds, as OpenAI's `created`
+    # The images, as the request asked: PNGs (response_format b64_json) or URLs (url; a provider's, handed on).
+    pngs: tuple[bytes, ...]
+    urls: tuple[str, ...]
     timings: Timings
     batch_images: int  # images in the pipeline call this request shared
     seed: int | None  # the request's seed, given or drawn; None when a provider made the images
@@ -133,16 +134,17 @@ class VariationService:
         safety: bool,
     ) -> VariationResult:
         policy = served.safety if safety else NO_CHECKS
+        # What the model cannot do of the request is refused before any work, from what it declares.
+        served.info.capabilities.refuse(request.controls, len(request.images), request.weights, served.id)
         timings = Timings()
         if policy.checks_input or any(target.remote for target in served.targets):
             # Decoded once: a local target later in the route uses this decode.
             mark = time.perf_counter()
             with tracer.start_as_current_span("vary.decode", attributes={"vary.images": len(request.images)}):
-                for image in request.images:
-                    await run_in_threadpool(self.decoder.rgb, image)
+                decoded = [await run_in_threadpool(self.decoder.rgb, image) for image in request.images]
             timings.add("prepare", time.perf_counter() - mark)
         if policy.checks_input:
-            pictures = [Picture(image.data, self.decoder.rgb(image)) for image in request.images]
+            pictures = [Picture(image.data, rgb) for image, rgb in zip(request.images, decoded, strict=True)]
             checked = await self._check(policy, "input", pictures, timings, findings)
             if checked.flagged:
                 raise ContentFlagged("input", checked.audit)
@@ -155,11 +157,19 @@ class VariationService:
         if policy.checks_output:
             made = await self._checked_output(served, policy, request, made, timings, findings, tried)
 
-        mark = time.perf_counter()
-        body = await run_in_threadpool(self._body, made, request.response_format, int(time.time()), base_url)
-        timings.add("encode", time.perf_counter() - mark)
+        created = int(time.time())
+        pngs: tuple[bytes, ...]
+        urls: tuple[str, ...]
+        if made.urls is not None:  # handed on as the provider gave them (rehost_urls = false)
+            pngs, urls = (), tuple(made.urls)
+        elif request.response_format == "b64_json":
+            pngs, urls = tuple(made.pngs), ()
+        else:
+            mark = time.perf_counter()
+            pngs, urls = (), tuple(await run_in_threadpool(self._stored, made.pngs, created, base_url))
+            timings.add("encode", time.perf_counter() - mark)
         batch_images = made.batch_images or request.n
-        return VariationResult(body, timings, batch_images, made.seed, answered.target, tried)
+        return VariationResult(created, pngs, urls, timings, batch_images, made.seed, answered.target, tried)
 
     async def _checked_output(
         self,
@@ -224,21 +234,13 @@ class VariationService:
         findings.add(checked.audit)
         return checked
 
-    def _body(self, made: Made, response_format: str, created: int, base_url: str) -> bytes:
-        if made.urls is not None:  # handed on as the provider gave them (rehost_urls = false)
-            return _images_body(created, b"url", [_json_string(url) for url in made.urls])
-        if response_format == "b64_json":
-            return _images_body(created, b"b64_json", [pybase64.b64encode(png) for png in made.pngs])
+    def _stored(self, pngs: list[bytes], created: int, base_url: str) -> list[str]:
+        """The images stored, and their URLs signed."""
         # The expiry is fixed before the images are stored, so the sweeper (which ages them by their
         # mtime or LastModified) can never delete an image while a URL to it is still valid.
         expires = created + self.links.ttl_seconds
-        urls = []
-        with tracer.start_as_current_span("vary.store", attributes={"vary.images": len(made.pngs)}):
-            for png in made.pngs:
-                image_id = self.store.put(png)
-                # Escaped: the base comes from the request's Host header, which a client controls.
-                urls.append(_json_string(self.links.url(image_id, expires=expires, base_url=base_url)))
-        return _images_body(created, b"url", urls)
+        with tracer.start_as_current_span("vary.store", attributes={"vary.images": len(pngs)}):
+            return [self.links.url(self.store.put(png), expires=expires, base_url=base_url) for png in pngs]
 
 
 def _request_attributes(model: str, request: VariationRequest) -> dict[str, str | int]:
@@ -256,20 +258,3 @@ def _request_attributes(model: str, request: VariationRequest) -> dict[str, str 
     if request.controls.seed is not None:
         attributes["gen_ai.request.seed"] = request.controls.seed
     return attributes
-
-
-def _json_string(text: str) -> bytes:
-    """`text` as the inside of a JSON string."""
-    return json.dumps(text)[1:-1].encode()
-
-
-def _images_body(created: int, field: bytes, values: list[bytes]) -> bytes:
-    """The ImagesResponse JSON from values that are already JSON-safe string contents.
-
-    One join, so each value (a base64 image can be megabytes) is copied once, into the body.
-    """
-    parts = [b'{"created":%d,"data":[' % created]
-    for i, value in enumerate(values):
-        parts += [b',{"' if i else b'{"', field, b'":"', value, b'"}']
-    parts.append(b"]}")
-    return b"".join(parts)
