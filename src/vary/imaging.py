@@ -14,6 +14,7 @@ import io
 import struct
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -161,11 +162,18 @@ def _limit_pillow(max_pixels: int) -> None:
 
 @dataclass(eq=False)
 class InputImage:
-    """An uploaded image's bytes, and their checked RGB decode, made once when first needed."""
+    """An uploaded image's bytes, and their checked RGB decode, made once and kept until released."""
 
     data: bytes
     _rgb: Image.Image | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def rgb(self, decode: Callable[[bytes], Image.Image]) -> Image.Image:
+        """The decode, made by `decode` the first time (one thread decodes; the others wait for it)."""
+        with self._lock:
+            if self._rgb is None:
+                self._rgb = decode(self.data)
+            return self._rgb
 
     def release(self) -> None:
         """Drops the decoded pixels (up to 64 MiB) once a model has prepared its inputs from them, so a
@@ -183,11 +191,11 @@ class ImageDecoder:
 
     def rgb(self, image: InputImage) -> Image.Image:
         """The image as RGB, or ImageRejected; blocking, so call it off the event loop."""
-        with image._lock:
-            if image._rgb is None:
-                with self._slots:
-                    image._rgb = load_variation_input(image.data, self.rules)
-            return image._rgb
+        return image.rgb(self._decode)
+
+    def _decode(self, data: bytes) -> Image.Image:
+        with self._slots:
+            return load_variation_input(data, self.rules)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
