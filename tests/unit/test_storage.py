@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vary.app import _sweep_forever
 from vary.errors import StoreUnavailable
+from vary.service.runtime import sweep_forever
 from vary.settings import Settings
 from vary.state.image_store import StorageSetupError
 from vary.state.local_store import LocalImageStore
@@ -106,7 +106,7 @@ def test_the_sweeper_sweeps_only_in_the_rounds_it_may(tmp_path: Path, may: bool)
 
     async def rounds() -> None:
         settings = Settings(data_dir=tmp_path, sweep_interval_seconds=0.01)
-        sweeper = asyncio.create_task(_sweep_forever(store, settings, may_sweep=may_sweep))
+        sweeper = asyncio.create_task(sweep_forever(store, settings, may_sweep=may_sweep))
         deadline = time.monotonic() + 30
         while len(asked) < 3 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)  # poll interval, bounded by the deadline

@@ -12,8 +12,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the light commands never import torch; `vary eval` imports these in _run
+    from vary.imaging import ImageDecoder
+    from vary.service.registry import ModelRegistry
+    from vary.settings import Settings
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SIZES = ("256x256", "512x512", "1024x1024")
@@ -97,36 +103,19 @@ def _run(args: argparse.Namespace) -> int:
     if args.protocol == "ip-adapter":
         _check_protocol(args, sources)
 
-    from vary.app import build_registry
     from vary.errors import VaryError
     from vary.evaluation.metrics import mean
     from vary.evaluation.protocol import Row, table
     from vary.evaluation.report import About, write_report
     from vary.evaluation.run import Plan, evaluate
     from vary.evaluation.scorer import ClipScorer
-    from vary.evaluation.service import running_service
     from vary.imaging import ImageDecoder
-    from vary.service.catalogue import Catalogue, CatalogueError, model_for_spec, read_catalogue
+    from vary.service.runtime import running_services
     from vary.settings import Settings
 
     settings = Settings(**({"device": args.device} if args.device else {}))
-    try:
-        if args.catalogue:
-            catalogue = read_catalogue(Path(args.catalogue))
-            names = list(dict.fromkeys(args.models))
-        else:
-            configs = {spec: model_for_spec(spec) for spec in dict.fromkeys(args.models)}
-            catalogue = Catalogue(tuple(configs.values()), default=next(iter(configs.values())).name)
-            names = [config.name for config in configs.values()]
-    except CatalogueError as exc:
-        raise EvalError(str(exc)) from None
     decoder = ImageDecoder(settings.image_rules())
-    registry = build_registry(settings, decoder, catalogue=catalogue)
-    try:
-        for name in names:
-            registry.resolve(name)
-    except VaryError as exc:
-        raise EvalError(f"{exc}; the catalogue has: {', '.join(m.id for m in registry.models())}") from None
+    registry, names = _models(args, settings, decoder)
 
     plan = Plan(tuple(names), options["strengths"], options["n"], options["size"], args.seed, args.sheet)
     out = Path(args.out)
@@ -134,8 +123,13 @@ def _run(args: argparse.Namespace) -> int:
     scorer = ClipScorer.load(options["scorer"], device=args.device)
 
     async def generate() -> Any:
-        async with running_service(registry, decoder, names) as service:
-            return await evaluate(service, sources, plan, scorer, out, progress=not args.no_progress)
+        # The server's own start-up, on a scratch data dir: nothing of the user's (keys, usage, images) is touched.
+        with tempfile.TemporaryDirectory(prefix="vary-eval-") as scratch:
+            scratch_settings = settings.model_copy(
+                update={"data_dir": Path(scratch), "database_url": None, "storage_url": None}
+            )
+            async with running_services(scratch_settings, decoder=decoder, registry=registry, warm_up=names) as run:
+                return await evaluate(run.variations, sources, plan, scorer, out, progress=not args.no_progress)
 
     try:
         cells = asyncio.run(generate())
@@ -154,6 +148,31 @@ def _run(args: argparse.Namespace) -> int:
         print(table(ours))
     print(f"report: {page.resolve()}", file=sys.stderr)
     return 1 if any(cell.images == 0 for cell in cells) else 0
+
+
+def _models(args: argparse.Namespace, settings: Settings, decoder: ImageDecoder) -> tuple[ModelRegistry, list[str]]:
+    """The models compared, built (not loaded) from --model names or a --catalogue, and their names."""
+    from vary.errors import VaryError
+    from vary.service.catalogue import Catalogue, CatalogueError, model_for_spec, read_catalogue
+    from vary.service.runtime import build_registry
+
+    try:
+        if args.catalogue:
+            catalogue = read_catalogue(Path(args.catalogue))
+            names = list(dict.fromkeys(args.models))
+        else:
+            configs = {spec: model_for_spec(spec) for spec in dict.fromkeys(args.models)}
+            catalogue = Catalogue(tuple(configs.values()), default=next(iter(configs.values())).name)
+            names = [config.name for config in configs.values()]
+    except CatalogueError as exc:
+        raise EvalError(str(exc)) from None
+    registry = build_registry(settings, decoder, catalogue=catalogue)
+    try:
+        for name in names:
+            registry.resolve(name)
+    except VaryError as exc:
+        raise EvalError(f"{exc}; the catalogue has: {', '.join(m.id for m in registry.models())}") from None
+    return registry, names
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:

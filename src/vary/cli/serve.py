@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import uvicorn
 
-from vary.app import build_app, build_registry, http_protocol
+from vary.app import build_app, http_protocol
 from vary.datadir import DataDir, default_data_dir, make_private_dir
 from vary.engines.weights import bound_hub_timeouts
 from vary.errors import ModelUnavailable
@@ -43,6 +43,7 @@ from vary.safety.classifier import ClassifierFailed
 from vary.safety.policy import SafetyPolicy
 from vary.service.catalogue import Catalogue, CatalogueError, catalogue_for
 from vary.service.registry import ModelRegistry
+from vary.service.runtime import build_registry
 from vary.settings import Settings
 from vary.state.connection import DatabaseSetupError, shown
 from vary.state.database import Database
