@@ -14,12 +14,13 @@ from types import TracebackType
 
 from fastapi import Response
 from opentelemetry import trace
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 
-from vary.api.admission import admit_images, admit_request
 from vary.api.cancellation import ClientGone
 from vary.api.errors import ApiError, api_error
+from vary.api.protocol import ImagesResponse
 from vary.api.request_context import describe_request, request_id_of
 from vary.api.variation_form import VariationForm
 from vary.echo import clipped
@@ -27,7 +28,7 @@ from vary.errors import DatabaseUnavailable, VaryError
 from vary.safety.checks import Findings
 from vary.service.attempts import Tried
 from vary.service.components import Services
-from vary.service.rate_limiter import Admission
+from vary.service.rate_limiter import ANONYMOUS, Admission, quota_period_start
 from vary.service.variations import VariationResult
 from vary.state.keys import KeyInfo
 from vary.state.schema import UsageRow
@@ -55,6 +56,7 @@ class RequestAccount:
         )
         self.admission: Admission | None = None
         self.stages: dict[str, float] = {}
+        self.limits = services.limiter.limits_for(key.limits if key else None)  # the key's, resolved once
         self.tried = Tried()  # filled by the service, read here whether the request succeeds or fails
         self.findings = Findings()  # the content checks' notes, likewise
 
@@ -69,9 +71,15 @@ class RequestAccount:
         )
 
     async def admit_request(self) -> None:
-        """What the key alone decides (before the body is read), or a 429; held until the request ends."""
+        """What the key alone decides (before the body is read: a key over its limits uploads nothing), or a
+        429; held until the request ends."""
+        limiter = self.services.limiter
         with tracer.start_as_current_span("vary.admission"):
-            self.admission = await admit_request(self.services, self.key)
+            delivered = await self._delivered()
+            # Off the event loop: with a redis:// storage the windows are network calls.
+            self.admission = await run_in_threadpool(
+                limiter.admit_request, self.key.id if self.key else ANONYMOUS, self.limits, delivered=delivered
+            )
         self.services.metrics.in_flight.inc()
 
     async def admit(self, images: int) -> None:
@@ -80,9 +88,26 @@ class RequestAccount:
             await self.admit_request()
         assert self.admission is not None
         with tracer.start_as_current_span("vary.admission", attributes={"vary.images": images}):
-            await admit_images(self.services, self.key, self.admission, images)
+            delivered = await self._delivered()
+            await run_in_threadpool(
+                self.services.limiter.admit_images, self.admission, self.limits, images, delivered=delivered
+            )
 
-    def respond(self, result: VariationResult) -> Response:
+    async def _delivered(self) -> int:
+        """The images the key's quota has counted so far this period (0 without a quota)."""
+        if self.limits.image_quota is None or self.key is None:
+            return 0
+        since = quota_period_start(time.time(), self.services.limiter.quota_period)
+        delivered: int = await self.services.db_calls.run(
+            "count a quota", self.services.db.images_delivered, self.key.id, since
+        )
+        return delivered
+
+    async def respond(self, result: VariationResult) -> Response:
+        """The answer, rendered from the wire models off the event loop (base64 of ten images is tens of MB)."""
+        mark = time.perf_counter()
+        body = await run_in_threadpool(ImagesResponse.render, result.created, result.pngs, result.urls)
+        result.timings.add("encode", time.perf_counter() - mark)
         usage = self.usage
         usage.status, usage.target = 200, result.target
         result.timings.stages["total"] = time.perf_counter() - self.started
@@ -95,7 +120,7 @@ class RequestAccount:
             headers["x-vary-seed"] = str(result.seed)  # so a request without `seed` can be repeated exactly
         if result.target != usage.model:
             headers["x-vary-target"] = result.target  # which of a route's targets answered
-        return Response(result.body, media_type="application/json", headers=headers)
+        return Response(body, media_type="application/json", headers=headers)
 
     async def __aenter__(self) -> RequestAccount:
         return self

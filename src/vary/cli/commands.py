@@ -20,11 +20,11 @@ from vary.cli import keys as keys_command
 from vary.cli import secret as secret_command
 from vary.cli import usage as usage_command
 from vary.cli.address import address_problem
-from vary.cli.flags import add_settings_flags, given_settings
+from vary.cli.flags import ENVIRONMENT_NOTE, OneLineHelp, add_settings_flags, given_settings
 from vary.datadir import DataDir, choose_data_dir
 from vary.echo import clipped
 from vary.errors import DatabaseUnavailable
-from vary.key_limits import LIMIT_FLAGS
+from vary.key_limits import LIMITS
 from vary.ops.logs import configure_logging
 from vary.ops.usage_report import FORMATS
 from vary.settings import Settings
@@ -43,8 +43,14 @@ def _parser() -> argparse.ArgumentParser:
     data_dir = argparse.ArgumentParser(add_help=False)
     add_settings_flags(data_dir, STATE_SETTINGS)
 
-    serve = commands.add_parser("serve", parents=[data_dir], help="start the API server")
-    add_settings_flags(serve, [name for name in Settings.model_fields if name not in STATE_SETTINGS])
+    serve = commands.add_parser(
+        "serve",
+        help="start the API server",
+        usage="vary serve [OPTIONS]",
+        formatter_class=OneLineHelp,
+        epilog=ENVIRONMENT_NOTE,
+    )
+    add_settings_flags(serve, sections=True)
 
     keys = commands.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
     create = keys.add_parser(
@@ -97,9 +103,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _limit_options(default: object) -> argparse.ArgumentParser:
     options = argparse.ArgumentParser(add_help=False)
-    for flag, (dest, what) in LIMIT_FLAGS.items():
+    for limit in LIMITS:
         options.add_argument(
-            flag, dest=dest, type=_limit, default=default, metavar="N", help=f"{what}; 0: unlimited, default: server's"
+            limit.flag,
+            dest=limit.field,
+            type=_limit,
+            default=default,
+            metavar="N",
+            help=f"{limit.counts}; 0: unlimited, default: server's",
         )
     return options
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from datetime import datetime, timezone
 
-from vary.key_limits import LIMIT_FIELDS, LIMIT_FLAGS, KeyLimits
+from vary.key_limits import LIMIT_FIELDS, LIMITS, KeyLimits
 from vary.settings import Settings
 from vary.state.database import Database
 from vary.state.keys import KeyInfo
@@ -14,7 +14,7 @@ from vary.state.keys import KeyInfo
 
 def run(args: argparse.Namespace, settings: Settings) -> None:
     def limits_text(info: KeyInfo) -> str:
-        shown = [f"{flag[2:]}={_shown(getattr(info.limits, dest))}" for flag, (dest, _) in LIMIT_FLAGS.items()]
+        shown = [f"{limit.flag[2:]}={_shown(getattr(info.limits, limit.field))}" for limit in LIMITS]
         return " ".join(shown + (["safety=off"] if info.safety else []))
 
     db = Database.open(settings.database)
@@ -28,7 +28,8 @@ def run(args: argparse.Namespace, settings: Settings) -> None:
         elif args.keys_command == "update":
             changes = {field: getattr(args, field) for field in LIMIT_FIELDS if hasattr(args, field)}
             if not changes and not hasattr(args, "safety"):
-                sys.exit("vary: nothing to update: give --rpm, --ipm, --concurrency, --quota or --safety")
+                flags = ", ".join(limit.flag for limit in LIMITS)
+                sys.exit(f"vary: nothing to update: give {flags} or --safety")
             updated = db.update_key(args.key_id, **changes)
             if updated is not None and hasattr(args, "safety"):
                 updated = db.set_key_safety(args.key_id, _key_safety(args.safety))

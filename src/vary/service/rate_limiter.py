@@ -19,6 +19,7 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -28,7 +29,7 @@ from limits.storage import storage_from_string
 from limits.strategies import MovingWindowRateLimiter
 
 from vary.errors import QuotaExceeded, RateLimited
-from vary.key_limits import KeyLimits
+from vary.key_limits import LIMITS, KeyLimits, Limit
 
 log = logging.getLogger("vary.ratelimit")
 
@@ -104,49 +105,61 @@ class RateLimiter:
         self, key_id: str, limits: KeyLimits, admitted: Admission | None, images: int, delivered: int
     ) -> Admission:
         """A new request (`admitted` None) with `images` images (0: not known yet), or the images of an
-        admitted one. Everything is checked, then everything taken: a refused step takes nothing."""
+        admitted one. Every declared limit is checked, then everything taken: a refused step takes nothing."""
         new = admitted is None
         with self._lock:
-            headers: dict[str, str] = {} if admitted is None else admitted.headers
-            try:
-                requests = (
-                    self._window_check(key_id, "requests", limits.requests_per_minute, 1, headers) if new else None
-                )
-                image_window = (
-                    self._window_check(key_id, "images", limits.images_per_minute, images, headers) if images else None
-                )
-            except StorageError as exc:
-                _fail_open(exc)
-                requests = image_window = None
-                for name in [name for name in headers if new or name.endswith("-images")]:
-                    del headers[name]  # this step's, half written
-            in_flight = self._in_flight.get(key_id, 0)
-            if new and limits.max_concurrent is not None and in_flight >= limits.max_concurrent:
-                raise _too_many(
-                    f"Rate limit reached for concurrent requests: Limit {limits.max_concurrent}, "
-                    f"In flight {in_flight}. Retry when one of them finishes.",
-                    "requests",
-                    headers,
-                    retry_after=1,
-                )
-            if limits.image_quota is not None:
-                used = delivered + self._reserved_images.get(key_id, 0)
-                if used + max(images, 1) > limits.image_quota:  # a request gets at least one image
-                    requested = f"{images} requested" if images else "no images left"
-                    raise QuotaExceeded(
-                        f"You exceeded your current quota of {limits.image_quota} images per "
-                        f"{self.quota_period}: {used} used, {requested}.",
-                        headers=headers,
-                    )
-            for item, kind, cost in ((requests, "requests", 1), (image_window, "images", images)):
-                if item is not None:
-                    self._take(item, key_id, kind, cost, headers)
+            step = _Step(key_id, new, images, delivered, {} if admitted is None else admitted.headers)
+            takes = [take for limit in LIMITS if (take := self._check(limit, getattr(limits, limit.field), step))]
+            for take in takes:
+                take()
             if new:
-                self._in_flight[key_id] = in_flight + 1
+                self._in_flight[key_id] = self._in_flight.get(key_id, 0) + 1
             self._reserved_images[key_id] = self._reserved_images.get(key_id, 0) + images
-            admission = admitted or Admission(key_id, 0, headers)
+            admission = admitted or Admission(key_id, 0, step.headers)
             admission.images += images
         return admission
+
+    def _check(self, limit: Limit, value: int | None, step: _Step) -> Callable[[], None] | None:
+        """Raises the 429 this limit gives the step, or returns what taking from it is (windows only)."""
+        cost = limit.cost(new=step.new, images=step.images)
+        if value is None or cost is None:
+            return None
+        if limit.kind == "window":
+            return self._check_window(limit.unit, value, cost, step)
+        if limit.kind == "concurrency":
+            in_flight = self._in_flight.get(step.key_id, 0)
+            if in_flight + cost > value:
+                raise _too_many(
+                    f"Rate limit reached for concurrent requests: Limit {value}, "
+                    f"In flight {in_flight}. Retry when one of them finishes.",
+                    "requests",
+                    step.headers,
+                    retry_after=1,
+                )
+            return None
+        used = step.delivered + self._reserved_images.get(step.key_id, 0)
+        if used + cost > value:  # a request gets at least one image
+            requested = f"{step.images} requested" if step.images else "no images left"
+            raise QuotaExceeded(
+                f"You exceeded your current quota of {value} images per {self.quota_period}: {used} used, {requested}.",
+                headers=step.headers,
+            )
+        return None
+
+    def _check_window(self, kind: str, limit: int, cost: int, step: _Step) -> Callable[[], None] | None:
+        """A minute window: refused when it has no room for `cost`; a storage that fails lets the step through
+        without its windows (fail open), and the headers it half wrote are dropped."""
+        if step.windows_failed:
+            return None
+        try:
+            item = self._window_check(step.key_id, kind, limit, cost, step.headers)
+        except StorageError as exc:
+            _fail_open(exc)
+            step.windows_failed = True
+            for name in [name for name in step.headers if step.new or name.endswith("-images")]:
+                del step.headers[name]
+            return None
+        return lambda: self._take(item, step.key_id, kind, cost, step.headers)
 
     def release(self, admission: Admission) -> None:
         with self._lock:
@@ -175,10 +188,8 @@ class RateLimiter:
         return stats
 
     def _window_check(
-        self, key_id: str, kind: str, limit: int | None, cost: int, headers: dict[str, str]
-    ) -> RateLimitItemPerMinute | None:
-        if limit is None:
-            return None
+        self, key_id: str, kind: str, limit: int, cost: int, headers: dict[str, str]
+    ) -> RateLimitItemPerMinute:
         item = RateLimitItemPerMinute(limit, namespace=kind)
         stats = self._window_headers(item, key_id, kind, headers)
         if cost > stats.remaining:
@@ -192,6 +203,18 @@ class RateLimiter:
                 retry_after=wait,
             )
         return item
+
+
+@dataclass
+class _Step:
+    """One admission step: whose, whether it is a new request, its images, the quota used, its headers."""
+
+    key_id: str
+    new: bool
+    images: int
+    delivered: int
+    headers: dict[str, str]
+    windows_failed: bool = False
 
 
 def _fail_open(exc: StorageError) -> None:
