@@ -19,6 +19,15 @@ MiB = 1024 * 1024
 MIN_SIGNING_SECRET_CHARS = 32
 # The model `vary serve` and `vary pull` use when none is named.
 DEFAULT_MODEL = "kandinsky-2.2"
+# The sections `vary serve --help` groups its flags in, in this order; each setting names its own.
+SERVER = {"section": "server"}
+MODELS = {"section": "models"}
+STORAGE = {"section": "storage and database"}
+LIMITS = {"section": "limits"}
+SAFETY = {"section": "content policy"}
+OBSERVABILITY = {"section": "observability"}
+CLUSTER = {"section": "cluster"}
+SECTIONS = tuple(s["section"] for s in (SERVER, MODELS, STORAGE, LIMITS, SAFETY, OBSERVABILITY, CLUSTER))
 
 
 class Settings(BaseSettings):
@@ -28,196 +37,333 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VARY_", frozen=True, extra="ignore")
 
     # Where to listen and what to serve.
-    host: str = Field(default="127.0.0.1", description="interface to listen on")
-    port: int = Field(default=8000, ge=0, le=65535, description="port to listen on")
+    host: str = Field(default="127.0.0.1", description="interface to listen on", json_schema_extra=SERVER)
+    port: int = Field(default=8000, ge=0, le=65535, description="port to listen on", json_schema_extra=SERVER)
     data_dir: Path = Field(
         default_factory=default_data_dir,
-        description="database, images and URL secret (default: the per-user data dir, ~/.local/share/vary on Linux)",
+        description="database, images and URL secret (default: the per-user data dir, ~/.local/share/vary)",
+        json_schema_extra=STORAGE,
     )
     catalogue: Path | None = Field(
-        default=None, description="a TOML model catalogue; replaces --model (see docs/models.md)"
+        default=None,
+        description="a TOML model catalogue; replaces --model (see docs/models.md)",
+        json_schema_extra=MODELS,
     )
-    config: Path | None = Field(default=None, description="deprecated name of --catalogue")
-    model: str = Field(default=DEFAULT_MODEL, description="a built-in model id or a local model directory")
-    no_auth: bool = Field(default=False, description="accept requests without an API key")
+    config: Path | None = Field(default=None, description="deprecated name of --catalogue", json_schema_extra=MODELS)
+    model: str = Field(
+        default=DEFAULT_MODEL, description="a built-in model id or a local model directory", json_schema_extra=MODELS
+    )
+    no_auth: bool = Field(default=False, description="accept requests without an API key", json_schema_extra=SERVER)
     # Read when there is no `Authorization: Bearer` header: Azure OpenAI's and gateways' clients send theirs so.
     api_key_headers: tuple[str, ...] = Field(
         default=("api-key", "x-obiguard-api-key"),
-        description="headers whose whole value is an API key, besides Authorization: Bearer (env: a JSON list)",
+        description="more headers that hold an API key, besides Authorization (env: a JSON list)",
+        json_schema_extra=SERVER,
     )
     public_url: str | None = Field(
-        default=None, description="base of the image URLs handed out, e.g. behind a proxy (default: the request's own)"
+        default=None,
+        description="base of the image URLs handed out (default: the request's own base URL)",
+        json_schema_extra=SERVER,
     )
     allowed_hosts: Annotated[tuple[str, ...], NoDecode] | None = Field(
         default=None,
-        description="the Host header values answered, comma-separated (vary.example.com,*.example.com; ports are "
-        "not compared); others get a 400. Behind a proxy set this or --public-url (docs/security.md)",
+        description="the Host values answered, comma-separated: vary.example.com,*.example.com (docs/security.md)",
+        json_schema_extra=SERVER,
     )
-    device: str | None = Field(default=None, description="torch device, e.g. cuda or cpu (default: cuda when present)")
+    device: str | None = Field(
+        default=None,
+        description="torch device, e.g. cuda or cpu (default: cuda when present)",
+        json_schema_extra=MODELS,
+    )
     dtype: Literal["float16", "bfloat16", "float32"] | None = Field(
-        default=None, description="weights' dtype (default: float16 on accelerators, float32 on the CPU)"
+        default=None,
+        description="weights' dtype (default: float16 on accelerators, float32 on the CPU)",
+        json_schema_extra=MODELS,
     )
     compile: bool = Field(
-        default=False, description="torch.compile the UNet, warmed up at start for every render size (slower start)"
+        default=False,
+        description="torch.compile the denoiser, warmed up for every render size (a slower start)",
+        json_schema_extra=MODELS,
     )
 
     # Generation overrides for every served model; None keeps each model's own defaults.
     num_inference_steps: int | None = Field(
-        default=None, ge=1, le=MAX_STEPS, description="denoising steps for every model (default: each model's own)"
+        default=None,
+        ge=1,
+        le=MAX_STEPS,
+        description="denoising steps for every model (default: each model's own)",
+        json_schema_extra=MODELS,
     )
     guidance_scale: float | None = Field(
-        default=None, ge=0.0, le=MAX_GUIDANCE_SCALE, description="guidance scale for all models"
+        default=None,
+        ge=0.0,
+        le=MAX_GUIDANCE_SCALE,
+        description="guidance scale for all models",
+        json_schema_extra=MODELS,
     )
     sampler: Literal["dpmsolver++", "ddpm", "default"] | None = Field(
-        default=None, description="sampler for every model (default: each model's own)"
+        default=None,
+        description="sampler for every model (default: each model's own)",
+        json_schema_extra=MODELS,
     )
     max_request_steps: int = Field(
-        default=100, ge=1, le=MAX_STEPS, description="the most steps a request may ask for with `steps` (GPU time)"
+        default=100,
+        ge=1,
+        le=MAX_STEPS,
+        description="the most steps a request may ask for with `steps` (GPU time)",
+        json_schema_extra=MODELS,
     )
 
     # URLs and their files.
-    url_ttl_seconds: int = Field(default=3600, ge=1, description="how long image URLs stay valid")
-    sweep_interval_seconds: float = Field(default=60.0, gt=0, description="how often expired images are deleted")
+    url_ttl_seconds: int = Field(
+        default=3600, ge=1, description="how long image URLs stay valid", json_schema_extra=STORAGE
+    )
+    sweep_interval_seconds: float = Field(
+        default=60.0, gt=0, description="how often expired images are deleted", json_schema_extra=STORAGE
+    )
     storage_url: str | None = Field(
         default=None,
-        description="where images are stored: file:///abs/dir or s3://BUCKET[/PREFIX] (default: data dir's images/)",
+        description="file:///abs/dir or s3://BUCKET[/PREFIX] for the images (default: the data dir's)",
+        json_schema_extra=STORAGE,
     )
     storage_presign: bool = Field(
-        default=False, description="`url` answers are the S3 store's own presigned GET URLs (bytes bypass vary)"
+        default=False,
+        description="`url` answers are the S3 store's own presigned GET URLs (bytes bypass vary)",
+        json_schema_extra=STORAGE,
     )
 
     # Input limits. OpenAI's contract: the image must be *less than* 4 MiB.
-    max_image_bytes: int = Field(default=4 * MiB, ge=1, description="the largest input image, in bytes")
+    max_image_bytes: int = Field(
+        default=4 * MiB, ge=1, description="the largest input image, in bytes", json_schema_extra=LIMITS
+    )
     max_body_overhead_bytes: int = Field(
-        default=64 * 1024, ge=1024, description="slack on top of the images for the other fields and multipart framing"
+        default=64 * 1024,
+        ge=1024,
+        description="slack on top of the images for the other fields and multipart framing",
+        json_schema_extra=LIMITS,
     )
     max_image_side: int = Field(
-        default=4096, ge=1, description="the largest input side in pixels, read from the header (decompression bombs)"
+        default=4096,
+        ge=1,
+        description="the largest input side in pixels, read from the header before decoding",
+        json_schema_extra=LIMITS,
     )
-    max_user_chars: int = Field(default=256, ge=1, description="the longest `user` field")
+    max_user_chars: int = Field(default=256, ge=1, description="the longest `user` field", json_schema_extra=LIMITS)
     body_timeout_seconds: float = Field(
-        default=60.0, gt=0, description="the whole body must arrive within this; a trickled upload is cut off (408)"
+        default=60.0,
+        gt=0,
+        description="the whole body must arrive within this; a trickled upload is cut off (408)",
+        json_schema_extra=LIMITS,
     )
     header_timeout_seconds: float = Field(
-        default=10.0, gt=0, description="a connection must send each request's headers within this (slow loris)"
+        default=10.0,
+        gt=0,
+        description="a connection must send each request's headers within this (slow loris)",
+        json_schema_extra=LIMITS,
     )
     max_request_line_bytes: int = Field(
-        default=8 * 1024, ge=256, description="the longest request line (414 past it), as nginx caps it"
+        default=8 * 1024,
+        ge=256,
+        description="the longest request line (414 past it), as nginx caps it",
+        json_schema_extra=LIMITS,
     )
     max_header_bytes: int = Field(
-        default=64 * 1024, ge=1024, description="the largest head, request line and headers (431 past it)"
+        default=64 * 1024,
+        ge=1024,
+        description="the largest head, request line and headers (431 past it)",
+        json_schema_extra=LIMITS,
     )
     send_timeout_seconds: float = Field(
-        default=60.0, gt=0, description="a client that reads none of its response for this long is dropped"
+        default=60.0,
+        gt=0,
+        description="a client that reads none of its response for this long is dropped",
+        json_schema_extra=LIMITS,
     )
 
     # Queues and batches.
-    queue_size: int = Field(default=64, ge=1, description="pending requests per model before answering 429")
-    max_batch_images: int = Field(
-        default=16, ge=10, description="images per pipeline call when requests are coalesced (at least one n=10)"
+    queue_size: int = Field(
+        default=64, ge=1, description="pending requests per model before answering 429", json_schema_extra=MODELS
     )
-    retry_after_seconds: int = Field(default=2, ge=1, description="seconds a 429 asks the client to wait")
+    max_batch_images: int = Field(
+        default=16,
+        ge=10,
+        description="images per pipeline call when requests are coalesced (at least one n=10)",
+        json_schema_extra=MODELS,
+    )
+    retry_after_seconds: int = Field(
+        default=2, ge=1, description="seconds a 429 asks the client to wait", json_schema_extra=MODELS
+    )
 
     # Per-key limits for keys that set none of their own (`vary keys create/update`); None: unlimited.
     key_requests_per_minute: int | None = Field(
-        default=None, ge=1, description="requests per minute of a key without its own limit"
+        default=None,
+        ge=1,
+        description="requests per minute of a key without its own limit",
+        json_schema_extra=LIMITS,
     )
     key_images_per_minute: int | None = Field(
-        default=None, ge=1, description="images per minute of a key without its own limit"
+        default=None,
+        ge=1,
+        description="images per minute of a key without its own limit",
+        json_schema_extra=LIMITS,
     )
     key_max_concurrent: int | None = Field(
-        default=None, ge=1, description="requests in flight at once for a key without its own limit"
+        default=None,
+        ge=1,
+        description="requests in flight at once for a key without its own limit",
+        json_schema_extra=LIMITS,
     )
     key_image_quota: int | None = Field(
-        default=None, ge=1, description="images per quota period for a key without its own quota"
+        default=None,
+        ge=1,
+        description="images per quota period for a key without its own quota",
+        json_schema_extra=LIMITS,
     )
-    quota_period: Literal["day", "month"] = Field(default="month", description="the quota's period, in UTC")
+    quota_period: Literal["day", "month"] = Field(
+        default="month", description="the quota's period, in UTC", json_schema_extra=LIMITS
+    )
     rate_limit_storage: str = Field(
-        default="memory://", description="where rate-limit windows live: memory:// or redis://... to share them"
+        default="memory://",
+        description="where rate-limit windows live: memory:// or redis://... to share them",
+        json_schema_extra=LIMITS,
     )
 
     # State shared between replicas.
     database_url: str | None = Field(
         default=None,
-        description="keys and usage in this SQLAlchemy database, e.g. postgresql+psycopg://vary@db-host/vary to "
-        "share one between replicas (default: vary.db in the data dir)",
+        description="keys and usage in this database: postgresql+psycopg://HOST/DB (default: SQLite, data dir)",
+        json_schema_extra=STORAGE,
     )
     db_busy_timeout_seconds: float = Field(
-        default=0.25, gt=0, description="the server's wait for a locked database; a row that cannot wait is spooled"
+        default=0.25,
+        gt=0,
+        description="the server's wait for a locked database; a row that cannot wait is spooled",
+        json_schema_extra=STORAGE,
     )
     db_statement_timeout_seconds: float = Field(
-        default=5.0, gt=0, description="PostgreSQL: a statement of the server's running longer is cancelled"
+        default=5.0,
+        gt=0,
+        description="PostgreSQL: a statement of the server's running longer is cancelled",
+        json_schema_extra=STORAGE,
     )
     # Never a flag (a process list shows flags): the environment or a secret file only.
     signing_secret: SecretStr | None = Field(
         default=None,
         description="the key that signs image URLs, the same on every replica (default: made once and kept in the "
         "database, or in the data dir's `secret` file)",
+        json_schema_extra=STORAGE,
     )
     signing_secret_previous: SecretStr | None = Field(
         default=None,
         description="with VARY_SIGNING_SECRET: the one it replaced, still verifying the URLs it signed until they "
         "expire (docs/security.md)",
+        json_schema_extra=STORAGE,
     )
     usage_spool_max_rows: int = Field(
-        default=100_000, ge=1, description="usage rows kept while the database cannot take them; past this, dropped"
+        default=100_000,
+        ge=1,
+        description="usage rows kept while the database cannot take them; past this, dropped",
+        json_schema_extra=STORAGE,
     )
 
     # The content policy every model gets unless its [models.safety] table, or its route's, says otherwise
     # (vary.safety.policy; docs/safety.md). Off by default.
     safety_check: Literal["off", "input", "output", "both"] = Field(
-        default="off", description="content checks on the input images, the output images, both, or off"
+        default="off",
+        description="content checks on the input images, the output images, both, or off",
+        json_schema_extra=SAFETY,
     )
     safety_classifier: str = Field(
         default="open-nsfw",
-        description='"open-nsfw" (built in: pip install "vary[safety]"), "hf:ID_OR_PATH" or an http(s) guardrail URL',
+        description='"open-nsfw" (built in: the safety extra), "hf:ID_OR_PATH" or a guardrail URL',
+        json_schema_extra=SAFETY,
     )
     safety_threshold: float = Field(
-        default=0.8, ge=0.0, le=1.0, description="an image is flagged when its score is at least this"
+        default=0.8,
+        ge=0.0,
+        le=1.0,
+        description="an image is flagged when its score is at least this",
+        json_schema_extra=SAFETY,
     )
     safety_on_flagged_output: Literal["refuse", "regenerate"] = Field(
-        default="refuse", description="a flagged output: refuse the request, or make that image again first"
+        default="refuse",
+        description="a flagged output: refuse the request, or make that image again first",
+        json_schema_extra=SAFETY,
     )
     safety_max_regenerations: int = Field(
-        default=2, ge=0, le=10, description="the most times flagged outputs are made again before a refusal"
+        default=2,
+        ge=0,
+        le=10,
+        description="the most times flagged outputs are made again before a refusal",
+        json_schema_extra=SAFETY,
     )
     safety_fail: Literal["open", "closed"] = Field(
-        default="closed", description="a classifier that is down, slow or answers garbage: pass the images, or 503"
+        default="closed",
+        description="a classifier that is down, slow or answers garbage: pass the images, or 503",
+        json_schema_extra=SAFETY,
     )
     safety_labels: str = Field(
-        default="nsfw", description="an hf: classifier's labels that count as flagged, comma-separated"
+        default="nsfw",
+        description="an hf: classifier's labels that count as flagged, comma-separated",
+        json_schema_extra=SAFETY,
     )
     safety_timeout_seconds: float = Field(
-        default=5.0, gt=0, description="the longest a guardrail may take to answer one check"
+        default=5.0,
+        gt=0,
+        description="the longest a guardrail may take to answer one check",
+        json_schema_extra=SAFETY,
     )
 
     # Ray Serve.
     ray_address: str | None = Field(
-        default=None, description="run as a Ray Serve application on the Ray cluster at ADDRESS, e.g. 10.0.0.5:6379"
+        default=None,
+        description="run as a Ray Serve application on the Ray cluster at ADDRESS (host:port)",
+        json_schema_extra=CLUSTER,
     )
     ray_attempt_timeout_seconds: float = Field(
-        default=600.0, gt=0, description="one attempt at a model's deployment, queue wait included; then retried"
+        default=600.0,
+        gt=0,
+        description="one attempt at a model's deployment, queue wait included; then retried",
+        json_schema_extra=CLUSTER,
     )
 
     # Operations.
     readyz_interval_seconds: float = Field(
-        default=5.0, ge=0, description="/readyz writes to the store and database at most this often; 0: every call"
+        default=5.0,
+        ge=0,
+        description="/readyz writes to the store and database at most this often; 0: every call",
+        json_schema_extra=OBSERVABILITY,
     )
     log_format: Literal["auto", "json", "text"] = Field(
-        default="auto", description="log lines: auto is text on a terminal, json otherwise"
+        default="auto",
+        description="log lines: auto is text on a terminal, json otherwise",
+        json_schema_extra=OBSERVABILITY,
     )
-    log_level: Literal["debug", "info", "warning"] = Field(default="info", description="debug adds tracebacks")
+    log_level: Literal["debug", "info", "warning"] = Field(
+        default="info", description="debug adds tracebacks", json_schema_extra=OBSERVABILITY
+    )
     log_asset_requests: bool = Field(
-        default=False, description="a log line for each static file fetched (CSS, JS, icons), not only at debug level"
+        default=False,
+        description="a log line for each static file fetched (CSS, JS, icons), not only at debug",
+        json_schema_extra=OBSERVABILITY,
     )
     shutdown_timeout_seconds: int = Field(
-        default=30, ge=0, description="on SIGTERM, how long in-flight requests may finish before exit"
+        default=30,
+        ge=0,
+        description="on SIGTERM, how long in-flight requests may finish before exit",
+        json_schema_extra=SERVER,
     )
     memory_release_after_seconds: float = Field(
-        default=2.0, ge=0, description="quiet seconds before freed heap is handed back to the OS; 0: never"
+        default=2.0,
+        ge=0,
+        description="quiet seconds before freed heap is handed back to the OS; 0: never",
+        json_schema_extra=SERVER,
     )
     malloc_arenas: int = Field(
-        default=2, ge=0, description="glibc malloc arenas for the process (fewer: less memory kept); 0: glibc's"
+        default=2,
+        ge=0,
+        description="glibc malloc arenas for the process (fewer: less memory kept); 0: glibc's",
+        json_schema_extra=SERVER,
     )
 
     @model_validator(mode="before")

@@ -4,18 +4,16 @@ the catalogue's old names, and every setting as an environment variable and a `v
 from __future__ import annotations
 
 import argparse
-import importlib
 import shutil
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
 
 from vary.cli.flags import add_settings_flags, flags_of, given_settings
-from vary.settings import Settings
+from vary.settings import SECTIONS, Settings
 
 
 def test_the_console_script_and_the_module_both_run() -> None:
@@ -36,9 +34,11 @@ def test_every_setting_but_a_secret_is_a_serve_flag_with_its_type_default_and_va
             continue
         action = actions[name]
         assert action.option_strings == flags_of(name)
-        assert f"VARY_{name.upper()}" in (action.help or "")
+        if flags_of(name) != ["--" + name.replace("_", "-")]:  # a variable not named after its flag is said
+            assert f"VARY_{name.upper()}" in (action.help or "")
         if field.default not in (None, False) and not callable(field.default_factory):
-            assert str(field.default) in (action.help or ""), name
+            default = field.default
+            assert (", ".join(default) if isinstance(default, tuple) else str(default)) in (action.help or ""), name
     given = parser.parse_args(["--port", "9001", "--no-auth", "--log-format", "text", "--max-image-side", "512"])
     settings = Settings(**given_settings(given))
     assert (settings.port, settings.no_auth, settings.log_format, settings.max_image_side) == (9001, True, "text", 512)
@@ -60,15 +60,17 @@ def test_the_catalogue_s_old_names_still_work_and_say_they_are_deprecated(
     assert Settings().deprecations() == []
 
 
-def test_the_ray_builder_s_old_path_still_imports_with_a_deprecation_warning() -> None:
-    pytest.importorskip("ray", reason="the cluster extra")
-    sys.modules.pop("vary.ray_app", None)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        old = importlib.import_module("vary.ray_app")
-    from vary.cluster.deployments import build
-
-    assert old.build is build
-    assert any(
-        issubclass(w.category, DeprecationWarning) and "vary.cluster.deployments" in str(w.message) for w in caught
+def test_serve_help_groups_the_flags_by_section_one_line_each() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "vary", "serve", "--help"], capture_output=True, text=True, timeout=120
     )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    titles = [line[:-1] for line in lines if line and not line.startswith(" ") and line.endswith(":")]
+    assert titles == ["options", *SECTIONS]
+    flag_lines = [line for line in lines if line.startswith("  --")]
+    # One line per setting, its help on the same line (never wrapped, never below a long flag).
+    assert len(flag_lines) == sum(1 for field in Settings.model_fields.values() if field.annotation != SecretStr | None)
+    assert all(len(line.split("  ", 2)) == 3 or "   " in line.strip() for line in flag_lines)
+    assert not [line for line in lines if line.startswith(" " * 10)]  # no continuation lines
+    assert "VARY_MAX_IMAGE_BYTES" in done.stdout  # the rule for every flag's variable, said once
