@@ -9,57 +9,31 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import create_key, png_bytes
+from tests.conftest import png_bytes
 from tests.fakes.providers import FakeProvider
-from vary.testing import ServerProcess
+from tests.harness import catalogue, hosted, local, serve
 
 SECRET = "sk-fake-upstream-SECRET-images"
-
-
-def config(provider: FakeProvider) -> str:
-    options = f'base_url = "{provider.base_url}/v1"\napi_key_env = "FAKE_OPENAI_KEY"\nmax_attempts = 1'
-    return f"""
-default = "local"
-
-[[models]]
-name = "local"
-engine = "kandinsky-2.2"
-weights = "tiny-random"
-
-[[models]]
-name = "up-gpt-image"
-engine = "openai-gpt-image"
-[models.options]
-{options}
-
-[[models]]
-name = "up-vary"
-engine = "openai-compatible"
-[models.options]
-{options}
-forward_controls = true
-
-[[models]]
-name = "up-openai"
-engine = "openai-compatible"
-[models.options]
-{options}
-"""
 
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OpenAI, FakeProvider]]:
     provider = FakeProvider(key=SECRET).start()
-    root = tmp_path_factory.mktemp("gateway-images")
-    (root / "vary.toml").write_text(config(provider))
-    data_dir = root / "data"
-    data_dir.mkdir()
-    env = {"FAKE_OPENAI_KEY": SECRET}
-    server = ServerProcess(data_dir, extra_args=["--config", str(root / "vary.toml")], env=env).start()
-    client = OpenAI(base_url=f"{server.base_url}/v1", api_key=create_key(data_dir)[1], max_retries=0)
-    yield client, provider
-    server.stop()
-    provider.stop()
+    openai_api = {"key_env": "FAKE_OPENAI_KEY", "max_attempts": 1}
+    models = catalogue(
+        local(),
+        hosted("up-gpt-image", "openai-gpt-image", f"{provider.base_url}/v1", **openai_api),
+        hosted("up-vary", "openai-compatible", f"{provider.base_url}/v1", forward_controls=True, **openai_api),
+        hosted("up-openai", "openai-compatible", f"{provider.base_url}/v1", **openai_api),
+        default="local",
+    )
+    try:
+        with serve(
+            tmp_path_factory.mktemp("gateway-images"), catalogue=models, env={"FAKE_OPENAI_KEY": SECRET}
+        ) as vary:
+            yield vary.client(), provider
+    finally:
+        provider.stop()
 
 
 def three() -> list[bytes]:
