@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import gpu, png, safety
+from bench import gpu, png, response, safety
 from vary.engines.kandinsky import KandinskyVariationEngine
 
 
@@ -36,6 +36,12 @@ def test_png_part_measures_both_encoders() -> None:
     rows = png.measure(repeats=1, side=256)
     assert [r["image"] for r in rows] == ["256x256 noise", "256x256 smooth"]
     assert all(r["vary_encode_ms"] > 0 and r["pillow_default_ms"] > 0 for r in rows)
+
+
+def test_response_part_renders_the_same_bytes_all_three_ways() -> None:
+    rows = response.measure(n=2, side=64, repeats=1)  # measure() checks the three answers are equal, byte for byte
+    assert [r["images"] for r in rows] == ["2 x 64x64 noise", "2 x 64x64 smooth"]
+    assert all(r["render_ms"] > 0 and r["hand_built_ms"] > 0 and r["pydantic_whole_ms"] > 0 for r in rows)
 
 
 def test_baseline_runs_on_a_saved_model(tmp_path: Path) -> None:
