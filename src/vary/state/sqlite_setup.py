@@ -12,10 +12,10 @@ Both mean "try again": each step of the setup is retried, with jittered backoff,
 step that then still fails ends the start in one line. The migration itself runs once: under BEGIN
 IMMEDIATE, the others wait for its write lock, then find the head (vary.state.migrations).
 
-No lock file orders vary's own openers first: it would not order the others (an older vary, the sqlite3
-shell), so the retries are needed anyway, and with them the stress test (tests/unit/test_concurrent_open.py)
-passed as often without one and no slower, while a lock file would stay in the data dir, and where a
-filesystem has no flock, a crashed start could leave it held.
+No lock file orders vary's openers first. One was tried: it orders only vary's own openers, not an older
+vary or the sqlite3 shell, so the retries are needed anyway; with them the stress test
+(tests/unit/test_concurrent_open.py) passed as well without it, and faster, while the lock file would stay
+in the data dir and, on a filesystem without flock, a crashed start could leave it held.
 """
 
 from __future__ import annotations
