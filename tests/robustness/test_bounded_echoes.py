@@ -5,6 +5,7 @@ image URLs. One live server with text logs."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from tests.conftest import png_bytes
 from vary.state.database import Database
+from vary.state.schema import UsageRow
 from vary.testing import ServerProcess
 
 WAIT_S = 60
@@ -32,6 +34,21 @@ def text_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Serv
         yield server, data_dir, key, admin
 
 
+def rows_with_status(data_dir: Path, status: int) -> list[UsageRow]:
+    """The usage rows with `status`, polled for until there is one: a row the database could not take at once
+    is spooled and written a moment later."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        db = Database.open(data_dir / "vary.db")
+        try:
+            rows = [row for row in db.usage_rows() if row.status == status]
+        finally:
+            db.close()
+        if rows or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.1)  # poll interval, bounded by the deadline
+
+
 def client(server: ServerProcess, key: str) -> httpx.Client:
     return httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=WAIT_S)
 
@@ -47,11 +64,7 @@ def test_a_long_model_name_is_cut_everywhere(text_server: tuple[ServerProcess, P
     assert card.status_code == 404 and len(card.json()["error"]["message"]) < 300
     assert server.wait_for_log("POST /v1/images/variations 404")
     assert "m" * 201 not in server.log() and "n" * 201 not in server.log()
-    db = Database.open(data_dir / "vary.db")
-    try:
-        rows = [row for row in db.usage_rows() if row.status == 404]
-    finally:
-        db.close()
+    rows = rows_with_status(data_dir, 404)
     assert len(rows) == 1 and rows[0].model is not None
     assert len(rows[0].model) == 200 and rows[0].model.endswith("...")
 

@@ -21,6 +21,7 @@ from tests.conftest import create_key, png_bytes
 from tests.robustness.hostile import BOUNDARY, multipart
 from tests.robustness.test_hostile_input import first_response
 from vary.state.database import Database
+from vary.state.schema import UsageRow
 from vary.state.signing import UrlSigner
 from vary.testing import ServerProcess
 
@@ -126,6 +127,14 @@ def test_a_store_that_cannot_write_is_an_error_never_a_url(own_server: tuple[Ser
     assert post(server, key).status_code == 200
 
 
+def usage_rows(data_dir: Path) -> list[UsageRow]:
+    db = Database.open(data_dir / "vary.db")
+    try:
+        return db.usage_rows()
+    finally:
+        db.close()
+
+
 def test_kill_9_while_writing_then_restart(own_server: tuple[ServerProcess, str, Path]) -> None:
     server, key, data_dir = own_server
     before = post(server, key, n="2").json()["data"]
@@ -165,11 +174,10 @@ def test_kill_9_while_writing_then_restart(own_server: tuple[ServerProcess, str,
                 assert httpx.get(f"{restarted.base_url}/v1/files/{name}", timeout=WAIT_S).status_code == 404
         with sqlite3.connect(data_dir / "vary.db") as connection:
             assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        db = Database.open(data_dir / "vary.db")
-        try:
-            assert len(db.usage_rows()) >= 1
-        finally:
-            db.close()
+        deadline = time.monotonic() + WAIT_S  # a row spooled before the crash is written after the restart
+        while not usage_rows(data_dir) and time.monotonic() < deadline:
+            time.sleep(0.1)  # poll interval, bounded by the deadline
+        assert len(usage_rows(data_dir)) >= 1
         assert post(restarted, key).status_code == 200
     finally:
         restarted.stop()

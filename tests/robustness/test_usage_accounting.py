@@ -96,7 +96,7 @@ def test_rows_are_kept_while_another_process_holds_the_write_lock(setup: tuple[P
     data_dir, key, _ = setup
     with ServerProcess(data_dir, env={"VARY_READYZ_INTERVAL_SECONDS": "0"}) as server:  # readiness probed each call
         assert post(server, key).status_code == 200
-        assert rows_in(data_dir) == 1
+        assert wait_for_rows(data_dir, 1) == 1  # written, or spooled for a moment: the lock comes after it
         lock = WriteLock(data_dir / "vary.db")
         try:
             statuses: list[int] = []
@@ -105,7 +105,11 @@ def test_rows_are_kept_while_another_process_holds_the_write_lock(setup: tuple[P
             ]
             for thread in threads:
                 thread.start()
-            listed = httpx.get(f"{server.base_url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
+            # Answered while the lock is held (it is released only below): a server waiting on the lock would
+            # never answer. A generous bound: a busy machine answers slowly, never not at all.
+            listed = httpx.get(
+                f"{server.base_url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=WAIT_S
+            )
             for thread in threads:
                 thread.join(WAIT_S)
             assert statuses == [200] * 24

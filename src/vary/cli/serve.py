@@ -18,14 +18,10 @@ cli/address.py.)
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 import shlex
-import socket
 import sys
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import uvicorn
@@ -47,16 +43,12 @@ from vary.service.runtime import build_registry
 from vary.settings import Settings
 from vary.state.connection import DatabaseSetupError, shown
 from vary.state.database import Database
+from vary.state.first_key import FIRST_KEY_FILE, first_key
 from vary.state.image_store import StorageSetupError
 from vary.state.stores import open_store
 
 log = logging.getLogger("vary")
 T = TypeVar("T")
-
-FIRST_KEY_FILE = "first-api-key"
-# Held while a replica checks for a key and makes the first one; a holder that crashed frees it after this.
-FIRST_KEY_LEASE = "first-key"
-FIRST_KEY_LEASE_SECONDS = 60.0
 
 
 class ReadyServer(uvicorn.Server):
@@ -179,34 +171,6 @@ def load_models(settings: Settings) -> tuple[ModelRegistry, ImageDecoder]:
     for engine in registry.to_warm_up():
         engine.warmup()
     return registry, decoder
-
-
-def first_key(data_dir: Path, db: Database) -> str | None:
-    """A key when none is active yet, kept in a 0600 file until the user deletes it; None otherwise.
-
-    Replicas starting at once on one empty database would each see no key and make one: the check and
-    the making happen while holding the database's FIRST_KEY_LEASE (race-safe, leases.py), so exactly
-    one replica makes it; one that finds the lease held leaves the key to the replica holding it.
-    """
-    if db.count_active_keys():
-        return None  # the common case, a read: no lease (a write) is taken
-    holder = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{secrets.token_hex(4)}"
-    if not db.try_lease(FIRST_KEY_LEASE, holder, FIRST_KEY_LEASE_SECONDS):
-        return None  # another replica is making it now
-    try:
-        if db.count_active_keys():  # made by another replica before the lease was taken
-            return None
-        _, key = db.create_key("default")
-    finally:
-        db.release_lease(FIRST_KEY_LEASE, holder)
-    data_dir.mkdir(parents=True, exist_ok=True)  # with a database_url, nothing else made it yet
-    path = data_dir / FIRST_KEY_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        os.fchmod(fd, 0o600)  # also when the file was already there with wider permissions
-        file.write(key + "\n")
-    log.info("no API key existed, so one was created: it is in %s and is printed once the server is ready", path)
-    return key
 
 
 def keys_command(settings: Settings, data_dir: DataDir) -> str:
