@@ -27,6 +27,7 @@ The answers are base64 PNGs, resized to the asked size and then stored and signe
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import threading
 import time
@@ -42,12 +43,13 @@ from vary.errors import UpstreamFailure, UpstreamRefused
 from vary.request import Part, VariationRequest
 from vary.targets.base import Made
 from vary.targets.hosted.answers import pngs_of_size
-from vary.targets.hosted.provider import HostedOptions, HostedProvider
+from vary.targets.hosted.provider import HostedOptions, HostedProvider, Lifecycle
 from vary.targets.hosted.registry import register_provider
 from vary.targets.hosted.split import Split
 
 BEDROCK_PROVIDER = "bedrock-nova-canvas"
 NOVA_CANVAS = "amazon.nova-canvas-v1:0"
+TITAN_IMAGE_GENERATOR = "amazon.titan-image-generator"
 MAX_IMAGES_PER_CALL = 5
 MIN_SIDE, MAX_SIDE, SIDE_STEP = 320, 4096, 16
 MAX_SEED = 2147483646
@@ -105,6 +107,19 @@ class BedrockNovaCanvas(HostedProvider):
     options_type = BedrockOptions
     owned_by = "amazon"
     options: BedrockOptions
+    lifecycle = {
+        BEDROCK_PROVIDER: Lifecycle(
+            "legacy", datetime.date(2026, 9, 30), "AWS's model lifecycle lists Nova Canvas as legacy"
+        )
+    }
+
+    @classmethod
+    def lifecycle_of(cls, engine: str, options: HostedOptions) -> Lifecycle:
+        # The same IMAGE_VARIATION body reaches Titan Image Generator, whose model id an operator may give.
+        model_id = options.model_id if isinstance(options, BedrockOptions) else NOVA_CANVAS
+        if model_id.startswith(TITAN_IMAGE_GENERATOR):
+            return Lifecycle("retired", datetime.date(2026, 6, 30), "Amazon's end of life for Titan Image Generator v2")
+        return super().lifecycle_of(engine, options)
 
     def __init__(
         self,
