@@ -103,14 +103,14 @@ class Lifecycle:
         return self.status
 
     def describe(self, day: datetime.date) -> str:
-        """The status on `day` in words, with its date: docs/gateway.md's table and the start-up warning say this."""
+        """The status on `day` in words, with its date (docs/gateway.md's table and the start-up warning)."""
         when = self.date.isoformat() if self.date else None
         if self.status == "legacy" and self.on(day) == "retired":
-            return f"retired: legacy, its end of life ({when}) has passed"
+            return f"retired (its end of life as a legacy service was {when})"
         if self.status == "legacy":
-            return f"legacy: end of life {when}" if when else "legacy"
+            return f"legacy, end of life {when}" if when else "legacy"
         if self.status == "retired":
-            return f"retired on {when}" if when else "retired (no date given)"
+            return f"retired since {when}" if when else "retired (no date announced)"
         return "live"
 
     def warning(self, engine: str, model: str, day: datetime.date | None = None) -> str | None:
@@ -118,13 +118,13 @@ class Lifecycle:
         day = day or today()
         if self.on(day) == "live":
             return None
+        note = f": {self.note}" if self.note else ""
         consequence = (
-            "its requests may fail at any time, and a route then moves on to its next target"
+            "Its requests may fail at any time; a route then moves on to its next target."
             if self.on(day) == "retired"
-            else "plan to move off it"
+            else "Plan to move off it before then."
         )
-        note = f" ({self.note})" if self.note else ""
-        return f"model {model!r} uses {engine}, {self.describe(day)}{note}: {consequence}"
+        return f"model {model!r} uses {engine}, which is {self.describe(day)}{note}. {consequence}"
 
 
 class HostedProvider(ABC):
