@@ -14,9 +14,10 @@ dev only, megapixels, seed, output_format, output_quality, disable_safety_checke
 schema does not have is refused, stricter than Replicate, so vary never relies on one being ignored.
 The safety checker drops a flagged image from `output`, and fails the prediction when it flags all.
 
-Faults per route ("create", "files") and per prediction (`fail("job", ...)` or by seed): ("never",)
-it never ends; ("failed", error) it fails; ("nsfw", m) the safety checker flags m images;
-("elsewhere", base) its `urls` on another host; ("result_host", server) result URLs on another fake.
+Faults per route ("create": ("status", code), ("429", seconds), ("invalid", field, words); "files") and
+per prediction (`fail("job", ...)` or by seed): ("never",) it never ends; ("failed", error) it fails;
+("nsfw", m) the safety checker flags m images; ("elsewhere", base) its `urls` on another host;
+("result_host", server) result URLs on another fake.
 """
 
 from __future__ import annotations
@@ -109,6 +110,11 @@ class FakeReplicate(JobServer):
         if fault[0] == "429":
             headers = {"Retry-After": str(fault[1])}
             return _problem(429, "Request was throttled", "Your rate limit resets in ~1s.", headers=headers)
+        if fault[0] == "invalid":  # the input refused: ("invalid", field, description)
+            invalid_field = _invalid(f"input.{fault[1]}", "format", fault[2])
+            return _problem(
+                422, "Input validation failed", f"- input.{fault[1]}: {fault[2]}\n", invalid_fields=[invalid_field]
+            )
         given = body.get("input") if isinstance(body, dict) else None
         invalid = check(model, given)
         if invalid or not isinstance(given, dict):

@@ -143,7 +143,7 @@ class BlackForestLabs(JobProvider):
 
     async def job(self, call: JobCall) -> list[str]:
         url = f"{(self.base_url or BFL_API_URL).rstrip('/')}/{self.options.upstream_model}"
-        _, task = await self.call("POST", url, call.key, body=self.body(call.request, call.part))
+        task = await self.submit(url, call.key, self.body(call.request, call.part), lambda _: None)  # no cancel
         polling_url = task.get("polling_url") if isinstance(task, dict) else None
         if not isinstance(polling_url, str):
             raise UpstreamFailure("BFL's answer had no polling_url", retryable=True)

@@ -131,7 +131,7 @@ class Fal(JobProvider):
 
     async def job(self, call: JobCall) -> list[str]:
         key, url = call.key, f"{(self.base_url or FAL_QUEUE_URL).rstrip('/')}/{self.options.application}"
-        _, submitted = await self.call("POST", url, key, body=self.body(call.request, call.part))
+        submitted = await self.submit(url, key, self.body(call.request, call.part), _cancel_of)
         status_url, response_url = _text(submitted, "status_url"), _text(submitted, "response_url")
         cancel_url = _text(submitted, "cancel_url")
         async with self.held(key, ("PUT", cancel_url)):
@@ -167,6 +167,10 @@ class Fal(JobProvider):
                 stage = "input" if "image_url" in (item.get("loc") or ()) else "output"
                 return ContentFlagged(stage, f"fal: {CONTENT_POLICY} ({str(item.get('msg', ''))[:120]})")
         return None
+
+
+def _cancel_of(submitted: Any) -> tuple[str, str]:
+    return "PUT", _text(submitted, "cancel_url")
 
 
 def _text(answer: Any, name: str) -> str:

@@ -36,7 +36,7 @@ import logging
 import re
 import time
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -56,6 +56,8 @@ from vary.targets.hosted.provider import HostedOptions, HostedProvider
 from vary.targets.hosted.split import Split
 
 log = logging.getLogger("vary.providers")
+# A submission's answer -> the cancel of the job it made (method, URL), if the provider has one.
+CancelOf = Callable[[Any], "tuple[str, str] | None"]
 tracer = trace.get_tracer(__name__)
 
 # A job's status or error answer is JSON of a few kilobytes; anything past this is not one.
@@ -132,7 +134,7 @@ class JobProvider(HostedProvider):
         self.api = DownloadPolicy.of(base_url, self.api_hosts)  # where vary's key may be sent
         hosts = (*self.result_hosts, *self.options.download_hosts)
         self.downloads = Downloader(DownloadPolicy.of(base_url, hosts), timeout=timeout)
-        self._cancels: set[asyncio.Task[None]] = set()
+        self._cancels: set[asyncio.Future[Any]] = set()  # cancels, and submissions vary gave up on
 
     @property
     def resilience(self) -> Resilience:
@@ -146,7 +148,9 @@ class JobProvider(HostedProvider):
 
     async def aclose(self) -> None:
         if self._cancels:  # the cancels sent as vary gave up, each bounded by its own timeout
-            await asyncio.wait(self._cancels, timeout=CANCEL_TIMEOUT_SECONDS)
+            await asyncio.wait(set(self._cancels), timeout=CANCEL_TIMEOUT_SECONDS)
+            for pending in set(self._cancels):
+                pending.cancel()
         await self.client.aclose()
         await self.downloads.aclose()
 
@@ -301,6 +305,37 @@ class JobProvider(HostedProvider):
         return _SIGNED_URL.sub("[url]", scrub_key(text, self.secret()))
 
     # --- giving up on a job ---------------------------------------------------------------------
+
+    async def submit(
+        self,
+        url: str,
+        key: str,
+        body: Any,
+        cancel_of: CancelOf,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        """A job's submission (POST), seen through even when vary gives up while it is on its way: the job it
+        made is then cancelled (`cancel_of` its answer: method, URL) once the answer names it, in the
+        background, the submission bounded by the client's own timeouts."""
+        sent = asyncio.ensure_future(self.call("POST", url, key, body=body, headers=headers))
+        try:
+            _, answer = await asyncio.shield(sent)
+        except asyncio.CancelledError:
+            self._cancels.add(sent)
+            sent.add_done_callback(lambda done: self._cancel_made(done, key, cancel_of))
+            raise
+        return answer
+
+    def _cancel_made(self, sent: asyncio.Future[tuple[int, Any]], key: str, cancel_of: CancelOf) -> None:
+        self._cancels.discard(sent)
+        if sent.cancelled() or sent.exception() is not None:
+            return  # no job was made (the exception is retrieved here, so it is not logged as lost)
+        try:
+            target = cancel_of(sent.result()[1])
+        except UpstreamFailure:
+            return  # an answer vary cannot read names no job it could cancel
+        if target is not None:
+            self.cancel_later(*target, key)
 
     @contextlib.asynccontextmanager
     async def held(self, key: str, cancel: tuple[str, str] | None) -> AsyncIterator[None]:

@@ -130,14 +130,8 @@ class Replicate(JobProvider):
         # Half the time left at most, so the answer (and the prediction's id) always comes back in time.
         wait = min(MAX_WAIT_SECONDS, int(call.left() / 2))
         headers = {"Prefer": f"wait={wait}"} if wait >= 1 else {}
-        _, prediction = await self.call("POST", url, key, body=self.body(call.request, call.part), headers=headers)
-        links = prediction.get("urls") if isinstance(prediction, dict) else None
-        if (
-            not isinstance(links, dict)
-            or not isinstance(links.get("get"), str)
-            or not isinstance(links.get("cancel"), str)
-        ):
-            raise UpstreamFailure("Replicate's answer was not a prediction", retryable=True)
+        prediction = await self.submit(url, key, self.body(call.request, call.part), _cancel_of, headers=headers)
+        links = _links(prediction)
         async with self.held(key, ("POST", links["cancel"])):
             while _status(prediction) in RUNNING:
                 await asyncio.sleep(self.options.poll_interval_seconds)
@@ -180,6 +174,18 @@ class Replicate(JobProvider):
         first = fields[0] if isinstance(fields, list) and fields and isinstance(fields[0], dict) else {}
         name = str(first.get("field", "")).removeprefix("input.")
         return words, self.params.get(name)
+
+
+def _links(prediction: Any) -> dict[str, str]:
+    """A prediction's `urls`: where to poll it and where to cancel it."""
+    links = prediction.get("urls") if isinstance(prediction, dict) else None
+    if not isinstance(links, dict) or not all(isinstance(links.get(name), str) for name in ("get", "cancel")):
+        raise UpstreamFailure("Replicate's answer was not a prediction", retryable=True)
+    return {"get": str(links["get"]), "cancel": str(links["cancel"])}
+
+
+def _cancel_of(prediction: Any) -> tuple[str, str]:
+    return "POST", _links(prediction)["cancel"]
 
 
 def _status(prediction: Any) -> str:
