@@ -91,6 +91,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         hosted("fal-second", "fal", second.base_url, key_env="FAKE_FAL_SECOND_KEY", timeout_seconds=20, **QUICK),
         route("fal-then-second", ["fal", "fal-second"]),
         route("quick-then-second", ["fal-quick", "fal-second"], deadline_seconds=60),
+        route("fal-by-deadline", ["fal"], deadline_seconds=2),
         hosted("old-azure", "azure-openai", "http://127.0.0.1:9", key_env="FAKE_AZURE_KEY", deployment="gone"),
     ]
     env = {key_env: KEY, "FAKE_FAL_SECOND_KEY": SECOND_KEY, "FAKE_AZURE_KEY": "unused"}
@@ -279,6 +280,15 @@ def test_a_route_moves_on_from_a_job_past_its_time_and_cancels_it(setup: Setup) 
     jobs = len(setup.fal.jobs)
     answer = setup.running.post_variation(model="quick-then-second")
     assert answer.status_code == 200 and answer.headers["x-vary-target"] == "fal-second"
+    (job,) = list(setup.fal.jobs)[jobs:]
+    assert eventually(lambda: job in setup.fal.cancels)
+
+
+def test_a_job_past_the_route_s_deadline_is_cancelled_at_fal(setup: Setup) -> None:
+    setup.fal.fail("job", ("never",))
+    jobs = len(setup.fal.jobs)
+    answer = setup.running.post_variation(model="fal-by-deadline")
+    assert answer.status_code == 502, answer.text
     (job,) = list(setup.fal.jobs)[jobs:]
     assert eventually(lambda: job in setup.fal.cancels)
 
