@@ -22,6 +22,9 @@ Kind = Literal["refused", "retryable", "overloaded", "unavailable"]
 
 class VaryError(Exception):
     kind: Kind = "refused"
+    # Images a provider made (and billed) in the attempt that raised this, which the client will not get:
+    # the other calls of a split request that failed, or moderated images a provider still bills.
+    unused_images: int = 0
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)

@@ -37,7 +37,7 @@ from vary.ops.traces import TracingSetupError, configure_tracing
 from vary.safety.checks import ContentChecks
 from vary.safety.classifier import ClassifierFailed
 from vary.safety.policy import SafetyPolicy
-from vary.service.catalogue import Catalogue, CatalogueError, catalogue_for
+from vary.service.catalogue import Catalogue, CatalogueError, catalogue_for, lifecycle_warnings
 from vary.service.registry import ModelRegistry
 from vary.service.runtime import build_registry
 from vary.settings import Settings
@@ -72,6 +72,8 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
         catalogue = catalogue_for(settings.catalogue, settings.model)  # every mistake in one line, before loading
     except CatalogueError as exc:
         sys.exit(f"vary: {exc}")
+    for line in lifecycle_warnings(catalogue):  # once, at start: a provider that is gone or going
+        log.warning(line)
     checks = content_checks(settings, catalogue)
     log.info(data_dir.line())
     make_private_dir(settings.data_dir)  # before anything is written there; an older vary made it 0755

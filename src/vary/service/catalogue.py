@@ -24,6 +24,7 @@ Every mistake is reported with the file and the model it is in, before anything 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import re
 import sys
@@ -131,6 +132,19 @@ class Catalogue:
         if DALL_E_2 not in mapping and all(model.name != DALL_E_2 for model in self.models):
             mapping[DALL_E_2] = self.default
         return mapping
+
+
+def lifecycle_warnings(catalogue: Catalogue, day: datetime.date | None = None) -> list[str]:
+    """One line for each hosted model whose service is not live (today, unless `day`), as its provider declares."""
+    lines = []
+    for model in catalogue.models:
+        if model.hosted:
+            provider = provider_types()[model.engine]
+            lifecycle = provider.lifecycle_of(model.engine, provider.options_for(model.engine, model.options))
+            line = lifecycle.warning(model.engine, model.name, day)
+            if line is not None:
+                lines.append(line)
+    return lines
 
 
 def catalogue_for(config: Path | None, model: str) -> Catalogue:

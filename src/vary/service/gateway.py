@@ -4,8 +4,8 @@ Decisions follow the kind of the domain error a target raised (vary/errors.py), 
 - refused: the request itself is wrong; it goes back to the client and no other target is tried.
 - retryable: the same target is tried again (tenacity: exponential backoff with jitter, or the
   provider's Retry-After), up to its `max_attempts`, while its circuit stays closed. An attempt that
-  made part of the images (PartlyMade: one of Nova's two calls failed) is retried for the rest only;
-  the client still gets all n images or an error. A Retry-After
+  made part of the images (PartlyMade: some of a split request's calls failed) is retried for the rest
+  only; the client still gets all n images or an error. A Retry-After
   longer than the target's `max_backoff_seconds`, or any wait past the route's deadline, is not
   waited out: the next target is tried at once.
 - overloaded, unavailable (vary's own configuration of a provider included), or an unexpected
@@ -22,7 +22,6 @@ The caller's Tried record holds the targets tried and the attempts on each, what
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import math
 import time
@@ -44,7 +43,7 @@ from vary.errors import (
 from vary.request import VariationRequest
 from vary.service.attempts import Served, Tried
 from vary.service.breaker import CircuitBreaker
-from vary.targets.base import Made, PartlyMade, Target
+from vary.targets.base import Image, Made, PartlyMade, Target, filled, made_with
 
 log = logging.getLogger("vary.gateway")
 tracer = trace.get_tracer(__name__)
@@ -151,8 +150,7 @@ class Gateway:
         )
         verdict = False  # whether this request told the breaker how the target did
         pending = request  # after a partly made attempt, only the rest
-        before: list[bytes] = []
-        after: list[bytes] = []
+        slots: list[Image | None] | None = None  # the images made so far, None where the rest's go
         seed: int | None = None
 
         def wait(state: RetryCallState) -> float:
@@ -186,8 +184,8 @@ class Gateway:
                         made = await self._attempt(target, pending, ends, tried.attempts[target.name], breaker)
                     except Exception as exc:
                         if isinstance(exc, PartlyMade):
-                            before, after, pending = before + exc.before, exc.after + after, exc.rest
-                            seed = exc.seed if seed is None else seed
+                            slots = exc.slots if slots is None else filled(slots, exc.slots)
+                            pending, seed = exc.rest, exc.seed if seed is None else seed
                         # Each failed attempt counts, but never the client's fault or the route's deadline.
                         if breaker is not None and kind_of(exc) != "refused" and not isinstance(exc, DeadlinePassed):
                             breaker.failed()
@@ -196,18 +194,14 @@ class Gateway:
                     if breaker is not None:
                         breaker.succeeded()
                         verdict = True
-                    if before or after:
-                        made = dataclasses.replace(made, pngs=before + made.pngs + after, seed=seed)
-                    return made
-        except UpstreamFailure as exc:
-            tried.unused_images += len(before) + len(after)
-            if exc.rate_limited and exc.retry_after is None:
+                    return made_with(slots, made, seed) if slots is not None else made
+        except BaseException as exc:
+            # Billed and never given: what earlier attempts kept, and what the last one made and dropped.
+            tried.unused_images += _kept(slots) + (exc.unused_images if isinstance(exc, VaryError) else 0)
+            if isinstance(exc, UpstreamFailure) and exc.rate_limited and exc.retry_after is None:
                 # The wait the gateway itself would take before its next attempt, without the jitter.
                 attempts = tried.attempts.get(target.name, 1)
                 exc.retry_after = min(policy.max_backoff_seconds, policy.backoff_seconds * 2 ** (attempts - 1))
-            raise
-        except BaseException:
-            tried.unused_images += len(before) + len(after)
             raise
         finally:
             if probe and not verdict and breaker is not None:
@@ -273,6 +267,11 @@ class Gateway:
         finally:
             if self.observer is not None and outcome is not None:
                 self.observer.observe_attempt(target.name, outcome, time.perf_counter() - started)
+
+
+def _kept(slots: list[Image | None] | None) -> int:
+    """The images partly made attempts kept: billed, and never given when the target gives up."""
+    return 0 if slots is None else sum(1 for slot in slots if slot is not None)
 
 
 def _describe(error: BaseException) -> str:

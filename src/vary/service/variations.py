@@ -149,9 +149,13 @@ class VariationService:
             if checked.flagged:
                 raise ContentFlagged("input", checked.audit)
 
-        made, answered = await self.gateway.run(
-            served.targets, request, deadline_seconds=served.deadline_seconds, tried=tried
-        )
+        try:
+            made, answered = await self.gateway.run(
+                served.targets, request, deadline_seconds=served.deadline_seconds, tried=tried
+            )
+        except ContentFlagged as exc:  # a provider's own moderation: its finding goes in the usage row
+            findings.add(exc.audit)
+            raise
         for stage, seconds in made.stages.items():
             timings.add(stage, seconds)
         if policy.checks_output:

@@ -8,9 +8,9 @@ image) is retried like any retryable failure. `timeout_seconds` bounds one attem
 not each network read: a late call is abandoned and its connection closed.
 
 What vary maps:
-- n: Nova Canvas makes at most 5 images a call, so n above 5 is split into several calls. When one
-  of them fails, the images of the others (already billed) are kept and the next attempt asks only
-  for the rest; the client gets all n or an error.
+- n: Nova Canvas makes at most 5 images a call, so n above 5 is split into two calls (split.py, as
+  for every provider). When one of them fails, the images of the other (already billed) are kept and
+  the next attempt asks only for the rest; the client gets all n or an error.
 - size: Nova renders 320 to 4096 px in multiples of 16; 256 is rendered at 320 and resized.
 - strength: vary's 1 is furthest from the input, Nova's `similarityStrength` (0.2 to 1.0) runs the
   other way, so similarityStrength = 1 - 0.8 x strength (strength 1 -> 0.2, strength near 0 -> 1.0).
@@ -26,10 +26,9 @@ The answers are base64 PNGs, resized to the asked size and then stored and signe
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
+import datetime
 import json
-import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -41,17 +40,21 @@ from starlette.concurrency import run_in_threadpool
 
 from vary.controls import Capabilities
 from vary.errors import UpstreamFailure, UpstreamRefused
-from vary.request import VariationRequest
-from vary.targets.base import Made, PartlyMade
+from vary.request import Part, VariationRequest
+from vary.targets.base import Made
 from vary.targets.hosted.answers import pngs_of_size
-from vary.targets.hosted.provider import HostedOptions, HostedProvider
+from vary.targets.hosted.provider import HostedOptions, HostedProvider, Lifecycle
 from vary.targets.hosted.registry import register_provider
+from vary.targets.hosted.split import Split
 
 BEDROCK_PROVIDER = "bedrock-nova-canvas"
 NOVA_CANVAS = "amazon.nova-canvas-v1:0"
+TITAN_IMAGE_GENERATOR = "amazon.titan-image-generator"
 MAX_IMAGES_PER_CALL = 5
 MIN_SIDE, MAX_SIDE, SIDE_STEP = 320, 4096, 16
 MAX_SEED = 2147483646
+# Two calls at most (n is at most 10), both at once.
+NOVA_SPLIT = Split(per_call=MAX_IMAGES_PER_CALL, seeds=MAX_SEED + 1, concurrency=2)
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,19 @@ class BedrockNovaCanvas(HostedProvider):
     options_type = BedrockOptions
     owned_by = "amazon"
     options: BedrockOptions
+    lifecycle = {
+        BEDROCK_PROVIDER: Lifecycle(
+            "legacy", datetime.date(2026, 9, 30), "AWS's model lifecycle lists Nova Canvas as legacy"
+        )
+    }
+
+    @classmethod
+    def lifecycle_of(cls, engine: str, options: HostedOptions) -> Lifecycle:
+        # The same IMAGE_VARIATION body reaches Titan Image Generator, whose model id an operator may give.
+        model_id = options.model_id if isinstance(options, BedrockOptions) else NOVA_CANVAS
+        if model_id.startswith(TITAN_IMAGE_GENERATOR):
+            return Lifecycle("retired", datetime.date(2026, 6, 30), "Amazon's end of life for Titan Image Generator v2")
+        return super().lifecycle_of(engine, options)
 
     def __init__(
         self,
@@ -140,37 +156,15 @@ class BedrockNovaCanvas(HostedProvider):
 
     async def make(self, request: VariationRequest) -> Made:
         started = time.perf_counter()
-        given = request.controls.seed
-        seed = given % (MAX_SEED + 1) if given is not None else secrets.randbelow(MAX_SEED + 1)
-        counts = [min(MAX_IMAGES_PER_CALL, request.n - start) for start in range(0, request.n, MAX_IMAGES_PER_CALL)]
-        seeds = [(seed + k) % (MAX_SEED + 1) for k in range(len(counts))]
-        results = await asyncio.gather(
-            *(self._images(request, count, call_seed) for count, call_seed in zip(counts, seeds, strict=True)),
-            return_exceptions=True,
-        )
-        failed = [k for k, result in enumerate(results) if isinstance(result, BaseException)]
-        if not failed:
-            pngs = [png for result in results if isinstance(result, list) for png in result]
-            return Made(pngs=pngs, seed=seed, stages={"upstream": time.perf_counter() - started})
-        first = results[failed[0]]
-        assert isinstance(first, BaseException)
-        succeeded = [k for k in range(len(counts)) if k not in failed]
-        if not succeeded or len(failed) > 1 or not isinstance(first, UpstreamFailure) or first.kind != "retryable":
-            raise first
-        # One call of two failed: its images are asked for again, the other's are kept (Nova billed them).
-        (k,) = failed
-        kept = [result for result in results if isinstance(result, list)]
-        rest = dataclasses.replace(request, n=counts[k], controls=dataclasses.replace(request.controls, seed=seeds[k]))
-        before = [png for j in succeeded if j < k for png in kept[succeeded.index(j)]]
-        after = [png for j in succeeded if j > k for png in kept[succeeded.index(j)]]
-        raise PartlyMade(first, before=before, after=after, rest=rest, seed=seed)
+        made = await NOVA_SPLIT.make(request, lambda part: self._images(request, part))
+        return dataclasses.replace(made, stages={"upstream": time.perf_counter() - started})
 
-    async def _images(self, request: VariationRequest, count: int, seed: int) -> list[bytes]:
-        """One call to Nova: `count` PNGs of the asked size, checked."""
-        answers = await self._call(self._body(request, count, seed))
-        if len(answers) != count:
+    async def _images(self, request: VariationRequest, part: Part) -> Made:
+        """One call to Nova: the part's PNGs, of the asked size, checked."""
+        answers = await self._call(self._body(request, part.images, part.seed))
+        if len(answers) != part.images:
             raise UpstreamFailure("Nova Canvas answered with the wrong number of images", retryable=True)
-        return await run_in_threadpool(pngs_of_size, answers, request.size, True)
+        return Made(pngs=await run_in_threadpool(pngs_of_size, answers, request.size, True))
 
     async def _call(self, body: dict[str, Any]) -> list[bytes]:
         """`_invoke` in a thread that is abandoned when the attempt is cancelled (its time is up, or the client

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import json
 import time
 from collections.abc import Mapping
@@ -42,10 +43,11 @@ from vary.targets.hosted.answers import (
     scrub,
 )
 from vary.targets.hosted.downloads import Downloader, DownloadPolicy
-from vary.targets.hosted.provider import HostedOptions, HostedProvider
+from vary.targets.hosted.provider import HostedOptions, HostedProvider, Lifecycle
 from vary.targets.hosted.registry import register_provider
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+OPENAI_HOST = "api.openai.com"
 DEFAULT_PROMPT = (
     "Create a variation of this image: keep its subject, composition, palette and style, "
     "and change the details, as an artist's second take on the same picture."
@@ -78,6 +80,18 @@ class OpenAIApiProvider(HostedProvider):
     options_type = UpstreamOptions
     default_base_url = OPENAI_BASE_URL
     options: UpstreamOptions
+    lifecycle = {
+        "openai-compatible": Lifecycle("live", note="another OpenAI-compatible server, such as a vary"),
+        "azure-openai": Lifecycle("retired", note="Azure OpenAI's variations endpoint no longer accepts requests"),
+        "openai-gpt-image": Lifecycle("live"),
+    }
+
+    @classmethod
+    def lifecycle_of(cls, engine: str, options: HostedOptions) -> Lifecycle:
+        # OpenAI's own /v1/images/variations (the default base_url) went with dall-e-2.
+        if engine == "openai-compatible" and httpx.URL(options.base_url or OPENAI_BASE_URL).host == OPENAI_HOST:
+            return Lifecycle("retired", datetime.date(2026, 5, 12), "OpenAI's variations endpoint went with dall-e-2")
+        return super().lifecycle_of(engine, options)
 
     @classmethod
     def options_for(cls, engine: str, values: Mapping[str, Any]) -> UpstreamOptions:

@@ -77,21 +77,54 @@ class HostedOptions(Options):
         )
 
 
+Status = Literal["live", "legacy", "retired"]
+
+
+def today() -> datetime.date:
+    return datetime.datetime.now(datetime.timezone.utc).date()
+
+
 @dataclass(frozen=True)
 class Lifecycle:
-    """Where a provider's service stands: live, legacy (still answering, with its end of life), or retired."""
+    """Where a provider's service stands: live, legacy (still answering, with its end of life), or retired.
 
-    status: Literal["live", "legacy", "retired"] = "live"
+    A legacy service whose announced end of life has come reads as retired from that day: the provider
+    may stop answering at any time, so vary warns as it does for a retired one.
+    """
+
+    status: Status = "live"
     date: datetime.date | None = None  # legacy: the announced end of life; retired: the day it stopped
     note: str = ""  # the provider's own words, or where it says so
 
-    def warning(self, engine: str, model: str) -> str | None:
+    def on(self, day: datetime.date) -> Status:
+        """The status on `day`."""
+        if self.status == "legacy" and self.date is not None and self.date <= day:
+            return "retired"
+        return self.status
+
+    def describe(self, day: datetime.date) -> str:
+        """The status on `day` in words, with its date (docs/gateway.md's table and the start-up warning)."""
+        when = self.date.isoformat() if self.date else None
+        if self.status == "legacy" and self.on(day) == "retired":
+            return f"retired (its end of life as a legacy service was {when})"
+        if self.status == "legacy":
+            return f"legacy, end of life {when}" if when else "legacy"
+        if self.status == "retired":
+            return f"retired since {when}" if when else "retired (no date announced)"
+        return "live"
+
+    def warning(self, engine: str, model: str, day: datetime.date | None = None) -> str | None:
         """The start-up line for a catalogue that routes to it, if any."""
-        if self.status == "live":
+        day = day or today()
+        if self.on(day) == "live":
             return None
-        when = f" on {self.date.isoformat()}" if self.date else ""
-        what = "was retired" if self.status == "retired" else "is legacy, its end of life announced for"
-        return f"model {model!r} uses {engine}, which {what}{when}{f' ({self.note})' if self.note else ''}"
+        note = f": {self.note}" if self.note else ""
+        consequence = (
+            "Its requests may fail at any time; a route then moves on to its next target."
+            if self.on(day) == "retired"
+            else "Plan to move off it before then."
+        )
+        return f"model {model!r} uses {engine}, which is {self.describe(day)}{note}. {consequence}"
 
 
 class HostedProvider(ABC):
@@ -113,6 +146,11 @@ class HostedProvider(ABC):
     def options_for(cls, engine: str, values: Mapping[str, Any]) -> HostedOptions:
         """The options a catalogue entry gives, checked (ValueError says what is wrong) before anything starts."""
         return cls.options_type.of(values)
+
+    @classmethod
+    def lifecycle_of(cls, engine: str, options: HostedOptions) -> Lifecycle:
+        """Where the service an engine calls stands, for these options (an upstream model may have its own)."""
+        return cls.lifecycle.get(engine, Lifecycle())
 
     def __init__(
         self,
