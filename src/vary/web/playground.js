@@ -104,6 +104,7 @@ function showModels(list) {
   if (select.selectedIndex < 0) select.value = "";
   state.models = list.data;
   showControls();
+  document.dispatchEvent(new CustomEvent("vary:models", { detail: list.data }));
 }
 
 // --- the controls: seed, steps, guidance scale, strength, from the chosen model's card ----------
@@ -260,6 +261,7 @@ function currentFit() {
 function updateGenerate() {
   const ready = state.inputs.length > 0 && state.inputs.every((input) => input.png);
   $("generate").setAttribute("aria-disabled", String(!ready || state.busy));
+  document.dispatchEvent(new Event("vary:inputs"));  // the compare view (compare.js) sends the same inputs
 }
 
 // One card per input: the square PNG, what was done to it, its weight (shown when there are two or
