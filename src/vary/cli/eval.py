@@ -71,6 +71,11 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vary.ops.logs import configure_logging
+
+    # Before the ML libraries load: their warnings in one format, and the notices that say nothing to a
+    # vary user (transformers' "requires torchvision", about processors vary picks on purpose) left out.
+    configure_logging("text", level="warning", progress_bars=not args.no_progress)
     try:
         return _run(args)
     except EvalError as exc:
@@ -108,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
     from vary.evaluation.protocol import Row, table
     from vary.evaluation.report import About, write_report
     from vary.evaluation.run import Plan, evaluate
-    from vary.evaluation.scorer import ClipScorer
+    from vary.evaluation.scorer import ClipScorer, ScorerUnavailable
     from vary.imaging import ImageDecoder
     from vary.service.runtime import running_services
     from vary.settings import Settings
@@ -120,7 +125,10 @@ def _run(args: argparse.Namespace) -> int:
     plan = Plan(tuple(names), options["strengths"], options["n"], options["size"], args.seed, args.sheet)
     out = Path(args.out)
     print(f"vary eval: loading {', '.join(names)} and the scorer {options['scorer']}", file=sys.stderr)
-    scorer = ClipScorer.load(options["scorer"], device=args.device)
+    try:
+        scorer = ClipScorer.load(options["scorer"], device=args.device)
+    except ScorerUnavailable as exc:
+        raise EvalError(str(exc)) from None
 
     async def generate() -> Any:
         # The server's own start-up, on a scratch data dir: nothing of the user's (keys, usage, images) is touched.

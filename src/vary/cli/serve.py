@@ -43,7 +43,7 @@ from vary.service.runtime import build_registry
 from vary.settings import Settings
 from vary.state.connection import DatabaseSetupError, shown
 from vary.state.database import Database
-from vary.state.first_key import FIRST_KEY_FILE, first_key
+from vary.state.first_key import FIRST_KEY_FILE, first_key, unused_first_key
 from vary.state.image_store import StorageSetupError
 from vary.state.stores import open_store
 
@@ -85,6 +85,10 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
         db = Database.open(settings.database)  # its schema upgraded first (vary/migrations), as the lifespan would
         try:
             key = None if settings.no_auth else first_key(settings.data_dir, db)
+            # A start that failed after making the first key never showed it: shown again until used or deleted.
+            earlier = key is None and not settings.no_auth
+            if earlier:
+                key = unused_first_key(settings.data_dir, db)
         finally:
             db.close()
         store = open_store(settings)
@@ -94,7 +98,9 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
     if settings.ray_address:  # the models load in the cluster's replicas, not here
         from vary.cluster.launch import serve_on_ray
 
-        serve_on_ray(settings, key and ready_message(settings, data_dir, key, terminal=sys.stdout.isatty()))
+        serve_on_ray(
+            settings, key and ready_message(settings, data_dir, key, terminal=sys.stdout.isatty(), earlier=earlier)
+        )
         return
     try:
         registry, decoder = in_background(lambda: load_models(settings))
@@ -114,7 +120,7 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
         ws="none",  # no WebSocket routes: an upgrade is answered as the plain request it is (http_protocol.py)
     )
     log_format = resolved_format(settings.log_format)
-    server = ReadyServer(config, on_ready=lambda: announce_ready(settings, data_dir, key, log_format))
+    server = ReadyServer(config, on_ready=lambda: announce_ready(settings, data_dir, key, log_format, earlier=earlier))
     try:
         server.run()
     except KeyboardInterrupt:
@@ -188,8 +194,11 @@ def keys_store(settings: Settings) -> str:
     return shown(settings.database_url) if settings.database_url is not None else str(settings.db_path)
 
 
-def ready_message(settings: Settings, data_dir: DataDir, key: str | None, *, terminal: bool = True) -> str:
-    """The block a start ends with: where everything is, and the first key when one was just made.
+def ready_message(
+    settings: Settings, data_dir: DataDir, key: str | None, *, terminal: bool = True, earlier: bool = False
+) -> str:
+    """The block a start ends with: where everything is, and the first key when one was just made (or, with
+    `earlier`, made by a start that never got this far, and not used since).
 
     The key itself only for a person at a terminal: a log collector (journald, a container's log) keeps
     stdout, and the key is in its 0600 file anyway."""
@@ -203,34 +212,36 @@ def ready_message(settings: Settings, data_dir: DataDir, key: str | None, *, ter
         lines.append("  Keys:       none needed (--no-auth)")
     else:
         lines.append(f"  Keys:       in {keys_store(settings)}; make one with: {keys_command(settings, data_dir)}")
+    if key is None:
+        return "\n".join(lines)
     key_file = settings.data_dir / FIRST_KEY_FILE
-    if key is not None and not terminal:
-        lines += [
-            f"No API key existed, so one was created: it is in {key_file}, readable by you only "
-            "(not printed: stdout is not a terminal). Try it:",
-            f'  curl {base}/v1/images/variations -H "Authorization: Bearer $(cat {key_file})" '
-            "-F image=@input.png -F size=512x512 -F response_format=url",
-        ]
-    elif key is not None:
-        lines += [
-            "No API key existed, so one was created. It is shown only this once (and kept in "
-            f"{settings.data_dir / FIRST_KEY_FILE}, readable by you only, until you delete it):",
-            key,
-            "Try it:",
-            f'  curl {base}/v1/images/variations -H "Authorization: Bearer {key}" '
-            "-F image=@input.png -F size=512x512 -F response_format=url",
-        ]
+    if earlier:  # shown at every start until it is used or its file deleted
+        said = f"The first API key, made by an earlier start, has not been used yet. It is in {key_file}"
+    else:
+        said = f"No API key existed, so one was created. It is in {key_file}"
+    said += ", readable by you only, until you delete it"
+    form = "-F image=@input.png -F size=512x512 -F response_format=url"
+    if not terminal:
+        shown_key = f"$(cat {key_file})"
+        lines.append(f"{said} (not printed: stdout is not a terminal). Try it:")
+    else:
+        shown_key = key
+        lines += [f"{said}:", key, "Try it:"]
+    lines.append(f'  curl {base}/v1/images/variations -H "Authorization: Bearer {shown_key}" {form}')
     return "\n".join(lines)
 
 
-def announce_ready(settings: Settings, data_dir: DataDir, key: str | None, log_format: str) -> None:
+def announce_ready(
+    settings: Settings, data_dir: DataDir, key: str | None, log_format: str, *, earlier: bool = False
+) -> None:
     """The ready block: printed on a text log (the person at the terminal); one record in a JSON log, plus the
     first key printed, as it must be seen once."""
     if log_format == "text" or key is not None:
         # stdout, after the log's lines on stderr: flushed so that the block is the last thing on the screen.
         sys.stderr.flush()
         terminal = sys.stdout.isatty()
-        print(f"\n{ready_message(settings, data_dir, key, terminal=terminal)}\n", flush=True)  # set apart from the log
+        block = ready_message(settings, data_dir, key, terminal=terminal, earlier=earlier)
+        print(f"\n{block}\n", flush=True)  # set apart from the log
         return
     base = base_url(settings)
     keys = "none needed (--no-auth)" if settings.no_auth else f"in {keys_store(settings)}"

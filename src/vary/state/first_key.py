@@ -76,3 +76,15 @@ def _make_unless_one_exists(db: Database, wait_seconds: float) -> str | None:
         return key
     finally:
         db.release_lease(FIRST_KEY_LEASE, holder)
+
+
+def unused_first_key(data_dir: Path, db: Database) -> str | None:
+    """The first key an earlier start kept in its file, while it is still active and has made no request."""
+    try:
+        key = (data_dir / FIRST_KEY_FILE).read_text().strip()
+    except OSError:  # deleted, as the ready block asks once the key is safe elsewhere
+        return None
+    info = db.authenticate(key)
+    if info is None or db.usage_groups(key_id=info.id, limit=1):  # revoked, another database's, or used
+        return None
+    return key
