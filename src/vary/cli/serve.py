@@ -77,7 +77,8 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
     for line in settings.deprecations():
         log.warning(line)
     try:
-        catalogue = catalogue_for(settings.catalogue, settings.model)  # every mistake in one line, before loading
+        # Every mistake in one line, before loading: an unaccepted licence too.
+        catalogue = catalogue_for(settings.catalogue, settings.model, settings.accept_license)
     except CatalogueError as exc:
         sys.exit(f"vary: {exc}")
     checks = content_checks(settings, catalogue)
