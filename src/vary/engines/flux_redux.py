@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers import (
     AutoencoderKL,
@@ -34,6 +35,7 @@ from diffusers import (
     FluxTransformer2DModel,
     ReduxImageEncoder,
 )
+from diffusers.pipelines.flux.pipeline_flux_img2img import retrieve_latents
 from transformers import SiglipImageProcessorPil, SiglipVisionConfig, SiglipVisionModel
 
 from vary.engines.base import Batch, Capabilities, LicenseTerms
@@ -66,7 +68,7 @@ RANDOM_WEIGHTS = "random-weights"
 T5_TOKENS = 512
 # FLUX.1 [dev]'s steps where none are given; BFL's and diffusers' Redux examples use 28 to 50.
 DEV_STEPS = 28
-OFFLOADS = ("none", "model", "sequential")
+OFFLOADS = ("none", "model", "group")
 TINY_ATTENTION_GAIN = 3.0
 
 
@@ -85,8 +87,9 @@ class FluxReduxOptions(EngineOptions):
     max_render_side: int = 1024
     # The Redux repository (Hub id or directory); None: `redux/` of a local model directory, else the Hub's.
     redux: str | None = None
-    # "model": diffusers' model CPU offload (each module on the GPU only while it runs); "sequential": layer
-    # by layer, for small GPUs, much slower. "none" keeps everything on the GPU (the default).
+    # Weights kept in host memory and brought to the GPU as they run, through diffusers' hooks, for GPUs
+    # smaller than the model: "model", a whole module at a time (the transformer alone is 23.8 GB); "group",
+    # one transformer block at a time, the next one copied meanwhile. "none" (the default): all on the GPU.
     offload: str = "none"
     # The transformer's safetensors files in the base repository (3 in FLUX.1 [schnell] and [dev]).
     transformer_shards: int = 3
@@ -237,11 +240,17 @@ class FluxReduxEngine(DiffusionEngine):
             log.warning("model %s: offload = %r runs the transformer uncompiled", self.info.id, offload)
         if pipeline.dtype != self.dtype:
             pipeline.to(dtype=self.dtype)
-        # diffusers' hooks move each module (or each layer) to the device for its forward pass, and back.
+        # diffusers' hooks move each module (or each block) to the device for its forward pass, and back.
         if offload == "model":
             pipeline.enable_model_cpu_offload(device=self.device)
         else:
-            pipeline.enable_sequential_cpu_offload(device=self.device)
+            pipeline.enable_group_offload(
+                onload_device=self.device,
+                offload_device=torch.device("cpu"),
+                offload_type="block_level",
+                num_blocks_per_group=1,
+                use_stream=self.device.type == "cuda",  # the next block's copy overlaps this one's work
+            )
         pipeline.set_progress_bar_config(disable=True)
         return pipeline
 
@@ -254,21 +263,29 @@ class FluxReduxEngine(DiffusionEngine):
 
     # --- requests --------------------------------------------------------------------------
 
-    def _render(self, batch: Batch, rows: torch.Tensor, side: int, generators: list[torch.Generator]) -> torch.Tensor:
-        controls = batch.controls
+    def conditioning(self, batch: Batch, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(prompt_embeds, pooled_prompt_embeds), one row per output image: FluxPriorReduxPipeline's output
+        without text encoders, for each item's images and weights, made without the prior's call."""
         # 1. Each input's Redux tokens, once: SigLIP's last hidden states through the Redux embedder.
         encoder = self.prior.image_encoder
         hidden = encoder(pixel_values=self._stacked_pixels(batch, encoder.dtype)).last_hidden_state
         tokens: torch.Tensor = self.prior.image_embedder(hidden).image_embeds
         if self.options.offload == "model":
             self.prior.maybe_free_model_hooks()
-        # 2. Blended per item by its weights (the prior's per-image prompt_embeds_scale), one row per output
-        #    image, after the zero T5 tokens, with a zero pooled CLIP embedding: the prior's output.
+        # 2. Blended per item by its weights (the prior's per-image prompt_embeds_scale, under which the zeros
+        #    stay zeros), one row per output image, after the zero T5 tokens; the pooled CLIP embedding is zeros.
         tokens = self._blend(tokens, batch).index_select(0, rows)
         count, config = rows.shape[0], self.pipeline.transformer.config
+        text = tokens.new_zeros(count, T5_TOKENS, config.joint_attention_dim)
+        return torch.cat([text, tokens], dim=1), tokens.new_zeros(count, config.pooled_projection_dim)
+
+    def _render(self, batch: Batch, rows: torch.Tensor, side: int, generators: list[torch.Generator]) -> torch.Tensor:
+        controls = batch.controls
+        # 1. The prior's conditioning, one row per output image.
+        prompt_embeds, pooled_prompt_embeds = self.conditioning(batch, rows)
         common = {
-            "prompt_embeds": torch.cat([tokens.new_zeros(count, T5_TOKENS, config.joint_attention_dim), tokens], 1),
-            "pooled_prompt_embeds": tokens.new_zeros(count, config.pooled_projection_dim),
+            "prompt_embeds": prompt_embeds,
+            "pooled_prompt_embeds": pooled_prompt_embeds,
             "height": side,
             "width": side,
             "num_inference_steps": controls.steps,
@@ -277,15 +294,35 @@ class FluxReduxEngine(DiffusionEngine):
             "output_type": "pt",
             "callback_on_step_end": self._stop_on_step_end(batch),
         }
-        # 3. All images in one call, from noise or from the input; the pipeline decodes.
+        # 2. All images in one call, from noise or from the input; the pipeline decodes.
         if controls.strength < 1:
-            output = self.img2img(image=self._init_images(batch, rows), strength=controls.strength, **common)
+            start = self._start_latents(batch, rows, side, generators)
+            output = self.img2img(image=start, strength=controls.strength, **common)
             if self.options.offload == "model":
                 self.pipeline.maybe_free_model_hooks()  # the img2img pipeline does not own the hooks
         else:
             output = self.pipeline(**common)
         images: torch.Tensor = output.images
         return images
+
+    def _start_latents(
+        self, batch: Batch, rows: torch.Tensor, side: int, generators: list[torch.Generator]
+    ) -> torch.Tensor:
+        """Each item's start image through the VAE once, its latent drawn with the item's first generator, one row
+        per output image: what FluxImg2ImgPipeline does for one image and n images per prompt, item by item (handed
+        images, it would draw a latent per row, each with its row's generator)."""
+        vae = self.pipeline.vae
+        firsts = np.cumsum([0] + [item.n for item in batch.items[:-1]])
+        inits = torch.cat([item.conditioning.init for item in batch.items]).to(self.device, non_blocking=True)
+        pixels = self.img2img.image_processor.preprocess(inits, height=side, width=side).to(vae.dtype)
+        latents = torch.cat(
+            [
+                retrieve_latents(vae.encode(pixels[i : i + 1]), generator=generators[first])
+                for i, first in enumerate(firsts)
+            ]
+        )
+        latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
+        return latents.index_select(0, rows)
 
 
 def _check_weights(pipeline: FluxPipeline, prior: FluxPriorReduxPipeline, base: str) -> None:
