@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-MODELS = ("tiny-random", "tiny-random-sd-image-variations")
+MODELS = ("tiny-random", "tiny-random-sd-image-variations", "tiny-random-flux-redux")
 FIGURES = {"fidelity_clip_i", "clip_t", "diversity", "images_per_s", "p50_ms"}
 
 
