@@ -320,9 +320,7 @@ def flux_redux_reference(engine: DiffusionEngine, sampler: Callable[[Any], Any])
 
     def render(req: Req, strength: float) -> list[np.ndarray]:
         weights = list(req.weights)
-        conditioning = prior(
-            image=list(req.images), prompt_embeds_scale=weights, pooled_prompt_embeds_scale=weights
-        )
+        conditioning = prior(image=list(req.images), prompt_embeds_scale=weights, pooled_prompt_embeds_scale=weights)
         common: dict[str, Any] = {
             "prompt_embeds": conditioning.prompt_embeds,
             "pooled_prompt_embeds": conditioning.pooled_prompt_embeds,
