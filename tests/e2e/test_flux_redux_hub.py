@@ -85,6 +85,13 @@ def repos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         tokenizer_2=["transformers", "T5TokenizerFast"],
     )
     (base / "model_index.json").write_text(json.dumps(index))
+    # The real repository names the torchvision-backed processor; vary loads the PIL one from the same file.
+    redux_index = json.loads((redux / "model_index.json").read_text())
+    redux_index["feature_extractor"] = ["transformers", "SiglipImageProcessor"]
+    (redux / "model_index.json").write_text(json.dumps(redux_index))
+    processor = json.loads((redux / "feature_extractor/preprocessor_config.json").read_text())
+    processor["image_processor_type"] = "SiglipImageProcessor"
+    (redux / "feature_extractor/preprocessor_config.json").write_text(json.dumps(processor))
     for decoy in ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"):
         shutil.copytree(redux / "image_encoder", base / decoy)
     shutil.copy(base / "vae/diffusion_pytorch_model.safetensors", base / "ae.safetensors")

@@ -17,6 +17,7 @@ FLUX.1 [dev] are under the FLUX.1 [dev] Non-Commercial License: the operator acc
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -137,6 +138,8 @@ class FluxReduxEngine(DiffusionEngine):
         self.configs = configs
         if configs is not None:
             weights = RANDOM_WEIGHTS
+            if kwargs.get("base") is None:  # the base whose transformer the configs describe
+                kwargs["base"] = "dev" if configs["transformer"].get("guidance_embeds") else "schnell"
         stored = read_options_file(weights) if weights and weights != TINY_WEIGHTS else {}
         base = kwargs.get("base") or stored.get("base") or FluxReduxOptions.base
         if base == "dev" and weights != TINY_WEIGHTS and kwargs.get("steps") is None and "steps" not in stored:
@@ -157,7 +160,7 @@ class FluxReduxEngine(DiffusionEngine):
 
     def _capabilities(self) -> Capabilities:
         # FLUX.1 [schnell] is timestep-distilled without a guidance input: guidance_scale changes nothing.
-        return Capabilities(guidance_scale=self.options.base == "dev")
+        return dataclasses.replace(type(self).capabilities, guidance_scale=self.options.base == "dev")
 
     def _license(self) -> str:
         if self.options.base == "dev":

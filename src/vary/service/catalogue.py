@@ -39,7 +39,7 @@ if sys.version_info >= (3, 11):
 else:  # the same parser, before it joined the standard library
     import tomli as tomllib
 
-from vary.engines.diffusion import TINY_WEIGHTS, DiffusionEngine, Placement, read_options_file
+from vary.engines.diffusion import OPTIONS_FILE, TINY_WEIGHTS, DiffusionEngine, Placement, read_options_file
 from vary.engines.registry import builtin_models, engine_of_directory, engine_types
 from vary.safety.policy import SafetyPolicy
 from vary.targets.hosted.provider import HostedProvider
@@ -166,7 +166,11 @@ def model_for_spec(spec: str, accepted_licenses: Collection[str] = ()) -> Catalo
     entry = _spec_entry(spec)
     engine = engine_types()[entry.engine]
     stored = read_options_file(entry.weights) if entry.weights and entry.weights != TINY_WEIGHTS else {}
-    terms = engine.license_to_accept(entry.weights, engine.options_type.of(stored))
+    try:
+        options = engine.options_type.of(stored)
+    except ValueError as exc:
+        raise CatalogueError(f"{entry.weights}: its {OPTIONS_FILE}: {exc}") from None
+    terms = engine.license_to_accept(entry.weights, options)
     if terms is None:
         return entry
     if terms.id not in accepted_licenses:
