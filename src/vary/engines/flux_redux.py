@@ -318,7 +318,7 @@ class FluxReduxEngine(DiffusionEngine):
         firsts = np.cumsum([0] + [item.n for item in batch.items[:-1]])
         inits = torch.cat([item.conditioning.init for item in batch.items]).to(self.device, non_blocking=True)
         pixels = self.img2img.image_processor.preprocess(inits, height=side, width=side).to(vae.dtype)
-        latents = torch.cat(
+        latents: torch.Tensor = torch.cat(
             [
                 retrieve_latents(vae.encode(pixels[i : i + 1]), generator=generators[first])
                 for i, first in enumerate(firsts)
