@@ -21,6 +21,7 @@ MIN_SIGNING_SECRET_CHARS = 32
 # The model `vary serve` and `vary pull` use when none is named.
 DEFAULT_MODEL = "kandinsky-2.2"
 # The sections `vary serve --help` groups its flags in, in this order; each setting names its own.
+# (Typed as pydantic's JsonDict, which `json_schema_extra` takes: a plain dict[str, str] is not one.)
 SERVER: JsonDict = {"section": "server"}
 MODELS: JsonDict = {"section": "models"}
 STORAGE: JsonDict = {"section": "storage and database"}
@@ -53,6 +54,11 @@ class Settings(BaseSettings):
     config: Path | None = Field(default=None, description="deprecated name of --catalogue", json_schema_extra=MODELS)
     model: str = Field(
         default=DEFAULT_MODEL, description="a built-in model id or a local model directory", json_schema_extra=MODELS
+    )
+    accept_license: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="licences accepted for --model's weights, e.g. flux-1-dev-non-commercial (docs/licences.md)",
+        json_schema_extra=MODELS,
     )
     no_auth: bool = Field(default=False, description="accept requests without an API key", json_schema_extra=SERVER)
     # Read when there is no `Authorization: Bearer` header: Azure OpenAI's and gateways' clients send theirs so.
@@ -381,11 +387,11 @@ class Settings(BaseSettings):
             return ["VARY_CONFIG and --config are deprecated: use VARY_CATALOGUE or --catalogue (same meaning)"]
         return []
 
-    @field_validator("allowed_hosts", mode="before")
+    @field_validator("allowed_hosts", "accept_license", mode="before")
     @classmethod
-    def _host_list(cls, value: object) -> object:
+    def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
-            return tuple(host.strip() for host in value.split(",") if host.strip())
+            return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
 
     @field_validator("api_key_headers")

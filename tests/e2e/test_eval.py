@@ -18,7 +18,7 @@ from PIL import Image
 from vary.testing import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-MODELS = ("tiny-random", "tiny-random-sd-image-variations")
+MODELS = ("tiny-random", "tiny-random-sd-image-variations", "tiny-random-flux-redux")
 FIGURES = {"fidelity_clip_i", "clip_t", "diversity", "images_per_s", "p50_ms"}
 
 

@@ -79,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("models", nargs="*", metavar="MODEL", help="built-in models (default: kandinsky-2.2)")
     pull.add_argument("--local-dir", help="a directory instead of the HF cache: one folder per repository in it")
     # Every local model of the catalogue; the device decides the files (GPUs get fp16 ones where served).
-    add_settings_flags(pull, ["catalogue", "config", "device"])
+    add_settings_flags(pull, ["catalogue", "config", "device", "accept_license"])
 
     create_command.add_parser(commands)
     eval_command.add_parser(commands)

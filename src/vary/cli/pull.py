@@ -24,7 +24,11 @@ def run(models: list[str], config: Path | None, local_dir: Path | None, settings
         chosen: list[CatalogueEntry] = (
             list(catalogue_for(config, DEFAULT_MODEL).models)
             if config is not None
-            else [model for name in models or [DEFAULT_MODEL] for model in catalogue_for(None, name).models]
+            else [
+                model
+                for name in models or [DEFAULT_MODEL]
+                for model in catalogue_for(None, name, settings.accept_license).models
+            ]
         )
     except CatalogueError as exc:
         print(f"vary: {exc}", file=sys.stderr)
@@ -40,6 +44,12 @@ def run(models: list[str], config: Path | None, local_dir: Path | None, settings
     if not plan:
         print("Nothing to download: these models are tiny-random twins, local directories or remote providers.")
         return 0
+    for name, files in plan:
+        if files.gated_by:
+            print(
+                f"{name}: {files.repo_id} is gated: its files download with HF_TOKEN (or `hf auth login`) of a "
+                f"Hugging Face account that accepted the {files.gated_by} on https://huggingface.co/{files.repo_id}"
+            )
     bound_hub_timeouts()
     try:
         sizes = [total_size(files) for _, files in plan]

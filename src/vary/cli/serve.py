@@ -69,7 +69,8 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
     for line in settings.deprecations():
         log.warning(line)
     try:
-        catalogue = catalogue_for(settings.catalogue, settings.model)  # every mistake in one line, before loading
+        # Every mistake in one line, before loading: an unaccepted licence too.
+        catalogue = catalogue_for(settings.catalogue, settings.model, settings.accept_license)
     except CatalogueError as exc:
         sys.exit(f"vary: {exc}")
     for line in lifecycle_warnings(catalogue):  # once, at start: a provider that is gone or going

@@ -217,7 +217,7 @@ def application(settings: Settings) -> Application:
 
     if settings.catalogue is not None:  # read here, on the driver: a relative path means this directory
         settings = settings.model_copy(update={"catalogue": settings.catalogue.resolve()})
-    catalogue = catalogue_for(settings.catalogue, settings.model)
+    catalogue = catalogue_for(settings.catalogue, settings.model, settings.accept_license)
     shipped = shipped_settings(settings)
     has_gpus = cluster_has_gpus()
     models: dict[str, Application] = {}
