@@ -213,6 +213,13 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: int = Field(
         default=30, ge=0, description="on SIGTERM, how long in-flight requests may finish before exit"
     )
+    # A load balancer keeps sending until its health checks see /readyz fail: serve that long first.
+    drain_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="on SIGTERM, /readyz answers 503 at once and requests are still served this long, then in-flight "
+        "ones finish (--shutdown-timeout-seconds) and vary exits",
+    )
     memory_release_after_seconds: float = Field(
         default=2.0, ge=0, description="quiet seconds before freed heap is handed back to the OS; 0: never"
     )
