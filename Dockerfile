@@ -32,6 +32,8 @@ FROM python AS dependencies
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # Where the network intercepts TLS, the CA bundle pip should trust (a path bind-mounted for the build only).
 ARG PIP_CERT
+# A directory of wheels pip may take files from besides the index (a local mirror, bind-mounted likewise).
+ARG PIP_FIND_LINKS
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 COPY requirements.lock /build/requirements.lock
 # --no-deps: the lock is complete, so nothing unpinned comes in; `pip check` proves it is consistent.
@@ -75,12 +77,13 @@ RUN apt-get update \
     && mkdir -p /data /cache/huggingface \
     && chown -R vary:vary /data /cache
 COPY --from=dependencies /opt/vary /opt/vary
-COPY --from=wheel /dist /dist
-RUN pip install --no-deps --no-cache-dir --disable-pip-version-check /dist/*.whl && rm -rf /dist
-# One model's weights in the image (`vary pull`), for clusters without the Hub: the image then serves that
-# model by default, offline. Empty: none (the weights come at the first start, into the volume).
+# vary's wheel (mounted from its stage, so it leaves no layer of its own) and, with MODEL, one model's weights
+# (`vary pull`), for clusters without the Hub: the image then serves that model by default, offline. Empty:
+# none (the weights come at the first start, into the volume). One layer: all that a source edit changes.
 ARG MODEL=""
-RUN if [ -n "${MODEL}" ]; then vary pull "${MODEL}" && chown -R vary:vary /cache/huggingface; fi
+RUN --mount=type=bind,from=wheel,source=/dist,target=/dist \
+    pip install --no-deps --no-cache-dir --disable-pip-version-check /dist/*.whl \
+    && if [ -n "${MODEL}" ]; then vary pull "${MODEL}" && chown -R vary:vary /cache/huggingface; fi
 ENV VARY_MODEL=${MODEL:-kandinsky-2.2} \
     HF_HUB_OFFLINE=${MODEL:+1}
 USER 10001:10001

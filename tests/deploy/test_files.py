@@ -100,7 +100,10 @@ def test_the_dependencies_come_from_the_lock_in_a_layer_before_the_source() -> N
     final = steps[max(i for i, (name, _) in enumerate(steps) if name == "FROM") :]
     names = [name for name, _ in final]
     assert ("ARG", 'MODEL=""') in final and names.index("ARG") < names.index("VOLUME")
-    assert any(name == "RUN" and 'vary pull "${MODEL}"' in args for name, args in final)
+    (install,) = [args for name, args in final if name == "RUN" and 'vary pull "${MODEL}"' in args]
+    # vary's wheel comes in the same, last layer: an edit of the source changes only that one.
+    assert "from=wheel" in install and "/dist/*.whl" in install
+    assert not [args for name, args in final if name == "COPY" and "--from=wheel" in args]
 
 
 def test_compose_validates_and_wires_vary_to_postgres_s3_and_redis() -> None:
