@@ -77,12 +77,13 @@ RUN apt-get update \
     && mkdir -p /data /cache/huggingface \
     && chown -R vary:vary /data /cache
 COPY --from=dependencies /opt/vary /opt/vary
-# vary's wheel (mounted from its stage, so it leaves no layer of its own) and, with MODEL, one model's weights
-# (`vary pull`), for clusters without the Hub: the image then serves that model by default, offline. Empty:
-# none (the weights come at the first start, into the volume). One layer: all that a source edit changes.
+# vary's wheel and, with MODEL, one model's weights (`vary pull`), for clusters without the Hub: the image then
+# serves that model by default, offline. Empty: none (the weights come at the first start, into the volume).
+# These two small layers are all that a source edit changes. (COPY, not a RUN --mount of the wheel stage:
+# buildah's layer cache does not see a mounted stage change, and would keep the old vary.)
+COPY --from=wheel /dist /dist
 ARG MODEL=""
-RUN --mount=type=bind,from=wheel,source=/dist,target=/dist \
-    pip install --no-deps --no-cache-dir --disable-pip-version-check /dist/*.whl \
+RUN pip install --no-deps --no-cache-dir --disable-pip-version-check /dist/*.whl \
     && if [ -n "${MODEL}" ]; then vary pull "${MODEL}" && chown -R vary:vary /cache/huggingface; fi
 ENV VARY_MODEL=${MODEL:-kandinsky-2.2} \
     HF_HUB_OFFLINE=${MODEL:+1}

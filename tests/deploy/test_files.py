@@ -101,9 +101,11 @@ def test_the_dependencies_come_from_the_lock_in_a_layer_before_the_source() -> N
     names = [name for name, _ in final]
     assert ("ARG", 'MODEL=""') in final and names.index("ARG") < names.index("VOLUME")
     (install,) = [args for name, args in final if name == "RUN" and 'vary pull "${MODEL}"' in args]
-    # vary's wheel comes in the same, last layer: an edit of the source changes only that one.
-    assert "from=wheel" in install and "/dist/*.whl" in install
-    assert not [args for name, args in final if name == "COPY" and "--from=wheel" in args]
+    # vary's wheel is installed in that same, last RUN, after the dependencies' COPY: a source edit changes
+    # the wheel's small layers only.
+    copies = [args for name, args in final if name == "COPY"]
+    assert copies == ["--from=dependencies /opt/vary /opt/vary", "--from=wheel /dist /dist"]
+    assert "/dist/*.whl" in install
 
 
 def test_compose_validates_and_wires_vary_to_postgres_s3_and_redis() -> None:
