@@ -9,7 +9,8 @@ deployed on a local Ray cluster that this command starts and stops (ray.init: it
 loaded by `clients` concurrent clients per replica for `seconds`, and measured:
 - images/s answered (HTTP 200), and what N replicas could do at most: N x max_batch_images / batch_seconds;
 - the edge replicas' CPU seconds per image (their processes' user + system time, from psutil), Serve's HTTP
-  proxy's separately, and this load generator's own (it runs on the same cores).
+  proxy's, the model replicas' (decode, PNG encode, the Ray hop) and this load generator's own (it runs on
+  the same cores), each separately.
 Prints a markdown table and writes bench/capacity.json.
 """
 
@@ -142,10 +143,15 @@ def measure(replicas: int, args: argparse.Namespace, base: str, data_dir: Path) 
     asyncio.run(load(base, clients=clients, seconds=warm_up, n=args.n, side=args.side))
     edges = actor_pids(f"ServeReplica:{APP}:edge")
     proxies = actor_pids("ProxyActor")
+    models = actor_pids(f"ServeReplica:{APP}:{model_deployment_name(MODEL)}")
     me = psutil.Process()
-    before = (cpu_seconds(edges), cpu_seconds(proxies), sum(me.cpu_times()[:2]))
+
+    def cpu() -> tuple[float, float, float, float]:
+        return cpu_seconds(edges), cpu_seconds(proxies), cpu_seconds(models), sum(me.cpu_times()[:2])
+
+    before = cpu()
     result = asyncio.run(load(base, clients=clients, seconds=args.seconds, n=args.n, side=args.side))
-    after = (cpu_seconds(edges), cpu_seconds(proxies), sum(me.cpu_times()[:2]))
+    after = cpu()
     serve.delete(APP)
     images = max(result["images"], 1)
     elapsed = result["elapsed_s"]
@@ -159,7 +165,8 @@ def measure(replicas: int, args: argparse.Namespace, base: str, data_dir: Path) 
         "edge_cpu_ms_per_image": 1000 * (after[0] - before[0]) / images,
         "edge_cpu_cores": (after[0] - before[0]) / elapsed,
         "proxy_cpu_ms_per_image": 1000 * (after[1] - before[1]) / images,
-        "client_cpu_ms_per_image": 1000 * (after[2] - before[2]) / images,
+        "replicas_cpu_ms_per_image": 1000 * (after[2] - before[2]) / images,
+        "client_cpu_ms_per_image": 1000 * (after[3] - before[3]) / images,
     }
 
 
@@ -174,6 +181,7 @@ def table(rows: list[dict[str, Any]]) -> str:
         "edge CPU ms/image",
         "edge cores busy",
         "proxy CPU ms/image",
+        "model replicas CPU ms/image",
         "client CPU ms/image",
         "non-200",
     ]
@@ -190,6 +198,7 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"{r['edge_cpu_ms_per_image']:.1f}",
             f"{r['edge_cpu_cores']:.2f}",
             f"{r['proxy_cpu_ms_per_image']:.1f}",
+            f"{r['replicas_cpu_ms_per_image']:.1f}",
             f"{r['client_cpu_ms_per_image']:.1f}",
             str(errors),
         ]
@@ -212,6 +221,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     counts = [int(part) for part in args.replicas.split(",")]
     port = free_port()
+    # A new local cluster would otherwise turn on Ray's token authentication and write its token to
+    # ~/.ray/auth_token, which every later `ray start` of this user then picks up: this cluster is this
+    # command's own, on loopback, for a minute, and leaves no such state behind.
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(
         num_cpus=args.cpus,
         num_gpus=0,
