@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from sqlalchemy.exc import SQLAlchemyError
 
 from vary.cli import create as create_command
@@ -131,6 +132,8 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, DataDir]:
         return Settings(**given, data_dir=data_dir.path), data_dir
     except ValidationError as exc:
         sys.exit(f"vary: invalid setting: {_invalid(exc)}")
+    except SettingsError as exc:  # a VARY_*_FILE that cannot be read
+        sys.exit(f"vary: {exc}")
 
 
 def _invalid(exc: ValidationError) -> str:
@@ -138,7 +141,8 @@ def _invalid(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors(include_url=False):
         field = ".".join(str(part) for part in error["loc"])
-        given = "" if field.startswith("signing_secret") else f" (given: {error.get('input')!r})"
+        secret = field.startswith(("signing_secret", "database_password", "database_url"))
+        given = "" if secret else f" (given: {error.get('input')!r})"
         lines.append(f"{field}: {error['msg']}{given}")
     return "\n".join(lines)
 

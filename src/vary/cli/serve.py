@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import logging
 import shlex
+import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
+from types import FrameType
 from typing import Any, TypeVar
 
 import uvicorn
@@ -52,16 +55,46 @@ T = TypeVar("T")
 
 
 class ReadyServer(uvicorn.Server):
-    """uvicorn's server, plus the ready block once it listens."""
+    """uvicorn's server, plus the ready block once it listens, and a drain window on SIGTERM.
 
-    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None]) -> None:
+    Drain: the first SIGTERM calls `on_drain` (/readyz fails from then on) and the server goes on serving
+    for `drain_seconds`, new connections included, so that a load balancer sees the failing /readyz and
+    stops sending before anything is refused; then uvicorn's own shutdown stops accepting and lets the
+    requests in flight finish. A second SIGTERM, or Ctrl-C, ends the window at once.
+    """
+
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        on_ready: Callable[[], None],
+        *,
+        drain_seconds: float = 0.0,
+        on_drain: Callable[[], None] = lambda: None,
+    ) -> None:
         super().__init__(config)
         self.on_ready = on_ready
+        self.drain_seconds = drain_seconds
+        self.on_drain = on_drain
+        self.drain_until: float | None = None
 
     async def startup(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         await super().startup(sockets=sockets)  # type: ignore[arg-type]
         if self.started:
             self.on_ready()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM and self.drain_seconds > 0 and self.drain_until is None and not self.should_exit:
+            self._captured_signals.append(sig)  # re-raised after the shutdown, as uvicorn does: exit by SIGTERM
+            self.drain_until = time.monotonic() + self.drain_seconds
+            self.on_drain()
+            log.info("SIGTERM: draining for %g s (/readyz answers 503), then shutting down", self.drain_seconds)
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain_until is not None and time.monotonic() >= self.drain_until:
+            self.should_exit = True  # the window is over: uvicorn's graceful shutdown from here
+        return await super().on_tick(counter)
 
 
 def serve(settings: Settings, data_dir: DataDir) -> None:
@@ -109,8 +142,9 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
         sys.exit(1)  # the reason is logged, in one line
     except KeyboardInterrupt:
         sys.exit(130)
+    app = build_app(settings, registry=registry, decoder=decoder, store=store, checks=checks)
     config = uvicorn.Config(
-        build_app(settings, registry=registry, decoder=decoder, store=store, checks=checks),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,  # configure_logging's handlers stay
@@ -121,7 +155,12 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
         ws="none",  # no WebSocket routes: an upgrade is answered as the plain request it is (http_protocol.py)
     )
     log_format = resolved_format(settings.log_format)
-    server = ReadyServer(config, on_ready=lambda: announce_ready(settings, data_dir, key, log_format, earlier=earlier))
+    server = ReadyServer(
+        config,
+        on_ready=lambda: announce_ready(settings, data_dir, key, log_format, earlier=earlier),
+        drain_seconds=settings.drain_seconds,
+        on_drain=app.state.readiness.drain,
+    )
     try:
         server.run()
     except KeyboardInterrupt:
