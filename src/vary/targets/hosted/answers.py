@@ -1,5 +1,6 @@
 """Reading what a provider answers, the same way for every provider: bodies read within a cap, waits it asks
-for, its images checked and made PNGs of the asked size, and its words scrubbed of vary's key."""
+for, its images checked and made PNGs of the asked size, its words scrubbed of vary's key and cut short, and
+a blocking client's call run on a worker thread that the event loop can stop without waiting for it."""
 
 from __future__ import annotations
 
@@ -8,10 +9,13 @@ import email.utils
 import json
 import math
 import re
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 from urllib.parse import quote, quote_plus
 
+import anyio.to_thread
 import httpx
 import numpy as np
 
@@ -27,6 +31,7 @@ MAX_RETRY_AFTER = 86400.0  # a provider's wait beyond a day is read as a day
 # What a provider's `url` must look like to be handed on: an absolute http(s) URL, nothing a browser runs.
 ABSOLUTE_HTTP_URL = re.compile(r"https?://[^\x00-\x20\x7f/?#@\\]+(?:[/?#][^\x00-\x20\x7f]*)?", re.IGNORECASE)
 _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}")
+T = TypeVar("T")
 
 
 def pngs_of_size(answers: list[bytes], size: int, retryable: bool) -> list[bytes]:
@@ -110,3 +115,53 @@ def _number(value: str | None) -> float | None:
     except ValueError:
         return None
     return min(MAX_RETRY_AFTER, max(0.0, number)) if math.isfinite(number) else None
+
+
+class Interruptible:
+    """How the event loop stops a blocking call on a worker thread without waiting for it.
+
+    The loop never closes a stream that a thread may be reading: closing takes the stream's lock, which the
+    reader holds until its read returns, and a read of a whole answer that trickles in returns when the whole
+    answer is in (the server stopped answering /healthz for that long). The thread names, with `reading`,
+    a way to stop its read that waits on nothing (shutting the socket down for reading: a syscall); the loop
+    calls it through `interrupt`, the thread's read returns at once, and the thread closes its stream itself.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # held for two assignments, never across I/O
+        self._stop: Callable[[], None] | None = None
+        self._interrupted = False
+
+    def reading(self, stop: Callable[[], None]) -> None:
+        """On the worker thread, before a read that may block: `stop` makes that read return (or fail) now."""
+        with self._lock:
+            self._stop, interrupted = stop, self._interrupted
+        if interrupted:
+            _quietly(stop)
+
+    def interrupt(self) -> None:
+        """On the event loop: stops the registered read, if any, without waiting for the thread."""
+        with self._lock:
+            self._interrupted, stop = True, self._stop
+        if stop is not None:
+            _quietly(stop)
+
+
+async def run_interruptible(call: Callable[[Interruptible], T], *, limiter: anyio.CapacityLimiter) -> T:
+    """`call(interruptible)` on a worker thread of `limiter`'s; when the awaiting task is cancelled (the attempt's
+    time is up, the client left, the server stops) the thread is abandoned and its read interrupted, so neither
+    the loop nor the task waits for it. `limiter`: the provider's own threads, so its calls never take the
+    threads the rest of the server runs its blocking work on."""
+    interruptible = Interruptible()
+    try:
+        return await anyio.to_thread.run_sync(call, interruptible, abandon_on_cancel=True, limiter=limiter)
+    except BaseException:
+        interruptible.interrupt()
+        raise
+
+
+def _quietly(stop: Callable[[], None]) -> None:
+    try:
+        stop()
+    except (OSError, ValueError, RuntimeError):
+        pass  # already closed, or never connected: nothing left to stop

@@ -5,7 +5,8 @@ chain (environment, profile, instance role) are AWS's own. Retries are not: boto
 attempt per call and the gateway does all retrying, as for every provider, so each call to Nova is
 an attempt in the usage row and `targets_tried`, and a bad 200 answer (wrong count, unreadable
 image) is retried like any retryable failure. `timeout_seconds` bounds one attempt's whole answer,
-not each network read: a late call is abandoned and its connection closed.
+not each network read: a late call is abandoned and its read interrupted (the socket shut down for
+reading, from the event loop, which never waits for the thread: answers.run_interruptible).
 
 What vary maps:
 - n: Nova Canvas makes at most 5 images a call, so n above 5 is split into several calls. When one
@@ -28,13 +29,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import secrets
-import threading
+import socket
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import anyio.to_thread
 import pybase64
 from starlette.concurrency import run_in_threadpool
@@ -43,7 +46,7 @@ from vary.controls import Capabilities
 from vary.errors import UpstreamFailure, UpstreamRefused
 from vary.request import VariationRequest
 from vary.targets.base import Made, PartlyMade
-from vary.targets.hosted.answers import pngs_of_size
+from vary.targets.hosted.answers import Interruptible, pngs_of_size, run_interruptible
 from vary.targets.hosted.provider import HostedOptions, HostedProvider
 from vary.targets.hosted.registry import register_provider
 
@@ -52,6 +55,8 @@ NOVA_CANVAS = "amazon.nova-canvas-v1:0"
 MAX_IMAGES_PER_CALL = 5
 MIN_SIDE, MAX_SIDE, SIDE_STEP = 320, 4096, 16
 MAX_SEED = 2147483646
+# The worker threads Nova's blocking calls run on, for all requests together: never the server's shared ones.
+MAX_THREADS = 64
 
 
 @dataclass(frozen=True)
@@ -127,6 +132,7 @@ class BedrockNovaCanvas(HostedProvider):
             retries={"mode": "standard", "total_max_attempts": 1},
         )
         self.client = boto3.session.Session().client("bedrock-runtime", endpoint_url=options.endpoint, config=config)
+        self._threads = anyio.CapacityLimiter(MAX_THREADS)
 
     def describe(self) -> str:
         return f"Amazon Nova Canvas ({self.options.model_id}) on Bedrock"
@@ -136,7 +142,8 @@ class BedrockNovaCanvas(HostedProvider):
         return Capabilities(steps=False, image_weights=False, max_images=MAX_IMAGES_PER_CALL)
 
     async def aclose(self) -> None:
-        self.client.close()
+        # botocore closes its connection pool with locks a worker thread may hold: off the event loop.
+        await anyio.to_thread.run_sync(self.client.close, limiter=self._threads)
 
     async def make(self, request: VariationRequest) -> Made:
         started = time.perf_counter()
@@ -173,14 +180,9 @@ class BedrockNovaCanvas(HostedProvider):
         return await run_in_threadpool(pngs_of_size, answers, request.size, True)
 
     async def _call(self, body: dict[str, Any]) -> list[bytes]:
-        """`_invoke` in a thread that is abandoned when the attempt is cancelled (its time is up, or the client
-        left): the answer's connection is closed, so the thread stops reading rather than trickling on."""
-        call = _Call()
-        try:
-            return await anyio.to_thread.run_sync(self._invoke, body, call, abandon_on_cancel=True)
-        except BaseException:
-            call.abandon()
-            raise
+        """`_invoke` on a worker thread of this provider's own, abandoned when the attempt is cancelled (its time
+        is up, or the client left): its read of the answer is interrupted, never waited for (answers.py)."""
+        return await run_interruptible(lambda call: self._invoke(body, call), limiter=self._threads)
 
     def _body(self, request: VariationRequest, count: int, seed: int) -> dict[str, Any]:
         options = self.options
@@ -205,7 +207,7 @@ class BedrockNovaCanvas(HostedProvider):
             config["cfgScale"] = min(10.0, max(1.1, cfg))
         return {"taskType": "IMAGE_VARIATION", "imageVariationParams": params, "imageGenerationConfig": config}
 
-    def _invoke(self, body: dict[str, Any], call: _Call) -> list[bytes]:
+    def _invoke(self, body: dict[str, Any], call: Interruptible) -> list[bytes]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -215,11 +217,15 @@ class BedrockNovaCanvas(HostedProvider):
                 contentType="application/json",
                 accept="application/json",
             )
-            call.reading(response["body"])
-            answer = json.loads(response["body"].read())
+            stream = response["body"]
+            try:
+                call.reading(functools.partial(_shut_down, stream))
+                answer = json.loads(stream.read())
+            finally:
+                stream.close()  # here, on this thread: closing waits for a read in progress
         except ClientError as exc:
             raise _error_from(exc) from None
-        except BotoCoreError as exc:  # connection, timeout, credentials
+        except BotoCoreError as exc:  # connection, timeout, credentials, an interrupted read
             raise UpstreamFailure(f"the call to Bedrock failed ({type(exc).__name__})", retryable=True) from None
         except ValueError:
             raise UpstreamFailure("Bedrock's answer was not JSON", retryable=True) from None
@@ -231,27 +237,17 @@ class BedrockNovaCanvas(HostedProvider):
             raise UpstreamFailure("Nova Canvas's base64 was corrupt", retryable=True) from None
 
 
-class _Call:
-    """One call's answer body, closed from the event loop when the attempt gives up on it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._body: Any = None
-        self._abandoned = False
-
-    def reading(self, body: Any) -> None:
-        with self._lock:
-            self._body = body
-            abandoned = self._abandoned
-        if abandoned:
-            body.close()
-
-    def abandon(self) -> None:
-        with self._lock:
-            self._abandoned = True
-            body = self._body
-        if body is not None:
-            body.close()
+def _shut_down(stream: Any) -> None:
+    """Makes a read of botocore's answer body return now, from any thread, waiting on nothing: its socket is shut
+    down for reading (urllib3's HTTPResponse.shutdown). Never close(): that waits for the read in progress."""
+    raw = getattr(stream, "_raw_stream", None)  # botocore's StreamingBody wraps urllib3's HTTPResponse
+    shutdown = getattr(raw, "shutdown", None)  # urllib3 2.3 and later
+    if shutdown is not None:
+        shutdown()
+        return
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if sock is not None:
+        sock.shutdown(socket.SHUT_RD)
 
 
 def _error_from(exc: Any) -> UpstreamFailure | UpstreamRefused:
