@@ -5,6 +5,7 @@ reach a client; the usage rows, the log and the metrics say what happened."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ import httpx
 import openai
 import pytest
 from openai import OpenAI
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import png_bytes
@@ -29,6 +31,8 @@ from vary.testing import ServerProcess, free_port
 
 SECRET = "sk-fake-provider-secret"
 WAIT_S = 120
+SKIN = (200, 140, 110)  # a colour open-nsfw scores about 0.29; white scores about 0.01
+SKIN_THRESHOLD = 0.15
 
 
 def config(guard: str, down: str, provider: FakeProvider) -> str:
@@ -63,6 +67,8 @@ def config(guard: str, down: str, provider: FakeProvider) -> str:
             route("guard-slow", 'check = "input"', f'classifier = "{guard}/slow"', "timeout_seconds = 0.5"),
             route("guard-garbage", 'check = "output"', f'classifier = "{guard}/garbage"'),
             route("hosted-refused", 'check = "output"', "threshold = 0", to="up"),
+            # open-nsfw scores a skin-coloured square about 0.29, a white one about 0.01
+            route("hosted-input-checked", 'check = "input"', f"threshold = {SKIN_THRESHOLD}", to="up"),
         ]
     )
 
@@ -108,11 +114,11 @@ def client(safety_server: tuple[ServerProcess, str, str]) -> OpenAI:
     return OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
 
 
-def post(server: ServerProcess, key: str, model: str, n: int = 1) -> httpx.Response:
+def post(server: ServerProcess, key: str, model: str, n: int = 1, image: bytes | None = None) -> httpx.Response:
     return httpx.post(
         f"{server.base_url}/v1/images/variations",
         headers={"Authorization": f"Bearer {key}"},
-        files={"image": ("a.png", png_bytes(64))},
+        files={"image": ("a.png", png_bytes(64) if image is None else image)},
         data={"model": model, "n": str(n), "size": "256x256", "response_format": "b64_json"},
         timeout=WAIT_S,
     )
@@ -297,6 +303,38 @@ def test_a_hosted_providers_images_are_checked_too(
     assert response.json()["error"]["message"] == FLAGGED_OUTPUT_MESSAGE
     assert_nothing_leaks(response)
     assert len(provider.calls_to("openai")) == calls + 1
+
+
+@pytest.mark.parametrize(
+    ("hidden", "mode"),
+    [((*SKIN, 0), "RGBA"), ((*SKIN, 12), "RGBA"), ((*SKIN,), "P-transparent")],
+    ids=["clear", "nearly-clear", "palette-transparency"],
+)
+def test_a_transparent_input_cannot_hide_from_the_check_what_a_provider_is_sent(
+    safety_server: tuple[ServerProcess, str, str], provider: FakeProvider, hidden: tuple[int, ...], mode: str
+) -> None:
+    """The provider gets the PNG's bytes, pixels under its transparency included, and may drop the alpha or
+    composite on any background: the check classifies every such view, not only the image on white."""
+    server, key, _ = safety_server
+    if mode == "P-transparent":  # a palette image whose one colour is marked transparent (a tRNS chunk)
+        image = _palette_png(hidden)
+    else:
+        image = png_bytes(64, "RGBA", hidden)
+    calls = len(provider.calls_to("openai"))
+    refused = post(server, key, "hosted-input-checked", image=image)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "content_policy_violation"
+    assert len(provider.calls_to("openai")) == calls, "the provider was called with a flagged input"
+    passed = post(server, key, "hosted-input-checked", image=png_bytes(64, "RGBA", (255, 255, 255, 0)))
+    assert passed.status_code == 200, passed.text
+
+
+def _palette_png(colour: tuple[int, ...]) -> bytes:
+    palette = Image.new("P", (64, 64), 0)
+    palette.putpalette([*colour[:3]] * 256)
+    buffer = io.BytesIO()
+    palette.save(buffer, format="PNG", transparency=0)
+    return buffer.getvalue()
 
 
 def test_an_operator_turns_the_checks_off_for_a_trusted_key(safety_server: tuple[ServerProcess, str, str]) -> None:

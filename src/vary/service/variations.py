@@ -2,7 +2,8 @@
 
 The road: the registry names the model's targets; a model with a remote target has its images
 checked first (a bad image is refused before any provider is called and billed); the content policy
-checks the inputs (a flagged one costs no model work); the gateway tries the targets; the policy checks
+checks the inputs, as whoever is sent them may see them (a flagged one costs no model work), and
+nothing decoded is kept while the targets work; the gateway tries the targets; the policy checks
 the outputs, all of them at once, and has flagged ones made again or refuses; the images come back as
 PNGs (for base64) or are stored and signed as URLs, in a typed result the edge renders as OpenAI's JSON.
 """
@@ -137,17 +138,10 @@ class VariationService:
         # What the model cannot do of the request is refused before any work, from what it declares.
         served.info.capabilities.refuse(request.controls, len(request.images), request.weights, served.id)
         timings = Timings()
-        if policy.checks_input or any(target.remote for target in served.targets):
-            # Decoded once: a local target later in the route uses this decode.
-            mark = time.perf_counter()
-            with tracer.start_as_current_span("vary.decode", attributes={"vary.images": len(request.images)}):
-                decoded = [await run_in_threadpool(self.decoder.rgb, image) for image in request.images]
-            timings.add("prepare", time.perf_counter() - mark)
         if policy.checks_input:
-            pictures = [Picture(image.data, rgb) for image, rgb in zip(request.images, decoded, strict=True)]
-            checked = await self._check(policy, "input", pictures, timings, findings)
-            if checked.flagged:
-                raise ContentFlagged("input", checked.audit)
+            await self._checked_input(policy, request, timings, findings)
+        elif any(target.remote for target in served.targets):
+            await self._validated_input(request, timings)
 
         made, answered = await self.gateway.run(
             served.targets, request, deadline_seconds=served.deadline_seconds, tried=tried
@@ -170,6 +164,30 @@ class VariationService:
             timings.add("encode", time.perf_counter() - mark)
         batch_images = made.batch_images or request.n
         return VariationResult(created, pngs, urls, timings, batch_images, made.seed, answered.target, tried)
+
+    async def _validated_input(self, request: VariationRequest, timings: Timings) -> None:
+        """Every input decoded and checked, so an image vary refuses costs no provider call; nothing decoded is
+        kept: a provider is sent the bytes, and a local model decodes them when it prepares them."""
+        mark = time.perf_counter()
+        with tracer.start_as_current_span("vary.decode", attributes={"vary.images": len(request.images)}):
+            for image in request.images:
+                await run_in_threadpool(self.decoder.check, image)
+        timings.add("prepare", time.perf_counter() - mark)
+
+    async def _checked_input(
+        self, policy: SafetyPolicy, request: VariationRequest, timings: Timings, findings: Findings
+    ) -> None:
+        """The inputs checked and classified as whoever is sent them may see them (every view of a transparent
+        one); raises ContentFlagged. The views are dropped on return, before any target is called."""
+        mark = time.perf_counter()
+        with tracer.start_as_current_span("vary.decode", attributes={"vary.images": len(request.images)}):
+            pictures = [
+                Picture(image.data, await run_in_threadpool(self.decoder.views, image)) for image in request.images
+            ]
+        timings.add("prepare", time.perf_counter() - mark)
+        checked = await self._check(policy, "input", pictures, timings, findings)
+        if checked.flagged:
+            raise ContentFlagged("input", checked.audit)
 
     async def _checked_output(
         self,
