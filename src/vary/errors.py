@@ -134,6 +134,19 @@ class Overloaded(VaryError):
         self.retry_after = retry_after
 
 
+class Busy(Overloaded):
+    """A target has as many requests in flight as it takes at once (a hosted provider's max_concurrent): a cheap
+    refusal, or the route's next target, rather than memory held without bound while a provider works."""
+
+    def __init__(self, model: str, retry_after: int) -> None:
+        VaryError.__init__(
+            self,
+            f"The model `{model}` has as many requests in flight as it takes at once. "
+            f"Retry after {retry_after} seconds.",
+        )
+        self.retry_after = retry_after
+
+
 class ReplicaLost(VaryError):
     """The process serving the model (a Ray Serve replica) died or could not be reached during the request.
 

@@ -25,6 +25,8 @@ from vary.targets.base import Made, Resilience
 
 # The whole of one client request to a hosted route, retries and fallbacks included, unless configured.
 DEFAULT_DEADLINE_SECONDS = 300.0
+# Requests in flight on one hosted provider at once, unless configured (docs/gateway.md says what each holds).
+DEFAULT_MAX_CONCURRENT = 32
 # A download host: a name, "*." and a name (its subdomains), or a bracketed IPv6 address; no scheme, port or path.
 _HOST = re.compile(r"(?:\*\.)?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
 
@@ -49,6 +51,9 @@ class HostedOptions(Options):
     download_hosts: tuple[str, ...] = ()
     # URL answers: downloaded, stored and signed by vary (its expiry, its host), or handed on as they are.
     rehost_urls: bool = True
+    # Requests in flight on this provider at once (each holds its input and, later, its answer: up to tens of
+    # MB); the next gets a 429 with Retry-After, or a route's next target. Raise it for a busy gateway.
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -58,6 +63,8 @@ class HostedOptions(Options):
             raise ValueError("backoff_seconds, max_backoff_seconds and circuit_cooldown_seconds must not be negative")
         if self.circuit_failures < 1:
             raise ValueError("circuit_failures must be at least 1")
+        if self.max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
         if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL, not {self.base_url!r}")
         if not all(_HOST.fullmatch(host) for host in self.download_hosts):
@@ -74,6 +81,7 @@ class HostedOptions(Options):
             max_backoff_seconds=self.max_backoff_seconds,
             circuit_failures=self.circuit_failures,
             circuit_cooldown_seconds=self.circuit_cooldown_seconds,
+            max_concurrent=self.max_concurrent,
         )
 
 
