@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import re
@@ -510,6 +511,43 @@ def test_a_key_echoed_in_any_form_is_scrubbed_before_the_message_is_cut(upstream
             error = upstream.error_from(400, {}, body)
             assert isinstance(error, UpstreamRefused)
             assert all(fragment not in error.message for fragment in _fragments(KEY) | _fragments(echo))
+
+
+def _base64_forms(secret: str) -> list[str]:
+    """The key base64-encoded inside a longer value, at each of the three alignments, standard and URL-safe."""
+    raw = secret.encode()
+    forms = []
+    for offset in range(3):
+        encoded = base64.b64encode(b"\xff" * offset + raw + b"\xff" * 2).decode()
+        forms += [encoded, encoded.replace("+", "-").replace("/", "_")]
+    return forms
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        KEY,
+        quote(KEY, safe=""),
+        json.dumps(KEY)[1:-1],
+        *_base64_forms(KEY),
+        KEY.encode().hex(),
+        KEY.encode().hex().upper(),
+    ],
+)
+def test_every_field_of_a_provider_s_refusal_is_scrubbed_and_bounded(upstream: OpenAIApiProvider, echo: str) -> None:
+    """type, param and code reach the client as message does: none may carry the key, in any encoding, or
+    16,000 characters."""
+    long = "y" * 16_000
+    body = json.dumps(
+        {"error": {"message": f"bad {echo}", "type": f"t-{echo}{long}", "param": f"{echo}", "code": f"{long}{echo}"}}
+    ).encode()
+    error = upstream.error_from(400, {}, body)
+    assert isinstance(error, UpstreamRefused)
+    rendered = api_error(error).body()["error"]
+    for field in ("message", "type", "param", "code"):
+        value = rendered[field] or ""
+        assert len(value) <= 200, (field, len(value))
+        assert not any(fragment in value for fragment in _fragments(KEY) | _fragments(echo, 12)), (field, value)
 
 
 def _fragments(secret: str, length: int = 8) -> set[str]:

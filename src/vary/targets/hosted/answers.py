@@ -4,6 +4,7 @@ a blocking client's call run on a worker thread that the event loop can stop wit
 
 from __future__ import annotations
 
+import base64
 import datetime
 import email.utils
 import json
@@ -11,7 +12,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 from urllib.parse import quote, quote_plus
 
@@ -19,7 +20,8 @@ import anyio.to_thread
 import httpx
 import numpy as np
 
-from vary.errors import ImageRejected, UpstreamFailure
+from vary.echo import clipped
+from vary.errors import ImageRejected, UpstreamFailure, UpstreamRefused
 from vary.imaging import PNG_MAGIC, ImageRules, MiB, encode_png, fit_to_size, load_provider_image
 
 # One provider image, base64-decoded or downloaded: a 1536 px RGBA PNG is under 10 MiB.
@@ -28,6 +30,8 @@ MAX_IMAGE_BYTES = 16 * MiB
 # square, at most 4096 px a side (so no decompression bomb), read whole.
 OUTPUT_RULES = ImageRules(max_bytes=MAX_IMAGE_BYTES, max_side=4096)
 MAX_RETRY_AFTER = 86400.0  # a provider's wait beyond a day is read as a day
+# What is read of a provider's error answer: its message is cut to 200 characters anyway.
+ERROR_BODY_BYTES = 64 * 1024
 # What a provider's `url` must look like to be handed on: an absolute http(s) URL, nothing a browser runs.
 ABSOLUTE_HTTP_URL = re.compile(r"https?://[^\x00-\x20\x7f/?#@\\]+(?:[/?#][^\x00-\x20\x7f]*)?", re.IGNORECASE)
 _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}")
@@ -69,8 +73,20 @@ async def read_capped(response: httpx.Response, limit: int, what: str, *, retrya
     return b"".join(chunks)
 
 
+async def read_start(response: httpx.Response, limit: int) -> bytes:
+    """At most the first `limit` bytes of a streamed body (an error's: what it says is in its start)."""
+    chunks, total = [], 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk[: limit - total])
+        total += len(chunks[-1])
+        if total >= limit:
+            break
+    return b"".join(chunks)
+
+
 def scrub(text: str, secret: str | None) -> str:
-    """`text` with `secret` replaced wherever it appears: whole, URL-encoded, or escaped in a JSON string."""
+    """`text` with `secret` replaced wherever it appears: whole, URL-encoded, escaped in a JSON string, base64
+    (standard or URL-safe, at any alignment inside a longer value, as in a Basic credential) or hex."""
     if not secret:
         return text
     encoded = {
@@ -83,9 +99,50 @@ def scrub(text: str, secret: str | None) -> str:
     # Percent-escapes and \u escapes may come in either case.
     forms = {secret} | {_ESCAPE.sub(lambda m: m.group().upper().replace("\\U", "\\u"), f) for f in encoded}
     forms |= {_ESCAPE.sub(lambda m: m.group().lower(), f) for f in encoded}
-    for form in sorted(forms, key=len, reverse=True):
+    raw = secret.encode()
+    forms |= {raw.hex(), raw.hex().upper(), *_base64_cores(raw)}
+    for form in sorted((form for form in forms if len(form) >= MIN_SCRUBBED), key=len, reverse=True):
         text = text.replace(form, "[redacted]")
     return text
+
+
+# Shorter forms (of a key that short, or a base64 core of it) would redact ordinary words: no key is this short.
+MIN_SCRUBBED = 8
+
+
+def _base64_cores(raw: bytes) -> set[str]:
+    """The characters of `raw`'s base64 that depend on `raw` alone, for each of the three byte alignments it may
+    have inside a longer encoded value, in the standard and the URL-safe alphabets."""
+    cores = set()
+    for offset in range(3):
+        encoded = base64.b64encode(bytes(offset) + raw).decode("ascii").rstrip("=")
+        first = -(-8 * offset // 6)  # the first character whose six bits are all the key's
+        last = 8 * (offset + len(raw)) // 6  # the characters before it hold only the key's bits (or the prefix's)
+        core = encoded[first:last]
+        cores |= {core, core.replace("+", "-").replace("/", "_")}
+    return cores
+
+
+def refusal(
+    message: str,
+    *,
+    status: int,
+    type: str | None,
+    param: str | None,
+    code: str | None,
+    secrets: Sequence[str | None],
+) -> UpstreamRefused:
+    """A provider's refusal of the request itself, passed on: every field it sent reaches the client, so each is
+    scrubbed of the provider's secrets and cut short (after the scrub, so no part of a key crosses the cut)."""
+
+    def shown(value: str | None) -> str | None:
+        if value is None:
+            return None
+        for secret in secrets:
+            value = scrub(value, secret)
+        return clipped(value)
+
+    return UpstreamRefused(shown(message) or "", status=status, type=shown(type), param=shown(param), code=shown(code))
 
 
 def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:

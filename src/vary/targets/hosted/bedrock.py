@@ -34,6 +34,7 @@ import json
 import secrets
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,10 +44,11 @@ import pybase64
 from starlette.concurrency import run_in_threadpool
 
 from vary.controls import Capabilities
+from vary.echo import clipped
 from vary.errors import UpstreamFailure, UpstreamRefused
 from vary.request import VariationRequest
 from vary.targets.base import Made, PartlyMade
-from vary.targets.hosted.answers import Interruptible, pngs_of_size, run_interruptible
+from vary.targets.hosted.answers import Interruptible, pngs_of_size, refusal, run_interruptible
 from vary.targets.hosted.provider import HostedOptions, HostedProvider
 from vary.targets.hosted.registry import register_provider
 
@@ -131,7 +133,8 @@ class BedrockNovaCanvas(HostedProvider):
             # One attempt: the gateway retries (and counts) every call itself.
             retries={"mode": "standard", "total_max_attempts": 1},
         )
-        self.client = boto3.session.Session().client("bedrock-runtime", endpoint_url=options.endpoint, config=config)
+        self._session = boto3.session.Session()
+        self.client = self._session.client("bedrock-runtime", endpoint_url=options.endpoint, config=config)
         self._threads = anyio.CapacityLimiter(MAX_THREADS)
 
     def describe(self) -> str:
@@ -184,6 +187,14 @@ class BedrockNovaCanvas(HostedProvider):
         is up, or the client left): its read of the answer is interrupted, never waited for (answers.py)."""
         return await run_interruptible(lambda call: self._invoke(body, call), limiter=self._threads)
 
+    def _secrets(self) -> tuple[str | None, ...]:
+        """vary's AWS credentials, as the client signs with them, for scrubbing what Bedrock says; blocking."""
+        credentials = self._session.get_credentials()
+        if credentials is None:
+            return ()
+        frozen = credentials.get_frozen_credentials()
+        return frozen.access_key, frozen.secret_key, frozen.token
+
     def _body(self, request: VariationRequest, count: int, seed: int) -> dict[str, Any]:
         options = self.options
         side = render_side(request.size)
@@ -224,7 +235,7 @@ class BedrockNovaCanvas(HostedProvider):
             finally:
                 stream.close()  # here, on this thread: closing waits for a read in progress
         except ClientError as exc:
-            raise _error_from(exc) from None
+            raise _error_from(exc, self._secrets()) from None
         except BotoCoreError as exc:  # connection, timeout, credentials, an interrupted read
             raise UpstreamFailure(f"the call to Bedrock failed ({type(exc).__name__})", retryable=True) from None
         except ValueError:
@@ -250,18 +261,23 @@ def _shut_down(stream: Any) -> None:
         sock.shutdown(socket.SHUT_RD)
 
 
-def _error_from(exc: Any) -> UpstreamFailure | UpstreamRefused:
-    """A botocore ClientError (one attempt) as a domain error."""
+def _error_from(exc: Any, secrets: Sequence[str | None]) -> UpstreamFailure | UpstreamRefused:
+    """A botocore ClientError (one attempt) as a domain error; what Bedrock said scrubbed of vary's `secrets`
+    (its AWS credentials) and cut short."""
     error = exc.response.get("Error", {})
-    code = str(error.get("Code", ""))
-    message = str(error.get("Message", ""))[:200]
+    code = clipped(str(error.get("Code", "")), 100)
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    said = refusal(str(error.get("Message", "")), status=400, type=None, param=None, code=code, secrets=secrets)
     if code in ("ThrottlingException", "TooManyRequestsException", "ServiceQuotaExceededException") or status == 429:
-        return UpstreamFailure(f"Bedrock is throttling: {message}", status=429, retryable=True)
+        return UpstreamFailure(f"Bedrock is throttling: {said.message}", status=429, retryable=True)
     if status >= 500 or code in ("ModelNotReadyException", "ModelTimeoutException"):
-        return UpstreamFailure(f"Bedrock failed ({status or code})", status=status or 503, retryable=True)
+        return UpstreamFailure(f"Bedrock failed ({status or said.code})", status=status or 503, retryable=True)
     if code == "ValidationException":
         # The request itself (an input Nova refuses, content filters): passed on to the client.
-        return UpstreamRefused(message, status=400, type="invalid_request_error", param=None, code="validation_error")
+        return UpstreamRefused(
+            said.message, status=400, type="invalid_request_error", param=None, code="validation_error"
+        )
     # Credentials, access, a missing model: vary's configuration, not the client's request.
-    return UpstreamFailure(f"Bedrock refused vary's credentials or configuration ({code or status})", status=status)
+    return UpstreamFailure(
+        f"Bedrock refused vary's credentials or configuration ({said.code or status})", status=status
+    )
