@@ -25,6 +25,7 @@ from tests.conftest import png_bytes
 from tests.fakes.guardrail import FakeGuardrail
 from tests.fakes.providers import FakeProvider
 from vary.errors import FLAGGED_INPUT_MESSAGE, FLAGGED_OUTPUT_MESSAGE
+from vary.key_limits import KeyLimits
 from vary.state.database import Database
 from vary.state.schema import UsageRow
 from vary.testing import ServerProcess, free_port
@@ -33,6 +34,8 @@ SECRET = "sk-fake-provider-secret"
 WAIT_S = 120
 SKIN = (200, 140, 110)  # a colour open-nsfw scores about 0.29; white scores about 0.01
 SKIN_THRESHOLD = 0.15
+DEADLINE_S = 6.0  # hosted-regenerated's route deadline, for all its rounds
+ROUND_S = 4.0  # what each of its provider calls takes, in the deadline test
 
 
 def config(guard: str, down: str, provider: FakeProvider) -> str:
@@ -67,6 +70,10 @@ def config(guard: str, down: str, provider: FakeProvider) -> str:
             route("guard-slow", 'check = "input"', f'classifier = "{guard}/slow"', "timeout_seconds = 0.5"),
             route("guard-garbage", 'check = "output"', f'classifier = "{guard}/garbage"'),
             route("hosted-refused", 'check = "output"', "threshold = 0", to="up"),
+            # Every output flagged, each round a provider call that takes ROUND_S, within one deadline
+            '[[models]]\nname = "hosted-regenerated"\nroute = ["up"]\n'
+            f"deadline_seconds = {DEADLINE_S}\n[models.safety]\n"
+            'check = "output"\nthreshold = 0\non_flagged_output = "regenerate"\nmax_regenerations = 2\n',
             # open-nsfw scores a skin-coloured square about 0.29, a white one about 0.01
             route("hosted-input-checked", 'check = "input"', f"threshold = {SKIN_THRESHOLD}", to="up"),
         ]
@@ -222,6 +229,55 @@ def test_flagged_outputs_are_regenerated_then_refused(safety_server: tuple[Serve
     assert checks(server, "output", "flagged") == output_checks + 3
     row = usage_row(server, response.headers["x-request-id"])
     assert row.policy is not None and "after 2 regenerations" in row.policy
+
+
+def limited_key(server: ServerProcess, limits: KeyLimits) -> str:
+    db = Database.open(server.data_dir / "vary.db")
+    try:
+        return db.create_key("limited", limits=limits)[1]
+    finally:
+        db.close()
+
+
+def test_regenerated_images_take_room_in_the_images_window(safety_server: tuple[ServerProcess, str, str]) -> None:
+    """n=1 and two regenerations make three images: a key allowed two a minute gets its 429 before the third is
+    made, and the window is spent."""
+    server, _, _ = safety_server
+    key = limited_key(server, KeyLimits(images_per_minute=2))
+    before = generated(server)
+    response = post(server, key, "output-regenerated", n=1)
+    assert response.status_code == 429, response.text
+    assert "images per min" in response.json()["error"]["message"]
+    assert generated(server) == before + 2, "the third image was never made"
+    assert post(server, key, "base").status_code == 429, "the two made took the minute's room"
+
+
+def test_regenerated_images_count_toward_the_quota(safety_server: tuple[ServerProcess, str, str]) -> None:
+    server, _, _ = safety_server
+    key = limited_key(server, KeyLimits(image_quota=3))
+    response = post(server, key, "output-regenerated", n=1)  # three images made, none delivered
+    assert response.status_code == 400, response.text
+    row = usage_row(server, response.headers["x-request-id"])
+    assert row.unused_images == 3, "made and never given to the client"
+    refused = post(server, key, "base")
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+
+
+def test_one_deadline_bounds_every_regeneration_round(
+    safety_server: tuple[ServerProcess, str, str], provider: FakeProvider
+) -> None:
+    """Each round is a provider call of ROUND_S; with a fresh deadline for each, three rounds (12 s) were made.
+    One deadline of DEADLINE_S for them all cuts the second round short and makes no third."""
+    server, key, _ = safety_server
+    calls = len(provider.calls_to("openai"))
+    provider.fail("openai", *[("delay", ROUND_S)] * 3)
+    started = time.monotonic()
+    response = post(server, key, "hosted-regenerated", n=1)
+    elapsed = time.monotonic() - started
+    provider.faults["openai"].clear()
+    assert response.status_code in (400, 502), response.text
+    assert len(provider.calls_to("openai")) - calls <= 2
+    assert elapsed < DEADLINE_S + ROUND_S / 2, f"{elapsed:.1f}s for a deadline of {DEADLINE_S}s"
 
 
 def test_a_regenerated_batch_that_passes_is_answered(

@@ -544,10 +544,10 @@ def test_every_field_of_a_provider_s_refusal_is_scrubbed_and_bounded(upstream: O
     error = upstream.error_from(400, {}, body)
     assert isinstance(error, UpstreamRefused)
     rendered = api_error(error).body()["error"]
-    for field in ("message", "type", "param", "code"):
-        value = rendered[field] or ""
-        assert len(value) <= 200, (field, len(value))
-        assert not any(fragment in value for fragment in _fragments(KEY) | _fragments(echo, 12)), (field, value)
+    for name in ("message", "type", "param", "code"):
+        value = rendered[name] or ""
+        assert len(value) <= 200, (name, len(value))
+        assert not any(fragment in value for fragment in _fragments(KEY) | _fragments(echo, 12)), (name, value)
 
 
 def _fragments(secret: str, length: int = 8) -> set[str]:

@@ -94,12 +94,13 @@ class RequestAccount:
             )
 
     async def _delivered(self) -> int:
-        """The images the key's quota has counted so far this period (0 without a quota)."""
+        """The images the key's quota has counted so far this period, made and in its usage rows (0 without a
+        quota)."""
         if self.limits.image_quota is None or self.key is None:
             return 0
         since = quota_period_start(time.time(), self.services.limiter.quota_period)
         delivered: int = await self.services.db_calls.run(
-            "count a quota", self.services.db.images_delivered, self.key.id, since
+            "count a quota", self.services.db.images_made, self.key.id, since
         )
         return delivered
 
