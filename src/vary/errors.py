@@ -165,10 +165,14 @@ class ReplicaLost(VaryError):
 
 
 class ShuttingDown(VaryError):
+    """The server is stopping with the request still queued or running: the client retries (another replica,
+    or this one once it is back)."""
+
     kind: Kind = "unavailable"
 
-    def __init__(self) -> None:
-        super().__init__("The server is shutting down; retry the request.")
+    def __init__(self, retry_after: int = 5) -> None:
+        super().__init__(f"The server is shutting down; retry the request after {retry_after} seconds.")
+        self.retry_after = retry_after
 
 
 # --- the caller's limits ----------------------------------------------------------------------

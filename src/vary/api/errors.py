@@ -87,7 +87,8 @@ def api_error(exc: domain.VaryError) -> ApiError:
         retry = {"Retry-After": str(exc.retry_after)}
         return ApiError(503, message, type=SERVER_ERROR, code="replica_unavailable", headers=retry)
     if isinstance(exc, domain.ShuttingDown):
-        return ApiError(503, message, type=SERVER_ERROR)
+        retry = {"Retry-After": str(exc.retry_after)}
+        return ApiError(503, message, type=SERVER_ERROR, code="server_shutting_down", headers=retry)
     if isinstance(exc, domain.RateLimited):
         return _retry_later(exc.retry_after, message, type=exc.unit, code="rate_limit_exceeded", headers=exc.headers)
     if isinstance(exc, domain.QuotaExceeded):

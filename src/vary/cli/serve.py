@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import uvicorn
 
 from vary.app import build_app, http_protocol
+from vary.cli.stopping import StoppingServer
 from vary.datadir import DataDir, default_data_dir, make_private_dir
 from vary.engines.weights import bound_hub_timeouts
 from vary.errors import ModelUnavailable
@@ -59,7 +60,7 @@ FIRST_KEY_LEASE = "first-key"
 FIRST_KEY_LEASE_SECONDS = 60.0
 
 
-class ReadyServer(uvicorn.Server):
+class ReadyServer(StoppingServer):
     """uvicorn's server, plus the ready block once it listens."""
 
     def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None]) -> None:
