@@ -55,6 +55,13 @@ def running(tmp_path_factory: pytest.TempPathFactory, providers: tuple[FakeBedro
     text = catalogue(
         hosted("nova", "bedrock-nova-canvas", bedrock.endpoint_url, **one_attempt(region=REGION)),
         hosted("compatible", "openai-compatible", f"{upstream.base_url}/v1", key_env="UPSTREAM_KEY", **one_attempt()),
+        hosted(
+            "bounded",
+            "openai-compatible",
+            f"{upstream.base_url}/v1",
+            key_env="UPSTREAM_KEY",
+            **one_attempt(timeout_seconds=60, max_concurrent=1),
+        ),
         default="nova",
     )
     env = {**AWS_ENV, "AWS_CONFIG_FILE": str(root / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(root / "none")}
@@ -103,3 +110,32 @@ def test_a_trickling_provider_is_cut_off_at_its_timeout_and_healthz_answers_mean
     assert seconds < TIMEOUT_S + (TRICKLE_S - TIMEOUT_S) / 2, f"the request took {seconds:.1f}s"
     assert latencies, "healthz was never asked"
     assert max(latencies) < HEALTHZ_BOUND_S, f"/healthz took {max(latencies):.1f}s while the provider trickled"
+
+
+def test_a_hosted_target_at_its_concurrency_bound_refuses_at_once_in_openai_s_shape(
+    running: Running, providers: tuple[FakeBedrock, FakeProvider]
+) -> None:
+    """max_concurrent = 1: while one request is in the provider's hands, the next gets a 429 with Retry-After
+    without waiting and without reaching the provider; once the first ends, the next is served."""
+    _, upstream = providers
+    released = threading.Event()
+    upstream.fail("openai", ("hold", released))
+    calls = len(upstream.calls_to("openai"))
+    held: list[httpx.Response] = []
+    first = threading.Thread(target=lambda: held.append(post_variation(running.base_url, running.key, model="bounded")))
+    first.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(upstream.calls_to("openai")) == calls:
+            assert time.monotonic() < deadline, "the first request never reached the provider"
+            time.sleep(0.05)  # poll, bounded by the deadline
+        refused = post_variation(running.base_url, running.key, model="bounded")
+        assert refused.status_code == 429, refused.text
+        assert set(refused.json()["error"]) == {"message", "type", "param", "code"}
+        assert int(refused.headers["retry-after"]) >= 1
+        assert len(upstream.calls_to("openai")) == calls + 1, "the refused request reached the provider"
+    finally:
+        released.set()
+        first.join(60)
+    assert held and held[0].status_code == 200, held
+    assert post_variation(running.base_url, running.key, model="bounded").status_code == 200
