@@ -52,7 +52,7 @@ def test_a_transparent_image_is_classified_in_every_view_a_provider_may_take() -
     drawn_in_alpha = Image.new("RGBA", (4, 4), (255, 255, 255, 0))
     drawn_in_alpha.putpixel((1, 1), (255, 255, 255, 255))
     on_white, on_black, dropped = content_views(drawn_in_alpha)
-    assert len(set(on_white.getdata())) == 1 and len(set(dropped.getdata())) == 1  # blank in both
+    assert len(on_white.getcolors() or ()) == 1 and len(dropped.getcolors() or ()) == 1  # blank in both
     assert on_black.getpixel((1, 1)) == (255, 255, 255) and on_black.getpixel((0, 0)) == (0, 0, 0)
     assert all(view.mode == "RGB" for view in content_views(Image.new("LA", (4, 4), (90, 0))))
     palette = Image.new("P", (4, 4), 3)
