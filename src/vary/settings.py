@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic.config import JsonDict
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from vary.controls import MAX_GUIDANCE_SCALE, MAX_STEPS
@@ -21,15 +20,14 @@ MIN_SIGNING_SECRET_CHARS = 32
 # The model `vary serve` and `vary pull` use when none is named.
 DEFAULT_MODEL = "kandinsky-2.2"
 # The sections `vary serve --help` groups its flags in, in this order; each setting names its own.
-# (Typed as pydantic's JsonDict: `json_schema_extra` takes nothing narrower since pydantic 2.12.)
-SERVER: JsonDict = {"section": "server"}
-MODELS: JsonDict = {"section": "models"}
-STORAGE: JsonDict = {"section": "storage and database"}
-LIMITS: JsonDict = {"section": "limits"}
-SAFETY: JsonDict = {"section": "content policy"}
-OBSERVABILITY: JsonDict = {"section": "observability"}
-CLUSTER: JsonDict = {"section": "cluster"}
-SECTIONS = tuple(str(s["section"]) for s in (SERVER, MODELS, STORAGE, LIMITS, SAFETY, OBSERVABILITY, CLUSTER))
+SERVER = {"section": "server"}
+MODELS = {"section": "models"}
+STORAGE = {"section": "storage and database"}
+LIMITS = {"section": "limits"}
+SAFETY = {"section": "content policy"}
+OBSERVABILITY = {"section": "observability"}
+CLUSTER = {"section": "cluster"}
+SECTIONS = tuple(s["section"] for s in (SERVER, MODELS, STORAGE, LIMITS, SAFETY, OBSERVABILITY, CLUSTER))
 
 
 class Settings(BaseSettings):
