@@ -86,7 +86,9 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             **QUICK,
         ),
         hosted("fal-as-is", "fal", fal.base_url, key_env=key_env, rehost_urls=False, **QUICK),
-        hosted("fal-listed", "fal", fal.base_url, key_env=key_env, download_hosts=["127.0.0.2"], **QUICK),
+        hosted(
+            "fal-listed", "fal", fal.base_url, key_env=key_env, download_hosts=[f"127.0.0.2:{internal.port}"], **QUICK
+        ),
         hosted("fal-quick", "fal", fal.base_url, key_env=key_env, timeout_seconds=2, max_attempts=1, **QUICK),
         hosted("fal-second", "fal", second.base_url, key_env="FAKE_FAL_SECOND_KEY", timeout_seconds=20, **QUICK),
         route("fal-then-second", ["fal", "fal-second"]),

@@ -5,6 +5,7 @@ reach a client; the usage rows, the log and the metrics say what happened."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -17,18 +18,24 @@ import httpx
 import openai
 import pytest
 from openai import OpenAI
+from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import png_bytes
 from tests.fakes.guardrail import FakeGuardrail
 from tests.fakes.providers import FakeProvider
 from vary.errors import FLAGGED_INPUT_MESSAGE, FLAGGED_OUTPUT_MESSAGE
+from vary.key_limits import KeyLimits
 from vary.state.database import Database
 from vary.state.schema import UsageRow
 from vary.testing import ServerProcess, free_port
 
 SECRET = "sk-fake-provider-secret"
 WAIT_S = 120
+SKIN = (200, 140, 110)  # a colour open-nsfw scores about 0.29; white scores about 0.01
+SKIN_THRESHOLD = 0.15
+DEADLINE_S = 6.0  # hosted-regenerated's route deadline, for all its rounds
+ROUND_S = 4.0  # what each of its provider calls takes, in the deadline test
 
 
 def config(guard: str, down: str, provider: FakeProvider) -> str:
@@ -63,6 +70,12 @@ def config(guard: str, down: str, provider: FakeProvider) -> str:
             route("guard-slow", 'check = "input"', f'classifier = "{guard}/slow"', "timeout_seconds = 0.5"),
             route("guard-garbage", 'check = "output"', f'classifier = "{guard}/garbage"'),
             route("hosted-refused", 'check = "output"', "threshold = 0", to="up"),
+            # Every output flagged, each round a provider call that takes ROUND_S, within one deadline
+            '[[models]]\nname = "hosted-regenerated"\nroute = ["up"]\n'
+            f"deadline_seconds = {DEADLINE_S}\n[models.safety]\n"
+            'check = "output"\nthreshold = 0\non_flagged_output = "regenerate"\nmax_regenerations = 2\n',
+            # open-nsfw scores a skin-coloured square about 0.29, a white one about 0.01
+            route("hosted-input-checked", 'check = "input"', f"threshold = {SKIN_THRESHOLD}", to="up"),
         ]
     )
 
@@ -108,11 +121,11 @@ def client(safety_server: tuple[ServerProcess, str, str]) -> OpenAI:
     return OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
 
 
-def post(server: ServerProcess, key: str, model: str, n: int = 1) -> httpx.Response:
+def post(server: ServerProcess, key: str, model: str, n: int = 1, image: bytes | None = None) -> httpx.Response:
     return httpx.post(
         f"{server.base_url}/v1/images/variations",
         headers={"Authorization": f"Bearer {key}"},
-        files={"image": ("a.png", png_bytes(64))},
+        files={"image": ("a.png", png_bytes(64) if image is None else image)},
         data={"model": model, "n": str(n), "size": "256x256", "response_format": "b64_json"},
         timeout=WAIT_S,
     )
@@ -218,6 +231,55 @@ def test_flagged_outputs_are_regenerated_then_refused(safety_server: tuple[Serve
     assert row.policy is not None and "after 2 regenerations" in row.policy
 
 
+def limited_key(server: ServerProcess, limits: KeyLimits) -> str:
+    db = Database.open(server.data_dir / "vary.db")
+    try:
+        return db.create_key("limited", limits=limits)[1]
+    finally:
+        db.close()
+
+
+def test_regenerated_images_take_room_in_the_images_window(safety_server: tuple[ServerProcess, str, str]) -> None:
+    """n=1 and two regenerations make three images: a key allowed two a minute gets its 429 before the third is
+    made, and the window is spent."""
+    server, _, _ = safety_server
+    key = limited_key(server, KeyLimits(images_per_minute=2))
+    before = generated(server)
+    response = post(server, key, "output-regenerated", n=1)
+    assert response.status_code == 429, response.text
+    assert "images per min" in response.json()["error"]["message"]
+    assert generated(server) == before + 2, "the third image was never made"
+    assert post(server, key, "base").status_code == 429, "the two made took the minute's room"
+
+
+def test_regenerated_images_count_toward_the_quota(safety_server: tuple[ServerProcess, str, str]) -> None:
+    server, _, _ = safety_server
+    key = limited_key(server, KeyLimits(image_quota=3))
+    response = post(server, key, "output-regenerated", n=1)  # three images made, none delivered
+    assert response.status_code == 400, response.text
+    row = usage_row(server, response.headers["x-request-id"])
+    assert row.unused_images == 3, "made and never given to the client"
+    refused = post(server, key, "base")
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+
+
+def test_one_deadline_bounds_every_regeneration_round(
+    safety_server: tuple[ServerProcess, str, str], provider: FakeProvider
+) -> None:
+    """Each round is a provider call of ROUND_S; with a fresh deadline for each, three rounds (12 s) were made.
+    One deadline of DEADLINE_S for them all cuts the second round short and makes no third."""
+    server, key, _ = safety_server
+    calls = len(provider.calls_to("openai"))
+    provider.fail("openai", *[("delay", ROUND_S)] * 3)
+    started = time.monotonic()
+    response = post(server, key, "hosted-regenerated", n=1)
+    elapsed = time.monotonic() - started
+    provider.faults["openai"].clear()
+    assert response.status_code in (400, 502), response.text
+    assert len(provider.calls_to("openai")) - calls <= 2
+    assert elapsed < DEADLINE_S + ROUND_S / 2, f"{elapsed:.1f}s for a deadline of {DEADLINE_S}s"
+
+
 def test_a_regenerated_batch_that_passes_is_answered(
     safety_server: tuple[ServerProcess, str, str], guardrail: FakeGuardrail
 ) -> None:
@@ -297,6 +359,38 @@ def test_a_hosted_providers_images_are_checked_too(
     assert response.json()["error"]["message"] == FLAGGED_OUTPUT_MESSAGE
     assert_nothing_leaks(response)
     assert len(provider.calls_to("openai")) == calls + 1
+
+
+@pytest.mark.parametrize(
+    ("hidden", "mode"),
+    [((*SKIN, 0), "RGBA"), ((*SKIN, 12), "RGBA"), ((*SKIN,), "P-transparent")],
+    ids=["clear", "nearly-clear", "palette-transparency"],
+)
+def test_a_transparent_input_cannot_hide_from_the_check_what_a_provider_is_sent(
+    safety_server: tuple[ServerProcess, str, str], provider: FakeProvider, hidden: tuple[int, ...], mode: str
+) -> None:
+    """The provider gets the PNG's bytes, pixels under its transparency included, and may drop the alpha or
+    composite on any background: the check classifies every such view, not only the image on white."""
+    server, key, _ = safety_server
+    if mode == "P-transparent":  # a palette image whose one colour is marked transparent (a tRNS chunk)
+        image = _palette_png(hidden)
+    else:
+        image = png_bytes(64, "RGBA", hidden)
+    calls = len(provider.calls_to("openai"))
+    refused = post(server, key, "hosted-input-checked", image=image)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "content_policy_violation"
+    assert len(provider.calls_to("openai")) == calls, "the provider was called with a flagged input"
+    passed = post(server, key, "hosted-input-checked", image=png_bytes(64, "RGBA", (255, 255, 255, 0)))
+    assert passed.status_code == 200, passed.text
+
+
+def _palette_png(colour: tuple[int, ...]) -> bytes:
+    palette = Image.new("P", (64, 64), 0)
+    palette.putpalette([*colour[:3]] * 256)
+    buffer = io.BytesIO()
+    palette.save(buffer, format="PNG", transparency=0)
+    return buffer.getvalue()
 
 
 def test_an_operator_turns_the_checks_off_for_a_trusted_key(safety_server: tuple[ServerProcess, str, str]) -> None:

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import uvicorn
 
 from vary.app import build_app, http_protocol
+from vary.cli.stopping import StoppingServer
 from vary.datadir import DataDir, default_data_dir, make_private_dir
 from vary.engines.weights import bound_hub_timeouts
 from vary.errors import ModelUnavailable
@@ -54,8 +55,9 @@ log = logging.getLogger("vary")
 T = TypeVar("T")
 
 
-class ReadyServer(uvicorn.Server):
-    """uvicorn's server, plus the ready block once it listens, and a drain window on SIGTERM.
+class ReadyServer(StoppingServer):
+    """uvicorn's server (stopping as cli/stopping.py says), plus the ready block once it listens, and a drain
+    window on SIGTERM.
 
     Drain: the first SIGTERM calls `on_drain` (/readyz fails from then on) and the server goes on serving
     for `drain_seconds`, new connections included, so that a load balancer sees the failing /readyz and

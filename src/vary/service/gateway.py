@@ -33,7 +33,9 @@ from opentelemetry.trace import Status, StatusCode
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from vary.errors import (
+    Busy,
     Kind,
+    Overloaded,
     UpstreamFailure,
     UpstreamMisconfigured,
     UpstreamRateLimited,
@@ -48,6 +50,8 @@ from vary.targets.base import Image, Made, PartlyMade, Target, filled, made_with
 log = logging.getLogger("vary.gateway")
 tracer = trace.get_tracer(__name__)
 
+# What a client is told to wait when a target is at its concurrency bound: a slot frees when any call ends.
+BUSY_RETRY_AFTER = 2
 # How an attempt ended, for the metrics: a fixed set, so labels never come from a provider's answer.
 Outcome = Literal["success", "retryable", "configuration", "refused", "overloaded", "unavailable"]
 
@@ -81,6 +85,7 @@ class DeadlinePassed(UpstreamFailure):
 class Gateway:
     def __init__(self, observer: AttemptObserver | None = None) -> None:
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._in_flight: dict[str, int] = {}  # requests on each bounded target now (one event loop: no lock)
         self.observer = observer
 
     def breaker(self, target: Target) -> CircuitBreaker | None:
@@ -119,21 +124,50 @@ class Gateway:
                 log.warning("the deadline passed before target %s could be tried", target.name)
                 last = last or DeadlinePassed()
                 break
-            breaker = self.breaker(target)
-            entry = breaker.enter() if breaker is not None else "closed"
-            if entry is None:
-                log.warning("target %s skipped: its circuit is open or being probed", target.name)
+            if not self._take_slot(target):
+                # Before the breaker: a full target says nothing of the provider's health, and is no attempt.
+                log.info(
+                    "target %s skipped: %d requests in flight, its max_concurrent", target.name, self._bound(target)
+                )
+                last = Busy(target.name, BUSY_RETRY_AFTER)
                 continue
             try:
+                breaker = self.breaker(target)
+                entry = breaker.enter() if breaker is not None else "closed"
+                if entry is None:
+                    log.warning("target %s skipped: its circuit is open or being probed", target.name)
+                    continue
                 made = await self._attempts(target, breaker, entry == "probe", request, ends, tried)
                 return made, Served(target.name, tried.total, tried)
             except Exception as exc:  # noqa: BLE001 - classified below; cancellation is not an Exception
                 if kind_of(exc) == "refused":
                     raise
                 last = exc
-                if len(targets) > 1:
+                if len(targets) > 1 or target.remote:
+                    # A provider's failure is said even alone: the client's answer is generic (a refused
+                    # download, a bad answer); a lone local model's own error goes back as it is.
                     log.warning("target %s gave up (%s): %s", target.name, outcome_of(exc), _describe(exc))
+            finally:
+                self._give_slot(target)
         raise _all_failed(last, targets)
+
+    @staticmethod
+    def _bound(target: Target) -> int | None:
+        return target.resilience.max_concurrent
+
+    def _take_slot(self, target: Target) -> bool:
+        """One of the target's max_concurrent slots, for this request's attempts on it; False when none is free."""
+        bound = self._bound(target)
+        if bound is None:
+            return True
+        if self._in_flight.get(target.name, 0) >= bound:
+            return False
+        self._in_flight[target.name] = self._in_flight.get(target.name, 0) + 1
+        return True
+
+    def _give_slot(self, target: Target) -> None:
+        if self._bound(target) is not None:
+            self._in_flight[target.name] -= 1
 
     async def _attempts(
         self,
@@ -284,4 +318,6 @@ def _all_failed(last: BaseException | None, targets: Sequence[Target]) -> BaseEx
     names = ", ".join(target.name for target in targets)
     if isinstance(last, UpstreamFailure) and last.rate_limited:
         return UpstreamRateLimited(names, max(1, math.ceil(last.retry_after or 1)))
+    if isinstance(last, Overloaded):  # the last target full or its queue full: come back, as for a rate limit
+        return UpstreamRateLimited(names, last.retry_after)
     return UpstreamUnavailable(names)

@@ -26,6 +26,9 @@ class Resilience:
     max_backoff_seconds: float = 20.0  # also caps a Retry-After
     circuit_failures: int | None = None  # failed attempts in a row that open the circuit; None: no breaker
     circuit_cooldown_seconds: float = 30.0
+    # Requests in flight on the target at once; the next is refused at once (or goes to a route's next target).
+    # None: no bound (a local model has its own queue).
+    max_concurrent: int | None = None
 
 
 @dataclass(frozen=True)

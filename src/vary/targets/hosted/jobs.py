@@ -46,10 +46,17 @@ from opentelemetry import trace
 from starlette.concurrency import run_in_threadpool
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from vary.errors import ContentFlagged, UpstreamFailure, UpstreamMisconfigured, UpstreamRefused, VaryError
+from vary.errors import ContentFlagged, UpstreamFailure, UpstreamMisconfigured, VaryError
 from vary.request import Part, VariationRequest
 from vary.targets.base import Made, Resilience
-from vary.targets.hosted.answers import ABSOLUTE_HTTP_URL, MAX_IMAGE_BYTES, pngs_of_size, read_capped, retry_after
+from vary.targets.hosted.answers import (
+    ABSOLUTE_HTTP_URL,
+    MAX_IMAGE_BYTES,
+    pngs_of_size,
+    read_capped,
+    refusal,
+    retry_after,
+)
 from vary.targets.hosted.answers import scrub as scrub_key
 from vary.targets.hosted.downloads import Downloader, DownloadPolicy
 from vary.targets.hosted.provider import HostedOptions, HostedProvider
@@ -297,8 +304,15 @@ class JobProvider(HostedProvider):
         flagged = self.moderation(status, body)
         if flagged is not None:
             return flagged
-        words = detail or "The provider refused the input."
-        return UpstreamRefused(words, status=400, type="invalid_request_error", param=param, code=None)
+        # Every field that reaches the client scrubbed of the key and of signed URLs, and cut short.
+        return refusal(
+            self.scrub(message) or "The provider refused the input.",
+            status=400,
+            type="invalid_request_error",
+            param=self.scrub(param) if param is not None else None,
+            code=None,
+            secrets=(self.secret(),),
+        )
 
     def scrub(self, text: str) -> str:
         """`text` without the key (in any form it can be echoed) and without any signed URL."""

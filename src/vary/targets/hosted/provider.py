@@ -25,8 +25,13 @@ from vary.targets.base import Made, Resilience
 
 # The whole of one client request to a hosted route, retries and fallbacks included, unless configured.
 DEFAULT_DEADLINE_SECONDS = 300.0
-# A download host: a name, "*." and a name (its subdomains), or a bracketed IPv6 address; no scheme, port or path.
-_HOST = re.compile(r"(?:\*\.)?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+# Requests in flight on one hosted provider at once, unless configured (docs/gateway.md says what each holds).
+DEFAULT_MAX_CONCURRENT = 32
+# A download host: a name, "*." and a name (its subdomains), or a bracketed IPv6 address, and optionally a port
+# (without one, the URL scheme's default); no scheme or path.
+_HOST = re.compile(
+    r"(?:(?:\*\.)?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?"
+)
 
 
 @dataclass(frozen=True)
@@ -45,10 +50,14 @@ class HostedOptions(Options):
     circuit_cooldown_seconds: float = 30.0
     # The model served alone: every attempt and wait within this; a route has its own deadline_seconds.
     deadline_seconds: float = DEFAULT_DEADLINE_SECONDS
-    # Hosts besides the provider's own that its image URLs may be downloaded from ("*.example.com": its subdomains).
+    # Hosts besides the provider's own that its image URLs may be downloaded from ("*.example.com": its subdomains;
+    # "host:8443": that port, else the URL scheme's default).
     download_hosts: tuple[str, ...] = ()
     # URL answers: downloaded, stored and signed by vary (its expiry, its host), or handed on as they are.
     rehost_urls: bool = True
+    # Requests in flight on this provider at once (each holds its input and, later, its answer: up to tens of
+    # MB); the next gets a 429 with Retry-After, or a route's next target. Raise it for a busy gateway.
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -58,11 +67,14 @@ class HostedOptions(Options):
             raise ValueError("backoff_seconds, max_backoff_seconds and circuit_cooldown_seconds must not be negative")
         if self.circuit_failures < 1:
             raise ValueError("circuit_failures must be at least 1")
+        if self.max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
         if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL, not {self.base_url!r}")
-        if not all(_HOST.fullmatch(host) for host in self.download_hosts):
+        if not all(_download_host(host) for host in self.download_hosts):
             raise ValueError(
-                'download_hosts must be a list of host names (no scheme, port or path): ["cdn.example.com"]'
+                "download_hosts must be a list of host names, each with a port if not the default (no scheme or path): "
+                '["cdn.example.com", "*.blob.example.net", "media.example.com:8443"]'
             )
 
     def resilience(self, *, timeout_seconds: float | None) -> Resilience:
@@ -74,7 +86,13 @@ class HostedOptions(Options):
             max_backoff_seconds=self.max_backoff_seconds,
             circuit_failures=self.circuit_failures,
             circuit_cooldown_seconds=self.circuit_cooldown_seconds,
+            max_concurrent=self.max_concurrent,
         )
+
+
+def _download_host(entry: str) -> bool:
+    match = _HOST.fullmatch(entry)
+    return match is not None and (match["port"] is None or 1 <= int(match["port"]) <= 65535)
 
 
 Status = Literal["live", "legacy", "retired"]
