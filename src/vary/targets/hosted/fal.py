@@ -36,7 +36,7 @@ from typing import Any
 from vary.controls import Capabilities
 from vary.errors import ContentFlagged, UpstreamFailure
 from vary.request import Part, VariationRequest
-from vary.targets.hosted.jobs import JobCall, JobOptions, JobProvider, clamped, data_uri
+from vary.targets.hosted.jobs import JobCall, JobOptions, JobProvider, Knobs, data_uri
 from vary.targets.hosted.provider import Lifecycle
 from vary.targets.hosted.registry import register_provider
 
@@ -62,19 +62,11 @@ class FalOptions(JobOptions):
             raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}")
 
 
-@dataclass(frozen=True)
-class Knobs:
-    """What an application takes besides the image: its steps' range, and its guidance's (None: none)."""
-
-    steps: tuple[int, int]
-    guidance: tuple[float, float] | None
-
-    @classmethod
-    def of(cls, application: str) -> Knobs:
-        # FLUX.1 [schnell] is guidance-distilled: a few steps and no guidance_scale. Dev and later take both.
-        if "/schnell/" in f"{application}/":
-            return cls(steps=(1, 12), guidance=None)
-        return cls(steps=(1, 50), guidance=(1.0, 20.0))
+def knobs_of(application: str) -> Knobs:
+    # FLUX.1 [schnell] is guidance-distilled: a few steps and no guidance_scale. Dev and later take both.
+    if "/schnell/" in f"{application}/":
+        return Knobs(steps=(1, 12), guidance=None)
+    return Knobs(steps=(1, 50), guidance=(1.0, 20.0))
 
 
 def image_size(size: int) -> str:
@@ -100,15 +92,13 @@ class Fal(JobProvider):
 
     @property
     def knobs(self) -> Knobs:
-        return Knobs.of(self.options.application)
+        return knobs_of(self.options.application)
 
     def describe(self) -> str:
         return f"FLUX.1 Redux on fal ({self.options.application})"
 
     def capabilities(self) -> Capabilities:
-        # One image in, no img2img path; steps always, guidance where the application has it.
-        guidance = self.knobs.guidance is not None
-        return Capabilities(guidance_scale=guidance, img2img=False, max_images=1, image_weights=False)
+        return self.knobs.capabilities()
 
     def auth(self, key: str) -> dict[str, str]:
         return {"Authorization": f"Key {key}"}
@@ -123,10 +113,11 @@ class Fal(JobProvider):
             "enable_safety_checker": options.enable_safety_checker,
             "output_format": options.output_format,
         }
-        if controls.steps is not None:
-            body["num_inference_steps"] = int(clamped(controls.steps, *knobs.steps))
-        if controls.guidance_scale is not None and knobs.guidance is not None:
-            body["guidance_scale"] = clamped(controls.guidance_scale, *knobs.guidance)
+        steps, guidance = knobs.steps_of(controls), knobs.guidance_of(controls)
+        if steps is not None:
+            body["num_inference_steps"] = steps
+        if guidance is not None:
+            body["guidance_scale"] = guidance
         return body
 
     async def job(self, call: JobCall) -> list[str]:

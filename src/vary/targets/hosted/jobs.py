@@ -46,6 +46,7 @@ from opentelemetry import trace
 from starlette.concurrency import run_in_threadpool
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
+from vary.controls import Capabilities, RequestedControls
 from vary.errors import ContentFlagged, UpstreamFailure, UpstreamMisconfigured, VaryError
 from vary.request import Part, VariationRequest
 from vary.targets.base import Made, Resilience
@@ -88,6 +89,26 @@ class JobOptions(HostedOptions):
             raise ValueError("poll_interval_seconds must be above 0 and at most 60")
         if not 1 <= self.max_concurrent_calls <= 16:
             raise ValueError("max_concurrent_calls must be 1 to 16")
+
+
+@dataclass(frozen=True)
+class Knobs:
+    """What a provider's model takes besides the image: its steps' range, and its guidance's (None: none)."""
+
+    steps: tuple[int, int]
+    guidance: tuple[float, float] | None
+
+    def capabilities(self) -> Capabilities:
+        """FLUX.1 Redux as a job: one image in, no img2img path; steps always, guidance where the model has it."""
+        return Capabilities(guidance_scale=self.guidance is not None, img2img=False, max_images=1, image_weights=False)
+
+    def steps_of(self, controls: RequestedControls) -> int | None:
+        return int(clamped(controls.steps, *self.steps)) if controls.steps is not None else None
+
+    def guidance_of(self, controls: RequestedControls) -> float | None:
+        if controls.guidance_scale is None or self.guidance is None:
+            return None
+        return clamped(controls.guidance_scale, *self.guidance)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from typing import Any
 from vary.controls import Capabilities
 from vary.errors import ContentFlagged, UpstreamFailure
 from vary.request import Part, VariationRequest
-from vary.targets.hosted.jobs import JobCall, JobOptions, JobProvider, clamped, data_uri
+from vary.targets.hosted.jobs import JobCall, JobOptions, JobProvider, Knobs, data_uri
 from vary.targets.hosted.provider import Lifecycle
 from vary.targets.hosted.registry import register_provider
 
@@ -59,17 +59,11 @@ class ReplicateOptions(JobOptions):
             raise ValueError(f"output_format must be one of {', '.join(OUTPUT_FORMATS)}")
 
 
-@dataclass(frozen=True)
-class Knobs:
-    steps: tuple[int, int]
-    guidance: tuple[float, float] | None
-
-    @classmethod
-    def of(cls, model: str) -> Knobs:
-        # FLUX.1 [schnell] is distilled to a few steps and has no guidance; dev has both.
-        if "schnell" in model:
-            return cls(steps=(1, 4), guidance=None)
-        return cls(steps=(1, 50), guidance=(0.0, 10.0))
+def knobs_of(model: str) -> Knobs:
+    # FLUX.1 [schnell] is distilled to a few steps and has no guidance; dev has both.
+    if "schnell" in model:
+        return Knobs(steps=(1, 4), guidance=None)
+    return Knobs(steps=(1, 50), guidance=(0.0, 10.0))
 
 
 def megapixels(size: int) -> str:
@@ -95,14 +89,13 @@ class Replicate(JobProvider):
 
     @property
     def knobs(self) -> Knobs:
-        return Knobs.of(self.options.upstream_model)
+        return knobs_of(self.options.upstream_model)
 
     def describe(self) -> str:
         return f"FLUX.1 Redux on Replicate ({self.options.upstream_model})"
 
     def capabilities(self) -> Capabilities:
-        guidance = self.knobs.guidance is not None
-        return Capabilities(guidance_scale=guidance, img2img=False, max_images=1, image_weights=False)
+        return self.knobs.capabilities()
 
     def auth(self, key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"}
@@ -118,10 +111,11 @@ class Replicate(JobProvider):
             "output_format": options.output_format,
             "disable_safety_checker": options.disable_safety_checker,
         }
-        if controls.steps is not None:
-            given["num_inference_steps"] = int(clamped(controls.steps, *knobs.steps))
-        if controls.guidance_scale is not None and knobs.guidance is not None:
-            given["guidance"] = clamped(controls.guidance_scale, *knobs.guidance)
+        steps, guidance = knobs.steps_of(controls), knobs.guidance_of(controls)
+        if steps is not None:
+            given["num_inference_steps"] = steps
+        if guidance is not None:
+            given["guidance"] = guidance
         return {"input": given}
 
     async def job(self, call: JobCall) -> list[str]:
