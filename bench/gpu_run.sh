@@ -14,7 +14,8 @@ mkdir -p "$out" && out=$(cd "$out" && pwd)
 # shellcheck source=bench/gpu_env.sh
 source "$(dirname "$0")/gpu_env.sh"
 cd "$ROOT" || exit 1
-export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1  # nothing can be fetched there: never wait on a download
+# Nothing can be fetched there: never wait on a download.
+export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_PROGRESS_BARS=1 PYTHONUNBUFFERED=1
 {
   echo "== bench/gpu_run.sh ${smoke[*]} $out, $(date -u +%FT%TZ), $(git rev-parse --short HEAD 2>/dev/null || echo 'no git')"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm,temperature.gpu,power.draw \

@@ -22,6 +22,15 @@ COLUMNS = (
 )  # fmt: skip
 
 
+def quiet_loading() -> None:
+    """No loading bars in the log: diffusers' and transformers' own tqdm bars."""
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def say(line: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {line}", flush=True)
 

@@ -34,9 +34,9 @@ import torch
 
 from bench import flops, gpu
 from bench.contenders import InProcess, OverHttp, Timing, Tuned, bench_settings, client_process, median, serving
-from bench.record import Clock, Record, say
+from bench.record import Clock, Record, quiet_loading, say
 from vary.engines.diffusion import DiffusionEngine, Placement
-from vary.engines.flux_redux import FluxReduxEngine, real_configs
+from vary.engines.flux_redux import FluxReduxEngine, real_configs, tiny_configs
 from vary.engines.kandinsky import KandinskyVariationEngine
 
 # Of the measured peak, the rate a stage is predicted at before the model has run anything.
@@ -133,9 +133,12 @@ def matmul_peak(device: torch.device) -> float:
 # --- the models -----------------------------------------------------------------------------------
 
 
-def kandinsky(work: Path, device: torch.device, smoke: bool) -> Subject:
-    directory = gpu.build_model_dir(work / "kandinsky", smoke=smoke)
-    engine = KandinskyVariationEngine(name="kandinsky-2.2", weights=str(directory), placement=Placement(str(device)))
+def kandinsky(work: Path, device: torch.device, smoke: bool, placement: Placement | None = None) -> Subject:
+    directory = work / "kandinsky"
+    if not (directory / "decoder").is_dir():  # built once per run: later engines (bench/tune.py) load the same
+        gpu.build_model_dir(directory, smoke=smoke)
+    placement = placement or Placement(str(device))
+    engine = KandinskyVariationEngine(name="kandinsky-2.2", weights=str(directory), placement=placement)
     engine.load()
     steps = engine.options.steps
     layout = directory if smoke else None
@@ -147,17 +150,15 @@ def kandinsky(work: Path, device: torch.device, smoke: bool) -> Subject:
     return Subject("kandinsky-2.2", engine, request_flops, rate=0.0)
 
 
-def flux_schnell(device: torch.device, smoke: bool) -> Subject:
-    if smoke:  # the tiny twin: toy sizes, seeded random weights
-        engine: FluxReduxEngine = FluxReduxEngine.tiny_random(placement=Placement(str(device)))  # type: ignore[assignment]
-        from vary.engines.flux_redux import tiny_configs
-
+def flux_schnell(work: Path, device: torch.device, smoke: bool, placement: Placement | None = None) -> Subject:
+    """Seeded random weights: every engine built here has the same ones (bench/tune.py compares their images)."""
+    placement = placement or Placement(str(device))
+    if smoke:  # the tiny twin: toy sizes
+        engine: FluxReduxEngine = FluxReduxEngine.tiny_random(name="flux-redux-schnell", placement=placement)  # type: ignore[assignment]
         configs = tiny_configs("schnell")
     else:
         configs = real_configs("schnell")
-        engine = FluxReduxEngine.with_random_weights(
-            configs, name="flux-redux-schnell", placement=Placement(str(device))
-        )
+        engine = FluxReduxEngine.with_random_weights(configs, name="flux-redux-schnell", placement=placement)
     engine.load()
     steps = engine.options.steps
 
@@ -208,24 +209,41 @@ def measure(subject: Subject, contenders: Contenders, record: Record, until: flo
         if predicted > left:
             record.skip(stage, f"predicted {predicted:.0f} s, {left:.0f} s left for this model")
             continue
-        runner = contenders.by_case[who]
         started = time.time()
-        warm = runner.run(case.side, case.n, case.concurrency, case.concurrency, seed=10_000)
-        warm_s = time.time() - started
-        # The warm-up's own time bounds what the timed part can cost; trim it to what is left.
-        per_request = warm_s / case.concurrency if case.concurrency > 1 else warm_s
-        affordable = math.floor((until - time.time()) / max(per_request, 1e-3))
-        requests = min(requests, affordable)
-        if requests < case.least:
-            record.skip(stage, f"warmed in {warm_s:.1f} s; no time left for {case.least} timed requests")
+        try:
+            measured = run_stage(contenders.by_case[who], case, requests, until)
+        except Exception as exc:  # noqa: BLE001 - one broken stage must not lose the others
+            record.skip(stage, f"{type(exc).__name__}: {exc}"[:500])
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
             continue
-        timing = runner.run(case.side, case.n, case.concurrency, requests, seed=0)
+        if isinstance(measured, str):
+            record.skip(stage, measured)
+            continue
+        timing, warm, warm_s = measured
         timings[(case.name, who)] = timing
         done = timing.images * subject.request_flops(case.side, 1) / max(timing.wall_s, 1e-9)
-        subject.rate = done if subject.rate == 0 else (subject.rate + done) / 2
+        subject.rate = (subject.rate + done) / 2
         add_row(record, subject, case, who, timing, timings, warm, warm_s)
         record.stage(stage, time.time() - started)
     check_sameness(subject, timings, record)
+
+
+def run_stage(runner: Any, case: Case, requests: int, until: float) -> tuple[Timing, Timing, float] | str:
+    """The case warmed up by this contender (one round), then timed: (timing, warm-up, warm-up seconds), or why
+    it was not timed."""
+    started = time.time()
+    warm = runner.run(case.side, case.n, case.concurrency, case.concurrency, seed=10_000)
+    warm_s = time.time() - started
+    # The warm-up's own time bounds what the timed part can cost; trim it to what is left.
+    per_request = warm_s / case.concurrency if case.concurrency > 1 else warm_s
+    requests = min(requests, math.floor((until - time.time()) / max(per_request, 1e-3)))
+    if requests < case.least:
+        return f"warmed in {warm_s:.1f} s; no time left for {case.least} timed requests"
+    timing = runner.run(case.side, case.n, case.concurrency, requests, seed=0)
+    if not timing.latencies_ms:
+        return "no request succeeded: " + "; ".join(timing.errors[:3])
+    return timing, warm, warm_s
 
 
 def add_row(
@@ -300,10 +318,7 @@ def check_sameness(subject: Subject, timings: dict[tuple[str, str], Timing], rec
 
 # --- the run --------------------------------------------------------------------------------------
 
-BUILDERS: dict[str, Callable[[Path, torch.device, bool], Subject]] = {
-    "kandinsky-2.2": kandinsky,
-    "flux-redux-schnell": lambda work, device, smoke: flux_schnell(device, smoke),
-}
+BUILDERS: dict[str, Callable[..., Subject]] = {"kandinsky-2.2": kandinsky, "flux-redux-schnell": flux_schnell}
 
 
 def predicted_full(subject_flops: Callable[[int, int], float], rate: float) -> float:
@@ -314,6 +329,7 @@ def predicted_full(subject_flops: Callable[[int, int], float], rate: float) -> f
 def run(args: argparse.Namespace) -> Record:
     device = torch.device("cpu" if args.smoke else "cuda")
     clock = Clock(args.started or time.time(), args.budget_s)
+    quiet_loading()
     record = Record(args.out, machine(device))
     say(f"machine: {record.machine}; {clock.left():.0f} s left of {args.budget_s:.0f}")
     peak = matmul_peak(device)
@@ -325,24 +341,33 @@ def run(args: argparse.Namespace) -> Record:
     record.set(predicted_s={name: round(seconds, 1) for name, seconds in guesses.items()})
     with tempfile.TemporaryDirectory() as tmp:
         for index, name in enumerate(args.models):
-            started = time.time()
-            subject = BUILDERS[name](Path(tmp), device, args.smoke)
-            subject.rate = FIRST_GUESS_EFFICIENCY * peak
-            record.stage(f"{name} build", time.time() - started)
             later = sum(guesses[n] for n in args.models[index + 1 :])
             share = guesses[name] / (guesses[name] + later)
-            until = time.time() + (clock.left() - args.reserve_s) * share
-            say(f"{name}: built in {time.time() - started:.0f} s; measuring for {until - time.time():.0f} s")
             try:
-                with Contenders.around(subject.engine, Path(tmp)) as contenders:
-                    measure(subject, contenders, record, until, args.smoke)
-            finally:
-                del subject
-                gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
+                one_model(name, Path(tmp), device, args, record, clock, share)
+            except Exception as exc:  # noqa: BLE001 - the next model still gets its time
+                record.skip(f"{name} (the rest of it)", f"{type(exc).__name__}: {exc}"[:500])
+            gc.collect()  # the model's engine, server and contenders went with one_model's frame
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     record.set(elapsed_s=round(clock.elapsed(), 1))
     return record
+
+
+def one_model(
+    name: str, work: Path, device: torch.device, args: argparse.Namespace, record: Record, clock: Clock, share: float
+) -> None:
+    started = time.time()
+    subject = BUILDERS[name](work, device, args.smoke)
+    subject.rate = FIRST_GUESS_EFFICIENCY * record.meta["peak_flops"]
+    record.stage(f"{name} build", time.time() - started)
+    until = time.time() + (clock.left() - args.reserve_s) * share
+    say(f"{name}: built in {time.time() - started:.0f} s; measuring for {until - time.time():.0f} s")
+    with Contenders.around(subject.engine, work) as contenders:
+        measure(subject, contenders, record, until, args.smoke)
+    if device.type == "cuda":
+        record.note(f"{name}: {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB of GPU memory at most")
+        torch.cuda.reset_peak_memory_stats()
 
 
 def _real_flops(name: str) -> Callable[[int, int], float]:

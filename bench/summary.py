@@ -81,7 +81,11 @@ def markdown(record: Record | dict[str, Any]) -> str:
     out = [f"## GPU bench, {data.get('date', '')}", "", f"Machine: {data['machine']}", ""]
     if data.get("smoke"):
         out += ["Smoke run: tiny twins on the CPU. The numbers mean nothing; every code path ran.", ""]
-    out += table(data["rows"]) + ["", "Goals (issue 35):", ""] + goals(data["rows"]) + [""]
+    out += table(data["rows"]) + [""]
+    if data.get("kind") != "tune":
+        out += ["Goals (issue 35):", ""] + goals(data["rows"]) + [""]
+    else:
+        out += ["Kept:", ""] + [f"- {model}: {placement}" for model, placement in data.get("kept", {}).items()] + [""]
     out += ["Notes:", ""] + [f"- {line}" for line in data.get("notes", [])]
     if data.get("skipped"):
         out += ["", "Skipped (the time ran short):", ""] + [f"- {s['stage']}: {s['why']}" for s in data["skipped"]]
