@@ -1,6 +1,6 @@
 """The GPU run's pieces, fast: the wheel list, the FLOP accounting, the plan and its budget, the record, the
-summary, and the three contenders agreeing image for image on the tiny twins. The whole command end to end
-(`bench/gpu_run.sh --smoke` from a clean clone, about 3-4 minutes on 2 cores) is opt-in: VARY_GPU_SMOKE=1."""
+summary, and the three contenders agreeing image for image on the tiny twins; then the whole command end to end
+(`bench/gpu_run.sh --smoke` from a clean clone, marked gpu_smoke: about 2 minutes on 2 cores)."""
 
 from __future__ import annotations
 
@@ -216,18 +216,19 @@ def test_placement_checks_its_compile_mode_and_compiles_the_decoder_in_place() -
 # --- the whole command, opt-in --------------------------------------------------------------------
 
 
-@pytest.mark.skipif(os.environ.get("VARY_GPU_SMOKE") != "1", reason="3-4 minutes on 2 cores: VARY_GPU_SMOKE=1")
+@pytest.mark.gpu_smoke
 def test_gpu_run_smoke_from_a_clean_clone(tmp_path: Path) -> None:
     """bench/gpu_run.sh --smoke as a GPU session would run it, from a fresh clone of this commit with the wheel
-    folder beside it: every case by every contender measured, nothing skipped, no errors."""
+    folder beside it: every case by every contender measured, nothing skipped, no errors. About 2 minutes on 2
+    cores (`-m "not gpu_smoke"` leaves it out); without a filled .gpu-wheels here it fetches the wheels first."""
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
-    if not list((ROOT / ".gpu-wheels").glob("*.whl")):
-        fill = {**os.environ, "VARY_PYTHON": sys.executable}
-        subprocess.run(["bash", "bench/gpu_wheels.sh", "--rehearsal"], cwd=ROOT, check=True, env=fill)
-    shutil.copytree(ROOT / ".gpu-wheels", clone / ".gpu-wheels")
-    if (ROOT / ".gpu-rehearsal").is_dir():
-        shutil.copytree(ROOT / ".gpu-rehearsal", clone / ".gpu-rehearsal")
+    for folder in (".gpu-wheels", ".gpu-rehearsal"):
+        if list((ROOT / folder).glob("*.whl")):
+            shutil.copytree(ROOT / folder, clone / folder)
+    if not (clone / ".gpu-wheels").is_dir():  # fetched into the clone, as bench/gpu_wheels.sh --rehearsal does
+        subprocess.run([sys.executable, "-m", "bench.wheels"], cwd=clone, check=True)
+        subprocess.run([sys.executable, "-m", "bench.wheels", "--stand-ins", ".gpu-rehearsal"], cwd=clone, check=True)
     env = {**os.environ, "VARY_GPU_PYTHON": sys.executable, "VARY_GPU_SITE": str(tmp_path / "site")}
     env.pop("PYTHONPATH", None)  # the clone's own src/, as on the GPU machine
     out = tmp_path / "out"
