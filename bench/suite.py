@@ -16,6 +16,7 @@ with the tiny twins, where the numbers mean nothing and every code path runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import math
 import os
@@ -84,11 +85,23 @@ class Subject:
     name: str
     engine: DiffusionEngine
     request_flops: Callable[[int, int], float]  # (asked side, n) -> FLOPs
-    rate: float  # FLOP/s it has reached so far (the predictions' basis)
+    rate: float  # FLOP/s guessed before anything ran
+    # FLOP/s reached, by pixels per call (side^2 * images): small calls are launch-bound, large ones are not.
+    reached: dict[int, float] = dataclasses.field(default_factory=dict)
+
+    def rate_for(self, case: Case) -> float:
+        """The rate of the largest call measured that is no larger than this case's (else the guess)."""
+        pixels = case.side**2 * max(case.n, case.concurrency)
+        smaller = [size for size in self.reached if size <= pixels]
+        return self.reached[max(smaller)] if smaller else self.rate
+
+    def learn(self, case: Case, timing: Timing) -> None:
+        pixels = case.side**2 * max(case.n, case.concurrency)
+        self.reached[pixels] = timing.images * self.request_flops(case.side, 1) / max(timing.wall_s, 1e-9)
 
     def predict(self, case: Case, requests: int) -> float:
         """Seconds to warm a case up (one round) and time `requests` of it."""
-        per_request = self.request_flops(case.side, case.n) / self.rate + FIXED_SECONDS
+        per_request = self.request_flops(case.side, case.n) / self.rate_for(case) + FIXED_SECONDS
         if case.concurrency > 1:  # batched: the images cost, a round's fixed costs overlap
             return (case.concurrency + requests) * (per_request - FIXED_SECONDS) + 2 * FIXED_SECONDS
         return (1 + requests) * per_request
@@ -108,14 +121,14 @@ def machine(device: torch.device) -> str:
 
 
 def matmul_peak(device: torch.device) -> float:
-    """FLOP/s of a large bf16 matrix product on random data (the median of 20 after warm-ups); on the CPU a
+    """FLOP/s of a large bf16 matrix product on random data (the median of 50 after warm-ups); on the CPU a
     small float32 one, so the smoke run has a number to divide by."""
     size, dtype = (8192, torch.bfloat16) if device.type == "cuda" else (512, torch.float32)
     a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
-    for _ in range(3):
+    for _ in range(150 if device.type == "cuda" else 3):  # about 0.2 s on an H200: its clocks ramp up first
         a @ b
     times = []
-    for _ in range(20):
+    for _ in range(50):
         if device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
@@ -222,8 +235,7 @@ def measure(subject: Subject, contenders: Contenders, record: Record, until: flo
             continue
         timing, warm, warm_s = measured
         timings[(case.name, who)] = timing
-        done = timing.images * subject.request_flops(case.side, 1) / max(timing.wall_s, 1e-9)
-        subject.rate = (subject.rate + done) / 2
+        subject.learn(case, timing)
         add_row(record, subject, case, who, timing, timings, warm, warm_s)
         record.stage(stage, time.time() - started)
     check_sameness(subject, timings, record)

@@ -53,9 +53,9 @@ def diff(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
     return float(d.mean()), int(d.max())
 
 
-def free(subject: Subject | None) -> None:
-    del subject
-    torch._dynamo.reset()  # the compiled graphs of the engine just dropped
+def release() -> None:
+    """What the engine just dropped held: its compiled graphs, its memory on the device."""
+    torch._dynamo.reset()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -101,26 +101,11 @@ def speed(timings: dict[str, Timing]) -> float:
 def tune_model(
     name: str, work: Path, device: torch.device, args: argparse.Namespace, record: Record, until: float
 ) -> None:
-    build = BUILDERS[name]
-    started = time.time()
-    subject: Subject | None = build(work, device, args.smoke)
-    assert subject is not None
-    record.stage(f"{name} build (eager)", time.time() - started)
-    reference = time_cases(subject, work, record, "eager", until)
-    if reference is None:
-        return free(subject)
-    tuned = Tuned(subject.engine)
-    tuned.once(1024, 10, 10_000)
-    tuned_timing = tuned.run(1024, 10, 1, 1, seed=0)
-    record.row(side=1024, case="diffusers", n=10, images_per_s=round(tuned_timing.images_per_s, 4),
-               p50_ms=round(tuned_timing.percentile(50), 1), model=name)  # fmt: skip
-    alone = InProcess(subject.engine, bench_settings(work / "tune-data"))
-    try:
-        noise = diff(alone.one(1024, 1, 0)[0][0], reference["1024 n=10"].first)  # type: ignore[arg-type]
-    finally:
-        alone.close()
-    record.note(f"{name}: seed 0 alone vs first of ten, eager: mean {noise[0]:.3f}, max {noise[1]} levels (noise)")
-    free(subject)
+    measured = reference_of(name, work, device, args, record, until)
+    release()  # the eager engine is gone: each change gets the device to itself
+    if measured is None:
+        return
+    reference, noise = measured
     best, best_speed = Placement(str(device)), speed(reference)
     for change, fields in CHANGES:
         candidate = dataclasses.replace(best, **{"compile": True, **fields})
@@ -128,42 +113,81 @@ def tune_model(
         if until - time.time() < guess:
             record.skip(f"{name}: {change}", f"about {guess:.0f} s needed, {until - time.time():.0f} s left")
             continue
-        started = time.time()
-        subject = build(work, device, args.smoke, candidate)
-        assert subject is not None
-        subject.engine.warmup()  # vary's own: compiles at every render size
-        record.stage(f"{name} {change}: build and vary's warm-up", time.time() - started)
-        timings = time_cases(subject, work, record, change, until)
-        free(subject)
+        try:
+            timings = variant(name, change, candidate, work, device, args, record, until)
+        except Exception as exc:  # noqa: BLE001 - a change that breaks is not kept; the next one is tried
+            record.skip(f"{name}: {change}", f"{type(exc).__name__}: {exc}"[:500])
+            timings = None
+        release()
         if timings is None:
             continue
-        judge(name, change, candidate, timings, reference, noise, best_speed, record)
-        if record.meta["kept"].get(name) == candidate:
+        if judge(name, change, timings, reference, noise, best_speed, record):
             best, best_speed = candidate, speed(timings)
+            record.set(kept={**record.meta["kept"], name: best})
     record.set(kept={**record.meta["kept"], name: best})
+
+
+def reference_of(
+    name: str, work: Path, device: torch.device, args: argparse.Namespace, record: Record, until: float
+) -> tuple[dict[str, Timing], tuple[float, int]] | None:
+    """The eager engine's times and images, tuned diffusers' at 1024 n=10, and the noise; None if out of time."""
+    started = time.time()
+    subject = BUILDERS[name](work, device, args.smoke)
+    record.stage(f"{name} build (eager)", time.time() - started)
+    reference = time_cases(subject, work, record, "eager", until)
+    if reference is None:
+        return None
+    tuned = Tuned(subject.engine)
+    tuned.once(1024, 10, 10_000)
+    timing = tuned.run(1024, 10, 1, 1, seed=0)
+    record.row(side=1024, case="diffusers", n=10, images_per_s=round(timing.images_per_s, 4),
+               p50_ms=round(timing.percentile(50), 1), model=name)  # fmt: skip
+    alone = InProcess(subject.engine, bench_settings(work / "tune-data"))
+    try:
+        noise = diff(alone.one(1024, 1, 0)[0][0], reference["1024 n=10"].first)  # type: ignore[arg-type]
+    finally:
+        alone.close()
+    record.note(f"{name}: seed 0 alone vs first of ten, eager: mean {noise[0]:.3f}, max {noise[1]} levels (noise)")
+    return reference, noise
+
+
+def variant(
+    name: str,
+    change: str,
+    placement: Placement,
+    work: Path,
+    device: torch.device,
+    args: argparse.Namespace,
+    record: Record,
+    until: float,
+) -> dict[str, Timing] | None:
+    """A fresh engine placed so, through vary's warm-up, then every case warmed and timed."""
+    started = time.time()
+    subject = BUILDERS[name](work, device, args.smoke, placement)
+    subject.engine.warmup()  # vary's own: compiles at every render size
+    record.stage(f"{name} {change}: build and vary's warm-up", time.time() - started)
+    return time_cases(subject, work, record, change, until)
 
 
 def judge(
     name: str,
     change: str,
-    candidate: Placement,
     timings: dict[str, Timing],
     reference: dict[str, Timing],
     noise: tuple[float, int],
     best_speed: float,
     record: Record,
-) -> None:
+) -> bool:
+    """Whether a change is kept: its images within the noise of the reference's, and faster than the best."""
     allowed = max(2 * noise[0], 0.5)
     worst = max(diff(timings[c].first, reference[c].first)[0] for c in timings)  # type: ignore[arg-type]
     gain = speed(timings) / best_speed
-    same, helps = worst <= allowed, gain >= GAIN
-    verdict = "kept" if same and helps else "not kept"
+    kept = worst <= allowed and gain >= GAIN
     record.note(
-        f"{name}: {change}: {verdict} (images: mean distance {worst:.3f} levels, allowed {allowed:.3f}; "
-        f"speed x{gain:.3f} over the best so far, needs x{GAIN})"
+        f"{name}: {change}: {'kept' if kept else 'not kept'} (images: mean distance {worst:.3f} levels, allowed "
+        f"{allowed:.3f}; speed x{gain:.3f} over the best so far, needs x{GAIN})"
     )
-    if same and helps:
-        record.set(kept={**record.meta["kept"], name: candidate})
+    return kept
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -192,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
                 tune_model(name, Path(tmp), device, args, record, until)
             except Exception as exc:  # noqa: BLE001 - what was measured stays; the next model gets its time
                 record.skip(f"{name} (the rest of it)", f"{type(exc).__name__}: {exc}"[:500])
-            free(None)
+            release()
     kept: dict[str, Any] = record.meta["kept"]
     for name, placement in kept.items():
         say(f"{name}: kept {placement}")

@@ -127,6 +127,12 @@ def test_predictions_grow_with_the_work() -> None:
     small, big, many = suite.CASES[0], suite.CASES[2], suite.CASES[3]
     assert subject.predict(small, 10) < subject.predict(big, 1)
     assert subject.predict(many, 32) > subject.predict(many, 16)
+    # A rate reached on small calls predicts larger ones, never the other way round.
+    before_small, before_big = subject.predict(small, 10), subject.predict(big, 1)
+    slow = contenders.Timing(latencies_ms=[1000.0], images=1, wall_s=10.0)
+    subject.learn(big, slow)
+    assert subject.predict(small, 10) == before_small and subject.predict(big, 1) > before_big
+    assert subject.rate_for(many) == subject.reached[1024**2 * 10]
 
 
 def test_the_record_is_on_disk_after_every_row(tmp_path: Path) -> None:
