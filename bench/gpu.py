@@ -14,6 +14,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import DDPMScheduler, KandinskyV22Pipeline, UNet2DConditionModel, VQModel
@@ -53,6 +54,11 @@ def flops_per_image(directory: Path, side: int, steps: int) -> float:
     """Decoder UNet twice per step (guidance) plus one MoVQ decode, counted on the meta device."""
     unet_config = json.loads((directory / "decoder" / "unet" / "config.json").read_text())
     movq_config = json.loads((directory / "decoder" / "movq" / "config.json").read_text())
+    return flops_per_image_of(unet_config, movq_config, side, steps)
+
+
+def flops_per_image_of(unet_config: dict[str, Any], movq_config: dict[str, Any], side: int, steps: int) -> float:
+    """The same from the two configs (bench/configs' for the real architecture)."""
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(unet_config)
         movq = VQModel.from_config(movq_config)
