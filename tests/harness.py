@@ -150,6 +150,7 @@ class Running:
     key: str  # "" where serve() made none
     root: Path
     admin: str = ""  # an admin key, where serve() was asked for one
+    key_id: str = ""  # the key's id, as usage rows name it
 
     @property
     def base_url(self) -> str:
@@ -233,10 +234,10 @@ def serve(
         root.mkdir(parents=True, exist_ok=True)
         (root / "vary.toml").write_text(catalogue)
         extra += ["--catalogue", str(root / "vary.toml")]
-    api_key = create_key(data_dir)[1] if key else ""
+    key_id, api_key = create_key(data_dir) if key else ("", "")
     admin_key = create_key(data_dir, "admin", admin=True)[1] if admin else ""
     server = ServerProcess(data_dir, model=model, extra_args=extra, env=dict(env or {}), port=port)
-    running = Running(server.start(), api_key, root, admin_key)
+    running = Running(server.start(), api_key, root, admin_key, key_id)
     try:
         yield running
     finally:
