@@ -111,9 +111,12 @@ def local(
     return {"name": name, "engine": engine, "weights": weights, **table}
 
 
-def hosted(name: str, engine: str, base_url: str, *, key_env: str | None = None, **options: Any) -> dict[str, Any]:
-    """A hosted target's [[models]] table: its provider at `base_url`, its key in the variable `key_env`."""
-    table = {"base_url": base_url, **({"api_key_env": key_env} if key_env else {}), **options}
+def hosted(
+    name: str, engine: str, base_url: str | None, *, key_env: str | None = None, **options: Any
+) -> dict[str, Any]:
+    """A hosted target's [[models]] table: its provider at `base_url` (None: the provider's own way, as
+    Bedrock's endpoint_url), its key in the variable `key_env`."""
+    table = {**({"base_url": base_url} if base_url else {}), **({"api_key_env": key_env} if key_env else {}), **options}
     return {"name": name, "engine": engine, "options": table}
 
 
