@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageOps
 
-from tests.conftest import decode_png
+from tests.harness import Running, catalogue, decode_png, local, route, serve
 from vary.testing import ServerProcess
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -507,29 +507,21 @@ def test_several_inputs_sit_side_by_side_on_a_phone(
 
 
 @pytest.fixture(scope="module")
-def policy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
+def policy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """A server whose one model refuses every input (the content policy at threshold 0), and a route to it
     that refuses every output instead."""
-    from tests.conftest import create_key
-
-    root = tmp_path_factory.mktemp("policy-playground")
-    (root / "vary.toml").write_text(
-        '[[models]]\nname = "tiny-random"\nengine = "kandinsky-2.2"\nweights = "tiny-random"\n'
-        '[models.safety]\ncheck = "input"\nthreshold = 0\n\n'
-        '[[models]]\nname = "outputs-refused"\nroute = ["tiny-random"]\n'
-        '[models.safety]\ncheck = "output"\nthreshold = 0\n'
+    models = catalogue(
+        local("tiny-random", safety={"check": "input", "threshold": 0}),
+        route("outputs-refused", ["tiny-random"], safety={"check": "output", "threshold": 0}),
     )
-    data_dir = root / "data"
-    key = create_key(data_dir)[1]
-    server = ServerProcess(data_dir, extra_args=["--catalogue", str(root / "vary.toml")]).start()
-    yield server, key
-    server.stop()
+    with serve(tmp_path_factory.mktemp("policy-playground"), catalogue=models) as vary:
+        yield vary
 
 
 def test_a_content_policy_refusal_is_a_clear_message_by_the_image(
-    browser: Browser, policy_server: tuple[ServerProcess, str], tmp_path: Path
+    browser: Browser, policy_server: Running, tmp_path: Path
 ) -> None:
-    server, key = policy_server
+    server, key = policy_server.server, policy_server.key
     context = browser.new_context(viewport=DESKTOP)
     try:
         page = context.new_page()
