@@ -105,10 +105,11 @@ def metrics(base_url: str) -> Metrics:
 
 
 def local(
-    name: str = "local", engine: str = "kandinsky-2.2", *, weights: str = "tiny-random", **table: Any
+    name: str = "local", engine: str = "kandinsky-2.2", *, weights: str | None = "tiny-random", **table: Any
 ) -> dict[str, Any]:
-    """A local model's [[models]] table (the tiny twin of `engine` unless `weights` says otherwise)."""
-    return {"name": name, "engine": engine, "weights": weights, **table}
+    """A local model's [[models]] table: the tiny twin of `engine` unless `weights` says otherwise (None: the
+    engine's own default weights, from the Hub)."""
+    return {"name": name, "engine": engine, **({"weights": weights} if weights else {}), **table}
 
 
 def hosted(
