@@ -227,6 +227,7 @@ def serve(
     key: bool = True,
     admin: bool = False,
     port: int = 0,
+    startup_timeout: float = WAIT_S,
 ) -> Iterator[Running]:
     """A `vary serve` on the data dir `root / "data"`, with the catalogue (if any) written beside it.
 
@@ -240,7 +241,9 @@ def serve(
         extra += ["--catalogue", str(root / "vary.toml")]
     key_id, api_key = create_key(data_dir) if key else ("", "")
     admin_key = create_key(data_dir, "admin", admin=True)[1] if admin else ""
-    server = ServerProcess(data_dir, model=model, extra_args=extra, env=dict(env or {}), port=port)
+    server = ServerProcess(
+        data_dir, model=model, extra_args=extra, env=dict(env or {}), port=port, startup_timeout=startup_timeout
+    )
     running = Running(server.start(), api_key, root, admin_key, key_id)
     try:
         yield running
