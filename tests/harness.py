@@ -155,6 +155,7 @@ class Running:
     root: Path
     admin: str = ""  # an admin key, where serve() was asked for one
     key_id: str = ""  # the key's id, as usage rows name it
+    request_timeout: float = WAIT_S  # how long post_variation and http() wait for an answer
 
     @property
     def base_url(self) -> str:
@@ -171,11 +172,11 @@ class Running:
     def http(self, key: str | None = None, **options: Any) -> httpx.Client:
         """An httpx client on this vary, sending the key (this one's, unless another is given)."""
         headers = {"Authorization": f"Bearer {key or self.key}"}
-        return httpx.Client(base_url=self.base_url, headers=headers, **{"timeout": WAIT_S, **options})
+        return httpx.Client(base_url=self.base_url, headers=headers, **{"timeout": self.request_timeout, **options})
 
     def post_variation(self, key: str | None = None, **fields: Any) -> httpx.Response:
         """post_variation with this vary's key, or the one given."""
-        return post_variation(self.base_url, key or self.key, **fields)
+        return post_variation(self.base_url, key or self.key, **{"timeout": self.request_timeout, **fields})
 
     def new_key(self, name: str, *, admin: bool = False, **limits: int) -> tuple[str, str]:
         return create_key(self.data_dir, name, admin=admin, **limits)
@@ -228,10 +229,12 @@ def serve(
     admin: bool = False,
     port: int = 0,
     startup_timeout: float = WAIT_S,
+    request_timeout: float = WAIT_S,
 ) -> Iterator[Running]:
     """A `vary serve` on the data dir `root / "data"`, with the catalogue (if any) written beside it.
 
     `key`: make a key first (without one, the first start makes and prints its own); `admin`: an admin key too.
+    `request_timeout`: how long the Running's post_variation and http() wait for an answer.
     """
     data_dir = root / "data"
     extra = list(args)
@@ -244,7 +247,7 @@ def serve(
     server = ServerProcess(
         data_dir, model=model, extra_args=extra, env=dict(env or {}), port=port, startup_timeout=startup_timeout
     )
-    running = Running(server.start(), api_key, root, admin_key, key_id)
+    running = Running(server.start(), api_key, root, admin_key, key_id, request_timeout)
     try:
         yield running
     finally:
