@@ -25,7 +25,8 @@ WAIT_S = 60
 def vary(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     # Its key, made before the start, keeps the server from printing a first key.
     # Readiness probed at every call: the test breaks the store and expects /readyz to say so at once.
-    with serve(tmp_path_factory.mktemp("ops"), env={"VARY_READYZ_INTERVAL_SECONDS": "0"}) as running:
+    env = {"VARY_READYZ_INTERVAL_SECONDS": "0"}
+    with serve(tmp_path_factory.mktemp("ops"), env=env, request_timeout=WAIT_S) as running:
         yield running
 
 
@@ -247,7 +248,7 @@ def test_usage_reports_equal_what_was_sent(vary: Running) -> None:
 
 
 def test_sigterm_during_a_request_still_delivers_it(start_server: Callable[..., Running]) -> None:
-    vary = start_server()
+    vary = start_server(request_timeout=WAIT_S)
     data_dir, server = vary.data_dir, vary.server
     answers: list[httpx.Response] = []
     worker = threading.Thread(target=lambda: answers.append(vary.post_variation(n="2", steps="100")))

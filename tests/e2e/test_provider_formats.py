@@ -15,6 +15,7 @@ from tests.fakes.providers import FakeProvider
 from tests.harness import Running, catalogue, decode_png, hosted, serve
 
 SECRET = "sk-fake-upstream-SECRET-formats"
+WAIT_S = 60
 
 
 def encoded(fmt: str, size: tuple[int, int] = (512, 512)) -> bytes:
@@ -41,7 +42,8 @@ def provider_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[
         default="up-openai",
     )
     try:
-        with serve(tmp_path_factory.mktemp("formats"), catalogue=models, env={"FAKE_OPENAI_KEY": SECRET}) as vary:
+        env = {"FAKE_OPENAI_KEY": SECRET}
+        with serve(tmp_path_factory.mktemp("formats"), catalogue=models, env=env, request_timeout=WAIT_S) as vary:
             yield vary, provider
     finally:
         provider.stop()

@@ -59,7 +59,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def replicas(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[tuple[Running, Running]]:
     root = tmp_path_factory.mktemp("replicas")  # one data dir, and no key until the first start makes one
     env = {"VARY_RATE_LIMIT_STORAGE": redis_url}
-    with serve(root, env=env, key=False) as first, serve(root, env=env, key=False) as second:
+    same = {"env": env, "key": False, "request_timeout": WAIT_S}
+    with serve(root, **same) as first, serve(root, **same) as second:
         yield first, second
 
 
@@ -85,7 +86,7 @@ def test_images_per_minute_are_counted_across_replicas(replicas: tuple[Running, 
 
 def test_requests_are_served_when_redis_is_down(start_server: Callable[..., Running]) -> None:
     nobody = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there: connections are refused
-    vary = start_server(env={"VARY_RATE_LIMIT_STORAGE": nobody})
+    vary = start_server(env={"VARY_RATE_LIMIT_STORAGE": nobody}, request_timeout=WAIT_S)
     _, key = vary.new_key("no-redis", requests_per_minute=1)
     answers = [vary.post_variation(key), vary.post_variation(key)]
     log = vary.server.log()

@@ -18,7 +18,8 @@ LONG = 16_000
 
 @pytest.fixture(scope="module")
 def text_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    with serve(tmp_path_factory.mktemp("echoes"), env={"VARY_LOG_FORMAT": "text"}, admin=True) as vary:
+    env = {"VARY_LOG_FORMAT": "text"}
+    with serve(tmp_path_factory.mktemp("echoes"), env=env, admin=True, request_timeout=WAIT_S) as vary:
         yield vary
 
 

@@ -28,7 +28,8 @@ WAIT_S = 60
 
 @pytest.fixture()
 def own_server(tmp_path: Path) -> Iterator[Running]:
-    with serve(tmp_path, env={"VARY_BODY_TIMEOUT_SECONDS": "1", "VARY_HEADER_TIMEOUT_SECONDS": "1"}) as vary:
+    env = {"VARY_BODY_TIMEOUT_SECONDS": "1", "VARY_HEADER_TIMEOUT_SECONDS": "1"}
+    with serve(tmp_path, env=env, request_timeout=WAIT_S) as vary:
         yield vary
         vary.server.stop(signal.SIGKILL)  # if it still runs
 
@@ -141,7 +142,8 @@ def test_kill_9_while_writing_then_restart(own_server: Running, start_server: Ca
     for worker in workers:
         worker.join(WAIT_S)
 
-    restarted = start_server(key=False, port=server.port)  # the same data dir, without the short timeouts
+    # The same data dir, without the short timeouts.
+    restarted = start_server(key=False, port=server.port, request_timeout=WAIT_S)
     for item in before:  # URLs handed out before the crash still work
         assert httpx.get(item["url"], timeout=WAIT_S).status_code == 200
     for path in images.iterdir():

@@ -28,7 +28,7 @@ def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running,
         "ipm": create_key(root / "data", "ipm", images_per_minute=2)[1],
     }
     # A body timeout far past the test's wait: only an answer before the body can arrive in time.
-    with serve(root, env={"VARY_BODY_TIMEOUT_SECONDS": "600"}, key=False) as vary:
+    with serve(root, env={"VARY_BODY_TIMEOUT_SECONDS": "600"}, key=False, request_timeout=WAIT_S) as vary:
         yield vary, keys
 
 

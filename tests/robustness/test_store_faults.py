@@ -33,7 +33,7 @@ def assert_store_unavailable(answer: httpx.Response) -> None:
 def server_storing_in(root: Path, images: Path) -> Iterator[Running]:
     # readyz answers from a probe at most every few seconds; these tests read it right after each flip
     env = {"VARY_STORAGE_URL": f"file://{images}", "VARY_READYZ_INTERVAL_SECONDS": "0"}
-    with serve(root, env=env) as vary:
+    with serve(root, env=env, request_timeout=WAIT_S) as vary:
         try:
             yield vary
         finally:

@@ -74,7 +74,8 @@ def wait_for_rows(data_dir: Path, count: int) -> int:
 def test_rows_are_kept_while_another_process_holds_the_write_lock(setup: tuple[Path, str, str]) -> None:
     data_dir, key, _ = setup
     # Readiness probed each call.
-    with serve(data_dir.parent, env={"VARY_READYZ_INTERVAL_SECONDS": "0"}, key=False) as vary:
+    readyz = {"VARY_READYZ_INTERVAL_SECONDS": "0"}
+    with serve(data_dir.parent, env=readyz, key=False, request_timeout=WAIT_S) as vary:
         assert vary.post_variation(key, image=IMAGE).status_code == 200
         assert rows_in(data_dir) == 1
         lock = WriteLock(data_dir / "vary.db")
@@ -105,7 +106,7 @@ def test_rows_are_kept_while_another_process_holds_the_write_lock(setup: tuple[P
 
 def test_the_quota_counts_spooled_images(setup: tuple[Path, str, str]) -> None:
     data_dir, _, quota_key = setup
-    with serve(data_dir.parent, key=False) as vary:
+    with serve(data_dir.parent, key=False, request_timeout=WAIT_S) as vary:
         lock = WriteLock(data_dir / "vary.db")
         try:
             assert [vary.post_variation(quota_key, image=IMAGE).status_code for _ in range(3)] == [200, 200, 200]
@@ -124,7 +125,7 @@ def test_spooled_rows_survive_a_restart(setup: tuple[Path, str, str]) -> None:
     spool = data_dir / "usage-spool.jsonl"
     lock = WriteLock(data_dir / "vary.db")
     try:
-        with serve(data_dir.parent, key=False) as vary:
+        with serve(data_dir.parent, key=False, request_timeout=WAIT_S) as vary:
             assert [vary.post_variation(key, image=IMAGE, n="2").status_code for _ in range(3)] == [200, 200, 200]
         assert len(spool.read_text().splitlines()) == 3  # stopped with the lock still held
     finally:
@@ -163,7 +164,7 @@ def fill(disk: Path) -> Path:
 
 
 def test_rows_are_kept_while_the_disk_is_full(small_disk: Path) -> None:
-    with serve(small_disk) as vary:
+    with serve(small_disk, request_timeout=WAIT_S) as vary:
         data_dir, key = vary.data_dir, vary.key
         assert vary.post_variation(key, image=IMAGE).status_code == 200
         filler = fill(small_disk)
