@@ -21,12 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
-from tests.fakes.loopback import LoopbackServer
+from tests.fakes.loopback import LoopbackFake
 
 _SCOPE = re.compile(
     r"AWS4-HMAC-SHA256 Credential=(?P<key>[A-Z0-9]+)/(?P<date>[0-9]{8})/(?P<region>[a-z0-9-]+)/(?P<service>[a-z-]+)"
@@ -35,7 +34,7 @@ _SCOPE = re.compile(
 
 
 @dataclass
-class FakeBedrock:
+class FakeBedrock(LoopbackFake):
     access_key: str
     region: str
     faults: deque[tuple[Any, ...]] = field(default_factory=deque)
@@ -44,21 +43,13 @@ class FakeBedrock:
     calls: list[dict[str, Any]] = field(default_factory=list)  # the JSON bodies of accepted calls
     attempts: int = 0  # every request, refused ones included
     port: int = 0
-    _server: LoopbackServer | None = None
 
     @property
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> FakeBedrock:
-        app = Starlette(routes=[Route("/model/{model_id:path}/invoke", self._invoke, methods=["POST"])])
-        self._server = LoopbackServer(app)
-        self.port = self._server.port
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.stop()
+    def routes(self) -> list[BaseRoute]:
+        return [Route("/model/{model_id:path}/invoke", self._invoke, methods=["POST"])]
 
     async def _invoke(self, request: Request) -> Response:
         self.attempts += 1
