@@ -23,9 +23,8 @@ SERVER_SPAN = "POST /v1/images/variations"
 
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[HttpReceiver]:
-    receiver = HttpReceiver()
-    yield receiver
-    receiver.stop()
+    with HttpReceiver() as receiver:
+        yield receiver
 
 
 @pytest.fixture(scope="module")

@@ -45,17 +45,15 @@ SECOND_SECRET = 'sk-second/KEY+with="quotes"-0123456789'
 @pytest.fixture(scope="module")
 def second() -> Iterator[FakeProvider]:
     """A second provider, for routes: its faults never touch the first one's."""
-    fake = FakeProvider(key=SECOND_SECRET).start()
-    yield fake
-    fake.stop()
+    with FakeProvider(key=SECOND_SECRET) as fake:
+        yield fake
 
 
 @pytest.fixture(scope="module")
 def probe() -> Iterator[FakeProvider]:
     """A provider whose circuit opens after one failure and cools down in a second."""
-    fake = FakeProvider(key=SECRET).start()
-    yield fake
-    fake.stop()
+    with FakeProvider(key=SECRET) as fake:
+        yield fake
 
 
 def config(provider: FakeProvider, reset: ResetServer, second: FakeProvider, probe: FakeProvider) -> str:

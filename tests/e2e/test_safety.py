@@ -56,16 +56,14 @@ def config(guard: str, down: str, provider: FakeProvider) -> str:
 
 @pytest.fixture(scope="module")
 def guardrail() -> Iterator[FakeGuardrail]:
-    fake = FakeGuardrail()
-    yield fake
-    fake.close()
+    with FakeGuardrail() as fake:
+        yield fake
 
 
 @pytest.fixture(scope="module")
 def provider() -> Iterator[FakeProvider]:
-    fake = FakeProvider(key=SECRET).start()
-    yield fake
-    fake.stop()
+    with FakeProvider(key=SECRET) as fake:
+        yield fake
 
 
 @pytest.fixture(scope="module")
