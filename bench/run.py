@@ -1,7 +1,8 @@
 """`python -m bench`: measure vary in one run, print markdown tables, write the same as JSON.
 
-CPU part (anywhere): PNG encode per 1024 image; server overhead and request rates with tiny-random; the
-content checks' cost per image and per request (bench/safety.py).
+CPU part (anywhere): PNG encode per 1024 image; the answer's JSON for ten 1024 images (bench/response.py);
+server overhead and request rates with tiny-random; the content checks' cost per image and per request
+(bench/safety.py).
 GPU part (when CUDA is present): vary through its HTTP server against plain diffusers, on Kandinsky
 2.2's real architecture with random weights.
 """
@@ -19,7 +20,7 @@ from typing import Any
 
 import torch
 
-from bench import gpu, load, png, safety
+from bench import gpu, load, png, response, safety
 
 Table = tuple[str, list[str], list[list[str]]]
 
@@ -50,6 +51,22 @@ def png_part(quick: bool) -> tuple[Table, list[dict[str, Any]]]:
     ]
     head = ["image", "Pillow default ms", "vary encode ms", "vary encode + store ms", "MB (Pillow / vary)"]
     return ("PNG encode, one core", head, body), rows
+
+
+def response_part(quick: bool) -> tuple[Table, list[dict[str, Any]]]:
+    rows = response.measure(repeats=5 if quick else 15)
+    body = [
+        [
+            r["images"],
+            f"{r['answer_mb']:.1f}",
+            f"{r['hand_built_ms']:.1f}",
+            f"{r['render_ms']:.1f}",
+            f"{r['pydantic_whole_ms']:.1f}",
+        ]
+        for r in rows
+    ]
+    head = ["images (b64_json)", "answer MB", "hand-built ms", "vary's render ms", "pydantic writing it all ms"]
+    return ("The answer's JSON, rendered from the wire models", head, body), rows
 
 
 def safety_part(quick: bool, work: Path) -> tuple[list[Table], dict[str, Any]]:
@@ -237,6 +254,8 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(tmp)
         if not args.skip_cpu:
             table, report["png"] = png_part(args.quick)
+            tables.append(table)
+            table, report["response"] = response_part(args.quick)
             tables.append(table)
             server_tables, report["cpu_server"] = cpu_server_part(args.quick, work)
             tables += server_tables

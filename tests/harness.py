@@ -2,7 +2,8 @@
 and one way to post.
 
 - `png_bytes`, `decode_png`: a test image and the check that an answer is one; `create_key`: a key (an admin
-  key, a key with limits) made in a data dir's database; `usage_rows`: that database's usage rows;
+  key, a key with limits) made in a data dir's database; `usage_rows`: that database's usage rows, and
+  `usage_rows_until` the same polled for until a condition holds (a row may be written a moment late);
   `metrics`: a server's /metrics, parsed.
 - Catalogue builders: `local`, `hosted` and `route` make [[models]] tables; `catalogue` writes them
   (with `default` and any top-level tables) as the TOML file vary reads. `FAST` holds the retry
@@ -22,7 +23,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +91,19 @@ def usage_rows(data_dir: Path, **filters: Any) -> list[UsageRow]:
         return db.usage_rows(**filters)
     finally:
         db.close()
+
+
+def usage_rows_until(
+    data_dir: Path, found: Callable[[list[UsageRow]], bool], *, timeout: float = WAIT_S, **filters: Any
+) -> list[UsageRow]:
+    """The usage rows once `found(rows)` holds, polled for: a row the database could not take at once is spooled
+    and written a moment later. At the deadline, the rows as they are, for the caller's assertion to show."""
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = usage_rows(data_dir, **filters)
+        if found(rows) or time.monotonic() >= deadline:
+            return rows
+        time.sleep(0.1)  # poll interval, bounded by the deadline
 
 
 def metrics(base_url: str) -> Metrics:

@@ -25,6 +25,7 @@ from vary.api.readiness import ReadinessProbe
 from vary.api.request_context import RequestContextMiddleware
 from vary.api.routes import API_PREFIX, azure_router, router
 from vary.api.security_headers import SecurityHeadersMiddleware
+from vary.api.shutdown import AnswerWhenStoppedMiddleware
 from vary.api.variation_form import request_too_large
 from vary.engines.base import Engine
 from vary.imaging import ImageDecoder
@@ -101,6 +102,7 @@ def build_app(
     app.add_middleware(ReleaseMemoryWhenIdle, quiet_seconds=settings.memory_release_after_seconds)
     if settings.allowed_hosts is not None:
         app.add_middleware(AllowedHostsMiddleware, allowed=settings.allowed_hosts)
+    app.add_middleware(AnswerWhenStoppedMiddleware)  # a request the server stops with gets its 503
     app.add_middleware(SecurityHeadersMiddleware)  # on every answer, refusals included
     # Outermost: every answer gets an id and a log line.
     app.add_middleware(RequestContextMiddleware, log_assets=settings.log_asset_requests)

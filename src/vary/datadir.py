@@ -10,7 +10,9 @@ Everything vary keeps there is its owner's only: the directory is 0700 and every
 
 from __future__ import annotations
 
+import contextlib
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,13 +59,34 @@ def make_private_dir(path: Path) -> None:
 
 
 def make_private_file(path: Path) -> None:
-    """`path` as a file only its owner can read: made empty if missing, or narrowed.
+    """`path` as a file only its owner can read: made empty if missing, or narrowed. Never opened.
 
-    SQLite gives a database's WAL and shared-memory files the database file's own mode.
+    SQLite gives a database's WAL and shared-memory files the database file's own mode. The file is not
+    opened because closing any descriptor of a file drops every POSIX lock this process holds on it,
+    SQLite's own included (sqlite.org/howtocorrupt.html, 2.2): another connection of this process then
+    believes it holds locks it has lost. A private file is made under a temporary name and linked into
+    place, which makes it only where nothing is there yet, whoever races it.
     """
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT, PRIVATE_FILE_MODE))
-    if path.stat().st_mode & 0o077:
-        os.chmod(path, PRIVATE_FILE_MODE)
+    if not path.exists():
+        fd, made = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp's mode is 0600
+        os.close(fd)
+        try:
+            os.link(made, path)
+        except FileExistsError:
+            pass  # made meanwhile by another process or thread: narrowed below like any other
+        except OSError:  # a filesystem without hard links: made in place, new, so no lock of ours is on it yet
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE))
+        finally:
+            os.unlink(made)
+    narrow_private_file(path)
+
+
+def narrow_private_file(path: Path) -> None:
+    """`path`, if it exists, made readable by its owner only (an older vary made some with the umask's mode)."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, PRIVATE_FILE_MODE)
 
 
 def private_opener(path: str, flags: int) -> int:

@@ -22,6 +22,9 @@ Kind = Literal["refused", "retryable", "overloaded", "unavailable"]
 
 class VaryError(Exception):
     kind: Kind = "refused"
+    # Images a provider made (and billed) in the attempt that raised this, which the client will not get:
+    # the other calls of a split request that failed, or moderated images a provider still bills.
+    unused_images: int = 0
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)
@@ -134,6 +137,19 @@ class Overloaded(VaryError):
         self.retry_after = retry_after
 
 
+class Busy(Overloaded):
+    """A target has as many requests in flight as it takes at once (a hosted provider's max_concurrent): a cheap
+    refusal, or the route's next target, rather than memory held without bound while a provider works."""
+
+    def __init__(self, model: str, retry_after: int) -> None:
+        VaryError.__init__(
+            self,
+            f"The model `{model}` has as many requests in flight as it takes at once. "
+            f"Retry after {retry_after} seconds.",
+        )
+        self.retry_after = retry_after
+
+
 class ReplicaLost(VaryError):
     """The process serving the model (a Ray Serve replica) died or could not be reached during the request.
 
@@ -152,10 +168,14 @@ class ReplicaLost(VaryError):
 
 
 class ShuttingDown(VaryError):
+    """The server is stopping with the request still queued or running: the client retries (another replica,
+    or this one once it is back)."""
+
     kind: Kind = "unavailable"
 
-    def __init__(self) -> None:
-        super().__init__("The server is shutting down; retry the request.")
+    def __init__(self, retry_after: int = 5) -> None:
+        super().__init__(f"The server is shutting down; retry the request after {retry_after} seconds.")
+        self.retry_after = retry_after
 
 
 # --- the caller's limits ----------------------------------------------------------------------

@@ -106,10 +106,15 @@ def check_dimensions(width: int, height: int, rules: ImageRules) -> None:
 
 
 def load_variation_input(data: bytes, rules: ImageRules = ImageRules()) -> Image.Image:
-    """Checks an uploaded image against OpenAI's rules and returns it as RGB.
+    """Checks an uploaded image against OpenAI's rules and returns it as RGB (transparency on white).
 
     Memory for one image is bounded by max_side² pixels (Pillow's own bomb limit is set to that too).
     """
+    return to_rgb(load_checked(data, rules))
+
+
+def load_checked(data: bytes, rules: ImageRules = ImageRules()) -> Image.Image:
+    """Checks an uploaded image against OpenAI's rules and returns it decoded, in its own mode (alpha kept)."""
     if len(data) >= rules.max_bytes:
         raise ImageRejected(rules.not_a_png)
     width, height = png_dimensions(data, rules)
@@ -122,7 +127,7 @@ def load_variation_input(data: bytes, rules: ImageRules = ImageRules()) -> Image
                 raise ImageRejected("Uploaded image is not a valid PNG: its header and its decoded size disagree.")
             check_dimensions(*img.size, rules)
             img.load()
-            return to_rgb(img)
+            return img
     except Image.DecompressionBombError:
         side = rules.max_side
         raise ImageRejected(f"Uploaded image has more pixels than the largest accepted, {side}x{side}.") from None
@@ -175,6 +180,12 @@ class InputImage:
                 self._rgb = decode(self.data)
             return self._rgb
 
+    def keep(self, rgb: Image.Image) -> None:
+        """Holds a decode made elsewhere (the content check's), so the model that prepares this image next
+        does not decode it again."""
+        with self._lock:
+            self._rgb = rgb
+
     def release(self) -> None:
         """Drops the decoded pixels (up to 64 MiB) once a model has prepared its inputs from them, so a
         request waiting in a queue holds its model inputs, not its decoded images."""
@@ -193,6 +204,21 @@ class ImageDecoder:
         """The image as RGB, or ImageRejected; blocking, so call it off the event loop."""
         return image.rgb(self._decode)
 
+    def views(self, image: InputImage, *, keep: bool = False) -> tuple[Image.Image, ...]:
+        """The image checked, as a content classifier must see it (`content_views`), or ImageRejected; the
+        views are kept nowhere (the caller drops them once classified). `keep`: the image as a local model
+        sees it is kept in `image` from this one decode, for the model about to prepare it. Blocking."""
+        with self._slots:
+            decoded = load_checked(image.data, self.rules)
+        if keep:
+            image.keep(to_rgb(decoded))
+        return content_views(decoded)
+
+    def check(self, image: InputImage) -> None:
+        """Raises ImageRejected when vary would refuse the image; keeps nothing decoded. Blocking."""
+        with self._slots:
+            load_checked(image.data, self.rules)
+
     def _decode(self, data: bytes) -> Image.Image:
         with self._slots:
             return load_variation_input(data, self.rules)
@@ -200,18 +226,52 @@ class ImageDecoder:
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any PNG colour mode to 8-bit RGB; transparency is composited onto white."""
+    img = _narrow_grey(img)
+    if img.mode == "RGB":
+        return img
+    if not has_transparency(img):
+        return img.convert("RGB")
+    return _on(img.convert("RGBA"), (255, 255, 255))
+
+
+def has_transparency(img: Image.Image) -> bool:
+    """An alpha channel, or a tRNS chunk (a palette's transparent entries, or an RGB or grey colour key)."""
+    return img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
+
+
+# The largest side of a transparent image's views for a content classifier (they classify at 224 to 256 px).
+VIEW_SIDE = 1024
+
+
+def content_views(img: Image.Image) -> tuple[Image.Image, ...]:
+    """What a content classifier must look at: the image as whoever is sent its bytes may see it, as RGB.
+
+    An opaque image is one view. A transparent one is three, since a provider is sent the PNG as it is and
+    may drop the alpha (the pixels under a clear area show), composite it on white (as vary's own models
+    do) or on black (content drawn in the alpha channel alone shows): a classifier that saw only one could
+    be shown a harmless picture while the provider is sent another. They are made at most VIEW_SIDE px a
+    side (box-reduced by a whole factor), so three views of a 4096 px input cost 9 MiB, not 144.
+    """
+    img = _narrow_grey(img)
+    if not has_transparency(img):
+        return (img if img.mode == "RGB" else img.convert("RGB"),)
+    rgba = img.convert("RGBA")
+    factor = -(-max(rgba.size) // VIEW_SIDE)
+    if factor > 1:
+        rgba = rgba.reduce(factor)
+    return _on(rgba, (255, 255, 255)), _on(rgba, (0, 0, 0)), rgba.convert("RGB")
+
+
+def _on(rgba: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    return Image.alpha_composite(Image.new("RGBA", rgba.size, (*background, 255)), rgba).convert("RGB")
+
+
+def _narrow_grey(img: Image.Image) -> Image.Image:
     if img.mode in _WIDE_GREY_MODES:
         # Pillow's own conversion clips 16-bit values instead of scaling them.
         grey = np.asarray(img, dtype=np.uint32) >> 8
-        img = Image.fromarray(grey.astype(np.uint8))
-    if img.mode == "RGB":
-        return img
-    has_alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
-    if not has_alpha:
-        return img.convert("RGB")
-    rgba = img.convert("RGBA")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, rgba).convert("RGB")
+        return Image.fromarray(grey.astype(np.uint8))
+    return img
 
 
 def fit_to_size(img: Image.Image, size: int) -> Image.Image:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.config import JsonDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from vary.controls import MAX_GUIDANCE_SCALE, MAX_STEPS
 from vary.datadir import default_data_dir
@@ -20,14 +29,35 @@ MIN_SIGNING_SECRET_CHARS = 32
 # The model `vary serve` and `vary pull` use when none is named.
 DEFAULT_MODEL = "kandinsky-2.2"
 # The sections `vary serve --help` groups its flags in, in this order; each setting names its own.
-SERVER = {"section": "server"}
-MODELS = {"section": "models"}
-STORAGE = {"section": "storage and database"}
-LIMITS = {"section": "limits"}
-SAFETY = {"section": "content policy"}
-OBSERVABILITY = {"section": "observability"}
-CLUSTER = {"section": "cluster"}
-SECTIONS = tuple(s["section"] for s in (SERVER, MODELS, STORAGE, LIMITS, SAFETY, OBSERVABILITY, CLUSTER))
+# (Typed as pydantic's JsonDict, which `json_schema_extra` takes: a plain dict[str, str] is not one.)
+SERVER: JsonDict = {"section": "server"}
+MODELS: JsonDict = {"section": "models"}
+STORAGE: JsonDict = {"section": "storage and database"}
+LIMITS: JsonDict = {"section": "limits"}
+SAFETY: JsonDict = {"section": "content policy"}
+OBSERVABILITY: JsonDict = {"section": "observability"}
+CLUSTER: JsonDict = {"section": "cluster"}
+SECTIONS = tuple(str(s["section"]) for s in (SERVER, MODELS, STORAGE, LIMITS, SAFETY, OBSERVABILITY, CLUSTER))
+
+
+class SettingFiles(PydanticBaseSettingsSource):
+    """VARY_<SETTING>_FILE=PATH: the setting's value is that file's content (its one trailing newline dropped), as
+    Docker's and Kubernetes' secrets are mounted. VARY_<SETTING> itself wins where both are set."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads them all at once
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name in self.settings_cls.model_fields:
+            path = os.environ.get(f"VARY_{name.upper()}_FILE")
+            if not path:
+                continue
+            try:
+                values[name] = Path(path).read_text().removesuffix("\n")
+            except OSError as exc:
+                raise SettingsError(f"VARY_{name.upper()}_FILE: {exc.strerror or exc}: {path}") from None
+        return values
 
 
 class Settings(BaseSettings):
@@ -35,6 +65,18 @@ class Settings(BaseSettings):
     (vary/cli/flags.py derives the flags from these declarations: name, type, default, description)."""
 
     model_config = SettingsConfigDict(env_prefix="VARY_", frozen=True, extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Flags, then VARY_* variables, then VARY_*_FILE files, then the defaults.
+        return init_settings, env_settings, SettingFiles(settings_cls), dotenv_settings, file_secret_settings
 
     # Where to listen and what to serve.
     host: str = Field(default="127.0.0.1", description="interface to listen on", json_schema_extra=SERVER)
@@ -52,6 +94,11 @@ class Settings(BaseSettings):
     config: Path | None = Field(default=None, description="deprecated name of --catalogue", json_schema_extra=MODELS)
     model: str = Field(
         default=DEFAULT_MODEL, description="a built-in model id or a local model directory", json_schema_extra=MODELS
+    )
+    accept_license: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="licences accepted for --model's weights, e.g. flux-1-dev-non-commercial (docs/licences.md)",
+        json_schema_extra=MODELS,
     )
     no_auth: bool = Field(default=False, description="accept requests without an API key", json_schema_extra=SERVER)
     # Read when there is no `Authorization: Bearer` header: Azure OpenAI's and gateways' clients send theirs so.
@@ -247,6 +294,12 @@ class Settings(BaseSettings):
         json_schema_extra=STORAGE,
     )
     # Never a flag (a process list shows flags): the environment or a secret file only.
+    database_password: SecretStr | None = Field(
+        default=None,
+        description="the password for --database-url, kept out of the URL (e.g. VARY_DATABASE_PASSWORD_FILE, a secret "
+        "file); a password in the URL itself wins",
+        json_schema_extra=STORAGE,
+    )
     signing_secret: SecretStr | None = Field(
         default=None,
         description="the key that signs image URLs, the same on every replica (default: made once and kept in the "
@@ -353,6 +406,13 @@ class Settings(BaseSettings):
         description="on SIGTERM, how long in-flight requests may finish before exit",
         json_schema_extra=SERVER,
     )
+    # A load balancer keeps sending until its health checks see /readyz fail: serve that long first.
+    drain_seconds: float = Field(
+        default=0.0,
+        ge=0,
+        description="on SIGTERM, /readyz fails at once and requests are still served this long, then vary stops",
+        json_schema_extra=SERVER,
+    )
     memory_release_after_seconds: float = Field(
         default=2.0,
         ge=0,
@@ -380,11 +440,11 @@ class Settings(BaseSettings):
             return ["VARY_CONFIG and --config are deprecated: use VARY_CATALOGUE or --catalogue (same meaning)"]
         return []
 
-    @field_validator("allowed_hosts", mode="before")
+    @field_validator("allowed_hosts", "accept_license", mode="before")
     @classmethod
-    def _host_list(cls, value: object) -> object:
+    def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
-            return tuple(host.strip() for host in value.split(",") if host.strip())
+            return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
 
     @field_validator("api_key_headers")
@@ -430,8 +490,18 @@ class Settings(BaseSettings):
 
     @property
     def database(self) -> str | Path:
-        """The database to open (db.Database): database_url, or the path of the SQLite file in the data dir."""
-        return self.database_url or self.db_path
+        """The database to open (db.Database): database_url (with database_password when it has none), or the path
+        of the SQLite file in the data dir."""
+        if self.database_url is None:
+            return self.db_path
+        if self.database_password is None:
+            return self.database_url
+        from sqlalchemy.engine import make_url  # here: the small kernel imports no database library at start
+
+        url = make_url(self.database_url)
+        if url.password is not None:
+            return self.database_url
+        return url.set(password=self.database_password.get_secret_value()).render_as_string(hide_password=False)
 
     @property
     def usage_spool_path(self) -> Path:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import gpu, png, safety
+from bench import gpu, png, response, safety
 from vary.engines.kandinsky import KandinskyVariationEngine
 
 
@@ -38,6 +38,12 @@ def test_png_part_measures_both_encoders() -> None:
     assert all(r["vary_encode_ms"] > 0 and r["pillow_default_ms"] > 0 for r in rows)
 
 
+def test_response_part_renders_the_same_bytes_all_three_ways() -> None:
+    rows = response.measure(n=2, side=64, repeats=1)  # measure() checks the three answers are equal, byte for byte
+    assert [r["images"] for r in rows] == ["2 x 64x64 noise", "2 x 64x64 smooth"]
+    assert all(r["render_ms"] > 0 and r["hand_built_ms"] > 0 and r["pydantic_whole_ms"] > 0 for r in rows)
+
+
 def test_baseline_runs_on_a_saved_model(tmp_path: Path) -> None:
     KandinskyVariationEngine.tiny_random().save_pretrained(tmp_path)
     result = gpu.run_baseline(tmp_path, side=64, n=2, repeats=1, device="cpu")
@@ -61,3 +67,46 @@ def test_safety_part_measures_each_classifier() -> None:
         (name, batch) for name in ("open-nsfw", "guardrail (loopback)", "hf (toy ViT)") for batch in (1, 4)
     ]
     assert all(r["ms_per_image"] > 0 for r in rows)
+
+
+def test_the_timed_stand_in_goes_through_varys_queue_and_batching() -> None:
+    """The capacity bench's stand-in (bench only) behind vary's real LocalModel: each of three concurrent
+    requests gets its n PNGs of exactly its size, every image made is counted in a batch, and a batch whose
+    clients left stops."""
+    import asyncio
+
+    from bench.load import input_png
+    from bench.timed_engine import TimedEngine
+    from tests.conftest import decode_png
+    from vary.controls import RequestedControls
+    from vary.engines.base import Batch, GenerationCancelled, VariationItem
+    from vary.imaging import ImageDecoder, ImageRules, InputImage
+    from vary.request import VariationRequest
+    from vary.targets.base import Made
+    from vary.targets.local_model import LocalModel, QueuePolicy
+
+    engine = TimedEngine("timed", batch_seconds=0.2)
+    model = LocalModel(engine, decoder=ImageDecoder(ImageRules(max_bytes=1 << 22, max_side=4096)), queue=QueuePolicy())
+    batches: list[int] = []
+    model.start(on_batch=lambda images, seconds: batches.append(images))
+
+    async def three() -> list[Made]:
+        requests = [
+            VariationRequest(images=(InputImage(input_png(64)),), n=n, size=256, controls=RequestedControls())
+            for n in (1, 2, 3)
+        ]
+        return await asyncio.gather(*(model.make(request) for request in requests))
+
+    try:
+        made = asyncio.run(three())
+    finally:
+        model.close()
+    assert [len(m.pngs) for m in made] == [1, 2, 3]
+    assert all(decode_png(png).size == (256, 256) for m in made for png in m.pngs)
+    assert sum(batches) == 6
+    controls = engine.controls(RequestedControls())
+    stopped = Batch(
+        items=(VariationItem(conditioning=256, n=1, seed=0),), size=256, controls=controls, should_stop=lambda: True
+    )
+    with pytest.raises(GenerationCancelled):
+        engine.generate(stopped)

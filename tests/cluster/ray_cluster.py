@@ -78,6 +78,8 @@ class RayCluster:
     # Serve's HTTP proxy: its options are fixed by the first Serve start on a cluster, so every
     # application a test runs on this cluster listens here.
     serve_port: int = field(default_factory=free_port)
+    # The node's Ray metrics agent: every replica's metrics, vary's included (vary/cluster/metrics_export.py).
+    metrics_port: int = 0
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -153,6 +155,7 @@ def start_cluster(num_cpus: int = RAY_CPUS) -> RayCluster:
     # Short: Ray's unix socket paths live under it and must stay under 107 characters.
     temp_dir = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
     gcs_port = free_port()
+    metrics_port = free_port()
     low, high = _worker_port_range()
     ray_bin = Path(sys.executable).parent / "ray"
     command = [
@@ -173,16 +176,22 @@ def start_cluster(num_cpus: int = RAY_CPUS) -> RayCluster:
         f"--dashboard-agent-listen-port={free_port()}",
         f"--dashboard-agent-grpc-port={free_port()}",
         f"--runtime-env-agent-port={free_port()}",
-        f"--metrics-export-port={free_port()}",
+        f"--metrics-export-port={metrics_port}",
         f"--min-worker-port={low}",
         f"--max-worker-port={high}",
         "--object-store-memory=200000000",
     ]
     log_path = Path(tempfile.gettempdir()) / f"{temp_dir.name}-ray-start.log"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
+    # Metrics reach the agent every second, not every 10 (tests/cluster/test_ray_metrics.py waits for them).
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "HF_HUB_OFFLINE": "1",
+        "RAY_metrics_report_interval_ms": "1000",
+    }
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-    cluster = RayCluster(f"127.0.0.1:{gcs_port}", temp_dir, process, log_path)
+    cluster = RayCluster(f"127.0.0.1:{gcs_port}", temp_dir, process, log_path, metrics_port=metrics_port)
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if process.poll() is not None:

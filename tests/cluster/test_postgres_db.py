@@ -65,7 +65,7 @@ def test_keys_and_usage(postgres_url: str) -> None:
         db.record_usage(usage(info.id, 2, user="ü", request_id="r1", target="tiny", attempts=1, targets_tried="a:1"))
         db.record_usage(usage(info.id, 3))
         db.record_usage(UsageRow(created_at=time.time(), key_id=info.id, n=4, status=500, latency_ms=1.0))
-        assert db.images_delivered(info.id, since=0) == 5
+        assert db.images_made(info.id, since=0) == 5
         rows = db.usage_rows(key_id=info.id)
         assert [(r.n, r.user, r.request_id) for r in rows] == [(2, "ü", "r1"), (3, None, None), (4, None, None)]
         assert db.usage_rows(user="ü")[0].targets_tried == "a:1"
@@ -98,7 +98,7 @@ def test_a_locked_usage_table_spools_rows_and_they_are_written_later(
             db.record_usage(usage(info.id, 2, request_id="while-locked"))
             assert len(db.spool) == 1 and (tmp_path / "spool").read_text().count("\n") == 1
             assert db.authenticate(key) == info  # requests are still served
-            assert db.images_delivered(info.id, since=0) == 2  # and the quota counts the spooled row
+            assert db.images_made(info.id, since=0) == 2  # and the quota counts the spooled row
         finally:
             locker.execute("ROLLBACK")
             locker.close()

@@ -154,7 +154,7 @@ def test_replicas_starting_at_once_on_an_empty_database_make_one_first_key(
 ) -> None:
     """Each replica checks for an active key and makes one if none: the check and the making are one step
     across replicas, so however many start at once on an empty database, exactly one key is made."""
-    from vary.cli.serve import first_key
+    from vary.state.first_key import first_key
 
     url = own_postgres.url()
     Database.open(url).close()

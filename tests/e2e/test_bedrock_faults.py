@@ -140,3 +140,16 @@ def test_seeds_past_novas_range_are_mapped_and_the_seed_sent_is_reported(nova: N
     assert [base64.b64decode(d["b64_json"]) for d in again.json()["data"]] == [
         base64.b64decode(d["b64_json"]) for d in answer.json()["data"]
     ]
+
+
+def test_what_bedrock_says_reaches_the_client_scrubbed_of_vary_s_credentials_and_cut_short(nova: Nova) -> None:
+    secret = "fake-secret-key-for-tests"
+    echoed = f"{ACCESS_KEY} {secret} {base64.b64encode(f'{ACCESS_KEY}:{secret}'.encode()).decode()} " + "z" * 16_000
+    nova.bedrock.faults.append(("validation", echoed))
+    answer = nova.post()
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "validation_error"
+    assert ACCESS_KEY not in answer.text and secret not in answer.text
+    assert base64.b64encode(secret.encode()).decode()[4:-4] not in answer.text
+    assert len(error["message"]) <= 200

@@ -18,11 +18,12 @@ CONFIG = catalogue(
     local("sdxl", "sdxl-ip-adapter", aliases=["sdxl-plus"], defaults={"steps": 3}),
     local("unclip", "stable-unclip", load="lazy", options={"noise_level": 100}),
     local("sd-variations", "sd-image-variations", license="creativeml-openrail-m (as configured)"),
+    local("flux", "flux-redux"),  # random weights: no licence to accept
     # empty-dir exists, so the file is valid, but holds no weights
     local("broken", "stable-unclip", weights="empty-dir", load="lazy"),
     default="kandinsky",
 )
-MODELS = ("kandinsky", "sdxl", "unclip", "sd-variations")
+MODELS = ("kandinsky", "sdxl", "unclip", "sd-variations", "flux")
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,7 @@ def test_a_seed_repeats_its_images_and_each_of_n_differs(client: OpenAI, model: 
     assert not np.array_equal(first[0], images(client, model, seed=1235)[0])
 
 
-@pytest.mark.parametrize("model", ["kandinsky", "sdxl", "sd-variations"])
+@pytest.mark.parametrize("model", ["kandinsky", "sdxl", "sd-variations", "flux"])
 def test_strength_changes_the_output(client: OpenAI, model: str) -> None:
     full = images(client, model, seed=7, steps=8)[0]
     kept = images(client, model, seed=7, steps=8, strength=0.5)[0]
@@ -102,6 +103,8 @@ def test_models_list_shows_every_model_with_its_licence(client: OpenAI) -> None:
     assert models["sdxl"]["license"] == "openrail++ (SDXL base 1.0), apache-2.0 (IP-Adapter)"
     assert models["unclip"]["license"] == "openrail++"
     assert models["sd-variations"]["license"] == "creativeml-openrail-m (as configured)"
+    assert models["flux"]["license"] == "flux-1-dev-non-commercial (FLUX.1 Redux [dev]), apache-2.0 (FLUX.1 [schnell])"
+    assert models["flux"]["controls"]["guidance_scale"] is None and models["flux"]["controls"]["steps"]["default"] == 2
     assert models["dall-e-2"]["parent"] == "kandinsky" and models["sdxl-plus"]["parent"] == "sdxl"
     assert all("noise" in m["description"] for name, m in models.items() if name != "broken")
 

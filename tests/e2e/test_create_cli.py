@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from tests.conftest import decode_png
+from tests.e2e.terminal import Terminal
 from vary.cli.create import square_png
 from vary.testing import ServerProcess
 
@@ -68,6 +69,16 @@ def test_a_wrong_key_or_no_server_is_a_clear_message_and_a_failure(server: Serve
     assert unreadable.returncode == 2 and "not an image" in unreadable.stderr
     missing = vary_create(str(tmp_path / "missing.png"), "--api-key", "k")
     assert missing.returncode == 2 and "cannot read" in missing.stderr
+
+
+def test_on_a_terminal_a_refusal_is_never_announced_as_done(server: ServerProcess, tmp_path: Path) -> None:
+    photo = jpeg(tmp_path / "a.jpg", (64, 64))
+    args = ("create", str(photo), "--server", server.base_url, "--api-key", "vary-nope-nope", "--out", str(tmp_path))
+    with Terminal(*args) as terminal:
+        assert terminal.finish() == 1
+    screen = terminal.screen
+    assert "vary: the server refused the request (401): Incorrect API key provided." in screen
+    assert "done in" not in screen, screen  # it used to say "done in 0.0s" just before the refusal
 
 
 def test_several_images_are_blended_by_their_weights(server: ServerProcess, api_key: str, tmp_path: Path) -> None:

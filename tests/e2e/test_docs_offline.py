@@ -47,3 +47,31 @@ def test_redoc_works_offline(offline_page: tuple[Page, list[str]], server: Serve
     expect(page.get_by_role("heading", name="Creates variations of a given image.").first).to_be_visible()
     assert page.locator("html").get_attribute("lang") == "en"
     assert outside == []
+
+
+def test_authorize_lets_try_it_out_send_the_key(
+    offline_page: tuple[Page, list[str]], server: ServerProcess, api_key: str
+) -> None:
+    page, outside = offline_page
+    sent: list[str | None] = []
+    page.on(
+        "request",
+        lambda request: (
+            sent.append(request.headers.get("authorization")) if request.url.endswith("/v1/models") else None
+        ),
+    )
+    page.goto(f"{server.base_url}/docs")
+    page.get_by_role("button", name="Authorize").first.click()  # there only when the document declares a scheme
+    dialog = page.locator(".auth-container", has_text="ApiKeyAuth")
+    expect(dialog).to_contain_text("vary keys create")
+    dialog.locator("#auth-bearer-value").fill(api_key)
+    dialog.get_by_role("button", name="Apply credentials").click()
+    dialog.get_by_role("button", name="Close").click()
+
+    models = page.locator(".opblock", has=page.locator(".opblock-summary-path", has_text="/v1/models")).first
+    models.locator(".opblock-summary").click()
+    models.get_by_role("button", name="Try it out").click()
+    models.get_by_role("button", name="Execute").click()
+    expect(models.locator(".live-responses-table tbody .response-col_status").first).to_have_text("200")
+    assert sent == [f"Bearer {api_key}"]
+    assert outside == []

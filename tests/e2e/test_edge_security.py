@@ -20,7 +20,7 @@ WAIT_S = 60
 
 @pytest.fixture(scope="module")
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    env = {"VARY_ALLOWED_HOSTS": "127.0.0.1, vary.example", "VARY_READYZ_INTERVAL_SECONDS": "3600"}
+    env = {"VARY_ALLOWED_HOSTS": "127.0.0.1, vary.example, *.vary.example", "VARY_READYZ_INTERVAL_SECONDS": "3600"}
     with serve(tmp_path_factory.mktemp("edge"), env=env) as vary:
         yield vary
 
@@ -53,7 +53,22 @@ def test_a_flood_of_readyz_makes_one_probe(edge: Running) -> None:
     assert int(httpx.get(f"{server.base_url}/readyz", timeout=WAIT_S).headers["age"]) >= 0
 
 
-@pytest.mark.parametrize("host", ["evil.example", "127.0.0.2:8000", "vary.example.evil.example"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example",
+        "127.0.0.2:8000",
+        "vary.example.evil.example",
+        # Not a host and a port: a wildcard must not match what follows a second colon.
+        "evil.example:80:a.vary.example",
+        "evil.example:x.vary.example",
+        "vary.example:8000:8000",
+        "vary.example:",
+        "vary.example:80x",
+        "[::1",
+        "vary.example@evil.example",
+    ],
+)
 def test_a_host_not_allowed_gets_a_400_in_openai_s_shape(edge: Running, host: str) -> None:
     refused = edge.post_variation(image=png_bytes(32), response_format="url", headers={"Host": host}, timeout=WAIT_S)
     assert refused.status_code == 400
@@ -86,6 +101,17 @@ def test_every_answer_carries_the_security_headers(edge: Running, path: str) -> 
     assert policy["frame-ancestors"] == "frame-ancestors 'none'"
     assert headers["referrer-policy"] == "no-referrer" and headers["x-frame-options"] == "DENY"
     assert headers["x-content-type-options"] == "nosniff"
+
+
+@pytest.mark.parametrize("path", ["/", "/v1/models", "/static/playground.js", "/nowhere", "/docs", "/redoc"])
+def test_only_the_api_docs_get_the_relaxations_they_need(edge: Running, path: str) -> None:
+    """Swagger UI and ReDoc set inline styles and ReDoc starts a worker from a blob: those two pages, no other."""
+    header = httpx.get(f"{edge.base_url}{path}", timeout=WAIT_S).headers["content-security-policy"]
+    policy = {part.split(" ", 1)[0]: part for part in (p.strip() for p in header.split(";"))}
+    docs = path in ("/docs", "/redoc")
+    assert ("'unsafe-inline'" in policy["style-src"]) == docs, header
+    assert ("blob:" in policy.get("worker-src", "")) == docs, header
+    assert policy["script-src"] == "script-src 'self'"
 
 
 @pytest.mark.parametrize("page", ["/", "/docs", "/redoc"])

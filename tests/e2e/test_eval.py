@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vary.testing import free_port
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-MODELS = ("tiny-random", "tiny-random-sd-image-variations")
+MODELS = ("tiny-random", "tiny-random-sd-image-variations", "tiny-random-flux-redux")
 FIGURES = {"fidelity_clip_i", "clip_t", "diversity", "images_per_s", "p50_ms"}
 
 
@@ -78,6 +80,7 @@ def test_report_json_has_every_figure_per_model_and_strength(
     assert len(variations) == len(MODELS) * 2 * 3 * 2
     assert all(Image.open(path).size == (256, 256) for path in variations)
     assert "tiny-random strength 0.5: fidelity_clip_i" in done.stdout
+    assert "torchvision" not in done.stderr  # transformers' notice about processors vary picks on purpose
 
 
 def test_the_same_seed_gives_the_same_variations_across_strength_runs(
@@ -166,3 +169,24 @@ def test_the_ip_adapter_protocol_prints_the_papers_table_beside_ours(tmp_path: P
     without_captions = [part for part in command if part != str(tmp_path / "captions.json") and part != "--captions"]
     done = subprocess.run(without_captions, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "needs --captions" in done.stderr
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_the_default_scorer_without_the_hub_is_one_line_naming_the_ways_out(tmp_path: Path, offline: bool) -> None:
+    """No scorer in the cache and a Hub that refuses connections (or HF_HUB_OFFLINE): one line, no retries."""
+    pictures(tmp_path / "images")
+    env = {name: value for name, value in os.environ.items() if name != "HF_HUB_OFFLINE"}
+    env |= {"HF_HOME": str(tmp_path / "hf"), "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}"}
+    if offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    command = [sys.executable, "-m", "vary", "eval", str(tmp_path / "images"), "--model", "tiny-random"]
+    command += ["--out", str(tmp_path / "report"), "--device", "cpu"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert lines[0] == "vary eval: loading tiny-random and the scorer openai/clip-vit-large-patch14", done.stderr
+    (line,) = lines[1:]
+    assert line.startswith("vary eval: the scorer openai/clip-vit-large-patch14 is not in the Hugging Face cache")
+    assert ("HF_HUB_OFFLINE is set" if offline else f"the Hub at {env['HF_ENDPOINT']} cannot be reached") in line
+    for way_out in ("hf download openai/clip-vit-large-patch14", "--scorer DIR", "--scorer tiny-random"):
+        assert way_out in line

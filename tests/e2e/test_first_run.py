@@ -213,3 +213,46 @@ def test_keys_created_from_another_directory_are_seen_by_the_server(tmp_path: Pa
     create_key(legacy)
     listed = vary("keys", "list", env=env, cwd=there)
     assert listed.returncode == 0 and "found in the current directory" in listed.stderr
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_pull_without_the_hub_names_the_ways_out(tmp_path: Path, offline: bool) -> None:
+    env = hub_env(tmp_path, f"http://127.0.0.1:{free_port()}", **({"HF_HUB_OFFLINE": "1"} if offline else {}))
+    pulled = vary("pull", env=env, timeout=120)
+    assert pulled.returncode == 1 and "Traceback" not in pulled.stderr
+    (line,) = pulled.stderr.strip().splitlines()
+    assert line.startswith("vary: pull failed: ")
+    assert ("unset HF_HUB_OFFLINE" if offline else "HF_ENDPOINT=URL") in line
+    assert str(tmp_path / "hf" / "hub") in line  # the cache to copy from a machine that reaches the Hub
+    assert "vary serve --model tiny-random" in line
+
+
+def test_a_first_key_from_a_failed_start_is_shown_until_it_is_used(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    env = hub_env(tmp_path, "http://127.0.0.1:9", HF_HUB_OFFLINE="1")
+    failed = vary("serve", "--data-dir", str(data_dir), "--log-format", "text", "--port", str(free_port()), env=env)
+    assert failed.returncode == 1
+    key_file = data_dir / "first-api-key"
+    key = key_file.read_text().strip()
+
+    # The next start that gets ready says where the key is (stdout is no terminal here, so not the key itself).
+    with serve(tmp_path, key=False) as served:
+        assert served.server.wait_for_log("vary is ready")
+        log = served.server.log()
+        assert f"The first API key, made by an earlier start, has not been used yet. It is in {key_file}" in log
+        assert key not in log
+        served.client(key).images.create_variation(image=png_bytes(64), size="256x256", response_format="b64_json")
+    # Used: no more reminders, and no new key.
+    with serve(tmp_path, key=False) as served:
+        assert served.server.wait_for_log("vary is ready")
+        assert "first API key" not in served.server.log() and "No API key existed" not in served.server.log()
+    assert key_file.read_text().strip() == key
+
+
+def test_an_unused_first_key_whose_file_is_deleted_is_not_mentioned(tmp_path: Path) -> None:
+    with serve(tmp_path, key=False) as served:
+        assert served.server.wait_for_log("No API key existed, so one was created")
+    (served.data_dir / "first-api-key").unlink()
+    with serve(tmp_path, key=False) as served:
+        assert served.server.wait_for_log("vary is ready")
+        assert "first API key" not in served.server.log() and "No API key existed" not in served.server.log()

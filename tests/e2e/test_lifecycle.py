@@ -6,14 +6,13 @@ import base64
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.harness import Running, decode_png, png_bytes, post_variation, usage_rows
+from tests.harness import Running, decode_png, png_bytes, post_variation, usage_rows_until
 from vary.api.routes import CLIENT_CLOSED_REQUEST
 from vary.engines.kandinsky import KandinskyVariationEngine
 
@@ -109,12 +108,13 @@ def test_a_client_that_leaves_is_recorded_and_its_work_stopped(start_server: Cal
     vary = start_server(env={"VARY_NUM_INFERENCE_STEPS": "100"})
     with pytest.raises(httpx.ReadTimeout):
         vary.post_variation(n=10, size=None, response_format=None, timeout=httpx.Timeout(30, read=1.0))
-    deadline = time.monotonic() + 60
-    statuses: list[int] = []
-    while time.monotonic() < deadline and CLIENT_CLOSED_REQUEST not in statuses:
-        statuses = [row.status for row in usage_rows(vary.data_dir) if row.key_id == vary.key_id]
-        time.sleep(0.1)  # poll interval, bounded by the deadline
-    assert statuses == [CLIENT_CLOSED_REQUEST]
+    rows = usage_rows_until(
+        vary.data_dir,
+        lambda rows: any(row.status == CLIENT_CLOSED_REQUEST for row in rows),
+        timeout=60,
+        key_id=vary.key_id,
+    )
+    assert [row.status for row in rows] == [CLIENT_CLOSED_REQUEST]
     assert vary.server.wait_for_log("generation stopped early: its client left")
     vary.server.stop()
     assert "Traceback" not in vary.server.log()

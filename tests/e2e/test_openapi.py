@@ -53,3 +53,14 @@ def test_variation_request_schema_matches_openai(server: ServerProcess) -> None:
     assert set(images_response["required"]) == {"created", "data"}
     for status in ("400", "401", "404", "429"):
         assert status in operation["responses"]
+
+
+def test_the_bearer_scheme_is_declared_as_openai_declares_it(server: ServerProcess) -> None:
+    """So that /docs has an Authorize button and its "Try it out" sends the key."""
+    ours = httpx.get(f"{server.base_url}/openapi.json", timeout=30).json()
+    theirs = yaml.safe_load(OPENAI_SPEC.read_text())
+    scheme = ours["components"]["securitySchemes"]["ApiKeyAuth"]
+    assert {k: scheme[k] for k in ("type", "scheme")} == theirs["components"]["securitySchemes"]["ApiKeyAuth"]
+    assert ours["paths"]["/v1/images/variations"]["post"]["security"] == theirs["security"] == [{"ApiKeyAuth": []}]
+    assert ours["paths"]["/v1/models"]["get"]["security"] == [{"ApiKeyAuth": []}]
+    assert "security" not in ours["paths"]["/v1/files/{filename}"]["get"]  # the signature is the credential

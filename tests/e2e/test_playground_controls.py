@@ -88,7 +88,8 @@ def test_controls_start_at_the_models_defaults_and_a_seed_can_be_made_again(
     # Out of bounds: said by the field, which takes the focus; nothing is sent.
     page.fill("#steps", str(controls["steps"]["maximum"] + 1))
     page.click("#generate")
-    error_in_sight(page, f"Steps: Default {controls['steps']['default']} (1 to 100).")
+    default = controls["steps"]["default"]
+    error_in_sight(page, f"Steps: a whole number from 1 to 100, or empty for the default ({default}).")
     expect(page.locator("#steps")).to_be_focused()
     assert sent_forms(page) == []
 
@@ -218,6 +219,76 @@ def test_results_have_distinct_names_and_the_drop_zone_shows_focus(
     expect(page.locator("#file")).to_be_focused()
     outline = page.evaluate("getComputedStyle(document.getElementById('drop')).outlineStyle")
     assert outline == "solid", outline
+
+
+def below(page: Page, field: str, error: str) -> None:
+    """The error sits right under its field, within the field's column."""
+    box, under = page.locator(f"#{field}").bounding_box(), page.locator(f"#{error}").bounding_box()
+    assert box is not None and under is not None
+    assert 0 <= under["y"] - (box["y"] + box["height"]) < 60, (box, under)
+    assert box["x"] - 1 <= under["x"] and under["x"] + under["width"] <= box["x"] + box["width"] + 1, (box, under)
+
+
+def test_a_form_error_sits_by_its_field_and_goes_once_the_field_is_fixed(
+    open_page: Callable[..., Page], api_key: str, tmp_path: Path
+) -> None:
+    page = open_page()
+    save_key(page, api_key)
+    choose_image(page, tmp_path)
+    page.select_option("#size", "256x256")
+
+    # How many: checked here, said under the field (it used to come back from the server under Generate).
+    page.fill("#n", "0")
+    page.click("#generate")
+    error_in_sight(page, "How many: a whole number from 1 to 10.")
+    below(page, "n", "n-error")
+    expect(page.locator("#n")).to_be_focused()
+    expect(page.locator("#n")).to_have_attribute("aria-invalid", "true")
+    expect(page.locator("#error")).to_be_hidden()
+    screenshot(page, "playground-field-error.png", full_page=False)
+    page.fill("#n", "1")  # fixed: the error goes at once, before any Generate
+    expect(page.locator("#n-error")).to_be_hidden()
+    expect(page.locator("#n")).not_to_have_attribute("aria-invalid", "true")
+
+    page.fill("#steps", "500")
+    page.click("#generate")
+    expect(page.locator("#steps-error")).to_be_visible()
+    below(page, "steps", "steps-error")
+    page.fill("#steps", "3")
+    expect(page.locator("#steps-error")).to_be_hidden()
+    assert sent_forms(page) == []
+
+    # A refusal the server names a field in (param) is shown by that field too, and goes with the change.
+    page.evaluate("document.getElementById('size').append(new Option('300x300'))")
+    page.select_option("#size", "300x300")
+    page.click("#generate")
+    expect(page.locator("#size-error")).to_have_text(
+        "'300x300' is not one of ['256x256', '512x512', '1024x1024'] - 'size'"
+    )
+    below(page, "size", "size-error")
+    expect(page.locator("#error")).to_be_hidden()
+    page.select_option("#size", "256x256")
+    expect(page.locator("#size-error")).to_be_hidden()
+
+
+def test_emptied_controls_mean_the_models_defaults(
+    open_page: Callable[..., Page], server: ServerProcess, api_key: str, tmp_path: Path
+) -> None:
+    controls = model_controls(server, api_key)
+    page = open_page()
+    save_key(page, api_key)
+    expect(page.locator("#steps-hint")).to_have_text(
+        f"Default {controls['steps']['default']} (1 to 100); empty means the default."
+    )
+    choose_image(page, tmp_path)
+    page.fill("#n", "1")
+    page.select_option("#size", "256x256")
+    for name in ("steps", "guidance_scale", "strength"):
+        page.fill(f"#{name}", "")
+    page.click("#generate")
+    expect(page.locator("#elapsed")).to_have_text("1 image.")
+    (sent,) = sent_forms(page)
+    assert not {"steps", "guidance_scale", "strength"} & set(sent)
 
 
 # --- axe-core --------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ reach a client; the usage rows, the log and the metrics say what happened."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -17,10 +18,11 @@ import httpx
 import openai
 import pytest
 from openai import OpenAI
+from PIL import Image
 
 from tests.fakes.guardrail import FakeGuardrail
 from tests.fakes.providers import FakeProvider
-from tests.harness import Running, catalogue, hosted, local, metrics, png_bytes, route, serve, usage_rows
+from tests.harness import Running, catalogue, hosted, local, metrics, png_bytes, route, serve, usage_rows_until
 from vary.errors import FLAGGED_INPUT_MESSAGE, FLAGGED_OUTPUT_MESSAGE
 from vary.state.database import Database
 from vary.state.schema import UsageRow
@@ -28,6 +30,10 @@ from vary.testing import free_port
 
 SECRET = "sk-fake-provider-secret"
 WAIT_S = 120
+SKIN = (200, 140, 110)  # a colour open-nsfw scores about 0.29; white scores about 0.01
+SKIN_THRESHOLD = 0.15
+DEADLINE_S = 6.0  # hosted-regenerated's route deadline, for all its rounds
+ROUND_S = 4.0  # what each of its provider calls takes, in the deadline test
 
 
 def config(guard: str, down: str, provider: FakeProvider) -> str:
@@ -50,6 +56,15 @@ def config(guard: str, down: str, provider: FakeProvider) -> str:
         checked("guard-slow", check="input", classifier=f"{guard}/slow", timeout_seconds=0.5),
         checked("guard-garbage", check="output", classifier=f"{guard}/garbage"),
         checked("hosted-refused", "up", check="output", threshold=0),
+        # Every output flagged, each round a provider call that takes ROUND_S, within one deadline
+        route(
+            "hosted-regenerated",
+            ["up"],
+            deadline_seconds=DEADLINE_S,
+            safety={"check": "output", "threshold": 0, **regenerate, "max_regenerations": 2},
+        ),
+        # open-nsfw scores a skin-coloured square about 0.29, a white one about 0.01
+        checked("hosted-input-checked", "up", check="input", threshold=SKIN_THRESHOLD),
         default="base",
     )
 
@@ -91,13 +106,12 @@ def checks(vary: Running, stage: str, outcome: str) -> float:
 
 
 def usage_row(vary: Running, request_id: str) -> UsageRow:
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        rows = [row for row in usage_rows(vary.data_dir) if row.request_id == request_id]
-        if rows:
-            return rows[0]
-        assert time.monotonic() < deadline, "no usage row"
-        time.sleep(0.1)  # poll interval, bounded by the deadline
+    def mine(rows: list[UsageRow]) -> list[UsageRow]:
+        return [row for row in rows if row.request_id == request_id]
+
+    rows = mine(usage_rows_until(vary.data_dir, lambda rows: bool(mine(rows)), timeout=WAIT_S))
+    assert rows, "no usage row"
+    return rows[0]
 
 
 def assert_nothing_leaks(response: httpx.Response, *secrets: str) -> None:
@@ -167,6 +181,45 @@ def test_flagged_outputs_are_regenerated_then_refused(safety_server: Running) ->
     assert checks(vary, "output", "flagged") == output_checks + 3
     row = usage_row(vary, response.headers["x-request-id"])
     assert row.policy is not None and "after 2 regenerations" in row.policy
+
+
+def test_regenerated_images_take_room_in_the_images_window(safety_server: Running) -> None:
+    """n=1 and two regenerations make three images: a key allowed two a minute gets its 429 before the third is
+    made, and the window is spent."""
+    vary = safety_server
+    _, key = vary.new_key("limited", images_per_minute=2)
+    before = generated(vary)
+    response = vary.post_variation(key, model="output-regenerated", n=1)
+    assert response.status_code == 429, response.text
+    assert "images per min" in response.json()["error"]["message"]
+    assert generated(vary) == before + 2, "the third image was never made"
+    assert vary.post_variation(key, model="base").status_code == 429, "the two made took the minute's room"
+
+
+def test_regenerated_images_count_toward_the_quota(safety_server: Running) -> None:
+    vary = safety_server
+    _, key = vary.new_key("limited", image_quota=3)
+    response = vary.post_variation(key, model="output-regenerated", n=1)  # three images made, none delivered
+    assert response.status_code == 400, response.text
+    row = usage_row(vary, response.headers["x-request-id"])
+    assert row.unused_images == 3, "made and never given to the client"
+    refused = vary.post_variation(key, model="base")
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "insufficient_quota"
+
+
+def test_one_deadline_bounds_every_regeneration_round(safety_server: Running, provider: FakeProvider) -> None:
+    """Each round is a provider call of ROUND_S; with a fresh deadline for each, three rounds (12 s) were made.
+    One deadline of DEADLINE_S for them all cuts the second round short and makes no third."""
+    vary = safety_server
+    calls = len(provider.calls_to("openai"))
+    provider.fail("openai", *[("delay", ROUND_S)] * 3)
+    started = time.monotonic()
+    response = vary.post_variation(model="hosted-regenerated", n=1)
+    elapsed = time.monotonic() - started
+    provider.faults["openai"].clear()
+    assert response.status_code in (400, 502), response.text
+    assert len(provider.calls_to("openai")) - calls <= 2
+    assert elapsed < DEADLINE_S + ROUND_S / 2, f"{elapsed:.1f}s for a deadline of {DEADLINE_S}s"
 
 
 def test_a_regenerated_batch_that_passes_is_answered(safety_server: Running, guardrail: FakeGuardrail) -> None:
@@ -239,6 +292,38 @@ def test_a_hosted_providers_images_are_checked_too(safety_server: Running, provi
     assert response.json()["error"]["message"] == FLAGGED_OUTPUT_MESSAGE
     assert_nothing_leaks(response)
     assert len(provider.calls_to("openai")) == calls + 1
+
+
+@pytest.mark.parametrize(
+    ("hidden", "mode"),
+    [((*SKIN, 0), "RGBA"), ((*SKIN, 12), "RGBA"), ((*SKIN,), "P-transparent")],
+    ids=["clear", "nearly-clear", "palette-transparency"],
+)
+def test_a_transparent_input_cannot_hide_from_the_check_what_a_provider_is_sent(
+    safety_server: Running, provider: FakeProvider, hidden: tuple[int, ...], mode: str
+) -> None:
+    """The provider gets the PNG's bytes, pixels under its transparency included, and may drop the alpha or
+    composite on any background: the check classifies every such view, not only the image on white."""
+    vary = safety_server
+    if mode == "P-transparent":  # a palette image whose one colour is marked transparent (a tRNS chunk)
+        image = _palette_png(hidden)
+    else:
+        image = png_bytes(64, "RGBA", hidden)
+    calls = len(provider.calls_to("openai"))
+    refused = vary.post_variation(model="hosted-input-checked", n=1, image=image)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "content_policy_violation"
+    assert len(provider.calls_to("openai")) == calls, "the provider was called with a flagged input"
+    passed = vary.post_variation(model="hosted-input-checked", n=1, image=png_bytes(64, "RGBA", (255, 255, 255, 0)))
+    assert passed.status_code == 200, passed.text
+
+
+def _palette_png(colour: tuple[int, ...]) -> bytes:
+    palette = Image.new("P", (64, 64), 0)
+    palette.putpalette([*colour[:3]] * 256)
+    buffer = io.BytesIO()
+    palette.save(buffer, format="PNG", transparency=0)
+    return buffer.getvalue()
 
 
 def test_an_operator_turns_the_checks_off_for_a_trusted_key(safety_server: Running) -> None:

@@ -216,6 +216,13 @@ def test_malformed_multipart_is_a_400_in_openai_shape(http: httpx.Client) -> Non
     assert body["type"] == "invalid_request_error" and body["message"]
 
 
+def test_an_image_over_4_mib_is_a_400_however_large_as_the_api_docs_say(http: httpx.Client) -> None:
+    # Over the 4 MiB + 64 KiB that docs/api.md once gave as the point where 413 begins: OpenAI's 400 still.
+    response = post(http, padded_to(png_bytes(8), 6 * MiB))
+    assert response.status_code == 400
+    assert response.json() == error(NOT_A_PNG, "image")
+
+
 def test_oversized_bodies_are_refused_with_413(http: httpx.Client) -> None:
     # The cap is five images' worth (a request may blend up to five), plus room for the other fields.
     big = padded_to(png_bytes(8), 21 * MiB)

@@ -81,7 +81,9 @@ class FakeBedrock(LoopbackFake):
             images = [base64.b64encode(b"GIF89a not really").decode()] * count
         answer = json.dumps({"images": images, "error": None}).encode()
         if fault[0] == "trickle":
-            return StreamingResponse(_trickle(answer, float(fault[1])), media_type="application/json")
+            # With its Content-Length, as Bedrock answers (a reader then asks for the whole length in one read).
+            length = {"content-length": str(len(answer))}
+            return StreamingResponse(_trickle(answer, float(fault[1])), media_type="application/json", headers=length)
         return Response(answer, media_type="application/json")
 
 

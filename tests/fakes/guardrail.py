@@ -1,6 +1,7 @@
 """A guardrail on loopback in LiteLLM's Generic Guardrail API shape, whose answer depends on the path it is
 called on: /pass, /block, /block-once (blocks its first call, then passes), /garbage, /error (HTTP 500),
-/slow (answers after `delay` seconds, or when the test stops it). It records every request's JSON."""
+/slow (answers after `delay` seconds, or when the test stops it), /huge (a 256 MiB answer, sent as fast as the
+caller reads it: `huge_sent` says how much it took before hanging up). It records every request's JSON."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Any
 
 PASS = b'{"action": "NONE"}'
 BLOCK = b'{"action": "BLOCKED", "blocked_reason": "the fake guardrail blocks everything on /block"}'
+HUGE_BYTES = 256 * 1024 * 1024
 
 
 class FakeGuardrail:
@@ -19,6 +21,8 @@ class FakeGuardrail:
         self.delay = delay
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self.stopping = threading.Event()
+        self.huge_sent = 0  # bytes of /huge's answer written before the caller hung up (or all of them)
+        self.huge_done = threading.Event()
         self._lock = threading.Lock()
         guardrail = self
 
@@ -27,6 +31,9 @@ class FakeGuardrail:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with guardrail._lock:
                     guardrail.requests.append((self.path, body))
+                if self.path == "/huge":
+                    guardrail.send_huge(self)
+                    return
                 status, payload = guardrail.answer(self.path)
                 try:
                     self.send_response(status)
@@ -60,6 +67,22 @@ class FakeGuardrail:
             "/slow": self._slow,
         }
         return answers.get(path, lambda: (404, b"{}"))()
+
+    def send_huge(self, handler: BaseHTTPRequestHandler) -> None:
+        chunk = b'{"action": "NONE", "padding": "' + b"x" * (64 * 1024)
+        try:
+            handler.send_response(200)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(HUGE_BYTES))
+            handler.end_headers()
+            while self.huge_sent < HUGE_BYTES:
+                piece = chunk[: HUGE_BYTES - self.huge_sent]
+                handler.wfile.write(piece)
+                self.huge_sent += len(piece)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the caller stopped reading: how much it took is the point
+        finally:
+            self.huge_done.set()
 
     def _slow(self) -> tuple[int, bytes]:
         self.stopping.wait(self.delay)

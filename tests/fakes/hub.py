@@ -5,6 +5,10 @@ repo info (`/api/models/{repo}[/revision/{rev}]`, with `siblings`), the file tre
 `/{repo}/resolve/{rev}/{path}` with the headers huggingface_hub reads (X-Repo-Commit, ETag,
 Content-Length), ranges included so interrupted downloads resume. Every request is recorded.
 
+A repository in `gated` answers as the Hub answers for a gated model whose licence the caller has not
+accepted: 401 with `X-Error-Code: GatedRepo`, unless the request carries a token of `accepted_tokens`
+(`Authorization: Bearer ...`, what HF_TOKEN sends).
+
 `SilentHub` accepts connections and never answers: a proxy, a captive portal, a dropping firewall.
 """
 
@@ -30,6 +34,8 @@ class FakeHub:
     repos: dict[str, Path]  # repo id -> the folder it serves
     port: int = 0
     requests: list[str] = field(default_factory=list)
+    gated: frozenset[str] = frozenset()  # repo ids whose licence must be accepted
+    accepted_tokens: frozenset[str] = frozenset()  # tokens of accounts that accepted it
 
     @property
     def url(self) -> str:
@@ -96,6 +102,11 @@ class FakeHub:
 
         async def record(scope: dict, receive: object, send: object) -> None:  # type: ignore[type-arg]
             self.requests.append(f"{scope['method']} {scope['path']}")
+            if scope["type"] == "http" and self._refused(scope):
+                message = "Access to this model is restricted: accept its licence on its page, with an account token"
+                headers = {"X-Error-Code": "GatedRepo", "X-Error-Message": message}
+                await JSONResponse({"error": message}, status_code=401, headers=headers)(scope, receive, send)  # type: ignore[arg-type]
+                return
             await inner(scope, receive, send)  # type: ignore[arg-type]
 
         repo = "/{owner}/{name}"
@@ -110,6 +121,15 @@ class FakeHub:
             ]
         )
         return record  # type: ignore[return-value]
+
+    def _refused(self, scope: dict) -> bool:  # type: ignore[type-arg]
+        path = str(scope["path"]).removeprefix("/api/models")
+        repo = "/".join(path.strip("/").split("/")[:2])
+        if repo not in self.gated:
+            return False
+        headers = {key.decode().lower(): value.decode() for key, value in scope["headers"]}
+        token = headers.get("authorization", "").removeprefix("Bearer ")
+        return token not in self.accepted_tokens
 
     def __enter__(self) -> FakeHub:
         self._server = LoopbackServer(self.app(), port=self.port, log_config=None, access_log=False)

@@ -7,7 +7,6 @@ import io
 import re
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.harness import Running, png_bytes, serve, usage_rows
+from tests.harness import Running, png_bytes, serve, usage_rows, usage_rows_until
 from tests.robustness import hostile
 from tests.robustness.hostile import BOUNDARY, MiB
 from vary.testing import ServerProcess
@@ -83,6 +82,13 @@ def usage_statuses(data_dir: Path) -> list[int]:
     return [row.status for row in usage_rows(data_dir)]
 
 
+def statuses_once(data_dir: Path, status: int, count: int) -> list[int]:
+    """The usage rows' statuses once `count` of them are `status` (or at the bound): a row the database could not
+    take at once (its busy timeout, a quarter second) is spooled and written a moment later."""
+    rows = usage_rows_until(data_dir, lambda rows: [row.status for row in rows].count(status) >= count, timeout=WAIT_S)
+    return [row.status for row in rows]
+
+
 def requests_total(server: ServerProcess, status: int) -> float:
     metrics = httpx.get(f"{server.base_url}/metrics", timeout=WAIT_S).text
     found = re.findall(rf'vary_requests_total\{{model="[^"]*",status="{status}"\}} ([0-9.]+)', metrics)
@@ -113,7 +119,8 @@ def test_malformed_multipart_bodies_are_recorded_as_400(small_queue: Running) ->
             timeout=WAIT_S,
         )
         assert answer.status_code == 400, answer.text[:300]
-    statuses = usage_statuses(data_dir)
+    # Polled for, as the 499s below are.
+    statuses = statuses_once(data_dir, 400, before + len(MALFORMED))
     assert statuses.count(400) == before + len(MALFORMED), statuses
     assert 500 not in statuses
     assert requests_total(server, 400) == counted + len(MALFORMED)
@@ -134,10 +141,7 @@ def test_clients_hanging_up_mid_upload_are_recorded_as_499(small_queue: Running)
         with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) as connection:
             connection.sendall(head + body[: len(body) // 2])  # then hang up, half-way through the image
     assert server.wait_for_log('"status": 499')
-    deadline = time.monotonic() + WAIT_S
-    while usage_statuses(data_dir).count(499) < before + 15 and time.monotonic() < deadline:
-        time.sleep(0.1)  # poll interval, bounded by the deadline
-    statuses = usage_statuses(data_dir)
+    statuses = statuses_once(data_dir, 499, before + 15)
     assert statuses.count(499) == before + 15, statuses
     assert 500 not in statuses
     assert "Traceback" not in server.log() and "ClientDisconnect" not in server.log()

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.harness import Running, png_bytes, serve, usage_rows
+from tests.harness import Running, png_bytes, serve, usage_rows_until
 
 WAIT_S = 60
 LONG = 16_000
@@ -34,7 +34,8 @@ def test_a_long_model_name_is_cut_everywhere(text_server: Running) -> None:
     assert card.status_code == 404 and len(card.json()["error"]["message"]) < 300
     assert server.wait_for_log("POST /v1/images/variations 404")
     assert "m" * 201 not in server.log() and "n" * 201 not in server.log()
-    rows = [row for row in usage_rows(text_server.data_dir) if row.status == 404]
+    rows = usage_rows_until(text_server.data_dir, lambda rows: any(row.status == 404 for row in rows))
+    rows = [row for row in rows if row.status == 404]
     assert len(rows) == 1 and rows[0].model is not None
     assert len(rows[0].model) == 200 and rows[0].model.endswith("...")
 

@@ -9,14 +9,13 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.harness import create_key, png_bytes, serve, usage_rows
+from tests.harness import create_key, png_bytes, serve, usage_rows, usage_rows_until
 
 WAIT_S = 60
 IMAGE = png_bytes(32)
@@ -65,10 +64,8 @@ def rows_in(data_dir: Path) -> int:
 
 
 def wait_for_rows(data_dir: Path, count: int) -> int:
-    deadline = time.monotonic() + WAIT_S
-    while (found := rows_in(data_dir)) < count and time.monotonic() < deadline:
-        time.sleep(0.2)  # poll interval, bounded by the deadline
-    return found
+    """How many rows there are once there are `count` (a spooled row is written a moment later), or at the bound."""
+    return len(usage_rows_until(data_dir, lambda rows: len(rows) >= count, timeout=WAIT_S))
 
 
 def test_rows_are_kept_while_another_process_holds_the_write_lock(setup: tuple[Path, str, str]) -> None:
@@ -77,7 +74,7 @@ def test_rows_are_kept_while_another_process_holds_the_write_lock(setup: tuple[P
     readyz = {"VARY_READYZ_INTERVAL_SECONDS": "0"}
     with serve(data_dir.parent, env=readyz, key=False, request_timeout=WAIT_S) as vary:
         assert vary.post_variation(key, image=IMAGE).status_code == 200
-        assert rows_in(data_dir) == 1
+        assert wait_for_rows(data_dir, 1) == 1  # written, or spooled for a moment: the lock comes after it
         lock = WriteLock(data_dir / "vary.db")
         try:
             statuses: list[int] = []
@@ -87,7 +84,9 @@ def test_rows_are_kept_while_another_process_holds_the_write_lock(setup: tuple[P
             ]
             for thread in threads:
                 thread.start()
-            listed = httpx.get(f"{vary.base_url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=5)
+            # Answered while the lock is held (it is released only below): a server waiting on the lock would
+            # never answer. A generous bound: a busy machine answers slowly, never not at all.
+            listed = httpx.get(f"{vary.base_url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=WAIT_S)
             for thread in threads:
                 thread.join(WAIT_S)
             assert statuses == [200] * 24

@@ -146,6 +146,22 @@ def test_without_a_file_the_catalogue_is_the_one_model(tmp_path: Path) -> None:
         ('ray = 1\n[[models]]\nname = "a"\nengine = "kandinsky-2.2"', "[ray] must be a table"),
         ('[ray.proxy]\nx = 1\n[[models]]\nname = "a"\nengine = "kandinsky-2.2"', "unknown key 'proxy' in [ray]"),
         ('[ray]\nedge = 1\n[[models]]\nname = "a"\nengine = "kandinsky-2.2"', "[ray.edge] must be a table"),
+        # Licences to accept before weights load.
+        (
+            '[[models]]\nname = "f"\nengine = "flux-redux"',
+            "model 'f': its weights are under the FLUX.1 [dev] Non-Commercial License "
+            "(https://huggingface.co/black-forest-labs/FLUX.1-dev/blob/main/LICENSE.md); to accept it, add "
+            'accept_license = "flux-1-dev-non-commercial" to this model',
+        ),
+        (
+            '[[models]]\nname = "f"\nengine = "flux-redux"\naccept_license = "flux-1-dev-noncommercial"',
+            "accept_license names 'flux-1-dev-noncommercial'; the licences to accept: flux-1-dev-non-commercial",
+        ),
+        ('[[models]]\nname = "f"\nengine = "flux-redux"\naccept_license = 1', "'accept_license' must be a licence id"),
+        (
+            '[[models]]\nname = "a"\nengine = "openai-compatible"\naccept_license = "flux-1-dev-non-commercial"',
+            "a hosted provider loads no weights",
+        ),
     ],
 )
 def test_bad_files_are_refused_with_a_clear_message(tmp_path: Path, text: str, message: str) -> None:
@@ -154,6 +170,20 @@ def test_bad_files_are_refused_with_a_clear_message(tmp_path: Path, text: str, m
         read_catalogue(path)
     assert message in str(error.value)
     assert str(error.value).startswith(str(path))  # every message says which file
+
+
+def test_a_licence_is_accepted_per_model_and_reaches_the_engine(tmp_path: Path) -> None:
+    text = (
+        '[[models]]\nname = "f"\nengine = "flux-redux"\naccept_license = "flux-1-dev-non-commercial"\n'
+        '[models.options]\nbase = "dev"\n'
+        '[[models]]\nname = "t"\nengine = "flux-redux"\nweights = "tiny-random"\n'  # random weights: nothing to accept
+        '[[models]]\nname = "k"\nengine = "kandinsky-2.2"\naccept_license = ["flux-1-dev-non-commercial"]\n'
+    )
+    flux, twin, kandinsky = read_catalogue(write(tmp_path, text)).models
+    assert flux.accepted_licenses == ("flux-1-dev-non-commercial",) and twin.accepted_licenses == ()
+    assert kandinsky.accepted_licenses == ("flux-1-dev-non-commercial",)  # accepting more than needed is harmless
+    engine = flux.build(placement=Placement(device="cpu"))
+    assert engine.info.license.startswith("flux-1-dev-non-commercial") and not engine.loaded
 
 
 def test_ray_tables_are_kept_as_they_are(tmp_path: Path) -> None:

@@ -20,8 +20,10 @@ from vary.ops.metrics import Metrics
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "vary.json"
 METRIC = re.compile(r"\b(vary_[a-z0-9_]+)\b")
 GROUPING = re.compile(r"\b(?:by|without)\s*\(([^)]*)\)")
-# Labels Prometheus adds to every scraped series, and the buckets' bound.
+# Labels Prometheus adds to every scraped series; and those Ray Serve's metrics export adds to every replica's
+# (vary.cluster.metrics_export), absent on one box, where a grouping by them is a grouping by "".
 SCRAPE_LABELS = {"instance", "job"}
+RAY_SERVE_LABELS = {"deployment", "replica", "application"}
 
 
 class Model:
@@ -40,7 +42,7 @@ def exposition() -> dict[str, set[str]]:
     metrics.observe_batch("m", 4, 0.5)
     metrics.observe_attempt("provider", "success", 0.3)
     metrics.observe_check("input", "passed", 0.01)
-    metrics.watch([Model()], gpu_memory=lambda: {0: (1.0, 2.0)})
+    metrics.watch([Model()], gpu_memory=lambda: {0: (1.0, 2.0)}, gpu_utilisation=lambda: {0: 0.5})
     metrics.watch_circuits(lambda: {"provider": "closed"})
     metrics.watch_spool(lambda: 2)
     metrics.in_flight.inc()
@@ -73,7 +75,7 @@ def test_every_query_names_metrics_vary_exports_and_their_labels(query: str) -> 
     named = set(METRIC.findall(query))
     assert named, f"no vary metric in {query!r}"
     assert named <= set(EXPORTED), f"not exported: {named - set(EXPORTED)}"
-    labels = set().union(*(EXPORTED[name] for name in named)) | SCRAPE_LABELS
+    labels = set().union(*(EXPORTED[name] for name in named)) | SCRAPE_LABELS | RAY_SERVE_LABELS
     for grouping in GROUPING.findall(query):
         grouped = {label.strip() for label in grouping.split(",") if label.strip()}
         assert grouped <= labels, f"{query!r} groups by {grouped - labels}, which its metrics do not carry"
@@ -92,6 +94,9 @@ def test_the_dashboard_covers_what_an_operator_watches() -> None:
         "vary_target_circuit_state",
         "vary_usage_spool_rows",
         "vary_safety_checks_total",
+        "vary_gpu_utilization_ratio",
+        "vary_process_cpu_seconds_total",
+        "vary_process_resident_memory_bytes",
     ):
         assert metric in everything
     panels = [p for p in DASHBOARD_JSON["panels"] if p["type"] != "row"]

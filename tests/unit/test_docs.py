@@ -128,3 +128,19 @@ def test_the_readme_is_a_short_front_door() -> None:
         f"README.md has {len(lines)} lines, at most {README_MAX_LINES}: move the detail to a page under docs/"
     )
     assert TEST_COMMAND in lines, "README.md must keep the test command that .ci/run runs, exactly"
+
+
+def test_the_api_docs_give_the_body_cap_the_server_enforces() -> None:
+    """docs/api.md's error table: 413 only past the whole body's cap; an image of 4 MiB or more is a 400."""
+    from vary.request import MAX_IMAGES
+    from vary.settings import Settings
+
+    settings = Settings()
+    MiB, KiB = 1024 * 1024, 1024  # noqa: N806 - the units' own names
+    rows = [line for line in (DOCS / "api.md").read_text(encoding="utf-8").splitlines() if line.startswith("| ")]
+    (too_large,) = [row for row in rows if "| 413 |" in row]
+    cap = f"{MAX_IMAGES * settings.max_image_bytes // MiB} MiB + {settings.max_body_overhead_bytes // KiB} KiB"
+    assert f"body over {cap}" in too_large, too_large
+    assert settings.max_body_bytes == MAX_IMAGES * settings.max_image_bytes + settings.max_body_overhead_bytes
+    (image_rule,) = [row for row in rows if "Uploaded image must be a PNG and less than 4 MB." in row]
+    assert "| 400 |" in image_rule and "≥ 4 MiB" in image_rule

@@ -62,6 +62,11 @@ def test_networks_are_told_apart() -> None:
         "fe80::1": "link-local",
         "fd00::1": "private",
         "::ffff:127.0.0.1": "loopback",  # an IPv4-mapped address is its IPv4 address
+        "fec0::1": "private",  # IPv6 site-local (deprecated, still routed inside some sites)
+        "2002:7f00:1::1": "loopback",  # 6to4 is its embedded IPv4 address: 127.0.0.1
+        "2002:a01:203::1": "private",  # 10.1.2.3
+        "2002:a9fe:a9fe::1": "link-local",  # 169.254.169.254
+        "2002:5db8:d822::1": "public",  # 93.184.216.34
         PUBLIC: "public",
         "2606:4700::1111": "public",
     }
@@ -86,7 +91,7 @@ def test_an_https_provider_s_urls_must_be_https(internal: FakeProvider) -> None:
 def test_a_public_provider_s_name_resolving_to_an_internal_address_is_refused(internal: FakeProvider) -> None:
     """The name is the provider's own, so the host check passes: the address, resolved once, is what refuses."""
     before = internal.downloads
-    policy = DownloadPolicy.of("http://provider.example/v1", ["cdn.example"])
+    policy = DownloadPolicy.of("http://provider.example/v1", [f"cdn.example:{internal.port}"])
     names = {"provider.example": PUBLIC, "cdn.example": "127.0.0.2"}
     downloader = Downloader(policy, timeout=httpx.Timeout(10), resolve=resolver(names))
     with pytest.raises(UpstreamFailure, match="resolves to a loopback address"):
@@ -99,6 +104,34 @@ def test_a_host_not_listed_is_refused_before_any_lookup(internal: FakeProvider) 
     downloader = Downloader(policy, timeout=httpx.Timeout(10), resolve=resolver({"127.0.0.2": "127.0.0.2"}))
     with pytest.raises(UpstreamFailure, match="neither the provider's nor one of its download_hosts"):
         fetch(downloader, "http://169.254.169.254/latest/meta-data/")
+
+
+@pytest.mark.parametrize(
+    ("base", "listed", "url", "allowed"),
+    [
+        ("https://p.example/v1", (), "https://p.example/a.png", True),
+        ("https://p.example/v1", (), "https://p.example:443/a.png", True),  # the scheme's default, written out
+        ("https://p.example/v1", (), "https://p.example:8443/a.png", False),  # another service on that host
+        ("https://p.example:8443/v1", (), "https://p.example:8443/a.png", True),
+        ("https://p.example:8443/v1", (), "https://p.example/a.png", False),
+        ("http://p.example/v1", (), "https://p.example/a.png", True),  # no port given: the URL scheme's default
+        ("http://p.example/v1", (), "http://p.example:8080/a.png", False),
+        ("https://p.example/v1", ("cdn.example",), "https://cdn.example/a.png", True),
+        ("https://p.example/v1", ("cdn.example",), "https://cdn.example:6379/a.png", False),
+        ("https://p.example/v1", ("*.cdn.example:8443",), "https://a.cdn.example:8443/a.png", True),
+        ("https://p.example/v1", ("*.cdn.example:8443",), "https://a.cdn.example/a.png", False),
+        ("https://p.example/v1", ("[::1]:8443",), "https://[::1]:8443/a.png", True),
+    ],
+)
+def test_a_url_s_port_must_be_its_host_s_own(base: str, listed: tuple[str, ...], url: str, allowed: bool) -> None:
+    """A host's port is its own (the base URL's or the listed one, when given; else the URL scheme's default): a
+    provider's URL on its own host but another port is another service there."""
+    policy = DownloadPolicy.of(base, listed)
+    if allowed:
+        policy.check_url(httpx.URL(url))
+    else:
+        with pytest.raises(UpstreamFailure, match="port"):
+            policy.check_url(httpx.URL(url))
 
 
 def test_the_connection_goes_to_the_address_that_was_checked(internal: FakeProvider) -> None:

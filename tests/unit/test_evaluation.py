@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from PIL import Image
 
-from vary.evaluation import metrics
+from vary.evaluation import metrics, report
 from vary.evaluation.captions import CaptionsError, read_captions
 from vary.evaluation.protocol import PAPER_ROWS, Row, table
-from vary.evaluation.run import slug, variation_file
+from vary.evaluation.run import Cell, slug, variation_file
 from vary.evaluation.scorer import ClipScorer
 
 
@@ -98,3 +100,49 @@ def test_the_tiny_scorer_saves_and_loads_by_path(tmp_path: Path) -> None:
     loaded = ClipScorer.load(str(tmp_path / "clip"), device="cpu")
     assert torch.allclose(loaded.embed_images(images), embeds, atol=1e-5)
     assert torch.allclose(loaded.embed_texts(["a red square"]), scorer.embed_texts(["a red square"]), atol=1e-5)
+
+
+def _cells(diversity: tuple[float, float], step: float) -> list[Cell]:
+    """Figures like the tiny models': diversity in the thousandths or below, fidelity in a narrow band."""
+    cells = []
+    for model, base in zip(("tiny-random", "tiny-random-sd-image-variations"), diversity, strict=True):
+        for strength, shift in ((1.0, 0.0), (0.5, step)):
+            cell = Cell(model, strength)
+            cell.fidelity = [0.9412 + shift * 10, 0.9412]
+            cell.diversity = [base + shift, base + 2 * shift]
+            cells.append(cell)
+    return cells
+
+
+def _overlapping(boxes: list[Any]) -> list[tuple[int, int]]:
+    return [(i, j) for i in range(len(boxes)) for j in range(i + 1, len(boxes)) if boxes[i].overlaps(boxes[j])]
+
+
+@pytest.mark.parametrize("plot", [report.fidelity_vs_diversity, report.fidelity_by_strength])
+@pytest.mark.parametrize("cells", [_cells((0.00112, 0.00043), 3e-5), _cells((0.0001234, 0.0001231), 3e-7)])
+def test_plot_labels_never_overlap_and_stay_inside(plot: Callable[[list[Cell]], Any], cells: list[Cell]) -> None:
+    import matplotlib.pyplot as plt
+
+    figure = plot(cells)
+    try:
+        figure.canvas.draw()  # at the size it is saved at: an SVG scales as a whole on the page
+        renderer = figure.canvas.get_renderer()
+        (axes,) = figure.axes
+        for ticks in (axes.get_xticklabels(), axes.get_yticklabels()):
+            boxes = [t.get_window_extent(renderer) for t in ticks if t.get_text() and t.get_visible()]
+            # At least a few pixels apart: numbers that touch read as one.
+            assert len(boxes) >= 2 and _overlapping([box.padded(4) for box in boxes]) == []
+        # No offset ("1e-6+9.412e-1") to add in the head: every label is the number itself.
+        assert axes.xaxis.get_offset_text().get_text() == "" and axes.yaxis.get_offset_text().get_text() == ""
+        inside = figure.bbox
+        texts = [*axes.texts, axes.xaxis.label, axes.yaxis.label, axes.title]
+        for text in texts:
+            box = text.get_window_extent(renderer)
+            assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1, text
+        # The strength labels sit inside the plotting area, not over its frame or beyond it.
+        frame = axes.get_window_extent(renderer)
+        for text in axes.texts:
+            box = text.get_window_extent(renderer)
+            assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, text
+    finally:
+        plt.close(figure)

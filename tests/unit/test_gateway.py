@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
 import re
@@ -22,6 +23,7 @@ from tests.conftest import png_bytes
 from vary.api.errors import api_error
 from vary.engines.diffusion import Placement
 from vary.errors import (
+    Busy,
     ImageRejected,
     ModelUnavailable,
     Overloaded,
@@ -289,6 +291,67 @@ def test_a_half_open_circuit_lets_exactly_one_of_eight_concurrent_requests_probe
     assert breaker.state == "closed", "the probe succeeded"
 
 
+def test_a_target_at_its_concurrency_bound_is_skipped_without_an_attempt_or_a_verdict() -> None:
+    """max_concurrent requests in flight on a target: the next one is refused at once (a lone target's 429) or
+    goes to the route's next target; neither counts as an attempt nor toward the circuit."""
+    gateway = Gateway()
+    policy = Resilience(max_attempts=1, circuit_failures=1, max_concurrent=2)
+    held = Held("held", resilience=policy)
+    fallback = Scripted("fallback")
+
+    async def three() -> tuple[BaseException | None, list[str], Tried]:
+        held.release = asyncio.Event()
+        runs = [asyncio.create_task(gateway.run([held], REQUEST)) for _ in range(2)]
+        while held.calls < 2:
+            await asyncio.sleep(0)
+        tried = Tried()
+        try:
+            await gateway.run([held], REQUEST, tried=tried)
+            refused: BaseException | None = None
+        except Busy as exc:
+            refused = exc
+        _, routed = await gateway.run([held, fallback], REQUEST)
+        held.release.set()
+        done = [served.target for _, served in await asyncio.gather(*runs)]
+        return refused, [*done, routed.target], tried
+
+    refused, targets, tried = asyncio.run(three())
+    assert isinstance(refused, Busy) and refused.retry_after >= 1
+    error = api_error(refused)
+    assert (error.status, error.code, "Retry-After" in error.headers) == (429, "queue_full", True)
+    assert tried.attempts == {}, "a refusal at the bound is no attempt"
+    assert targets == ["held", "held", "fallback"] and held.calls == 2
+    breaker = gateway.breaker(held)
+    assert breaker is not None and breaker.state == "closed"
+    _, served = asyncio.run(gateway.run([held], REQUEST))  # the slots were given back
+    assert served.target == "held"  # type: ignore[attr-defined]
+
+
+def test_when_every_target_of_a_route_is_at_its_bound_the_answer_is_a_429() -> None:
+    gateway = Gateway()
+    bounded = [Held(name, resilience=Resilience(max_concurrent=1)) for name in ("a", "b")]
+
+    async def busy() -> BaseException:
+        for target in bounded:
+            target.release = asyncio.Event()
+        runs = [asyncio.create_task(gateway.run([target], REQUEST)) for target in bounded]
+        while not all(target.calls for target in bounded):
+            await asyncio.sleep(0)
+        try:
+            await gateway.run(bounded, REQUEST)
+        except Exception as exc:  # noqa: BLE001 - the test looks at what came back
+            return exc
+        finally:
+            for target in bounded:
+                assert target.release is not None
+                target.release.set()
+            await asyncio.gather(*runs)
+        raise AssertionError("a route whose targets are all busy answered")
+
+    error = api_error(asyncio.run(busy()))  # type: ignore[arg-type]
+    assert error.status == 429 and "Retry-After" in error.headers
+
+
 def test_a_probe_that_ends_without_a_verdict_lets_the_next_request_probe() -> None:
     now = [0.0]
     gateway = Gateway()
@@ -448,6 +511,43 @@ def test_a_key_echoed_in_any_form_is_scrubbed_before_the_message_is_cut(upstream
             error = upstream.error_from(400, {}, body)
             assert isinstance(error, UpstreamRefused)
             assert all(fragment not in error.message for fragment in _fragments(KEY) | _fragments(echo))
+
+
+def _base64_forms(secret: str) -> list[str]:
+    """The key base64-encoded inside a longer value, at each of the three alignments, standard and URL-safe."""
+    raw = secret.encode()
+    forms = []
+    for offset in range(3):
+        encoded = base64.b64encode(b"\xff" * offset + raw + b"\xff" * 2).decode()
+        forms += [encoded, encoded.replace("+", "-").replace("/", "_")]
+    return forms
+
+
+@pytest.mark.parametrize(
+    "echo",
+    [
+        KEY,
+        quote(KEY, safe=""),
+        json.dumps(KEY)[1:-1],
+        *_base64_forms(KEY),
+        KEY.encode().hex(),
+        KEY.encode().hex().upper(),
+    ],
+)
+def test_every_field_of_a_provider_s_refusal_is_scrubbed_and_bounded(upstream: OpenAIApiProvider, echo: str) -> None:
+    """type, param and code reach the client as message does: none may carry the key, in any encoding, or
+    16,000 characters."""
+    long = "y" * 16_000
+    body = json.dumps(
+        {"error": {"message": f"bad {echo}", "type": f"t-{echo}{long}", "param": f"{echo}", "code": f"{long}{echo}"}}
+    ).encode()
+    error = upstream.error_from(400, {}, body)
+    assert isinstance(error, UpstreamRefused)
+    rendered = api_error(error).body()["error"]
+    for name in ("message", "type", "param", "code"):
+        value = rendered[name] or ""
+        assert len(value) <= 200, (name, len(value))
+        assert not any(fragment in value for fragment in _fragments(KEY) | _fragments(echo, 12)), (name, value)
 
 
 def _fragments(secret: str, length: int = 8) -> set[str]:

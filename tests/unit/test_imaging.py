@@ -9,7 +9,16 @@ from PIL import Image
 from tests.conftest import png_bytes
 from vary.api.errors import api_error
 from vary.errors import ImageRejected
-from vary.imaging import ImageRules, encode_png, fit_to_size, load_variation_input, png_dimensions, to_rgb
+from vary.imaging import (
+    VIEW_SIDE,
+    ImageRules,
+    content_views,
+    encode_png,
+    fit_to_size,
+    load_variation_input,
+    png_dimensions,
+    to_rgb,
+)
 
 LIMITS = ImageRules(max_bytes=4 * 1024 * 1024, max_side=4096)
 
@@ -28,6 +37,34 @@ def test_transparency_is_composited_onto_white() -> None:
     palette = Image.new("P", (4, 4), 3)
     palette.info["transparency"] = 3
     assert to_rgb(palette).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_a_transparent_image_is_classified_in_every_view_a_provider_may_take() -> None:
+    """On white (vary's models), on black (content drawn in the alpha alone), and with the alpha dropped (the
+    pixels under a clear area)."""
+    hidden_under_clear = Image.new("RGBA", (4, 4), (200, 140, 110, 0))
+    on_white, on_black, dropped = content_views(hidden_under_clear)
+    assert (on_white.getpixel((0, 0)), on_black.getpixel((0, 0)), dropped.getpixel((0, 0))) == (
+        (255, 255, 255),
+        (0, 0, 0),
+        (200, 140, 110),
+    )
+    drawn_in_alpha = Image.new("RGBA", (4, 4), (255, 255, 255, 0))
+    drawn_in_alpha.putpixel((1, 1), (255, 255, 255, 255))
+    on_white, on_black, dropped = content_views(drawn_in_alpha)
+    assert len(on_white.getcolors() or ()) == 1 and len(dropped.getcolors() or ()) == 1  # blank in both
+    assert on_black.getpixel((1, 1)) == (255, 255, 255) and on_black.getpixel((0, 0)) == (0, 0, 0)
+    assert all(view.mode == "RGB" for view in content_views(Image.new("LA", (4, 4), (90, 0))))
+    palette = Image.new("P", (4, 4), 3)
+    palette.info["transparency"] = 3
+    assert len(content_views(palette)) == 3
+
+
+def test_an_opaque_image_is_one_view_and_a_large_transparent_one_is_reduced() -> None:
+    (opaque,) = content_views(Image.new("RGB", (8, 8), (1, 2, 3)))
+    assert opaque.getpixel((0, 0)) == (1, 2, 3)
+    views = content_views(Image.new("RGBA", (4096, 4096), (9, 9, 9, 0)))
+    assert [view.size for view in views] == [(VIEW_SIDE, VIEW_SIDE)] * 3
 
 
 def test_16_bit_grey_is_scaled_not_clipped() -> None:

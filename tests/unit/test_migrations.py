@@ -150,7 +150,7 @@ def check_upgraded_with_rows(path: Path) -> None:
         db.record_usage(
             UsageRow(created_at=1_700_000_003.0, key_id="0ld0ld00", status=200, latency_ms=1.0, n=1, target="t")
         )
-        assert db.images_delivered("0ld0ld00", since=0) == 3
+        assert db.images_made("0ld0ld00", since=0) == 3
         assert db.try_lease("sweep", "me", 60)
         db.check_writable()
     finally:

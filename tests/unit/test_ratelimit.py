@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import pytest
 import time_machine
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 
 from vary.api.errors import ApiError, api_error
 from vary.errors import VaryError
@@ -123,3 +126,39 @@ def test_reset_durations_and_quota_periods() -> None:
     now = datetime(2026, 11, 22, 15, 30, tzinfo=timezone.utc).timestamp()
     assert quota_period_start(now, "day") == datetime(2026, 11, 22, tzinfo=timezone.utc).timestamp()
     assert quota_period_start(now, "month") == datetime(2026, 11, 1, tzinfo=timezone.utc).timestamp()
+
+
+class StalledStorage(MemoryStorage):
+    """A window storage that answers only once `answering` is set: Redis frozen while its socket stays open."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answering = threading.Event()
+        self.asked = threading.Event()
+
+    def get_moving_window(self, key: str, limit: int, expiry: int) -> tuple[float, int]:
+        self.asked.set()
+        self.answering.wait(30)
+        return super().get_moving_window(key, limit, expiry)
+
+
+def test_releasing_never_waits_for_an_admission_stuck_on_the_window_storage() -> None:
+    """release() runs on the event loop (when a request's usage row is written): it must not wait on what an
+    admission in a worker thread holds while it asks a slow rate-limit storage."""
+    limits = Limits(requests_per_minute=100)
+    limiter = RateLimiter(defaults=limits)
+    first = limiter.admit("k", limits, 1)
+    storage = StalledStorage()
+    limiter._windows = MovingWindowRateLimiter(storage)
+    admitting = threading.Thread(target=lambda: limiter.admit("k", limits, 1))
+    admitting.start()
+    try:
+        assert storage.asked.wait(30), "the admission never asked the storage"
+        releasing = threading.Thread(target=limiter.release, args=(first,))
+        releasing.start()
+        releasing.join(10)
+        assert not releasing.is_alive(), "release() waited for the stuck admission"
+        assert admitting.is_alive()  # still stuck: the release did not wait for it
+    finally:
+        storage.answering.set()
+        admitting.join(30)

@@ -91,3 +91,24 @@ def test_the_otel_variables_reach_the_replicas_and_the_exporters_headers_as_a_se
     shown = with_driver_env({}, environ)["ray_actor_options"]["runtime_env"]["env_vars"]
     assert shown == {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318", "OTEL_SERVICE_NAME": "vary"}
     assert driver_secrets({}, environ) == {"OTEL_EXPORTER_OTLP_HEADERS": "authorization=Bearer collector-secret"}
+
+
+def test_the_replicas_get_the_database_password_itself(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, database_url="postgresql+psycopg://vary@db/vary", database_password="pw")  # type: ignore[arg-type]
+    rebuilt = Settings(**shipped_settings(settings))
+    assert rebuilt.database == "postgresql+psycopg://vary:pw@db/vary"
+
+
+def test_serves_graceful_shutdown_waits_for_the_longest_request_a_replica_may_hold(tmp_path: Path) -> None:
+    from vary.cluster.deployments import REPLICA_ATTEMPTS, edge_options, model_options
+    from vary.service.catalogue import Catalogue, CatalogueEntry
+
+    settings = Settings(data_dir=tmp_path, ray_attempt_timeout_seconds=300)
+    entry = CatalogueEntry(name="m", engine="kandinsky-2.2", weights="tiny-random")
+    # A model replica holds one attempt of each request; an edge replica every attempt of its requests.
+    assert model_options(entry, settings, has_gpus=True)["graceful_shutdown_timeout_s"] == 300
+    edge = edge_options(Catalogue((entry,), default="m"), settings)["graceful_shutdown_timeout_s"]
+    assert edge >= REPLICA_ATTEMPTS * 300
+    # A catalogue's own [models.ray] value wins, as every Serve option there does.
+    own = CatalogueEntry(name="m", engine="kandinsky-2.2", ray={"graceful_shutdown_timeout_s": 60})
+    assert model_options(own, settings, has_gpus=False)["graceful_shutdown_timeout_s"] == 60

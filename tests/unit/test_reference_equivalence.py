@@ -19,6 +19,10 @@ checks that this is the whole difference:
 - blending several images is vary's weighted mean of the image embeddings (what Kandinsky's
   `KandinskyV22PriorPipeline.interpolate` does); for the other models the reference computes each
   image's embedding with the pipeline's own encoder and hands the pipeline their weighted mean.
+  FLUX.1 Redux's reference is diffusers' own blend: FluxPriorReduxPipeline with the normalised weights
+  as its per-image `prompt_embeds_scale` and `pooled_prompt_embeds_scale`.
+- FLUX.1 Redux's conditioning: vary builds the prior's zero T5 tokens and zero pooled embedding itself
+  instead of calling FluxPriorReduxPipeline; the reference calls the prior, without text encoders.
 
 Tolerance: a request alone in its batch runs the reference's arithmetic in the reference's batch shape,
 and its pixels must be equal. Inside a batch shared with other requests the shape differs, and float32
@@ -41,6 +45,7 @@ import pytest
 import torch
 from diffusers import (
     DPMSolverMultistepScheduler,
+    FluxImg2ImgPipeline,
     KandinskyV22Img2ImgPipeline,
     KandinskyV22PriorPipeline,
     PriorTransformer,
@@ -52,7 +57,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from vary.engines import kandinsky, sd_image_variations, sdxl_ip_adapter, stable_unclip, tiny
+from vary.engines import flux_redux, kandinsky, sd_image_variations, sdxl_ip_adapter, stable_unclip, tiny
 from vary.engines.base import Batch, RequestedControls, VariationItem
 from vary.engines.diffusion import CLIP_MEAN, CLIP_STD, DiffusionEngine, image_seed
 from vary.engines.registry import engine_types
@@ -302,12 +307,56 @@ def sdxl_ip_adapter_reference(engine: DiffusionEngine, sampler: Callable[[Any], 
     return render
 
 
+def flux_redux_reference(engine: DiffusionEngine, sampler: Callable[[Any], Any]) -> Reference:
+    """FluxPriorReduxPipeline without text encoders turns the request's images into the conditioning (its
+    per-image scales are vary's normalised weights); FluxPipeline renders from it, n images per prompt, as
+    diffusers' documentation calls them; FluxImg2ImgPipeline below strength 1."""
+    base = engine.options.base  # type: ignore[attr-defined]
+    pipe, prior = flux_redux.build_tiny_pipelines(base, engine.seed)
+    pipe.scheduler = sampler(pipe.scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    img2img = FluxImg2ImgPipeline(**pipe.components)
+    img2img.set_progress_bar_config(disable=True)
+
+    def render(req: Req, strength: float) -> list[np.ndarray]:
+        weights = list(req.weights)
+        conditioning = prior(image=list(req.images), prompt_embeds_scale=weights, pooled_prompt_embeds_scale=weights)
+        common: dict[str, Any] = {
+            "prompt_embeds": conditioning.prompt_embeds,
+            "pooled_prompt_embeds": conditioning.pooled_prompt_embeds,
+            "num_images_per_prompt": req.n,
+            "height": SIDE,
+            "width": SIDE,
+            "num_inference_steps": STEPS,
+            "guidance_scale": GUIDANCE,
+            "generator": generators(req),
+            "output_type": "np",
+        }
+        if strength < 1:
+            output = img2img(image=fit_to_size(req.images[0], SIDE), strength=strength, **common)
+        else:
+            output = pipe(**common)
+        return list(quantised(output.images))
+
+    return render
+
+
 REFERENCES: dict[str, Callable[[DiffusionEngine, Callable[[Any], Any]], Reference]] = {
     "kandinsky-2.2": kandinsky_reference,
     "stable-unclip": stable_unclip_reference,
     "sd-image-variations": sd_image_variations_reference,
     "sdxl-ip-adapter": sdxl_ip_adapter_reference,
+    "flux-redux": flux_redux_reference,
+    "flux-redux-dev": flux_redux_reference,
 }
+# Each case's engine and options: FLUX.1 Redux runs on both bases ([dev] has a guidance input, [schnell] none).
+CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    case: ("flux-redux", {"base": "dev"}) if case == "flux-redux-dev" else (case, {}) for case in REFERENCES
+}
+# The cases whose engine swaps in DPM-Solver++ by default (FLUX.1 keeps its flow-matching scheduler).
+SWAPPED_SAMPLER = sorted(
+    case for case, (engine_id, _) in CASES.items() if engine_types()[engine_id].options_type().sampler != "default"
+)
 
 
 def as_shipped(scheduler: Any) -> Any:
@@ -386,7 +435,8 @@ class Pair:
 
 @pytest.fixture(scope="module", params=sorted(REFERENCES))
 def pair(request: pytest.FixtureRequest) -> Pair:
-    engine = engine_types()[request.param].tiny_random(sampler="default")
+    engine_id, options = CASES[request.param]
+    engine = engine_types()[engine_id].tiny_random(sampler="default", **options)
     engine.load()
     return Pair(engine, REFERENCES[request.param](engine, as_shipped))
 
@@ -456,12 +506,13 @@ def test_a_request_inside_an_img2img_batch(pair: Pair) -> None:
 # --- where vary deliberately differs ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("engine_id", sorted(REFERENCES))
-def test_the_default_sampler_is_the_only_difference(engine_id: str) -> None:
+@pytest.mark.parametrize("case", SWAPPED_SAMPLER)
+def test_the_default_sampler_is_the_only_difference(case: str) -> None:
     """vary's default sampler (DPM-Solver++ 2M) equals the reference with that scheduler swapped in."""
-    engine = engine_types()[engine_id].tiny_random()
+    engine_id, options = CASES[case]
+    engine = engine_types()[engine_id].tiny_random(**options)
     assert engine.options.sampler == "dpmsolver++"
-    reference = Pair(engine, REFERENCES[engine_id](engine, dpm_solver))
+    reference = Pair(engine, REFERENCES[case](engine, dpm_solver))
     req = one(seed=21, n=2)
     assert_equivalent(vary_images(engine, [req])[0], references(reference, req))
 

@@ -198,6 +198,15 @@ def test_answers_that_are_not_a_verdict_are_refused() -> None:
     assert verdict_of(b'{"action": "BLOCKED", "blocked_reason": 3}') == ("BLOCKED", None)
 
 
+def test_a_guardrail_answer_past_the_cap_is_refused_while_it_is_read(guardrail: FakeGuardrail) -> None:
+    """Read as it streams in and dropped at MAX_ANSWER_BYTES: never held whole (the fake offers 256 MiB)."""
+    flagged, audit = check(SafetyPolicy(check="both", classifier=f"{guardrail.base_url}/huge", fail="open"))
+    assert flagged == () and "too large" in audit
+    assert guardrail.huge_done.wait(30)
+    # What the socket buffers take beyond the cap, and no more: far from the whole answer.
+    assert guardrail.huge_sent < 32 * 1024 * 1024, f"{guardrail.huge_sent} bytes were taken"
+
+
 def test_a_slow_guardrail_times_out_into_the_fail_mode(guardrail: FakeGuardrail) -> None:
     with pytest.raises(SafetyUnavailable):
         check(SafetyPolicy(check="both", classifier=f"{guardrail.base_url}/slow", timeout_seconds=0.3))

@@ -8,6 +8,7 @@ failures are 5xx.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from types import TracebackType
@@ -37,6 +38,7 @@ log = logging.getLogger("vary.accounting")
 tracer = trace.get_tracer(__name__)
 # nginx's code for "client closed the request"; only ever recorded, never sent to anyone.
 CLIENT_CLOSED_REQUEST = 499
+SERVICE_UNAVAILABLE = 503
 
 
 class RequestAccount:
@@ -94,12 +96,13 @@ class RequestAccount:
             )
 
     async def _delivered(self) -> int:
-        """The images the key's quota has counted so far this period (0 without a quota)."""
+        """The images the key's quota has counted so far this period, made and in its usage rows (0 without a
+        quota)."""
         if self.limits.image_quota is None or self.key is None:
             return 0
         since = quota_period_start(time.time(), self.services.limiter.quota_period)
         delivered: int = await self.services.db_calls.run(
-            "count a quota", self.services.db.images_delivered, self.key.id, since
+            "count a quota", self.services.db.images_made, self.key.id, since
         )
         return delivered
 
@@ -136,6 +139,9 @@ class RequestAccount:
     def _outcome(self, exc: BaseException | None) -> bool:
         """Records the status `exc` means; True swallows it (a client that left gets no answer)."""
         if exc is None:
+            return False
+        if isinstance(exc, asyncio.CancelledError):  # the server is stopping: api/shutdown.py answers 503
+            self.usage.status = SERVICE_UNAVAILABLE
             return False
         if isinstance(exc, (ClientGone, ClientDisconnect)):
             self.usage.status = CLIENT_CLOSED_REQUEST

@@ -8,6 +8,7 @@ one of the two. /healthz answers whatever the Host: load balancers and orchestra
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -17,12 +18,16 @@ from vary.api.errors import ApiError
 ANY_HOST_PATHS = frozenset({"/healthz"})
 
 
-def host_of(header: str) -> str:
-    """The host of a Host header, lower case, without its port ("[::1]:8000" is "[::1]")."""
-    header = header.strip().lower()
-    if header.startswith("["):
-        return header[: header.find("]") + 1] if "]" in header else header
-    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+# A Host header as RFC 9110 has it: a name or an IPv4 address, or a bracketed IPv6 address, then an optional
+# ":" and digits. Anything else (a second colon, "@", an unclosed bracket, a port that is not digits) is no host.
+_HOST_HEADER = re.compile(r"(?P<host>[a-z0-9._~!$&'()*+,;=%-]+|\[[0-9a-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def host_of(header: str) -> str | None:
+    """The host of a Host header, lower case, without its port ("[::1]:8000" is "[::1]"); None when the header is
+    not a host and an optional port (so "evil.example:80:a.vary.example" never meets "*.vary.example")."""
+    match = _HOST_HEADER.fullmatch(header.strip().lower())
+    return match["host"] if match else None
 
 
 def host_allowed(host: str, allowed: Iterable[str]) -> bool:
@@ -45,7 +50,8 @@ class AllowedHostsMiddleware:
             await self.app(scope, receive, send)
             return
         header = next((value.decode("latin-1") for name, value in scope["headers"] if name == b"host"), "")
-        if not host_allowed(host_of(header), self.allowed):
+        host = host_of(header)
+        if host is None or not host_allowed(host, self.allowed):
             error = ApiError(
                 400, "Invalid Host header: this server does not answer for that host.", code="invalid_host"
             )

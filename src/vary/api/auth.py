@@ -8,7 +8,10 @@ order when there is no Authorization header, so such a program works with only i
 
 from __future__ import annotations
 
-from fastapi import Request
+from typing import Annotated
+
+from fastapi import Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from vary.api.deps import services_of
 from vary.api.errors import ApiError
@@ -27,14 +30,25 @@ WRONG_KEY = (
 NOT_ADMIN = "This API key is not an admin key. Admin endpoints need one: `vary keys create --admin`."
 
 
-async def require_api_key(request: Request) -> KeyInfo | None:
+# Declares OpenAI's bearer scheme in the OpenAPI document, by OpenAI's name for it, so that /docs has an
+# Authorize button and "Try it out" sends the key. It refuses nothing itself (the checks below answer, in
+# OpenAI's words), and the other key headers still count.
+BEARER = HTTPBearer(
+    scheme_name="ApiKeyAuth",
+    description="A vary key, `vary-...`: made with `vary keys create` on the server's machine.",
+    auto_error=False,
+)
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+
+
+async def require_api_key(request: Request, _: Bearer) -> KeyInfo | None:
     """The caller's key, or None when the server runs with --no-auth. Never echoes the key."""
     if services_of(request).settings.no_auth:
         return None
     return await _caller_key(request)
 
 
-async def require_admin_key(request: Request) -> KeyInfo:
+async def require_admin_key(request: Request, _: Bearer) -> KeyInfo:
     """An active admin key; checked even under --no-auth, which opens only the model API."""
     key = await _caller_key(request)
     if not key.admin:

@@ -9,7 +9,8 @@ non-2xx answer, FastAPI's own validation errors and unknown routes included, has
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -86,7 +87,8 @@ def api_error(exc: domain.VaryError) -> ApiError:
         retry = {"Retry-After": str(exc.retry_after)}
         return ApiError(503, message, type=SERVER_ERROR, code="replica_unavailable", headers=retry)
     if isinstance(exc, domain.ShuttingDown):
-        return ApiError(503, message, type=SERVER_ERROR)
+        retry = {"Retry-After": str(exc.retry_after)}
+        return ApiError(503, message, type=SERVER_ERROR, code="server_shutting_down", headers=retry)
     if isinstance(exc, domain.RateLimited):
         return _retry_later(exc.retry_after, message, type=exc.unit, code="rate_limit_exceeded", headers=exc.headers)
     if isinstance(exc, domain.QuotaExceeded):
@@ -130,13 +132,18 @@ async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
     return api_error(exc).response()
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    first = exc.errors()[0] if exc.errors() else {}
+def validation_error(errors: Sequence[Any]) -> ApiError:
+    """pydantic's (or FastAPI's) validation errors as OpenAI's 400, naming the first field that is wrong."""
+    first = errors[0] if errors else {}
     loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path")]
     param = ".".join(loc) or None
     message = str(first.get("msg", "Invalid request."))
-    return invalid(f"{message} - '{param}'" if param else message, param=param).response()
+    return invalid(f"{message} - '{param}'" if param else message, param=param)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return validation_error(exc.errors()).response()
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -24,7 +24,10 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz")
 async def readyz(request: Request) -> JSONResponse:
-    """Ready when every eagerly loaded model is loaded, and the image store and the database take writes."""
+    """Ready when every eagerly loaded model is loaded, and the image store and the database take writes;
+    never once draining (SIGTERM), so that load balancers stop sending here before the server stops."""
+    if readiness_of(request).draining:
+        return JSONResponse({"status": "draining"}, status_code=503, headers={"Cache-Control": "no-store"})
     services = services_if_started(request)
     if services is None:  # still starting
         return JSONResponse({"status": "starting"}, status_code=503)

@@ -28,8 +28,13 @@ class Probe:
 class ReadinessProbe:
     def __init__(self, interval_seconds: float) -> None:
         self.interval_seconds = interval_seconds
+        self.draining = False  # set on SIGTERM: /readyz fails from then on, whatever the probes say
         self._last: Probe | None = None
         self._lock = asyncio.Lock()
+
+    def drain(self) -> None:
+        """The server is going away: load balancers must stop sending (it still serves what arrives)."""
+        self.draining = True
 
     async def latest(self, services: Services) -> Probe:
         """The last probe when it is younger than the interval, else a new one."""

@@ -93,6 +93,7 @@ async def _create_variation(request: Request, key: KeyInfo | None, *, deployment
             tried=account.tried,
             findings=account.findings,
             safety=checks,
+            admit_images=account.admit,  # a regeneration's images, before they are made
         )
         return await account.respond(await unless_disconnected(request, work))
     return Response(status_code=CLIENT_CLOSED_REQUEST)  # the client left: nobody reads this

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 from sqlalchemy.exc import SQLAlchemyError
 
 from vary.cli import create as create_command
@@ -79,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("models", nargs="*", metavar="MODEL", help="built-in models (default: kandinsky-2.2)")
     pull.add_argument("--local-dir", help="a directory instead of the HF cache: one folder per repository in it")
     # Every local model of the catalogue; the device decides the files (GPUs get fp16 ones where served).
-    add_settings_flags(pull, ["catalogue", "config", "device"])
+    add_settings_flags(pull, ["catalogue", "config", "device", "accept_license"])
 
     create_command.add_parser(commands)
     eval_command.add_parser(commands)
@@ -131,6 +132,8 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, DataDir]:
         return Settings(**given, data_dir=data_dir.path), data_dir
     except ValidationError as exc:
         sys.exit(f"vary: invalid setting: {_invalid(exc)}")
+    except SettingsError as exc:  # a VARY_*_FILE that cannot be read
+        sys.exit(f"vary: {exc}")
 
 
 def _invalid(exc: ValidationError) -> str:
@@ -138,7 +141,8 @@ def _invalid(exc: ValidationError) -> str:
     lines = []
     for error in exc.errors(include_url=False):
         field = ".".join(str(part) for part in error["loc"])
-        given = "" if field.startswith("signing_secret") else f" (given: {error.get('input')!r})"
+        secret = field.startswith(("signing_secret", "database_password", "database_url"))
+        given = "" if secret else f" (given: {error.get('input')!r})"
         lines.append(f"{field}: {error['msg']}{given}")
     return "\n".join(lines)
 

@@ -10,17 +10,14 @@ from __future__ import annotations
 import argparse
 import base64
 import io
-import itertools
 import os
 import sys
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from vary.cli.client_output import api_message, fail, progress, unwritable, write_new
 
 MAX_SIDE = 1024  # the largest output size: a bigger input adds upload time, not detail
 MAX_BYTES = 4 * 1024 * 1024  # the endpoint's limit: a PNG *less than* 4 MB
@@ -100,8 +97,14 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
     create.add_argument("--weights", help="how much each image weighs in the blend, e.g. 0.7,0.3 (default equal)")
     create.add_argument("-n", type=int, default=1, choices=range(1, 11), metavar="N", help="how many (1-10, default 1)")
     create.add_argument("--size", choices=SIZES, default="1024x1024", help="output size (default 1024x1024)")
-    create.add_argument("--model", help="the model (default: the server's default)")
-    create.add_argument("--seed", type=int, help="the same seed gives the same images again")
+    create.add_argument(
+        "--model",
+        help="the model (default: the server's default); several, comma-separated (a,b,c), are compared: the same "
+        "input and seed on each, and a contact sheet of them all",
+    )
+    create.add_argument(
+        "--seed", type=int, help="the same seed gives the same images again (with several models: one is drawn)"
+    )
     create.add_argument("--fit", choices=("crop", "pad"), default="crop", help="make it square by crop or pad")
     create.add_argument(
         "--out",
@@ -119,20 +122,25 @@ def add_parser(commands: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def run(args: argparse.Namespace) -> int:
     import openai  # here, not at the top: the other commands, which import this module's parser, never need it
 
+    from vary.cli import model_compare
+
     paths: list[Path] = args.images
     if len(paths) > MAX_IMAGES:
-        return _fail(f"at most {MAX_IMAGES} images can be blended, not {len(paths)}", 2)
+        return fail(f"at most {MAX_IMAGES} images can be blended, not {len(paths)}", 2)
     weights = _weights(args.weights, len(paths))
     if isinstance(weights, str):
-        return _fail(weights, 2)
+        return fail(weights, 2)
+    models = model_compare.models_of(args.model) if args.model else []
+    if isinstance(models, str):
+        return fail(models, 2)
     uploads = []
     for path in paths:
         try:
             square = square_png(path.read_bytes(), fit=args.fit)
         except OSError as exc:
-            return _fail(f"cannot read {path}: {exc.strerror}", 2)
+            return fail(f"cannot read {path}: {exc.strerror}", 2)
         except ValueError as exc:
-            return _fail(f"{path}: {exc}", 2)
+            return fail(f"{path}: {exc}", 2)
         if square.changes:
             print(f"{path.name}: {', '.join(square.changes)}", file=sys.stderr)
         uploads.append((path.stem + ".png", square.data, "image/png"))
@@ -145,57 +153,44 @@ def run(args: argparse.Namespace) -> int:
     base_url = _api_base(args.server or os.environ.get("VARY_SERVER") or os.environ.get("OPENAI_BASE_URL"))
     api_key = args.api_key or os.environ.get("VARY_API_KEY") or os.environ.get("OPENAI_API_KEY")
     if not api_key:
-        return _fail("no API key: pass --api-key or set VARY_API_KEY (a server run with --no-auth takes any)", 2)
-    problem = _unwritable(args.out)  # checked before asking: the images are made (and billed) by then
+        return fail("no API key: pass --api-key or set VARY_API_KEY (a server run with --no-auth takes any)", 2)
+    problem = unwritable(args.out)  # checked before asking: the images are made (and billed) by then
     if problem:
-        return _fail(problem, 2)
+        return fail(problem, 2)
     client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=2, timeout=600)
+    stem = "+".join(path.stem for path in paths)
+    if len(models) > 1:
+        return model_compare.compare(
+            client,
+            uploads,
+            models,
+            n=args.n,
+            size=args.size,
+            seed=args.seed if args.seed is not None else model_compare.draw_seed(),
+            extra=extra,
+            out=args.out,
+            stem=stem,
+            inputs=[(path.name, data) for path, (_, data, _) in zip(paths, uploads, strict=True)],
+        )
     try:
-        with _progress(f"Making {args.n} variation{'s' if args.n > 1 else ''} at {args.size} on {base_url}"):
+        with progress(f"Making {args.n} variation{'s' if args.n > 1 else ''} at {args.size} on {base_url}"):
             result = client.images.create_variation(
                 # A list goes out as image[] parts; the SDK's type names one file.
                 image=uploads[0] if len(uploads) == 1 else uploads,  # type: ignore[arg-type]
                 n=args.n,
                 size=args.size,
                 response_format="b64_json",
-                **({"model": args.model} if args.model else {}),
+                model=models[0] if models else openai.omit,
                 extra_body=extra or None,
             )
     except openai.APIStatusError as exc:
-        return _fail(f"the server refused the request ({exc.status_code}): {_message(exc)}", 1)
+        return fail(f"the server refused the request ({exc.status_code}): {api_message(exc)}", 1)
     except openai.APIConnectionError:
-        return _fail(f"cannot reach a server at {base_url}; is `vary serve` running there?", 1)
+        return fail(f"cannot reach a server at {base_url}; is `vary serve` running there?", 1)
 
-    stem = "+".join(path.stem for path in paths)
     for item in result.data or []:
-        print(_write_new(args.out, stem, base64.b64decode(item.b64_json or "")))
+        print(write_new(args.out, f"{stem}-variation", base64.b64decode(item.b64_json or "")))
     return 0
-
-
-def _unwritable(out: Path) -> str | None:
-    """Why the images could not be written to `out` (made if missing); None when they can."""
-    if out.exists() and not out.is_dir():
-        return f"--out {out} is a file, not a folder: name a folder (made if missing)"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return f"--out {out}: cannot make this folder: {exc.strerror}"
-    if not os.access(out, os.W_OK | os.X_OK):
-        return f"--out {out}: this folder is not writable"
-    return None
-
-
-def _write_new(out: Path, stem: str, data: bytes) -> Path:
-    """Writes to the next free `{stem}-variation-{k}.png`: an earlier run's files are never overwritten."""
-    for k in itertools.count(1):
-        path = out / f"{stem}-variation-{k}.png"
-        try:
-            with open(path, "xb") as file:  # x: fails if the file exists, even one made meanwhile
-                file.write(data)
-        except FileExistsError:
-            continue
-        return path
-    raise AssertionError("unreachable")
 
 
 def _weights(raw: str | None, count: int) -> list[float] | str | None:
@@ -217,41 +212,3 @@ def _api_base(server: str | None) -> str:
     if "://" not in base:  # host:port, as curl takes it
         base = f"http://{base}"
     return base if base.endswith("/v1") else base + "/v1"
-
-
-def _message(exc: Exception) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict) and isinstance(body.get("message"), str):
-        return str(body["message"])
-    return str(exc)
-
-
-def _fail(message: str, code: int) -> int:
-    print(f"vary: {message}", file=sys.stderr)
-    return code
-
-
-@contextmanager
-def _progress(label: str) -> Iterator[None]:
-    """A spinner with the seconds waited, on a terminal; one line otherwise (logs, pipes)."""
-    if not sys.stderr.isatty():
-        print(f"{label}...", file=sys.stderr)
-        yield
-        return
-    done = threading.Event()
-    started = time.monotonic()
-
-    def spin() -> None:
-        for frame in itertools.cycle("|/-\\"):
-            print(f"\r{frame} {label}... {time.monotonic() - started:.0f}s", end="", file=sys.stderr, flush=True)
-            if done.wait(0.1):
-                break
-        print(f"\r  {label}: done in {time.monotonic() - started:.1f}s", file=sys.stderr)
-
-    spinner = threading.Thread(target=spin, daemon=True)
-    spinner.start()
-    try:
-        yield
-    finally:
-        done.set()
-        spinner.join()

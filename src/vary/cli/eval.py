@@ -62,6 +62,12 @@ def add_parser(commands: Any) -> None:
     parser.add_argument("--sheet", type=int, default=12, help="inputs shown on the contact sheet (default 12)")
     parser.add_argument("--device", help="torch device for the models and the scorer (default: cuda when present)")
     parser.add_argument(
+        "--accept-license",
+        nargs="+",
+        metavar="LICENSE",
+        help="licences accepted for the --model weights, e.g. flux-1-dev-non-commercial (VARY_ACCEPT_LICENSE)",
+    )
+    parser.add_argument(
         "--protocol",
         choices=PROTOCOLS,
         help="ip-adapter: the IP-Adapter paper's protocol (COCO2017 val, 4 variations at strength 1, CLIP ViT-L/14) "
@@ -71,6 +77,11 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vary.ops.logs import configure_logging
+
+    # Before the ML libraries load: their warnings in one format, and the notices that say nothing to a
+    # vary user (transformers' "requires torchvision", about processors vary picks on purpose) left out.
+    configure_logging("text", level="warning", progress_bars=not args.no_progress)
     try:
         return _run(args)
     except EvalError as exc:
@@ -108,19 +119,23 @@ def _run(args: argparse.Namespace) -> int:
     from vary.evaluation.protocol import Row, table
     from vary.evaluation.report import About, write_report
     from vary.evaluation.run import Plan, evaluate
-    from vary.evaluation.scorer import ClipScorer
+    from vary.evaluation.scorer import ClipScorer, ScorerUnavailable
     from vary.imaging import ImageDecoder
     from vary.service.runtime import running_services
     from vary.settings import Settings
 
-    settings = Settings(**({"device": args.device} if args.device else {}))
+    given = {"device": args.device, "accept_license": args.accept_license}
+    settings = Settings(**{name: value for name, value in given.items() if value})
     decoder = ImageDecoder(settings.image_rules())
     registry, names = _models(args, settings, decoder)
 
     plan = Plan(tuple(names), options["strengths"], options["n"], options["size"], args.seed, args.sheet)
     out = Path(args.out)
     print(f"vary eval: loading {', '.join(names)} and the scorer {options['scorer']}", file=sys.stderr)
-    scorer = ClipScorer.load(options["scorer"], device=args.device)
+    try:
+        scorer = ClipScorer.load(options["scorer"], device=args.device)
+    except ScorerUnavailable as exc:
+        raise EvalError(str(exc)) from None
 
     async def generate() -> Any:
         # The server's own start-up, on a scratch data dir: nothing of the user's (keys, usage, images) is touched.
@@ -161,7 +176,8 @@ def _models(args: argparse.Namespace, settings: Settings, decoder: ImageDecoder)
             catalogue = read_catalogue(Path(args.catalogue))
             names = list(dict.fromkeys(args.models))
         else:
-            configs = {spec: model_for_spec(spec) for spec in dict.fromkeys(args.models)}
+            accepted = settings.accept_license
+            configs = {spec: model_for_spec(spec, accepted) for spec in dict.fromkeys(args.models)}
             catalogue = Catalogue(tuple(configs.values()), default=next(iter(configs.values())).name)
             names = [config.name for config in configs.values()]
     except CatalogueError as exc:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from huggingface_hub import constants
+
 from vary.engines.diffusion import Placement
 from vary.engines.weights import HubFiles, bound_hub_timeouts, download, hub_trouble, missing_files, total_size
 from vary.service.catalogue import CatalogueEntry, CatalogueError, catalogue_for
@@ -22,7 +24,11 @@ def run(models: list[str], config: Path | None, local_dir: Path | None, settings
         chosen: list[CatalogueEntry] = (
             list(catalogue_for(config, DEFAULT_MODEL).models)
             if config is not None
-            else [model for name in models or [DEFAULT_MODEL] for model in catalogue_for(None, name).models]
+            else [
+                model
+                for name in models or [DEFAULT_MODEL]
+                for model in catalogue_for(None, name, settings.accept_license).models
+            ]
         )
     except CatalogueError as exc:
         print(f"vary: {exc}", file=sys.stderr)
@@ -38,6 +44,12 @@ def run(models: list[str], config: Path | None, local_dir: Path | None, settings
     if not plan:
         print("Nothing to download: these models are tiny-random twins, local directories or remote providers.")
         return 0
+    for name, files in plan:
+        if files.gated_by:
+            print(
+                f"{name}: {files.repo_id} is gated: its files download with HF_TOKEN (or `hf auth login`) of a "
+                f"Hugging Face account that accepted the {files.gated_by} on https://huggingface.co/{files.repo_id}"
+            )
     bound_hub_timeouts()
     try:
         sizes = [total_size(files) for _, files in plan]
@@ -55,12 +67,26 @@ def run(models: list[str], config: Path | None, local_dir: Path | None, settings
         print("vary: interrupted; `vary pull` again resumes where it stopped.", file=sys.stderr)
         return 130
     except Exception as exc:  # the Hub's many errors, said in one line; resumable from where it stopped
-        print(f"vary: pull failed: {hub_trouble(exc)}", file=sys.stderr)
+        print(f"vary: pull failed: {hub_trouble(exc)}. {ways_out()}", file=sys.stderr)
         return 1
     served = " ".join(f"--model {name}" for name in dict.fromkeys(name for name, _ in plan))
     where = f" (point --model or the catalogue's weights at {local_dir})" if local_dir else ""
     print(f"Done: `vary serve {served if not config else '--config ' + str(config)}` now starts offline{where}.")
     return 0
+
+
+def ways_out() -> str:
+    """What to do when the Hub cannot help, as `vary serve` says it when weights are missing."""
+    hub = (
+        "unset HF_HUB_OFFLINE where the Hub is reachable"
+        if constants.HF_HUB_OFFLINE
+        else "HF_ENDPOINT=URL for a Hub mirror"
+    )
+    return (
+        f"Ways out: {hub}; or pull on a machine that reaches the Hub and copy its cache "
+        f"({constants.HF_HUB_CACHE}) here, or its `--local-dir` folder for `--model DIR`; "
+        "or `vary serve --model tiny-random` to try vary now, without weights."
+    )
 
 
 def _human(size: int) -> str:

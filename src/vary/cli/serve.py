@@ -18,19 +18,19 @@ cli/address.py.)
 from __future__ import annotations
 
 import logging
-import os
-import secrets
 import shlex
-import socket
+import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
-from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 import uvicorn
 
 from vary.app import build_app, http_protocol
+from vary.cli.stopping import StoppingServer
 from vary.datadir import DataDir, default_data_dir, make_private_dir
 from vary.engines.weights import bound_hub_timeouts
 from vary.errors import ModelUnavailable
@@ -41,35 +41,62 @@ from vary.ops.traces import TracingSetupError, configure_tracing
 from vary.safety.checks import ContentChecks
 from vary.safety.classifier import ClassifierFailed
 from vary.safety.policy import SafetyPolicy
-from vary.service.catalogue import Catalogue, CatalogueError, catalogue_for
+from vary.service.catalogue import Catalogue, CatalogueError, catalogue_for, lifecycle_warnings
 from vary.service.registry import ModelRegistry
 from vary.service.runtime import build_registry
 from vary.settings import Settings
 from vary.state.connection import DatabaseSetupError, shown
 from vary.state.database import Database
+from vary.state.first_key import FIRST_KEY_FILE, first_key, unused_first_key
 from vary.state.image_store import StorageSetupError
 from vary.state.stores import open_store
 
 log = logging.getLogger("vary")
 T = TypeVar("T")
 
-FIRST_KEY_FILE = "first-api-key"
-# Held while a replica checks for a key and makes the first one; a holder that crashed frees it after this.
-FIRST_KEY_LEASE = "first-key"
-FIRST_KEY_LEASE_SECONDS = 60.0
 
+class ReadyServer(StoppingServer):
+    """uvicorn's server (stopping as cli/stopping.py says), plus the ready block once it listens, and a drain
+    window on SIGTERM.
 
-class ReadyServer(uvicorn.Server):
-    """uvicorn's server, plus the ready block once it listens."""
+    Drain: the first SIGTERM calls `on_drain` (/readyz fails from then on) and the server goes on serving
+    for `drain_seconds`, new connections included, so that a load balancer sees the failing /readyz and
+    stops sending before anything is refused; then uvicorn's own shutdown stops accepting and lets the
+    requests in flight finish. A second SIGTERM, or Ctrl-C, ends the window at once.
+    """
 
-    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        on_ready: Callable[[], None],
+        *,
+        drain_seconds: float = 0.0,
+        on_drain: Callable[[], None] = lambda: None,
+    ) -> None:
         super().__init__(config)
         self.on_ready = on_ready
+        self.drain_seconds = drain_seconds
+        self.on_drain = on_drain
+        self.drain_until: float | None = None
 
     async def startup(self, sockets: list[object] | None = None) -> None:  # type: ignore[override]
         await super().startup(sockets=sockets)  # type: ignore[arg-type]
         if self.started:
             self.on_ready()
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM and self.drain_seconds > 0 and self.drain_until is None and not self.should_exit:
+            self._captured_signals.append(sig)  # re-raised after the shutdown, as uvicorn does: exit by SIGTERM
+            self.drain_until = time.monotonic() + self.drain_seconds
+            self.on_drain()
+            log.info("SIGTERM: draining for %g s (/readyz answers 503), then shutting down", self.drain_seconds)
+            return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain_until is not None and time.monotonic() >= self.drain_until:
+            self.should_exit = True  # the window is over: uvicorn's graceful shutdown from here
+        return await super().on_tick(counter)
 
 
 def serve(settings: Settings, data_dir: DataDir) -> None:
@@ -77,9 +104,12 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
     for line in settings.deprecations():
         log.warning(line)
     try:
-        catalogue = catalogue_for(settings.catalogue, settings.model)  # every mistake in one line, before loading
+        # Every mistake in one line, before loading: an unaccepted licence too.
+        catalogue = catalogue_for(settings.catalogue, settings.model, settings.accept_license)
     except CatalogueError as exc:
         sys.exit(f"vary: {exc}")
+    for line in lifecycle_warnings(catalogue):  # once, at start: a provider that is gone or going
+        log.warning(line)
     checks = content_checks(settings, catalogue)
     log.info(data_dir.line())
     make_private_dir(settings.data_dir)  # before anything is written there; an older vary made it 0755
@@ -91,6 +121,10 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
         db = Database.open(settings.database)  # its schema upgraded first (vary/migrations), as the lifespan would
         try:
             key = None if settings.no_auth else first_key(settings.data_dir, db)
+            # A start that failed after making the first key never showed it: shown again until used or deleted.
+            earlier = key is None and not settings.no_auth
+            if earlier:
+                key = unused_first_key(settings.data_dir, db)
         finally:
             db.close()
         store = open_store(settings)
@@ -100,7 +134,9 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
     if settings.ray_address:  # the models load in the cluster's replicas, not here
         from vary.cluster.launch import serve_on_ray
 
-        serve_on_ray(settings, key and ready_message(settings, data_dir, key, terminal=sys.stdout.isatty()))
+        serve_on_ray(
+            settings, key and ready_message(settings, data_dir, key, terminal=sys.stdout.isatty(), earlier=earlier)
+        )
         return
     try:
         registry, decoder = in_background(lambda: load_models(settings))
@@ -108,8 +144,9 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
         sys.exit(1)  # the reason is logged, in one line
     except KeyboardInterrupt:
         sys.exit(130)
+    app = build_app(settings, registry=registry, decoder=decoder, store=store, checks=checks)
     config = uvicorn.Config(
-        build_app(settings, registry=registry, decoder=decoder, store=store, checks=checks),
+        app,
         host=settings.host,
         port=settings.port,
         log_config=None,  # configure_logging's handlers stay
@@ -120,7 +157,12 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
         ws="none",  # no WebSocket routes: an upgrade is answered as the plain request it is (http_protocol.py)
     )
     log_format = resolved_format(settings.log_format)
-    server = ReadyServer(config, on_ready=lambda: announce_ready(settings, data_dir, key, log_format))
+    server = ReadyServer(
+        config,
+        on_ready=lambda: announce_ready(settings, data_dir, key, log_format, earlier=earlier),
+        drain_seconds=settings.drain_seconds,
+        on_drain=app.state.readiness.drain,
+    )
     try:
         server.run()
     except KeyboardInterrupt:
@@ -181,34 +223,6 @@ def load_models(settings: Settings) -> tuple[ModelRegistry, ImageDecoder]:
     return registry, decoder
 
 
-def first_key(data_dir: Path, db: Database) -> str | None:
-    """A key when none is active yet, kept in a 0600 file until the user deletes it; None otherwise.
-
-    Replicas starting at once on one empty database would each see no key and make one: the check and
-    the making happen while holding the database's FIRST_KEY_LEASE (race-safe, leases.py), so exactly
-    one replica makes it; one that finds the lease held leaves the key to the replica holding it.
-    """
-    if db.count_active_keys():
-        return None  # the common case, a read: no lease (a write) is taken
-    holder = f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{secrets.token_hex(4)}"
-    if not db.try_lease(FIRST_KEY_LEASE, holder, FIRST_KEY_LEASE_SECONDS):
-        return None  # another replica is making it now
-    try:
-        if db.count_active_keys():  # made by another replica before the lease was taken
-            return None
-        _, key = db.create_key("default")
-    finally:
-        db.release_lease(FIRST_KEY_LEASE, holder)
-    data_dir.mkdir(parents=True, exist_ok=True)  # with a database_url, nothing else made it yet
-    path = data_dir / FIRST_KEY_FILE
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        os.fchmod(fd, 0o600)  # also when the file was already there with wider permissions
-        file.write(key + "\n")
-    log.info("no API key existed, so one was created: it is in %s and is printed once the server is ready", path)
-    return key
-
-
 def keys_command(settings: Settings, data_dir: DataDir) -> str:
     """The `vary keys create` that reaches this server's own key store, as the user would type it."""
     if settings.database_url is not None:
@@ -222,8 +236,11 @@ def keys_store(settings: Settings) -> str:
     return shown(settings.database_url) if settings.database_url is not None else str(settings.db_path)
 
 
-def ready_message(settings: Settings, data_dir: DataDir, key: str | None, *, terminal: bool = True) -> str:
-    """The block a start ends with: where everything is, and the first key when one was just made.
+def ready_message(
+    settings: Settings, data_dir: DataDir, key: str | None, *, terminal: bool = True, earlier: bool = False
+) -> str:
+    """The block a start ends with: where everything is, and the first key when one was just made (or, with
+    `earlier`, made by a start that never got this far, and not used since).
 
     The key itself only for a person at a terminal: a log collector (journald, a container's log) keeps
     stdout, and the key is in its 0600 file anyway."""
@@ -237,34 +254,36 @@ def ready_message(settings: Settings, data_dir: DataDir, key: str | None, *, ter
         lines.append("  Keys:       none needed (--no-auth)")
     else:
         lines.append(f"  Keys:       in {keys_store(settings)}; make one with: {keys_command(settings, data_dir)}")
+    if key is None:
+        return "\n".join(lines)
     key_file = settings.data_dir / FIRST_KEY_FILE
-    if key is not None and not terminal:
-        lines += [
-            f"No API key existed, so one was created: it is in {key_file}, readable by you only "
-            "(not printed: stdout is not a terminal). Try it:",
-            f'  curl {base}/v1/images/variations -H "Authorization: Bearer $(cat {key_file})" '
-            "-F image=@input.png -F size=512x512 -F response_format=url",
-        ]
-    elif key is not None:
-        lines += [
-            "No API key existed, so one was created. It is shown only this once (and kept in "
-            f"{settings.data_dir / FIRST_KEY_FILE}, readable by you only, until you delete it):",
-            key,
-            "Try it:",
-            f'  curl {base}/v1/images/variations -H "Authorization: Bearer {key}" '
-            "-F image=@input.png -F size=512x512 -F response_format=url",
-        ]
+    if earlier:  # shown at every start until it is used or its file deleted
+        said = f"The first API key, made by an earlier start, has not been used yet. It is in {key_file}"
+    else:
+        said = f"No API key existed, so one was created. It is in {key_file}"
+    said += ", readable by you only, until you delete it"
+    form = "-F image=@input.png -F size=512x512 -F response_format=url"
+    if not terminal:
+        shown_key = f"$(cat {key_file})"
+        lines.append(f"{said} (not printed: stdout is not a terminal). Try it:")
+    else:
+        shown_key = key
+        lines += [f"{said}:", key, "Try it:"]
+    lines.append(f'  curl {base}/v1/images/variations -H "Authorization: Bearer {shown_key}" {form}')
     return "\n".join(lines)
 
 
-def announce_ready(settings: Settings, data_dir: DataDir, key: str | None, log_format: str) -> None:
+def announce_ready(
+    settings: Settings, data_dir: DataDir, key: str | None, log_format: str, *, earlier: bool = False
+) -> None:
     """The ready block: printed on a text log (the person at the terminal); one record in a JSON log, plus the
     first key printed, as it must be seen once."""
     if log_format == "text" or key is not None:
         # stdout, after the log's lines on stderr: flushed so that the block is the last thing on the screen.
         sys.stderr.flush()
         terminal = sys.stdout.isatty()
-        print(f"\n{ready_message(settings, data_dir, key, terminal=terminal)}\n", flush=True)  # set apart from the log
+        block = ready_message(settings, data_dir, key, terminal=terminal, earlier=earlier)
+        print(f"\n{block}\n", flush=True)  # set apart from the log
         return
     base = base_url(settings)
     keys = "none needed (--no-auth)" if settings.no_auth else f"in {keys_store(settings)}"

@@ -7,6 +7,8 @@
 
 A model's `[models.ray]` table in the catalogue is handed to `serve.deployment(...).options(**table)` as it
 is; the catalogue's `[ray.edge]` table likewise for the edge. Settings reach the replicas as a plain dict.
+Every replica publishes its metrics through Ray's metrics export (metrics_export.py). Serve's graceful
+shutdown waits for the longest request a replica may be serving (Serve's own default is 20 s).
 
 `build` is an application builder for Ray's own `serve run` / `serve deploy` (import path
 `vary.cluster.deployments:build`, args: vary's settings names); `vary serve --ray` uses `application` directly.
@@ -14,6 +16,7 @@ is; the catalogue's `[ray.edge]` table likewise for the edge. Settings reach the
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Mapping
@@ -23,18 +26,22 @@ import ray
 from fastapi import FastAPI
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind
+from prometheus_client import CollectorRegistry
 from ray import serve
 from ray.serve import Application, Deployment
 from ray.serve.handle import DeploymentHandle
 
 from vary.app import build_app
+from vary.cluster.metrics_export import RegistryExport
 from vary.engines.diffusion import Placement
 from vary.engines.weights import bound_hub_timeouts
 from vary.imaging import ImageDecoder
 from vary.ops.logs import configure_logging
+from vary.ops.metrics import Metrics
 from vary.ops.traces import configure_tracing
 from vary.safety.policy import SafetyPolicy
 from vary.service.catalogue import Catalogue, CatalogueEntry, CatalogueError, catalogue_for
+from vary.service.components import Services
 from vary.service.registry import ModelRegistry
 from vary.settings import Settings
 from vary.targets.base import Made, Resilience
@@ -48,6 +55,8 @@ APP_NAME = "vary"
 EDGE_DEPLOYMENT = "edge"
 # Serve's default of 5 requests in flight per replica; the edge only waits on models, so it takes many.
 EDGE_MAX_ONGOING_REQUESTS = 1000
+# A replica lost mid-request is tried again on another, up to this many attempts in all.
+REPLICA_ATTEMPTS = 3
 # The command's environment variables that replicas get too: the standard AWS, Hugging Face and
 # OpenTelemetry settings.
 FORWARDED_ENV_PREFIXES = ("AWS_", "HF_", "OTEL_")
@@ -64,7 +73,18 @@ def model_deployment_name(model: str) -> str:
 def replica_resilience(settings: Settings) -> Resilience:
     # Retries are for a replica lost mid-request: Serve routes the next attempt to a live one, once its
     # router has seen the loss. The timeout bounds an attempt whose replica hangs, queue wait included.
-    return Resilience(max_attempts=3, timeout_seconds=settings.ray_attempt_timeout_seconds, backoff_seconds=0.5)
+    return Resilience(
+        max_attempts=REPLICA_ATTEMPTS, timeout_seconds=settings.ray_attempt_timeout_seconds, backoff_seconds=0.5
+    )
+
+
+def longest_request_seconds(settings: Settings, *, attempts: int = 1) -> float:
+    """The longest `attempts` attempts at a model's deployment may take, the backoffs between them included:
+    what Serve's graceful shutdown must wait for before it kills a replica (a model replica serves one
+    attempt; the edge waits for all of a request's)."""
+    resilience = replica_resilience(settings)
+    backoffs = sum(resilience.backoff_seconds * 2.0**attempt for attempt in range(attempts - 1))
+    return float(attempts * settings.ray_attempt_timeout_seconds + backoffs)
 
 
 class ModelReplica:
@@ -82,9 +102,13 @@ class ModelReplica:
         placement = Placement(device=device, dtype=config.dtype, compile=config.compile)
         engine = model.build(placement=placement, overrides=config.render_overrides())
         self.model = LocalModel(engine, decoder=ImageDecoder(config.image_rules()), queue=QueuePolicy.of(config))
+        # Its queue, batches, images and GPU: the same metrics as one box's, published through Ray's export.
+        self.metrics = Metrics(served=[model.name])
+        self.metrics.watch([self.model])
         if model.eager:
             engine.warmup()  # the replica is not ready, so gets no request, until the weights are loaded
-        self.model.start()
+        self.model.start(on_batch=functools.partial(self.metrics.observe_batch, model.name))
+        self.export = RegistryExport(lambda: self.metrics.registry).start()
         log.info("replica of %s ready on %s", model.name, device)
 
     async def make(self, shipped: ShippedRequest) -> Made:
@@ -96,6 +120,9 @@ class ModelReplica:
             return await self.model.make(shipped.request())
 
     def __del__(self) -> None:
+        export = getattr(self, "export", None)
+        if export is not None:
+            export.close()
         model = getattr(self, "model", None)
         if model is not None:
             model.close()
@@ -139,7 +166,16 @@ class Edge:
             remote=ray_target,
             safety=SafetyPolicy.of_settings(settings),  # the edge checks the images, as on one box
         )
-        return build_app(settings, registry=registry, decoder=decoder)
+        app = build_app(settings, registry=registry, decoder=decoder)
+        # This edge replica's metrics (requests, stages, attempts, ...), once its lifespan has made them: Serve's
+        # proxy hands /metrics to any one edge replica, Ray's export has every replica's.
+        self.export = RegistryExport(lambda: _registry_of(app)).start()
+        return app
+
+
+def _registry_of(app: FastAPI) -> CollectorRegistry | None:
+    services: Services | None = getattr(app.state, "services", None)
+    return services.metrics.registry if services is not None else None
 
 
 def model_options(model: CatalogueEntry, settings: Settings, *, has_gpus: bool) -> dict[str, Any]:
@@ -149,14 +185,22 @@ def model_options(model: CatalogueEntry, settings: Settings, *, has_gpus: bool) 
         # The replica's own scheduler bounds its queue and batches what is in it: it must see the whole
         # queue and a running batch, where Serve's default of 5 requests would cap every batch at 5.
         "max_ongoing_requests": settings.queue_size + settings.max_batch_images,
+        # A replica stopped (downscaling, an update) finishes the attempts it holds; Serve's 20 s would cut them.
+        "graceful_shutdown_timeout_s": longest_request_seconds(settings),
     }
     if "num_replicas" not in model.ray and "autoscaling_config" not in model.ray:
         defaults["num_replicas"] = 1
     return {**defaults, **model.ray}
 
 
-def edge_options(catalogue: Catalogue) -> dict[str, Any]:
-    return {"num_replicas": 1, "max_ongoing_requests": EDGE_MAX_ONGOING_REQUESTS, **catalogue.ray_edge}
+def edge_options(catalogue: Catalogue, settings: Settings) -> dict[str, Any]:
+    return {
+        "num_replicas": 1,
+        "max_ongoing_requests": EDGE_MAX_ONGOING_REQUESTS,
+        # An edge replica stopped waits for its requests' every attempt.
+        "graceful_shutdown_timeout_s": longest_request_seconds(settings, attempts=REPLICA_ATTEMPTS),
+        **catalogue.ray_edge,
+    }
 
 
 def is_secret_env(name: str) -> bool:
@@ -200,7 +244,7 @@ def shipped_settings(settings: Settings) -> dict[str, Any]:
     """The settings as the replicas get them: plain JSON, the signing secret itself included (pydantic's JSON
     masks it, which would leave each replica with a different secret, or none it accepts)."""
     shipped = settings.model_dump(mode="json")
-    for name in ("signing_secret", "signing_secret_previous"):
+    for name in ("signing_secret", "signing_secret_previous", "database_password"):
         secret = getattr(settings, name)
         if secret is not None:
             shipped[name] = secret.get_secret_value()
@@ -217,7 +261,7 @@ def application(settings: Settings) -> Application:
 
     if settings.catalogue is not None:  # read here, on the driver: a relative path means this directory
         settings = settings.model_copy(update={"catalogue": settings.catalogue.resolve()})
-    catalogue = catalogue_for(settings.catalogue, settings.model)
+    catalogue = catalogue_for(settings.catalogue, settings.model, settings.accept_license)
     shipped = shipped_settings(settings)
     has_gpus = cluster_has_gpus()
     models: dict[str, Application] = {}
@@ -231,7 +275,7 @@ def application(settings: Settings) -> Application:
             shipped, model, driver_secrets(table, os.environ)
         )
     edge_deployment = serve.deployment(name=EDGE_DEPLOYMENT)(Edge)
-    table = edge_options(catalogue)
+    table = edge_options(catalogue, settings)
     edge = _with_options(edge_deployment, with_driver_env(table, os.environ), "[ray.edge]")
     return edge.bind(shipped, catalogue, models, driver_secrets(table, os.environ))
 

@@ -47,6 +47,17 @@ class Batch:
 
 
 @dataclass(frozen=True)
+class LicenseTerms:
+    """A licence the operator must accept before a model's weights load: restrictive terms, gated on the Hub.
+
+    `id` is what the operator writes to accept it (a catalogue's `accept_license`, VARY_ACCEPT_LICENSE)."""
+
+    id: str
+    name: str
+    url: str
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What /v1/models says about a served model."""
 

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -32,6 +32,7 @@ from vary.engines.base import (
     Frames,
     GenerationCancelled,
     ImageProcessor,
+    LicenseTerms,
     ModelInfo,
     RequestedControls,
     VariationItem,
@@ -106,11 +107,18 @@ def pick_device(requested: str | None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def pick_dtype(device: torch.device, requested: str | None) -> torch.dtype:
-    """Half precision on accelerators (tensor cores), float32 on the CPU, unless asked otherwise."""
+def pick_dtype(device: torch.device, requested: str | None, half: torch.dtype = torch.float16) -> torch.dtype:
+    """Half precision on accelerators (tensor cores), float32 on the CPU, unless asked otherwise.
+
+    `half` is the model's half precision: bfloat16 where float16 overflows (FLUX), which then replaces
+    a requested float16 too, with a warning (VARY_DTYPE applies to every model)."""
     if requested:
-        return DTYPES[requested]
-    return torch.float32 if device.type == "cpu" else torch.float16
+        dtype = DTYPES[requested]
+        if dtype == torch.float16 and half == torch.bfloat16:
+            log.warning("this model overflows in float16: it runs in bfloat16 instead of the requested float16")
+            return half
+        return dtype
+    return torch.float32 if device.type == "cpu" else half
 
 
 def make_sampler(base: SchedulerMixin, name: str) -> SchedulerMixin:
@@ -153,6 +161,17 @@ def _pipeline_class(index: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
+class LicenseNotAccepted(ValueError):
+    """A model's weights are under a licence the operator has not accepted: nothing of them loads."""
+
+    def __init__(self, terms: LicenseTerms, model: str) -> None:
+        super().__init__(
+            f"model {model}: its weights are under the {terms.name} ({terms.url}), not accepted: "
+            f"accept_license = {terms.id!r} in its catalogue entry, or VARY_ACCEPT_LICENSE={terms.id} for --model"
+        )
+        self.terms = terms
+
+
 def read_options_file(weights: str) -> dict[str, Any]:
     path = Path(weights).expanduser() / OPTIONS_FILE
     if not path.is_file():
@@ -184,8 +203,16 @@ class DiffusionEngine(ABC):
     image_encoder_kind: ClassVar[str] = ""
     # Pipeline modules that run faster channels-last on a GPU (tensor-core convolutions), the VAE's decoder say.
     conv_modules: ClassVar[tuple[str, ...]] = ()
-    # What it does with a request's controls; strength below 1 needs `img2img`.
-    capabilities: ClassVar[Capabilities] = Capabilities()
+    # What it does with a request's controls; strength below 1 needs `img2img`. The class declares it; an
+    # instance whose options change it (FLUX's schnell base has no guidance) overrides `_capabilities`.
+    capabilities: Capabilities = Capabilities()
+    # The licence an operator must accept before the real weights load (restrictive terms, a gated Hub
+    # repository); `license_to_accept` says when it applies. None: nothing to accept.
+    license_terms: ClassVar[LicenseTerms | None] = None
+    # The half precision it runs in on accelerators: bfloat16 where float16 overflows.
+    half_dtype: ClassVar[torch.dtype] = torch.float16
+    # The samplers it runs (VARY_SAMPLER applies only where the model runs the one it names).
+    samplers: ClassVar[tuple[str, ...]] = SAMPLERS
     # The tiny twin's option overrides: few steps, small renders.
     tiny_options: ClassVar[dict[str, Any]] = {"steps": 2, "min_render_side": 64, "max_render_side": 64}
     # Rendered sides are multiples of this (the VAE's downscale times the denoiser's).
@@ -204,6 +231,7 @@ class DiffusionEngine(ABC):
         license: str | None = None,
         description: str | None = None,
         seed: int = 0,
+        accepted_licenses: Collection[str] = (),
         **overrides: Any,
     ) -> None:
         self.name = name
@@ -214,14 +242,18 @@ class DiffusionEngine(ABC):
             **(self._tiny_defaults() if self.tiny else read_options_file(self.weights))
         )
         self.options = defaults.merged(**overrides)
+        terms = self.license_to_accept(self.weights, self.options)
+        if terms is not None and terms.id not in accepted_licenses:
+            raise LicenseNotAccepted(terms, name)
         self.placement = placement
         self.device = pick_device(placement.device)
-        self.dtype = pick_dtype(self.device, placement.dtype)
+        self.dtype = pick_dtype(self.device, placement.dtype, self.half_dtype)
+        self.capabilities = self._capabilities()
         self.info = ModelInfo(
             id=name,
             owned_by="vary" if self.tiny else self.owned_by,
             description=description or self.options.description,
-            license=license or self.license,
+            license=license or self._license(),
             capabilities=self.capabilities,
             defaults=self.controls(RequestedControls()),
         )
@@ -231,6 +263,19 @@ class DiffusionEngine(ABC):
     @classmethod
     def tiny_random(cls, *, name: str | None = None, **kwargs: Any) -> DiffusionEngine:
         return cls(name=name or cls.tiny_name, weights=TINY_WEIGHTS, **kwargs)
+
+    @classmethod
+    def license_to_accept(cls, weights: str | None, options: EngineOptions) -> LicenseTerms | None:
+        """The licence serving `weights` with `options` needs accepted; the tiny twin's random weights need none."""
+        return None if weights == TINY_WEIGHTS else cls.license_terms
+
+    def _capabilities(self) -> Capabilities:
+        """This model's capabilities: the class's declaration, unless an engine's options change them."""
+        return type(self).capabilities
+
+    def _license(self) -> str:
+        """The licence /v1/models shows: the class's, unless an engine's options change it."""
+        return self.license
 
     @classmethod
     def recognises(cls, path: Path) -> bool:
@@ -304,11 +349,13 @@ class DiffusionEngine(ABC):
     # --- requests --------------------------------------------------------------------------
 
     def controls(self, requested: RequestedControls) -> Controls:
+        # A control the model ignores resolves to its default, so requests that differ only in it share a batch.
+        able = self.capabilities
+        steps = requested.steps if requested.steps is not None and able.steps else None
+        guidance = requested.guidance_scale if requested.guidance_scale is not None and able.guidance_scale else None
         resolved = Controls(
-            steps=requested.steps if requested.steps is not None else self.options.steps,
-            guidance_scale=(
-                requested.guidance_scale if requested.guidance_scale is not None else self.options.guidance_scale
-            ),
+            steps=steps if steps is not None else self.options.steps,
+            guidance_scale=guidance if guidance is not None else self.options.guidance_scale,
             strength=requested.strength if requested.strength is not None else 1.0,
         )
         self.capabilities.refuse_strength(resolved.strength, self.name)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx2
 from huggingface_hub import HfApi, constants, get_session, snapshot_download
-from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
 log = logging.getLogger("vary.engines")
 
@@ -32,6 +32,9 @@ class HubFiles:
     revision: str | None = None
     # Under `vary pull --local-dir DIR`, the repository goes to DIR/<local_name>.
     local_name: str = ""
+    # A gated repository: the licence a Hub account must accept on the repository's page before its token
+    # (HF_TOKEN) may download these files. Empty: an open repository.
+    gated_by: str = ""
 
     @property
     def folder(self) -> str:
@@ -45,6 +48,15 @@ def _variant(name: str, variant: str | None) -> str:
 
 def diffusers_model(folder: str, variant: str | None = None) -> tuple[str, ...]:
     return f"{folder}/config.json", f"{folder}/{_variant('diffusion_pytorch_model.safetensors', variant)}"
+
+
+def sharded_diffusers_model(folder: str, shards: int) -> tuple[str, ...]:
+    """A diffusers model saved in `shards` safetensors files and their index, as large models are on the Hub."""
+    if shards == 1:
+        return diffusers_model(folder)
+    names = (f"diffusion_pytorch_model-{k:05d}-of-{shards:05d}.safetensors" for k in range(1, shards + 1))
+    index = f"{folder}/diffusion_pytorch_model.safetensors.index.json"
+    return (f"{folder}/config.json", index, *(f"{folder}/{name}" for name in names))
 
 
 def transformers_model(folder: str, variant: str | None = None) -> tuple[str, ...]:
@@ -144,6 +156,12 @@ def hub_trouble(exc: BaseException) -> str:
         cause = cause.__cause__ or cause.__context__
     if any(isinstance(e, OfflineModeIsEnabled) for e in chain):
         return "HF_HUB_OFFLINE is set, so the Hub is not asked"
+    gated = next((e for e in chain if isinstance(e, GatedRepoError)), None)
+    if gated is not None:
+        return (
+            f"{gated.repo_id or 'the repository'} is gated: HF_TOKEN (or `hf auth login`) must be a token of a "
+            "Hugging Face account that accepted its licence on the repository's page"
+        )
     if any(isinstance(e, (httpx2.TimeoutException, TimeoutError)) for e in chain):
         return f"the Hub at {constants.ENDPOINT} did not answer within {HUB_TIMEOUT_SECONDS:g} s"
     if any(isinstance(e, (httpx2.ConnectError, ConnectionError)) for e in chain):

@@ -63,32 +63,46 @@ def write_report(out: Path, cells: Sequence[Cell], sources: Sequence[Source], pl
 
 
 def _plots(out: Path, cells: Sequence[Cell]) -> None:
+    (out / "plots").mkdir(parents=True, exist_ok=True)
+    _save(fidelity_by_strength(cells), out / FIDELITY_PLOT)
+    _save(fidelity_vs_diversity(cells), out / TRADE_OFF_PLOT)
+
+
+def _points(cells: Sequence[Cell]) -> dict[str, list[tuple[float, float | None, float | None]]]:
+    """(strength, fidelity, diversity) per model, in the cells' order."""
+    models = list(dict.fromkeys(cell.model for cell in cells))
+    return {
+        model: [(c.strength, mean(c.fidelity), mean(c.diversity)) for c in cells if c.model == model]
+        for model in models
+    }
+
+
+def _figure() -> tuple[Any, Any]:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
-    (out / "plots").mkdir(parents=True, exist_ok=True)
-    models = list(dict.fromkeys(cell.model for cell in cells))
-    # (strength, fidelity, diversity) per model, for the cells that have the figure.
-    points = {
-        model: [(c.strength, mean(c.fidelity), mean(c.diversity)) for c in cells if c.model == model]
-        for model in models
-    }
+    return plt.subplots(figsize=(6, 4))
 
-    figure, axes = plt.subplots(figsize=(6, 4))
-    for model in models:
-        line = sorted((strength, fidelity) for strength, fidelity, _ in points[model] if fidelity is not None)
+
+def fidelity_by_strength(cells: Sequence[Cell]) -> Any:
+    figure, axes = _figure()
+    for model, points in _points(cells).items():
+        line = sorted((strength, fidelity) for strength, fidelity, _ in points if fidelity is not None)
         if line:
             axes.plot([x for x, _ in line], [y for _, y in line], marker="o", label=model)
     axes.set_xlabel("strength (1 = furthest from the input)")
     axes.set_ylabel("fidelity, CLIP-I")
     axes.set_title("Fidelity against strength")
-    _finish(figure, axes, out / FIDELITY_PLOT)
+    _finish(figure, axes)
+    return figure
 
-    figure, axes = plt.subplots(figsize=(6, 4))
-    for model in models:
-        dots = [(d, f, s) for s, f, d in points[model] if f is not None and d is not None]
+
+def fidelity_vs_diversity(cells: Sequence[Cell]) -> Any:
+    figure, axes = _figure()
+    for model, points in _points(cells).items():
+        dots = [(d, f, s) for s, f, d in points if f is not None and d is not None]
         if dots:
             axes.scatter([d for d, _, _ in dots], [f for _, f, _ in dots], label=model)
             for x, y, strength in dots:
@@ -96,16 +110,28 @@ def _plots(out: Path, cells: Sequence[Cell]) -> None:
     axes.set_xlabel("diversity, mean pairwise 1 - cosine")
     axes.set_ylabel("fidelity, CLIP-I")
     axes.set_title("Fidelity against diversity (labels: strength)")
-    _finish(figure, axes, out / TRADE_OFF_PLOT)
+    _finish(figure, axes)
+    return figure
 
 
-def _finish(figure: Any, axes: Any, path: Path) -> None:
-    import matplotlib.pyplot as plt
+def _finish(figure: Any, axes: Any) -> None:
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
+    # Close figures (the tiny models' diversity differs in the sixth decimal) got a tick every few pixels,
+    # their labels run together, and an offset ("1e-6+9.412e-1") above the axis: a few plain numbers instead.
+    for axis in (axes.xaxis, axes.yaxis):
+        axis.set_major_locator(MaxNLocator(nbins=4, min_n_ticks=2))
+        axis.set_major_formatter(ScalarFormatter(useOffset=False))
+    axes.margins(0.15)  # room for the strength labels beside the outermost points
     axes.grid(alpha=0.3)
     if axes.get_legend_handles_labels()[0]:
         axes.legend(fontsize=8)
     figure.tight_layout()
+
+
+def _save(figure: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     figure.savefig(path, format="svg")
     plt.close(figure)
 

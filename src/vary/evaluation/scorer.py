@@ -7,19 +7,33 @@ text transformer) with seeded random weights: its scores mean nothing, but every
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from huggingface_hub import HfApi, constants
 from PIL import Image
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTokenizer, CLIPVisionConfig
 from transformers import CLIPImageProcessorPil as CLIPImageProcessor  # the torchvision-free processor
 
 from vary.engines.diffusion import clip_image_processor, pick_device
+from vary.engines.weights import HUB_TIMEOUT_SECONDS, hub_trouble
 
 TINY_SCORER = "tiny-random"
 DEFAULT_SCORER = "openai/clip-vit-large-patch14"
 BATCH = 16  # images per encoder call
+
+
+class ScorerUnavailable(Exception):
+    """The scorer's files are neither on disk nor to be had from the Hub: one line, with the ways out."""
+
+    def __init__(self, spec: str, reason: str) -> None:
+        super().__init__(
+            f"the scorer {spec} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {reason}. "
+            f"Get it where the Hub is reachable (`hf download {spec}`, then copy the cache here), "
+            "or pass --scorer DIR for a local copy, or --scorer tiny-random for a smoke run (its scores mean nothing)"
+        )
 
 
 class ClipScorer:
@@ -41,15 +55,25 @@ class ClipScorer:
         if spec == TINY_SCORER:
             model, processor, tokenizer = build_tiny_scorer(seed)
             return cls(model, processor, tokenizer, name=spec, device=placed)
-        source = Path(spec).expanduser() if Path(spec).expanduser().is_dir() else spec
-        model = CLIPModel.from_pretrained(source, dtype=torch.float32)
-        return cls(
-            model,
-            CLIPImageProcessor.from_pretrained(source),
-            CLIPTokenizer.from_pretrained(source),
-            name=spec,
-            device=placed,
-        )
+        folder = Path(spec).expanduser()
+        if folder.is_dir():
+            return cls(*_from_pretrained(folder), name=spec, device=placed)
+        try:  # the cache first: no Hub call when the files are there
+            return cls(*_from_pretrained(spec, local_files_only=True), name=spec, device=placed)
+        except OSError:
+            pass
+        # One bounded call says whether the Hub can help, before transformers' own retries (half a minute).
+        if constants.HF_HUB_OFFLINE:
+            raise ScorerUnavailable(spec, "HF_HUB_OFFLINE is set, so the Hub is not asked")
+        try:
+            HfApi().model_info(spec, timeout=HUB_TIMEOUT_SECONDS)
+        except Exception as exc:  # the Hub's many errors, said in a few words (never its traceback)
+            raise ScorerUnavailable(spec, hub_trouble(exc)) from exc
+        print(f"vary eval: downloading the scorer {spec} from {constants.ENDPOINT} (once)", file=sys.stderr)
+        try:
+            return cls(*_from_pretrained(spec), name=spec, device=placed)
+        except OSError as exc:
+            raise ScorerUnavailable(spec, hub_trouble(exc)) from exc
 
     def save_pretrained(self, path: Path) -> None:
         """Model, image processor and tokenizer in one directory, the layout `load` reads."""
@@ -80,6 +104,16 @@ class ClipScorer:
             )
             rows.append(_unit(_tensor(features)).cpu())
         return torch.cat(rows) if rows else torch.empty(0, self.model.config.projection_dim)
+
+
+def _from_pretrained(
+    source: str | Path, *, local_files_only: bool = False
+) -> tuple[CLIPModel, CLIPImageProcessor, CLIPTokenizer]:
+    return (
+        CLIPModel.from_pretrained(source, dtype=torch.float32, local_files_only=local_files_only),
+        CLIPImageProcessor.from_pretrained(source, local_files_only=local_files_only),
+        CLIPTokenizer.from_pretrained(source, local_files_only=local_files_only),
+    )
 
 
 def _tensor(features: object) -> torch.Tensor:

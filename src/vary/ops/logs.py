@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from datetime import datetime, timezone
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
@@ -33,6 +34,14 @@ _QUERY = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s?#\"'<>]*)\?[^\s#\"'<>]*"
 QUIET_LOGGERS = ("httpx", "httpcore", "httpx2", "botocore", "boto3", "s3transfer", "urllib3", "aiobotocore")
 
 
+def rfc3339(created: float, *, utc: bool) -> str:
+    """A record's time as RFC 3339 with milliseconds: UTC with a Z for machines, local with its offset for people."""
+    moment = datetime.fromtimestamp(created, timezone.utc)
+    if utc:
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return moment.astimezone().isoformat(timespec="milliseconds")
+
+
 def redact_urls(text: str) -> str:
     """`text` with the query string of every URL in it replaced: signatures and tokens live there."""
     return _QUERY.sub(r"\1?[redacted]", text)
@@ -44,6 +53,9 @@ class EscapingFormatter(logging.Formatter):
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's own name
         return super().formatMessage(record).translate(_ESCAPES)
 
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return rfc3339(record.created, utc=False)
+
     def format(self, record: logging.LogRecord) -> str:
         return redact_urls(super().format(record))
 
@@ -51,6 +63,9 @@ class EscapingFormatter(logging.Formatter):
 class RedactingJsonFormatter(JsonFormatter):
     def format(self, record: logging.LogRecord) -> str:
         return redact_urls(super().format(record))
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return rfc3339(record.created, utc=True)  # log collectors parse it without a format string
 
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING}
@@ -74,7 +89,6 @@ def configure_logging(log_format: str, *, level: str = "info", progress_bars: bo
             RedactingJsonFormatter(
                 "%(asctime)s %(levelname)s %(name)s %(message)s",
                 rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-                datefmt="%Y-%m-%dT%H:%M:%S%z",
                 reserved_attrs=[*RESERVED_ATTRS, "color_message"],  # uvicorn's ANSI-coloured copy of the message
             )
         )

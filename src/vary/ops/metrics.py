@@ -1,8 +1,10 @@
 """Prometheus metrics (prometheus-client), on a registry of the app's own so two apps never share one.
 
 Counted as things happen: requests by model and status, each stage's latency, batches, images.
-Read at scrape time: queue depth, which models are loaded, GPU memory when CUDA is in use, and the
-usage rows spooled while the database cannot take them.
+Read at scrape time: queue depth, which models are loaded, GPU memory when CUDA is in use (and the GPUs'
+utilisation where NVML answers), the usage rows spooled while the database cannot take them, and the
+process's own CPU, memory and file descriptors (prometheus_client's collectors, under the `vary_` prefix).
+Under Ray Serve every replica's registry is published through Ray's metrics export (cluster/metrics_export.py).
 The Grafana dashboard deploy/grafana/vary.json is drawn from these; tests/unit/test_dashboard.py checks that
 every one of its queries names a metric exported here.
 
@@ -16,12 +18,21 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 import torch
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-# Seconds: from a cached tiny request to a 1024 px n=10 batch on a busy GPU.
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160)
+# Seconds: from a cached tiny request up to the longest a request may take: under Ray Serve an attempt may
+# take VARY_RAY_ATTEMPT_TIMEOUT_SECONDS (600) and a request three of them (tests/unit/test_ops_signals.py).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 300, 600, 1200, 1800, 3600)
 BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 10, 12, 16, 24, 32, 64)
 UNKNOWN_MODEL = "unknown"
 
@@ -44,6 +55,8 @@ class Metrics:
     def __init__(self, served: Iterable[str] = ()) -> None:
         self.served = frozenset(served)
         self.registry = CollectorRegistry()
+        # vary_process_cpu_seconds_total, vary_process_resident_memory_bytes, vary_process_open_fds, ...
+        ProcessCollector(namespace="vary", registry=self.registry)
         self.requests = Counter(
             "vary_requests", "Variation requests by model and HTTP status.", ["model", "status"], registry=self.registry
         )
@@ -97,9 +110,16 @@ class Metrics:
             "vary_requests_in_flight", "Variation requests admitted and not yet answered.", registry=self.registry
         )
 
-    def watch(self, models: Sequence[Watched], *, gpu_memory: Callable[[], GpuMemory] | None = None) -> None:
-        """Scrape-time gauges over the local models: their queues, whether they are loaded, the GPUs' memory."""
-        self.registry.register(_LiveCollector(models, gpu_memory or cuda_memory))
+    def watch(
+        self,
+        models: Sequence[Watched],
+        *,
+        gpu_memory: Callable[[], GpuMemory] | None = None,
+        gpu_utilisation: Callable[[], Mapping[int, float]] | None = None,
+    ) -> None:
+        """Scrape-time gauges over the local models: their queues, whether they are loaded, the GPUs' memory
+        and utilisation."""
+        self.registry.register(_LiveCollector(models, gpu_memory or cuda_memory, gpu_utilisation or nvml_utilisation))
 
     def watch_spool(self, rows: Callable[[], int]) -> None:
         """A scrape-time gauge: usage rows waiting in this replica's spool for the database."""
@@ -170,6 +190,17 @@ def cuda_memory() -> GpuMemory:
     }
 
 
+def nvml_utilisation() -> Mapping[int, float]:
+    """Each GPU's utilisation (0..1) over NVML's last sample period, once CUDA is in use and where NVML answers
+    (the driver's libnvidia-ml and the nvidia-ml-py binding torch reads it through); otherwise nothing."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):  # type: ignore[no-untyped-call]
+        return {}
+    try:
+        return {index: torch.cuda.utilization(index) / 100.0 for index in range(torch.cuda.device_count())}
+    except Exception:  # noqa: BLE001 - no pynvml, no NVML library, or a GPU NVML cannot read: no gauge
+        return {}
+
+
 class _SpoolCollector(Collector):
     def __init__(self, rows: Callable[[], int]) -> None:
         self.rows = rows
@@ -181,9 +212,15 @@ class _SpoolCollector(Collector):
 
 
 class _LiveCollector(Collector):
-    def __init__(self, models: Sequence[Watched], gpu_memory: Callable[[], GpuMemory]) -> None:
+    def __init__(
+        self,
+        models: Sequence[Watched],
+        gpu_memory: Callable[[], GpuMemory],
+        gpu_utilisation: Callable[[], Mapping[int, float]],
+    ) -> None:
         self.models = models
         self.gpu_memory = gpu_memory
+        self.gpu_utilisation = gpu_utilisation
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily("vary_queue_depth", "Requests waiting for the model.", labels=["model"])
@@ -203,3 +240,11 @@ class _LiveCollector(Collector):
                 reserved.add_metric([str(index)], cached)
             yield allocated
             yield reserved
+        busy = self.gpu_utilisation()
+        if busy:
+            utilisation = GaugeMetricFamily(
+                "vary_gpu_utilization_ratio", "Share of time a kernel ran, per NVML (0..1).", labels=["device"]
+            )
+            for index, ratio in busy.items():
+                utilisation.add_metric([str(index)], ratio)
+            yield utilisation

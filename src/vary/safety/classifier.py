@@ -7,31 +7,39 @@ raises ClassifierFailed; the policy's `fail` mode then decides (checks.py), neve
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from PIL import Image
 
-from vary.imaging import to_rgb
+from vary.imaging import content_views
 
 Stage = Literal["input", "output"]
 
 
 @dataclass(eq=False)
 class Picture:
-    """One image to check: its PNG bytes (what a guardrail is sent) and its RGB pixels (what a model reads),
+    """One image to check: its PNG bytes (what a guardrail is sent, as a provider is) and its views as RGB (what
+    a model-based classifier reads: one for an opaque image, three for a transparent one, `content_views`),
     decoded once, here, when the caller has not decoded them already."""
 
     png: bytes
-    _rgb: Image.Image | None = field(default=None, repr=False)
+    _views: tuple[Image.Image, ...] | None = field(default=None, repr=False)
 
-    def rgb(self) -> Image.Image:
-        if self._rgb is None:
-            image = Image.open(io.BytesIO(self.png))
-            image.load()  # read now: the pixels outlive the buffer
-            self._rgb = to_rgb(image)
-        return self._rgb
+    def views(self) -> tuple[Image.Image, ...]:
+        if self._views is None:
+            with Image.open(io.BytesIO(self.png)) as image:
+                image.load()  # read now: the pixels outlive the buffer
+                self._views = content_views(image)
+        return self._views
+
+
+def worst_view(pictures: Sequence[Picture], classify: Callable[[list[Image.Image]], list[Verdict]]) -> list[Verdict]:
+    """Each picture's verdict: its views classified in one batch, the highest score of each picture's views."""
+    views = [picture.views() for picture in pictures]
+    verdicts = iter(classify([view for each in views for view in each]))
+    return [max((next(verdicts) for _ in each), key=lambda verdict: verdict.score) for each in views]
 
 
 @dataclass(frozen=True)

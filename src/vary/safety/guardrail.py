@@ -6,8 +6,9 @@ vary POSTs `{"input_type": "request"|"response", "images": ["data:image/png;base
 BLOCKED (or INTERVENED: it would have changed the images) flags every image in it with score 1, NONE passes
 them with score 0.
 
-Down, slow (the whole answer within `timeout_seconds`), a non-2xx status or an answer that is not that
-JSON: ClassifierFailed, and the policy's `fail` mode decides. The URL never reaches a client.
+Down, slow (the whole answer within `timeout_seconds`), a non-2xx status, an answer past MAX_ANSWER_BYTES
+(refused as it streams in, never read whole) or one that is not that JSON: ClassifierFailed, and the policy's
+`fail` mode decides. The URL never reaches a client.
 """
 
 from __future__ import annotations
@@ -63,12 +64,19 @@ class HttpGuardrail:
         return [Verdict(1.0 if flagged else 0.0, (action,), reason) for _ in pictures]
 
     async def _post(self, body: dict[str, object]) -> bytes:
+        """The answer's bytes, read as they stream in and refused once past MAX_ANSWER_BYTES: never held whole."""
         if self._client is None:
             self._client = httpx.AsyncClient(timeout=self.timeout_seconds, follow_redirects=False)
-        response = await self._client.post(self.url, json=body)
-        if not response.is_success:
-            raise ClassifierFailed(f"the guardrail answered HTTP {response.status_code}")
-        return response.content
+        async with self._client.stream("POST", self.url, json=body) as response:
+            if not response.is_success:
+                raise ClassifierFailed(f"the guardrail answered HTTP {response.status_code}")
+            chunks, total = [], 0
+            async for chunk in response.aiter_bytes():
+                total += len(chunk)
+                if total > MAX_ANSWER_BYTES:
+                    raise ClassifierFailed("the guardrail's answer is too large to be a verdict")
+                chunks.append(chunk)
+            return b"".join(chunks)
 
     async def aclose(self) -> None:
         if self._client is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from vary.safety.classifier import ClassifierFailed, Picture, Stage, Verdict
+from vary.safety.classifier import ClassifierFailed, Picture, Stage, Verdict, worst_view
 
 
 class HuggingFaceClassifier:
@@ -54,13 +54,15 @@ class HuggingFaceClassifier:
         return await run_in_threadpool(self.scores, pictures)
 
     def scores(self, pictures: Sequence[Picture]) -> list[Verdict]:
-        """Blocking: the whole batch in one forward pass."""
-        import torch
-
+        """Blocking: the whole batch (every view of every picture) in one forward pass."""
         self.load()
         if not pictures:
             return []
-        images = [picture.rgb() for picture in pictures]
+        return worst_view(pictures, self._scores)
+
+    def _scores(self, images: list[Any]) -> list[Verdict]:
+        import torch
+
         with self._lock, torch.inference_mode():
             inputs = self._processor(images=images, return_tensors="pt")
             probabilities = self._model(**inputs).logits.float().softmax(-1)

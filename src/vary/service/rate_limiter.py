@@ -79,7 +79,12 @@ class RateLimiter:
         self.defaults = defaults
         self.quota_period = quota_period
         self._windows = MovingWindowRateLimiter(storage_from_string(storage_uri, wrap_exceptions=True))
+        # Admissions one at a time: each checks every limit, then takes from them (a window is a call to
+        # its storage, redis:// a network one, so this is held across I/O, on worker threads only).
         self._lock = threading.Lock()
+        # The counts alone, held for a few dict operations: release() takes only this, and runs on the
+        # event loop, which must never wait for an admission asking a slow storage.
+        self._counts = threading.Lock()
         self._in_flight: dict[str, int] = {}
         self._reserved_images: dict[str, int] = {}
 
@@ -112,11 +117,12 @@ class RateLimiter:
             takes = [take for limit in LIMITS if (take := self._check(limit, getattr(limits, limit.field), step))]
             for take in takes:
                 take()
-            if new:
-                self._in_flight[key_id] = self._in_flight.get(key_id, 0) + 1
-            self._reserved_images[key_id] = self._reserved_images.get(key_id, 0) + images
-            admission = admitted or Admission(key_id, 0, step.headers)
-            admission.images += images
+            with self._counts:
+                if new:
+                    self._in_flight[key_id] = self._in_flight.get(key_id, 0) + 1
+                self._reserved_images[key_id] = self._reserved_images.get(key_id, 0) + images
+                admission = admitted or Admission(key_id, 0, step.headers)
+                admission.images += images
         return admission
 
     def _check(self, limit: Limit, value: int | None, step: _Step) -> Callable[[], None] | None:
@@ -127,7 +133,8 @@ class RateLimiter:
         if limit.kind == "window":
             return self._check_window(limit.unit, value, cost, step)
         if limit.kind == "concurrency":
-            in_flight = self._in_flight.get(step.key_id, 0)
+            with self._counts:
+                in_flight = self._in_flight.get(step.key_id, 0)
             if in_flight + cost > value:
                 raise _too_many(
                     f"Rate limit reached for concurrent requests: Limit {value}, "
@@ -137,7 +144,8 @@ class RateLimiter:
                     retry_after=1,
                 )
             return None
-        used = step.delivered + self._reserved_images.get(step.key_id, 0)
+        with self._counts:
+            used = step.delivered + self._reserved_images.get(step.key_id, 0)
         if used + cost > value:  # a request gets at least one image
             requested = f"{step.images} requested" if step.images else "no images left"
             raise QuotaExceeded(
@@ -162,7 +170,8 @@ class RateLimiter:
         return lambda: self._take(item, step.key_id, kind, cost, step.headers)
 
     def release(self, admission: Admission) -> None:
-        with self._lock:
+        """Gives back the request's slot and reserved images; never waits for an admission in progress."""
+        with self._counts:
             if admission.released:
                 return
             admission.released = True

@@ -66,7 +66,7 @@ def build_registry(
     if load_engines is not None:
         return ModelRegistry.of_engines(load_engines(settings), local=local_model, safety=safety)
     return ModelRegistry.from_catalogue(
-        catalogue or catalogue_for(settings.catalogue, settings.model),
+        catalogue or catalogue_for(settings.catalogue, settings.model, settings.accept_license),
         placement=Placement(device=settings.device, dtype=settings.dtype, compile=settings.compile),
         overrides=settings.render_overrides(),
         local=local_model,

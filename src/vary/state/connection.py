@@ -22,7 +22,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from vary.datadir import PRIVATE_DIR_MODE, make_private_file
+from vary.datadir import PRIVATE_DIR_MODE, make_private_file, narrow_private_file
 from vary.errors import DatabaseUnavailable
 
 log = logging.getLogger("vary.usage")
@@ -34,6 +34,9 @@ CONNECT_TIMEOUT_SECONDS = 5
 POOL_SIZE = 10
 POOL_MAX_OVERFLOW = 20
 POOL_TIMEOUT_SECONDS = 10.0
+# How long opening a database waits for another process's or thread's setup of it (the switch to WAL, a
+# migration) before it gives up with one line: time enough for any migration vary has shipped.
+SETUP_WAIT_SECONDS = 60.0
 # PostgreSQL: a server host that vanishes (a crash, a partition, a failover's moved address) sends nothing,
 # not even a reset, and Linux retries an unanswered send for ~15 minutes. TCP keepalives and a user timeout
 # close such a connection within seconds instead (OperationalError: the request's 503, a usage row spooled).
@@ -135,15 +138,15 @@ def engine_for(url: URL, *, busy_timeout_seconds: float, statement_timeout_secon
     return create_engine(url, pool_pre_ping=True)
 
 
-def migration_engine(url: URL) -> Engine:
+def migration_engine(url: URL, *, wait_seconds: float = SETUP_WAIT_SECONDS) -> Engine:
     """An engine for one upgrade: one connection, no statement limits, and on SQLite BEGIN IMMEDIATE.
 
     A migration may wait for another process's migration (the lock in vary.migrations) and may rewrite a
-    large table, so the request path's short timeouts do not apply; SQLite waits up to a minute.
+    large table, so the request path's short timeouts do not apply; SQLite waits up to `wait_seconds`.
     """
     if url.get_backend_name() == "sqlite":
         _make_parent_dir(url)
-        engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 60.0})
+        engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": wait_seconds})
 
         def no_driver_transactions(dbapi_connection: Any, _: object) -> None:
             # pysqlite would begin its own transactions, and none before DDL: SQLAlchemy's begin below does.
@@ -166,21 +169,28 @@ def _connect_timeout(busy_timeout_seconds: float) -> int:
     return max(2, min(CONNECT_TIMEOUT_SECONDS, math.ceil(busy_timeout_seconds)))
 
 
+def sqlite_file(url: URL) -> Path | None:
+    """The SQLite database's file; None for another database, an in-memory one or a `file:` URI."""
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return None if url.database.startswith("file:") else Path(url.database)
+
+
 def _make_parent_dir(url: URL) -> None:
-    """A SQLite file's directory, and the file itself, made (or narrowed to) its owner's only."""
-    if url.database and url.database != ":memory:" and not url.database.startswith("file:"):
-        path = Path(url.database)
+    """A SQLite file's directory, and the file itself, made (or narrowed to) its owner's only, without opening
+    them: this process may hold SQLite's locks on them already (datadir.make_private_file)."""
+    path = sqlite_file(url)
+    if path is not None:
         path.parent.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
         make_private_file(path)
         for companion in (path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-            if companion.exists():  # made by an older vary with the umask's mode
-                make_private_file(companion)
+            narrow_private_file(companion)  # never made here: SQLite makes them, with the database's mode
 
 
 def _sqlite_pragmas(dbapi_connection: object, busy_timeout_ms: int) -> None:
+    """Each connection's settings. The switch to WAL is not one of them: it is the file's, made once when
+    the database is opened (sqlite_setup.use_wal), as every connection switching it would race the others."""
     cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-    # WAL lets `vary keys` write while the server reads; the busy timeout waits out the other writer.
-    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")  # waits out the other writer
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
     cursor.close()

@@ -15,15 +15,24 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import URL, Engine
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import sessionmaker
 
 from vary.state import migrations
-from vary.state.connection import DatabaseSetupError, database_url, engine_for, migration_engine
+from vary.state.connection import (
+    SETUP_WAIT_SECONDS,
+    DatabaseSetupError,
+    database_url,
+    engine_for,
+    migration_engine,
+    shown,
+    sqlite_file,
+)
 from vary.state.keys import Keys
 from vary.state.leases import Leases
 from vary.state.schema import WriteProbeRow
 from vary.state.shared_secrets import SharedSecrets
+from vary.state.sqlite_setup import contended, retried, use_wal
 from vary.state.usage import Usage
 from vary.state.usage_spool import UsageSpool
 
@@ -67,12 +76,14 @@ class Database(Keys, Usage, SharedSecrets, Leases):
     def open(cls, url: str | URL | Path, *, migrate: bool = True, **options: Any) -> Database:
         """The database, its schema upgraded to the head first (unless `migrate` is False): how vary opens it.
 
+        Any number of processes and threads may open one database at once: the setup (a SQLite file's
+        switch to WAL, the migration) is done once, and the others wait for it, up to SETUP_WAIT_SECONDS.
         Raises DatabaseSetupError with one line when it cannot be used.
         """
         db = cls(url, **options)
         if migrate:
             try:
-                db.upgrade()
+                db.set_up(deadline=time.monotonic() + SETUP_WAIT_SECONDS)
             except (ImportError, SQLAlchemyError, OSError) as exc:
                 db.engine.dispose()
                 raise DatabaseSetupError.of(url, exc) from exc
@@ -81,19 +92,37 @@ class Database(Keys, Usage, SharedSecrets, Leases):
                 raise
         return db
 
-    def upgrade(self) -> None:
-        """The schema at the head revision; a database already there is only read (the common case)."""
-        revision = migrations.current(self.engine)
+    def set_up(self, *, deadline: float) -> None:
+        """The one-time setup, waiting for another opener's until `deadline` (time.monotonic()): on SQLite each
+        step tried again while SQLite says it is contended (sqlite_setup.py); PostgreSQL waits on its lock."""
+        started = time.monotonic()
+        engine = migration_engine(self.url, wait_seconds=max(0.0, deadline - started))
+        try:
+            if sqlite_file(self.url) is not None:
+                retried(lambda: use_wal(engine), deadline)
+            self.upgrade(engine, deadline=deadline)
+        except OperationalError as exc:
+            if not contended(exc):
+                raise
+            raise DatabaseSetupError(
+                f"cannot use the database {shown(self.url)}: another process held it locked for "
+                f"{time.monotonic() - started:.0f} s (a schema upgrade, or a long write); try again once it is done"
+            ) from exc
+        finally:
+            engine.dispose()
+
+    def upgrade(self, engine: Engine, *, deadline: float) -> None:
+        """The schema at the head revision; a database already there is only read (the common case).
+
+        `engine`: connection.migration_engine's, for this database.
+        """
+        revision = retried(lambda: migrations.current(self.engine), deadline)
         if revision == migrations.head():
             return
         if revision is not None and not migrations.known(revision):
             # A newer vary migrated it (a rolled-back deploy): never downgrade, never run on a schema unknown.
             raise DatabaseSetupError(newer_schema(revision))
-        engine = migration_engine(self.url)
-        try:
-            migrations.upgrade(engine)
-        finally:
-            engine.dispose()
+        retried(lambda: migrations.upgrade(engine, wait_seconds=max(0.0, deadline - time.monotonic())), deadline)
 
     def revision(self) -> str | None:
         return migrations.current(self.engine)

@@ -160,15 +160,17 @@ class Usage(Sessions):
         with answering("read usage"), self.session() as s:
             return [UsageGroup(*row) for row in s.execute(query)]
 
-    def images_delivered(self, key_id: str, since: float) -> int:
-        """Images a key received since `since`: what its quota counts."""
-        query = select(func.coalesce(func.sum(UsageRow.n), 0)).where(
-            UsageRow.key_id == key_id, UsageRow.status == 200, UsageRow.created_at >= since
+    def images_made(self, key_id: str, since: float) -> int:
+        """Images made for a key since `since`, what its quota counts: those it received, and those made and never
+        given (outputs flagged and made again or refused, a provider's partly made answer given up on)."""
+        received = case((UsageRow.status == 200, func.coalesce(UsageRow.n, 0)), else_=0)
+        query = select(func.coalesce(func.sum(received + func.coalesce(UsageRow.unused_images, 0)), 0)).where(
+            UsageRow.key_id == key_id, UsageRow.created_at >= since
         )
         with answering("count a quota"), self.session() as s:
-            delivered = int(s.scalar(query) or 0)
+            made = int(s.scalar(query) or 0)
         # Rows spooled and not yet written count too; one being written may count twice for a moment.
-        return delivered + (self.spool.images(key_id, since) if self.spool is not None else 0)
+        return made + (self.spool.images(key_id, since) if self.spool is not None else 0)
 
 
 @dataclass(frozen=True)

@@ -84,12 +84,13 @@ class UsageSpool:
             return list(self._rows)
 
     def images(self, key_id: str, since: float) -> int:
-        """The images a key received since `since`, in the rows waiting here: the quota counts them too."""
+        """The images made for a key since `since` (received, or made and never given), in the rows waiting
+        here: the quota counts them too."""
         with self._lock:
             return sum(
-                row.get("n") or 0
+                ((row.get("n") or 0) if row.get("status") == 200 else 0) + (row.get("unused_images") or 0)
                 for row in self._rows
-                if row.get("key_id") == key_id and row.get("status") == 200 and row.get("created_at", 0) >= since
+                if row.get("key_id") == key_id and row.get("created_at", 0) >= since
             )
 
     def written(self, count: int) -> None:

@@ -28,6 +28,12 @@ function showError(id, text, focusId) {
   const box = $(id);
   box.textContent = text;
   box.hidden = !text;
+  // The field the box describes is marked invalid while it shows, so a screen reader says so on it.
+  for (const field of document.querySelectorAll(`[aria-describedby~="${id}"]`)) {
+    if (!field.matches("input, select")) continue;
+    if (text) field.setAttribute("aria-invalid", "true");
+    else field.removeAttribute("aria-invalid");
+  }
   if (!text || !focusId) return;
   const rect = box.getBoundingClientRect();
   if (rect.top < 0 || rect.bottom > window.innerHeight) box.scrollIntoView({ block: "center" });
@@ -98,53 +104,80 @@ function showModels(list) {
   if (select.selectedIndex < 0) select.value = "";
   state.models = list.data;
   showControls();
+  document.dispatchEvent(new CustomEvent("vary:models", { detail: list.data }));
 }
 
 // --- the controls: seed, steps, guidance scale, strength, from the chosen model's card ----------
 //
-// /v1/models gives each local model's defaults and bounds; a hosted model has none, and then the
-// controls are hidden. The fields start at the model's defaults; only values that differ are sent.
+// /v1/models gives, for each model, the defaults and bounds of the controls it honours, and null for
+// one it ignores, whose field is then hidden (all of them, for most hosted models). The fields start at
+// the model's defaults; only values that differ are sent.
 
 const CONTROLS = ["steps", "guidance_scale", "strength"];
+// The fields whose errors show under them; any other error shows under Generate.
+const FIELDS = ["model", "n", "size", "format", "seed", ...CONTROLS];
+const FIELD_PARAMS = { response_format: "format" };  // the API's name for a field, where it differs
 
 function chosenModel() {
   const id = $("model").value;
   return state.models.find((model) => model.id === id) || (id ? null : state.models[0]) || null;
 }
 
+// What a control takes, in words: "a whole number from 1 to 100".
+function controlRule(name, range) {
+  const what = name === "steps" ? "a whole number" : "a number";
+  return range.exclusive_minimum
+    ? `${what} above ${range.minimum}, up to ${range.maximum}`
+    : `${what} from ${range.minimum} to ${range.maximum}`;
+}
+
 function showControls() {
   const model = chosenModel();
   const controls = model && model.controls;
-  $("controls").hidden = !controls;
-  showError("controls-error", "");
-  if (!controls) return;
+  const honoured = controls && ["seed", ...CONTROLS].some((name) => controls[name]);
+  $("controls").hidden = !honoured;
+  for (const name of ["seed", ...CONTROLS]) showError(`${name}-error`, "");
+  if (!honoured) return;
   for (const name of CONTROLS) {
     const range = controls[name];
     const field = $(name);
     field.closest(".control").hidden = !range;
     if (!range) continue;
+    const known = range.default !== null;  // a hosted model's default is the provider's own
     field.min = range.exclusive_minimum ? String(range.minimum + Number(field.step)) : String(range.minimum);
     field.max = String(range.maximum);
-    field.value = String(range.default);
-    field.dataset.default = String(range.default);
+    field.value = known ? String(range.default) : "";
+    field.dataset.default = known ? String(range.default) : "";
     const bounds = range.exclusive_minimum ? `above ${range.minimum}, up to ${range.maximum}` : `${range.minimum} to ${range.maximum}`;
-    $(`${name}-hint`).textContent = `Default ${range.default} (${bounds}).`;
+    const fallback = known ? `Default ${range.default}` : "Default: the provider's own";
+    $(`${name}-hint`).textContent = `${fallback} (${bounds}); empty means the default.`;
   }
   $("strength-hint").textContent += " Lower keeps more of the input's layout.";
-  $("seed").max = String(controls.seed.maximum);
+  $("seed").closest(".control").hidden = !controls.seed;
+  if (controls.seed) $("seed").max = String(controls.seed.maximum);
 }
 
-// The controls to send, checked as the server checks them; null (and the error shown by its field)
-// when one is out of bounds.
+// The number of variations, checked as the server checks it; null (and the error by its field) otherwise.
+function variationCount() {
+  const text = $("n").value.trim();
+  if (!/^[0-9]+$/.test(text) || Number(text) < 1 || Number(text) > 10) {
+    showError("n-error", "How many: a whole number from 1 to 10.", "n");
+    return null;
+  }
+  return text;
+}
+
+// The controls to send, checked as the server checks them; null (and the error shown under its field)
+// when one is out of bounds. An empty field is the model's default, as its hint says, and is not sent.
 function controlValues() {
   const model = chosenModel();
   const controls = model && model.controls;
   if (!controls) return {};
   const values = {};
   const seed = $("seed").value.trim();
-  if (seed !== "") {
+  if (seed !== "" && controls.seed) {
     if (!/^[0-9]+$/.test(seed) || BigInt(seed) > BigInt(controls.seed.maximum)) {
-      showError("controls-error", "The seed must be a whole number, 0 or more (or empty for a new one each time).", "seed");
+      showError("seed-error", "The seed must be a whole number, 0 or more (or empty for a new one each time).", "seed");
       return null;
     }
     values.seed = seed;
@@ -152,18 +185,28 @@ function controlValues() {
   for (const name of CONTROLS) {
     const range = controls[name];
     const field = $(name);
-    if (!range || field.value.trim() === field.dataset.default) continue;
-    const value = field.value.trim() === "" ? NaN : Number(field.value);
+    const text = field.value.trim();
+    if (!range || text === "" || text === field.dataset.default) continue;
+    const value = Number(text);
     const low = range.exclusive_minimum ? value <= range.minimum : value < range.minimum;
     const whole = name !== "steps" || Number.isInteger(value);
     if (!Number.isFinite(value) || low || value > range.maximum || !whole) {
       const label = field.closest(".control").querySelector("label").textContent;
-      showError("controls-error", `${label}: ${$(`${name}-hint`).textContent}`, name);
+      showError(`${name}-error`, `${label}: ${controlRule(name, range)}, or empty for the default (${range.default ?? "the provider's own"}).`, name);
       return null;
     }
-    if (value !== Number(range.default)) values[name] = String(value);
+    if (range.default === null || value !== Number(range.default)) values[name] = String(value);
   }
   return values;
+}
+
+// A field's error goes once the field changes: what it said is about a value no longer there.
+function clearFieldErrors() {
+  for (const name of FIELDS) {
+    const clear = () => showError(`${name}-error`, "");
+    $(name).addEventListener("input", clear);
+    $(name).addEventListener("change", clear);
+  }
 }
 
 // A 401 is about the key, whichever request got it: say so by the key field.
@@ -223,6 +266,7 @@ function currentFit() {
 function updateGenerate() {
   const ready = state.inputs.length > 0 && state.inputs.every((input) => input.png);
   $("generate").setAttribute("aria-disabled", String(!ready || state.busy));
+  document.dispatchEvent(new Event("vary:inputs"));  // the compare view (compare.js) sends the same inputs
 }
 
 // One card per input: the square PNG, what was done to it, its weight (shown when there are two or
@@ -257,6 +301,10 @@ function inputCard() {
 function newInput(label) {
   const input = { label, source: null, png: null, pngUrl: null, token: 0, card: inputCard() };
   input.card.remove.addEventListener("click", () => removeInput(input, true));
+  // A weight's error (or "all 0", shown by the first) goes once any weight changes.
+  input.card.weight.addEventListener("input", () => {
+    for (const each of state.inputs) showError(each.card.error.id, "");
+  });
   state.inputs.push(input);
   $("preview").append(input.card.root);
   return input;
@@ -541,7 +589,9 @@ async function generate(event) {
   showError("file-error", "");  // what the last choice left out was said; now the weights and controls speak
   const blend = several ? weights() : null;
   if (several && !blend) return;
-  showError("controls-error", "");
+  for (const name of FIELDS) showError(`${name}-error`, "");
+  const count = variationCount();
+  if (!count) return;
   const controls = controlValues();
   if (!controls) return;
   showError("file-error", "");
@@ -556,7 +606,7 @@ async function generate(event) {
   } else {
     form.append("image", state.inputs[0].png, "image.png");
   }
-  form.append("n", $("n").value);
+  form.append("n", count);
   form.append("size", $("size").value);
   form.append("response_format", $("format").value);
   if ($("model").value) form.append("model", $("model").value);
@@ -578,10 +628,16 @@ async function generate(event) {
     busy(false);
     $("elapsed").textContent = "";
     if (err.status === 401) keyRefused(err, key, true);
-    else if (err.status === 400 && CONTROLS.concat("seed").includes(err.param)) showError("controls-error", err.message, err.param);
+    else if (err.status === 400 && fieldOf(err.param)) showError(`${fieldOf(err.param)}-error`, err.message, fieldOf(err.param));
     else if (err.inputRefused) showError("file-error", err.message, "file");  // by the image it is about
     else showError("error", err.message, "generate");
   }
+}
+
+// The form field a server error's `param` is about, if it is one of the form's.
+function fieldOf(param) {
+  const name = FIELD_PARAMS[param] || param;
+  return FIELDS.includes(name) && !$(name).closest("[hidden]") ? name : null;
 }
 
 // --- wiring --------------------------------------------------------------------------------
@@ -613,6 +669,7 @@ function init() {
   for (const radio of document.querySelectorAll('input[name="fit"]')) radio.addEventListener("change", prepareAll);
   $("generate-form").addEventListener("submit", generate);
   $("model").addEventListener("change", showControls);
+  clearFieldErrors();
   $("same-seed").addEventListener("click", () => {  // the last result's seed, made again
     $("seed").value = state.seed;
     $("generate-form").requestSubmit();

@@ -1,21 +1,27 @@
 """Reading what a provider answers, the same way for every provider: bodies read within a cap, waits it asks
-for, its images checked and made PNGs of the asked size, and its words scrubbed of vary's key."""
+for, its images checked and made PNGs of the asked size, its words scrubbed of vary's key and cut short, and
+a blocking client's call run on a worker thread that the event loop can stop without waiting for it."""
 
 from __future__ import annotations
 
+import base64
 import datetime
 import email.utils
 import json
 import math
 import re
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 from urllib.parse import quote, quote_plus
 
+import anyio.to_thread
 import httpx
 import numpy as np
 
-from vary.errors import ImageRejected, UpstreamFailure
+from vary.echo import clipped
+from vary.errors import ImageRejected, UpstreamFailure, UpstreamRefused
 from vary.imaging import PNG_MAGIC, ImageRules, MiB, encode_png, fit_to_size, load_provider_image
 
 # One provider image, base64-decoded or downloaded: a 1536 px RGBA PNG is under 10 MiB.
@@ -24,9 +30,12 @@ MAX_IMAGE_BYTES = 16 * MiB
 # square, at most 4096 px a side (so no decompression bomb), read whole.
 OUTPUT_RULES = ImageRules(max_bytes=MAX_IMAGE_BYTES, max_side=4096)
 MAX_RETRY_AFTER = 86400.0  # a provider's wait beyond a day is read as a day
+# What is read of a provider's error answer: its message is cut to 200 characters anyway.
+ERROR_BODY_BYTES = 64 * 1024
 # What a provider's `url` must look like to be handed on: an absolute http(s) URL, nothing a browser runs.
 ABSOLUTE_HTTP_URL = re.compile(r"https?://[^\x00-\x20\x7f/?#@\\]+(?:[/?#][^\x00-\x20\x7f]*)?", re.IGNORECASE)
 _ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}|\\u[0-9A-Fa-f]{4}")
+T = TypeVar("T")
 
 
 def pngs_of_size(answers: list[bytes], size: int, retryable: bool) -> list[bytes]:
@@ -64,8 +73,20 @@ async def read_capped(response: httpx.Response, limit: int, what: str, *, retrya
     return b"".join(chunks)
 
 
+async def read_start(response: httpx.Response, limit: int) -> bytes:
+    """At most the first `limit` bytes of a streamed body (an error's: what it says is in its start)."""
+    chunks, total = [], 0
+    async for chunk in response.aiter_bytes():
+        chunks.append(chunk[: limit - total])
+        total += len(chunks[-1])
+        if total >= limit:
+            break
+    return b"".join(chunks)
+
+
 def scrub(text: str, secret: str | None) -> str:
-    """`text` with `secret` replaced wherever it appears: whole, URL-encoded, or escaped in a JSON string."""
+    """`text` with `secret` replaced wherever it appears: whole, URL-encoded, escaped in a JSON string, base64
+    (standard or URL-safe, at any alignment inside a longer value, as in a Basic credential) or hex."""
     if not secret:
         return text
     encoded = {
@@ -78,9 +99,50 @@ def scrub(text: str, secret: str | None) -> str:
     # Percent-escapes and \u escapes may come in either case.
     forms = {secret} | {_ESCAPE.sub(lambda m: m.group().upper().replace("\\U", "\\u"), f) for f in encoded}
     forms |= {_ESCAPE.sub(lambda m: m.group().lower(), f) for f in encoded}
-    for form in sorted(forms, key=len, reverse=True):
+    raw = secret.encode()
+    forms |= {raw.hex(), raw.hex().upper(), *_base64_cores(raw)}
+    for form in sorted((form for form in forms if len(form) >= MIN_SCRUBBED), key=len, reverse=True):
         text = text.replace(form, "[redacted]")
     return text
+
+
+# Shorter forms (of a key that short, or a base64 core of it) would redact ordinary words: no key is this short.
+MIN_SCRUBBED = 8
+
+
+def _base64_cores(raw: bytes) -> set[str]:
+    """The characters of `raw`'s base64 that depend on `raw` alone, for each of the three byte alignments it may
+    have inside a longer encoded value, in the standard and the URL-safe alphabets."""
+    cores = set()
+    for offset in range(3):
+        encoded = base64.b64encode(bytes(offset) + raw).decode("ascii").rstrip("=")
+        first = -(-8 * offset // 6)  # the first character whose six bits are all the key's
+        last = 8 * (offset + len(raw)) // 6  # the characters before it hold only the key's bits (or the prefix's)
+        core = encoded[first:last]
+        cores |= {core, core.replace("+", "-").replace("/", "_")}
+    return cores
+
+
+def refusal(
+    message: str,
+    *,
+    status: int,
+    type: str | None,
+    param: str | None,
+    code: str | None,
+    secrets: Sequence[str | None],
+) -> UpstreamRefused:
+    """A provider's refusal of the request itself, passed on: every field it sent reaches the client, so each is
+    scrubbed of the provider's secrets and cut short (after the scrub, so no part of a key crosses the cut)."""
+
+    def shown(value: str | None) -> str | None:
+        if value is None:
+            return None
+        for secret in secrets:
+            value = scrub(value, secret)
+        return clipped(value)
+
+    return UpstreamRefused(shown(message) or "", status=status, type=shown(type), param=shown(param), code=shown(code))
 
 
 def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -110,3 +172,53 @@ def _number(value: str | None) -> float | None:
     except ValueError:
         return None
     return min(MAX_RETRY_AFTER, max(0.0, number)) if math.isfinite(number) else None
+
+
+class Interruptible:
+    """How the event loop stops a blocking call on a worker thread without waiting for it.
+
+    The loop never closes a stream that a thread may be reading: closing takes the stream's lock, which the
+    reader holds until its read returns, and a read of a whole answer that trickles in returns when the whole
+    answer is in (the server stopped answering /healthz for that long). The thread names, with `reading`,
+    a way to stop its read that waits on nothing (shutting the socket down for reading: a syscall); the loop
+    calls it through `interrupt`, the thread's read returns at once, and the thread closes its stream itself.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # held for two assignments, never across I/O
+        self._stop: Callable[[], None] | None = None
+        self._interrupted = False
+
+    def reading(self, stop: Callable[[], None]) -> None:
+        """On the worker thread, before a read that may block: `stop` makes that read return (or fail) now."""
+        with self._lock:
+            self._stop, interrupted = stop, self._interrupted
+        if interrupted:
+            _quietly(stop)
+
+    def interrupt(self) -> None:
+        """On the event loop: stops the registered read, if any, without waiting for the thread."""
+        with self._lock:
+            self._interrupted, stop = True, self._stop
+        if stop is not None:
+            _quietly(stop)
+
+
+async def run_interruptible(call: Callable[[Interruptible], T], *, limiter: anyio.CapacityLimiter) -> T:
+    """`call(interruptible)` on a worker thread of `limiter`'s; when the awaiting task is cancelled (the attempt's
+    time is up, the client left, the server stops) the thread is abandoned and its read interrupted, so neither
+    the loop nor the task waits for it. `limiter`: the provider's own threads, so its calls never take the
+    threads the rest of the server runs its blocking work on."""
+    interruptible = Interruptible()
+    try:
+        return await anyio.to_thread.run_sync(call, interruptible, abandon_on_cancel=True, limiter=limiter)
+    except BaseException:
+        interruptible.interrupt()
+        raise
+
+
+def _quietly(stop: Callable[[], None]) -> None:
+    try:
+        stop()
+    except (OSError, ValueError, RuntimeError):
+        pass  # already closed, or never connected: nothing left to stop

@@ -5,12 +5,13 @@ chain (environment, profile, instance role) are AWS's own. Retries are not: boto
 attempt per call and the gateway does all retrying, as for every provider, so each call to Nova is
 an attempt in the usage row and `targets_tried`, and a bad 200 answer (wrong count, unreadable
 image) is retried like any retryable failure. `timeout_seconds` bounds one attempt's whole answer,
-not each network read: a late call is abandoned and its connection closed.
+not each network read: a late call is abandoned and its read interrupted (the socket shut down for
+reading, from the event loop, which never waits for the thread: answers.run_interruptible).
 
 What vary maps:
-- n: Nova Canvas makes at most 5 images a call, so n above 5 is split into several calls. When one
-  of them fails, the images of the others (already billed) are kept and the next attempt asks only
-  for the rest; the client gets all n or an error.
+- n: Nova Canvas makes at most 5 images a call, so n above 5 is split into two calls (split.py, as
+  for every provider). When one of them fails, the images of the other (already billed) are kept and
+  the next attempt asks only for the rest; the client gets all n or an error.
 - size: Nova renders 320 to 4096 px in multiples of 16; 256 is rendered at 320 and resized.
 - strength: vary's 1 is furthest from the input, Nova's `similarityStrength` (0.2 to 1.0) runs the
   other way, so similarityStrength = 1 - 0.8 x strength (strength 1 -> 0.2, strength near 0 -> 1.0).
@@ -26,32 +27,41 @@ The answers are base64 PNGs, resized to the asked size and then stored and signe
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
+import datetime
+import functools
 import json
-import secrets
-import threading
+import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import anyio.to_thread
 import pybase64
 from starlette.concurrency import run_in_threadpool
 
 from vary.controls import Capabilities
+from vary.echo import clipped
 from vary.errors import UpstreamFailure, UpstreamRefused
-from vary.request import VariationRequest
-from vary.targets.base import Made, PartlyMade
-from vary.targets.hosted.answers import pngs_of_size
-from vary.targets.hosted.provider import HostedOptions, HostedProvider
+from vary.request import Part, VariationRequest
+from vary.targets.base import Made
+from vary.targets.hosted.answers import Interruptible, pngs_of_size, refusal, run_interruptible
+from vary.targets.hosted.provider import HostedOptions, HostedProvider, Lifecycle
 from vary.targets.hosted.registry import register_provider
+from vary.targets.hosted.split import Split
 
 BEDROCK_PROVIDER = "bedrock-nova-canvas"
 NOVA_CANVAS = "amazon.nova-canvas-v1:0"
+TITAN_IMAGE_GENERATOR = "amazon.titan-image-generator"
 MAX_IMAGES_PER_CALL = 5
 MIN_SIDE, MAX_SIDE, SIDE_STEP = 320, 4096, 16
 MAX_SEED = 2147483646
+# Two calls at most (n is at most 10), both at once.
+NOVA_SPLIT = Split(per_call=MAX_IMAGES_PER_CALL, seeds=MAX_SEED + 1, concurrency=2)
+# The worker threads Nova's blocking calls run on, for all requests together: never the server's shared ones.
+MAX_THREADS = 64
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,19 @@ class BedrockNovaCanvas(HostedProvider):
     options_type = BedrockOptions
     owned_by = "amazon"
     options: BedrockOptions
+    lifecycle = {
+        BEDROCK_PROVIDER: Lifecycle(
+            "legacy", datetime.date(2026, 9, 30), "AWS's model lifecycle lists Nova Canvas as legacy"
+        )
+    }
+
+    @classmethod
+    def lifecycle_of(cls, engine: str, options: HostedOptions) -> Lifecycle:
+        # The same IMAGE_VARIATION body reaches Titan Image Generator, whose model id an operator may give.
+        model_id = options.model_id if isinstance(options, BedrockOptions) else NOVA_CANVAS
+        if model_id.startswith(TITAN_IMAGE_GENERATOR):
+            return Lifecycle("retired", datetime.date(2026, 6, 30), "Amazon's end of life for Titan Image Generator v2")
+        return super().lifecycle_of(engine, options)
 
     def __init__(
         self,
@@ -126,7 +149,9 @@ class BedrockNovaCanvas(HostedProvider):
             # One attempt: the gateway retries (and counts) every call itself.
             retries={"mode": "standard", "total_max_attempts": 1},
         )
-        self.client = boto3.session.Session().client("bedrock-runtime", endpoint_url=options.endpoint, config=config)
+        self._session = boto3.session.Session()
+        self.client = self._session.client("bedrock-runtime", endpoint_url=options.endpoint, config=config)
+        self._threads = anyio.CapacityLimiter(MAX_THREADS)
 
     def describe(self) -> str:
         return f"Amazon Nova Canvas ({self.options.model_id}) on Bedrock"
@@ -136,51 +161,33 @@ class BedrockNovaCanvas(HostedProvider):
         return Capabilities(steps=False, image_weights=False, max_images=MAX_IMAGES_PER_CALL)
 
     async def aclose(self) -> None:
-        self.client.close()
+        # botocore closes its connection pool with locks a worker thread may hold: off the event loop.
+        await anyio.to_thread.run_sync(self.client.close, limiter=self._threads)
 
     async def make(self, request: VariationRequest) -> Made:
         started = time.perf_counter()
-        given = request.controls.seed
-        seed = given % (MAX_SEED + 1) if given is not None else secrets.randbelow(MAX_SEED + 1)
-        counts = [min(MAX_IMAGES_PER_CALL, request.n - start) for start in range(0, request.n, MAX_IMAGES_PER_CALL)]
-        seeds = [(seed + k) % (MAX_SEED + 1) for k in range(len(counts))]
-        results = await asyncio.gather(
-            *(self._images(request, count, call_seed) for count, call_seed in zip(counts, seeds, strict=True)),
-            return_exceptions=True,
-        )
-        failed = [k for k, result in enumerate(results) if isinstance(result, BaseException)]
-        if not failed:
-            pngs = [png for result in results if isinstance(result, list) for png in result]
-            return Made(pngs=pngs, seed=seed, stages={"upstream": time.perf_counter() - started})
-        first = results[failed[0]]
-        assert isinstance(first, BaseException)
-        succeeded = [k for k in range(len(counts)) if k not in failed]
-        if not succeeded or len(failed) > 1 or not isinstance(first, UpstreamFailure) or first.kind != "retryable":
-            raise first
-        # One call of two failed: its images are asked for again, the other's are kept (Nova billed them).
-        (k,) = failed
-        kept = [result for result in results if isinstance(result, list)]
-        rest = dataclasses.replace(request, n=counts[k], controls=dataclasses.replace(request.controls, seed=seeds[k]))
-        before = [png for j in succeeded if j < k for png in kept[succeeded.index(j)]]
-        after = [png for j in succeeded if j > k for png in kept[succeeded.index(j)]]
-        raise PartlyMade(first, before=before, after=after, rest=rest, seed=seed)
+        made = await NOVA_SPLIT.make(request, lambda part: self._images(request, part))
+        return dataclasses.replace(made, stages={"upstream": time.perf_counter() - started})
 
-    async def _images(self, request: VariationRequest, count: int, seed: int) -> list[bytes]:
-        """One call to Nova: `count` PNGs of the asked size, checked."""
-        answers = await self._call(self._body(request, count, seed))
-        if len(answers) != count:
+    async def _images(self, request: VariationRequest, part: Part) -> Made:
+        """One call to Nova: the part's PNGs, of the asked size, checked."""
+        answers = await self._call(self._body(request, part.images, part.seed))
+        if len(answers) != part.images:
             raise UpstreamFailure("Nova Canvas answered with the wrong number of images", retryable=True)
-        return await run_in_threadpool(pngs_of_size, answers, request.size, True)
+        return Made(pngs=await run_in_threadpool(pngs_of_size, answers, request.size, True))
 
     async def _call(self, body: dict[str, Any]) -> list[bytes]:
-        """`_invoke` in a thread that is abandoned when the attempt is cancelled (its time is up, or the client
-        left): the answer's connection is closed, so the thread stops reading rather than trickling on."""
-        call = _Call()
-        try:
-            return await anyio.to_thread.run_sync(self._invoke, body, call, abandon_on_cancel=True)
-        except BaseException:
-            call.abandon()
-            raise
+        """`_invoke` on a worker thread of this provider's own, abandoned when the attempt is cancelled (its time
+        is up, or the client left): its read of the answer is interrupted, never waited for (answers.py)."""
+        return await run_interruptible(lambda call: self._invoke(body, call), limiter=self._threads)
+
+    def _secrets(self) -> tuple[str | None, ...]:
+        """vary's AWS credentials, as the client signs with them, for scrubbing what Bedrock says; blocking."""
+        credentials = self._session.get_credentials()
+        if credentials is None:
+            return ()
+        frozen = credentials.get_frozen_credentials()
+        return frozen.access_key, frozen.secret_key, frozen.token
 
     def _body(self, request: VariationRequest, count: int, seed: int) -> dict[str, Any]:
         options = self.options
@@ -205,7 +212,7 @@ class BedrockNovaCanvas(HostedProvider):
             config["cfgScale"] = min(10.0, max(1.1, cfg))
         return {"taskType": "IMAGE_VARIATION", "imageVariationParams": params, "imageGenerationConfig": config}
 
-    def _invoke(self, body: dict[str, Any], call: _Call) -> list[bytes]:
+    def _invoke(self, body: dict[str, Any], call: Interruptible) -> list[bytes]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -215,11 +222,15 @@ class BedrockNovaCanvas(HostedProvider):
                 contentType="application/json",
                 accept="application/json",
             )
-            call.reading(response["body"])
-            answer = json.loads(response["body"].read())
+            stream = response["body"]
+            try:
+                call.reading(functools.partial(_shut_down, stream))
+                answer = json.loads(stream.read())
+            finally:
+                stream.close()  # here, on this thread: closing waits for a read in progress
         except ClientError as exc:
-            raise _error_from(exc) from None
-        except BotoCoreError as exc:  # connection, timeout, credentials
+            raise _error_from(exc, self._secrets()) from None
+        except BotoCoreError as exc:  # connection, timeout, credentials, an interrupted read
             raise UpstreamFailure(f"the call to Bedrock failed ({type(exc).__name__})", retryable=True) from None
         except ValueError:
             raise UpstreamFailure("Bedrock's answer was not JSON", retryable=True) from None
@@ -231,41 +242,36 @@ class BedrockNovaCanvas(HostedProvider):
             raise UpstreamFailure("Nova Canvas's base64 was corrupt", retryable=True) from None
 
 
-class _Call:
-    """One call's answer body, closed from the event loop when the attempt gives up on it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._body: Any = None
-        self._abandoned = False
-
-    def reading(self, body: Any) -> None:
-        with self._lock:
-            self._body = body
-            abandoned = self._abandoned
-        if abandoned:
-            body.close()
-
-    def abandon(self) -> None:
-        with self._lock:
-            self._abandoned = True
-            body = self._body
-        if body is not None:
-            body.close()
+def _shut_down(stream: Any) -> None:
+    """Makes a read of botocore's answer body return now, from any thread, waiting on nothing: its socket is shut
+    down for reading (urllib3's HTTPResponse.shutdown). Never close(): that waits for the read in progress."""
+    raw = getattr(stream, "_raw_stream", None)  # botocore's StreamingBody wraps urllib3's HTTPResponse
+    shutdown = getattr(raw, "shutdown", None)  # urllib3 2.3 and later
+    if shutdown is not None:
+        shutdown()
+        return
+    sock = getattr(getattr(raw, "connection", None), "sock", None)
+    if sock is not None:
+        sock.shutdown(socket.SHUT_RD)
 
 
-def _error_from(exc: Any) -> UpstreamFailure | UpstreamRefused:
-    """A botocore ClientError (one attempt) as a domain error."""
+def _error_from(exc: Any, secrets: Sequence[str | None]) -> UpstreamFailure | UpstreamRefused:
+    """A botocore ClientError (one attempt) as a domain error; what Bedrock said scrubbed of vary's `secrets`
+    (its AWS credentials) and cut short."""
     error = exc.response.get("Error", {})
-    code = str(error.get("Code", ""))
-    message = str(error.get("Message", ""))[:200]
+    code = clipped(str(error.get("Code", "")), 100)
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    said = refusal(str(error.get("Message", "")), status=400, type=None, param=None, code=code, secrets=secrets)
     if code in ("ThrottlingException", "TooManyRequestsException", "ServiceQuotaExceededException") or status == 429:
-        return UpstreamFailure(f"Bedrock is throttling: {message}", status=429, retryable=True)
+        return UpstreamFailure(f"Bedrock is throttling: {said.message}", status=429, retryable=True)
     if status >= 500 or code in ("ModelNotReadyException", "ModelTimeoutException"):
-        return UpstreamFailure(f"Bedrock failed ({status or code})", status=status or 503, retryable=True)
+        return UpstreamFailure(f"Bedrock failed ({status or said.code})", status=status or 503, retryable=True)
     if code == "ValidationException":
         # The request itself (an input Nova refuses, content filters): passed on to the client.
-        return UpstreamRefused(message, status=400, type="invalid_request_error", param=None, code="validation_error")
+        return UpstreamRefused(
+            said.message, status=400, type="invalid_request_error", param=None, code="validation_error"
+        )
     # Credentials, access, a missing model: vary's configuration, not the client's request.
-    return UpstreamFailure(f"Bedrock refused vary's credentials or configuration ({code or status})", status=status)
+    return UpstreamFailure(
+        f"Bedrock refused vary's credentials or configuration ({said.code or status})", status=status
+    )

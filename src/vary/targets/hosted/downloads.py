@@ -6,7 +6,8 @@ download, and every redirect hop of it, is checked before any connection:
 
 - the scheme is https, or http as well when the provider's own `base_url` is http;
 - the host is the `base_url`'s host or one of the configuration's `download_hosts`
-  (an entry `*.example.com` takes the subdomains of example.com);
+  (an entry `*.example.com` takes the subdomains of example.com), on that entry's port: the one it
+  names (`cdn.example.com:8443`, or the base URL's own), else the URL scheme's default (443, 80);
 - the host is resolved once, here, and the connection goes to that checked address (no DNS
   rebinding between the check and the connect); TLS still verifies the certificate for the name;
 - the address is public, unless the `base_url` itself is on the same kind of network (a provider on
@@ -29,6 +30,7 @@ import httpx
 from vary.errors import UpstreamFailure
 
 MAX_REDIRECTS = 5
+DEFAULT_PORTS = {"http": 80, "https": 443}
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 # host, port -> the addresses it resolves to, best first (getaddrinfo's order)
@@ -42,8 +44,13 @@ async def system_resolver(host: str, port: int) -> list[str]:
 
 def network_of(address: IPAddress) -> str:
     """The kind of network an address is on: "public", or what makes it not public."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    if isinstance(address, ipaddress.IPv6Address):
+        # An IPv4-mapped or 6to4 (2002::/16) address reaches its embedded IPv4 address: that one decides.
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is not None:
+            address = embedded
+        elif address.is_site_local:  # fec0::/10, deprecated but still routed inside some sites
+            return "private"
     if address.is_multicast:
         return "multicast"
     if address.is_loopback:
@@ -63,6 +70,21 @@ def host_matches(host: str, pattern: str) -> bool:
     return host == pattern
 
 
+def port_of(url: httpx.URL) -> int | None:
+    """The port a URL connects to: its own, or its scheme's default."""
+    return url.port or DEFAULT_PORTS.get(url.scheme)
+
+
+def host_and_port(entry: str) -> tuple[str, int | None]:
+    """A download_hosts entry ("cdn.example.com", "*.example.com:8443", "[::1]:9000") as its lower-case host and
+    its port (None: the URL scheme's default)."""
+    entry = entry.lower()
+    host, colon, port = entry.rpartition(":")
+    if colon and port.isdigit() and (not host.startswith("[") or host.endswith("]")):
+        return host.strip("[]"), int(port)
+    return entry.strip("[]"), None
+
+
 def _refused(why: str) -> UpstreamFailure:
     return UpstreamFailure(f"refused to download the provider's image: {why}", retryable=False)
 
@@ -72,7 +94,9 @@ class DownloadPolicy:
     """Where a provider's image URLs may point: schemes, hosts, and kinds of network."""
 
     base_host: str
-    hosts: tuple[str, ...]  # the base host and the configured download_hosts, lower case
+    # The base URL's host and the configured download_hosts, lower case, each with its port (None: the URL
+    # scheme's default): another port of an allowed host is another service there, and is refused.
+    hosts: tuple[tuple[str, int | None], ...]
     schemes: frozenset[str]
 
     @classmethod
@@ -80,15 +104,18 @@ class DownloadPolicy:
         base = httpx.URL(base_url)
         schemes = frozenset({"http", "https"}) if base.scheme == "http" else frozenset({"https"})
         base_host = base.host.lower()
-        hosts = (base_host, *(host.lower().strip("[]") for host in download_hosts))  # "[::1]" is the host "::1"
+        hosts = ((base_host, base.port), *(host_and_port(entry) for entry in download_hosts))
         return cls(base_host, hosts, schemes)
 
     def check_url(self, url: httpx.URL) -> None:
         if url.scheme not in self.schemes:
             raise _refused(f"the scheme {url.scheme or '(none)'!r} is not allowed")
-        host = url.host.lower()
-        if not host or not any(host_matches(host, pattern) for pattern in self.hosts):
+        host, port = url.host.lower(), port_of(url)
+        ports = [allowed or DEFAULT_PORTS[url.scheme] for pattern, allowed in self.hosts if host_matches(host, pattern)]
+        if not host or not ports:
             raise _refused("its host is neither the provider's nor one of its download_hosts")
+        if port not in ports:
+            raise _refused(f"its port {port} is not the one allowed for its host ({', '.join(map(str, ports))})")
 
     def check_address(self, address: IPAddress, base_network: str) -> None:
         network = network_of(address)
@@ -145,7 +172,7 @@ class Downloader:
         base_network = await self._network_of_base()
         host = url.raw_host.decode("ascii")
         try:
-            addresses = await self._resolve(host, url.port or (443 if url.scheme == "https" else 80))
+            addresses = await self._resolve(host, port_of(url) or 443)
             address = ipaddress.ip_address(addresses[0].split("%", 1)[0])
         except (OSError, IndexError, ValueError):
             raise UpstreamFailure("an image URL's host could not be resolved", retryable=True) from None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import json
 import time
 from collections.abc import Mapping
@@ -30,22 +31,27 @@ from starlette.concurrency import run_in_threadpool
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from vary.controls import Capabilities
+from vary.echo import clipped
 from vary.errors import UpstreamFailure, UpstreamMisconfigured, UpstreamRefused
 from vary.request import VariationRequest
 from vary.targets.base import Made, Resilience
 from vary.targets.hosted.answers import (
     ABSOLUTE_HTTP_URL,
+    ERROR_BODY_BYTES,
     MAX_IMAGE_BYTES,
     pngs_of_size,
     read_capped,
+    read_start,
+    refusal,
     retry_after,
     scrub,
 )
 from vary.targets.hosted.downloads import Downloader, DownloadPolicy
-from vary.targets.hosted.provider import HostedOptions, HostedProvider
+from vary.targets.hosted.provider import HostedOptions, HostedProvider, Lifecycle
 from vary.targets.hosted.registry import register_provider
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+OPENAI_HOST = "api.openai.com"
 DEFAULT_PROMPT = (
     "Create a variation of this image: keep its subject, composition, palette and style, "
     "and change the details, as an artist's second take on the same picture."
@@ -78,6 +84,18 @@ class OpenAIApiProvider(HostedProvider):
     options_type = UpstreamOptions
     default_base_url = OPENAI_BASE_URL
     options: UpstreamOptions
+    lifecycle = {
+        "openai-compatible": Lifecycle("live", note="another OpenAI-compatible server, such as a vary"),
+        "azure-openai": Lifecycle("retired", note="Azure OpenAI's variations endpoint no longer accepts requests"),
+        "openai-gpt-image": Lifecycle("live"),
+    }
+
+    @classmethod
+    def lifecycle_of(cls, engine: str, options: HostedOptions) -> Lifecycle:
+        # OpenAI's own /v1/images/variations (the default base_url) went with dall-e-2.
+        if engine == "openai-compatible" and httpx.URL(options.base_url or OPENAI_BASE_URL).host == OPENAI_HOST:
+            return Lifecycle("retired", datetime.date(2026, 5, 12), "OpenAI's variations endpoint went with dall-e-2")
+        return super().lifecycle_of(engine, options)
 
     @classmethod
     def options_for(cls, engine: str, values: Mapping[str, Any]) -> UpstreamOptions:
@@ -146,20 +164,20 @@ class OpenAIApiProvider(HostedProvider):
             raise UpstreamFailure(f"the connection failed ({type(exc).__name__})", retryable=True) from None
         if status != 200:
             raise self.error_from(status, answer_headers, body)
-        try:
-            items = json.loads(body)["data"]
-            if not isinstance(items, list) or len(items) != request.n:
-                raise ValueError
-        except (ValueError, KeyError, TypeError):
-            raise UpstreamFailure("the provider's answer was not an ImagesResponse", retryable=True) from None
+        # Parsed off the event loop: ten base64 images at the cap are 200 MB of JSON, seconds of parsing.
+        items = await run_in_threadpool(_items_of, body, request.n)
+        del body
         made = await self._images(items, request.size)
         return dataclasses.replace(made, stages={"upstream": time.perf_counter() - started})
 
     async def _post(
         self, path: str, headers: dict[str, str], data: dict[str, str], files: list[tuple[str, Any]], limit: int
     ) -> tuple[int, httpx.Headers, bytes]:
-        """Status, headers and body, read as it streams in and refused past `limit` bytes."""
+        """Status, headers and body, read as it streams in and refused past `limit` bytes; an error's body only
+        up to ERROR_BODY_BYTES (its message is cut to 200 characters anyway)."""
         async with self.client.stream("POST", path, headers=headers, data=data, files=files) as response:
+            if response.status_code != 200:
+                return response.status_code, response.headers, await read_start(response, ERROR_BODY_BYTES)
             body = await read_capped(response, limit, "the provider's answer")
             return response.status_code, response.headers, body
 
@@ -195,12 +213,8 @@ class OpenAIApiProvider(HostedProvider):
         if all(isinstance(item, dict) and isinstance(item.get("b64_json"), str) for item in items):
             if any(len(item["b64_json"]) // 4 * 3 > MAX_IMAGE_BYTES for item in items):
                 raise UpstreamFailure(f"the provider's image was larger than {MAX_IMAGE_BYTES} bytes", retryable=True)
-            try:
-                answers = [pybase64.b64decode(item["b64_json"], validate=True) for item in items]
-            except ValueError:
-                raise UpstreamFailure("the provider's base64 was corrupt", retryable=True) from None
             # Read here, inside the attempt: an unreadable image is this target's failure, not the client's.
-            return Made(pngs=await run_in_threadpool(pngs_of_size, answers, size, True))
+            return Made(pngs=await run_in_threadpool(_decoded, [item["b64_json"] for item in items], size))
         if all(isinstance(item, dict) and isinstance(item.get("url"), str) for item in items):
             urls = [item["url"] for item in items]
             if not self.options.rehost_urls:
@@ -225,7 +239,7 @@ class OpenAIApiProvider(HostedProvider):
             pass
         text = body.decode("utf-8", "replace")
         # Scrubbed before it is cut short, so no part of a key can cross the cut.
-        detail = self.scrub(str(error.get("message") or text))[:200]
+        detail = clipped(self.scrub(str(error.get("message") or text)))
         code = _text(error.get("code"))
         if status == 429:
             return UpstreamFailure(
@@ -236,16 +250,18 @@ class OpenAIApiProvider(HostedProvider):
         if status in (401, 403, 404) or status < 400 or code in CONFIGURATION_CODES:
             # vary's own credential, deployment, model or URL, not the client's request: a fault of this
             # target. A 404 here is always vary's: the client's model name is never sent upstream.
+            said = f", {clipped(self.scrub(code), 100)}" if code else ""
             return UpstreamMisconfigured(
-                f"the provider refused vary's credentials or configuration ({status}{f', {code}' if code else ''})",
-                status=status,
+                f"the provider refused vary's credentials or configuration ({status}{said})", status=status
             )
-        return UpstreamRefused(
-            detail,
+        # Every field the provider sent reaches the client: each scrubbed and bounded.
+        return refusal(
+            str(error.get("message") or text),
             status=status,
             type=_text(error.get("type")),
             param=_text(error.get("param")),
             code=code,
+            secrets=(self.secret(),),
         )
 
     async def _download(self, url: str) -> bytes:
@@ -282,6 +298,26 @@ class OpenAIApiProvider(HostedProvider):
             return await self.downloads.get(url, read)
         except httpx.HTTPError as exc:
             raise UpstreamFailure(f"downloading an image failed ({type(exc).__name__})", retryable=True) from None
+
+
+def _items_of(body: bytes, n: int) -> list[Any]:
+    """An ImagesResponse's `data`, n items long; blocking (a large answer takes seconds to parse)."""
+    try:
+        items = json.loads(body)["data"]
+        if not isinstance(items, list) or len(items) != n:
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise UpstreamFailure("the provider's answer was not an ImagesResponse", retryable=True) from None
+    return items
+
+
+def _decoded(encoded: list[str], size: int) -> list[bytes]:
+    """base64 images as PNGs of `size`; blocking."""
+    try:
+        answers = [pybase64.b64decode(text, validate=True) for text in encoded]
+    except ValueError:
+        raise UpstreamFailure("the provider's base64 was corrupt", retryable=True) from None
+    return pngs_of_size(answers, size, True)
 
 
 def _bearer(key: str | None) -> dict[str, str]:

@@ -25,8 +25,13 @@ from vary.targets.base import Made, Resilience
 
 # The whole of one client request to a hosted route, retries and fallbacks included, unless configured.
 DEFAULT_DEADLINE_SECONDS = 300.0
-# A download host: a name, "*." and a name (its subdomains), or a bracketed IPv6 address; no scheme, port or path.
-_HOST = re.compile(r"(?:\*\.)?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\]")
+# Requests in flight on one hosted provider at once, unless configured (docs/gateway.md says what each holds).
+DEFAULT_MAX_CONCURRENT = 32
+# A download host: a name, "*." and a name (its subdomains), or a bracketed IPv6 address, and optionally a port
+# (without one, the URL scheme's default); no scheme or path.
+_HOST = re.compile(
+    r"(?:(?:\*\.)?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{1,5}))?"
+)
 
 
 @dataclass(frozen=True)
@@ -45,10 +50,14 @@ class HostedOptions(Options):
     circuit_cooldown_seconds: float = 30.0
     # The model served alone: every attempt and wait within this; a route has its own deadline_seconds.
     deadline_seconds: float = DEFAULT_DEADLINE_SECONDS
-    # Hosts besides the provider's own that its image URLs may be downloaded from ("*.example.com": its subdomains).
+    # Hosts besides the provider's own that its image URLs may be downloaded from ("*.example.com": its subdomains;
+    # "host:8443": that port, else the URL scheme's default).
     download_hosts: tuple[str, ...] = ()
     # URL answers: downloaded, stored and signed by vary (its expiry, its host), or handed on as they are.
     rehost_urls: bool = True
+    # Requests in flight on this provider at once (each holds its input and, later, its answer: up to tens of
+    # MB); the next gets a 429 with Retry-After, or a route's next target. Raise it for a busy gateway.
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -58,11 +67,14 @@ class HostedOptions(Options):
             raise ValueError("backoff_seconds, max_backoff_seconds and circuit_cooldown_seconds must not be negative")
         if self.circuit_failures < 1:
             raise ValueError("circuit_failures must be at least 1")
+        if self.max_concurrent < 1:
+            raise ValueError("max_concurrent must be at least 1")
         if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must be an http(s) URL, not {self.base_url!r}")
-        if not all(_HOST.fullmatch(host) for host in self.download_hosts):
+        if not all(_download_host(host) for host in self.download_hosts):
             raise ValueError(
-                'download_hosts must be a list of host names (no scheme, port or path): ["cdn.example.com"]'
+                "download_hosts must be a list of host names, each with a port if not the default (no scheme or path): "
+                '["cdn.example.com", "*.blob.example.net", "media.example.com:8443"]'
             )
 
     def resilience(self, *, timeout_seconds: float | None) -> Resilience:
@@ -74,24 +86,63 @@ class HostedOptions(Options):
             max_backoff_seconds=self.max_backoff_seconds,
             circuit_failures=self.circuit_failures,
             circuit_cooldown_seconds=self.circuit_cooldown_seconds,
+            max_concurrent=self.max_concurrent,
         )
+
+
+def _download_host(entry: str) -> bool:
+    match = _HOST.fullmatch(entry)
+    return match is not None and (match["port"] is None or 1 <= int(match["port"]) <= 65535)
+
+
+Status = Literal["live", "legacy", "retired"]
+
+
+def today() -> datetime.date:
+    return datetime.datetime.now(datetime.timezone.utc).date()
 
 
 @dataclass(frozen=True)
 class Lifecycle:
-    """Where a provider's service stands: live, legacy (still answering, with its end of life), or retired."""
+    """Where a provider's service stands: live, legacy (still answering, with its end of life), or retired.
 
-    status: Literal["live", "legacy", "retired"] = "live"
+    A legacy service whose announced end of life has come reads as retired from that day: the provider
+    may stop answering at any time, so vary warns as it does for a retired one.
+    """
+
+    status: Status = "live"
     date: datetime.date | None = None  # legacy: the announced end of life; retired: the day it stopped
     note: str = ""  # the provider's own words, or where it says so
 
-    def warning(self, engine: str, model: str) -> str | None:
+    def on(self, day: datetime.date) -> Status:
+        """The status on `day`."""
+        if self.status == "legacy" and self.date is not None and self.date <= day:
+            return "retired"
+        return self.status
+
+    def describe(self, day: datetime.date) -> str:
+        """The status on `day` in words, with its date (docs/gateway.md's table and the start-up warning)."""
+        when = self.date.isoformat() if self.date else None
+        if self.status == "legacy" and self.on(day) == "retired":
+            return f"retired (its end of life as a legacy service was {when})"
+        if self.status == "legacy":
+            return f"legacy, end of life {when}" if when else "legacy"
+        if self.status == "retired":
+            return f"retired since {when}" if when else "retired (no date announced)"
+        return "live"
+
+    def warning(self, engine: str, model: str, day: datetime.date | None = None) -> str | None:
         """The start-up line for a catalogue that routes to it, if any."""
-        if self.status == "live":
+        day = day or today()
+        if self.on(day) == "live":
             return None
-        when = f" on {self.date.isoformat()}" if self.date else ""
-        what = "was retired" if self.status == "retired" else "is legacy, its end of life announced for"
-        return f"model {model!r} uses {engine}, which {what}{when}{f' ({self.note})' if self.note else ''}"
+        note = f": {self.note}" if self.note else ""
+        consequence = (
+            "Its requests may fail at any time; a route then moves on to its next target."
+            if self.on(day) == "retired"
+            else "Plan to move off it before then."
+        )
+        return f"model {model!r} uses {engine}, which is {self.describe(day)}{note}. {consequence}"
 
 
 class HostedProvider(ABC):
@@ -113,6 +164,11 @@ class HostedProvider(ABC):
     def options_for(cls, engine: str, values: Mapping[str, Any]) -> HostedOptions:
         """The options a catalogue entry gives, checked (ValueError says what is wrong) before anything starts."""
         return cls.options_type.of(values)
+
+    @classmethod
+    def lifecycle_of(cls, engine: str, options: HostedOptions) -> Lifecycle:
+        """Where the service an engine calls stands, for these options (an upstream model may have its own)."""
+        return cls.lifecycle.get(engine, Lifecycle())
 
     def __init__(
         self,
