@@ -1,42 +1,22 @@
+"""The suite's fixtures: a throwaway home, one shared tiny-random server, and `start_server` for a test's own.
+
+The helpers (`png_bytes`, `decode_png`, `create_key`) live in tests/harness.py and are named here too.
+"""
+
 from __future__ import annotations
 
-import io
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
 
-from vary.state.database import Database
+from tests.harness import Running, create_key, decode_png, png_bytes, serve
 from vary.testing import ServerProcess
 
-
-def png_bytes(size: int | tuple[int, int] = 64, mode: str = "RGB", color: object = None, **save: object) -> bytes:
-    dims = (size, size) if isinstance(size, int) else size
-    if color is None:
-        color = {"RGB": (200, 30, 30), "RGBA": (200, 30, 30, 128), "L": 90, "LA": (90, 128), "P": 3, "1": 1}.get(
-            mode, 1
-        )
-    buf = io.BytesIO()
-    Image.new(mode, dims, color).save(buf, format="PNG", **save)
-    return buf.getvalue()
-
-
-def decode_png(data: bytes) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    assert img.format == "PNG"
-    img.load()
-    return img
-
-
-def create_key(data_dir: Path, name: str = "test") -> tuple[str, str]:
-    db = Database.open(data_dir / "vary.db")
-    try:
-        info, key = db.create_key(name)
-        return info.id, key
-    finally:
-        db.close()
+__all__ = ["create_key", "decode_png", "png_bytes"]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -48,24 +28,40 @@ def _no_writes_to_the_real_home(tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 
 @pytest.fixture(scope="session")
-def server_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("vary-data")
-
-
-@pytest.fixture(scope="session")
-def api_key(server_data_dir: Path) -> str:
-    return create_key(server_data_dir)[1]
-
-
-@pytest.fixture(scope="session")
-def server(server_data_dir: Path, api_key: str) -> Iterator[ServerProcess]:
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """One shared tiny-random server for the tests that do not restart or reconfigure it."""
-    srv = ServerProcess(server_data_dir).start()
-    yield srv
-    srv.stop()
+    with serve(tmp_path_factory.mktemp("vary")) as vary:
+        yield vary
+
+
+@pytest.fixture(scope="session")
+def server(shared_server: Running) -> ServerProcess:
+    return shared_server.server
+
+
+@pytest.fixture(scope="session")
+def server_data_dir(shared_server: Running) -> Path:
+    return shared_server.data_dir
+
+
+@pytest.fixture(scope="session")
+def api_key(shared_server: Running) -> str:
+    return shared_server.key
 
 
 @pytest.fixture()
-def http(server: ServerProcess, api_key: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=60) as c:
-        yield c
+def http(shared_server: Running) -> Iterator[httpx.Client]:
+    with shared_server.http(timeout=60) as client:
+        yield client
+
+
+@pytest.fixture()
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    """Starts a `vary serve` with serve()'s options, on `tmp_path / "data"` unless given another root; every
+    one it started is stopped when the test ends."""
+    with contextlib.ExitStack() as stack:
+
+        def start(root: Path = tmp_path, **options: Any) -> Running:
+            return stack.enter_context(serve(root, **options))
+
+        yield start

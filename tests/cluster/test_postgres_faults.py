@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.cluster.postgres import PostgresServer, started_postgres, stop
-from tests.conftest import png_bytes
+from tests.harness import post_variation
 from vary.state.database import Database
 from vary.testing import ServerProcess
 
@@ -68,16 +68,6 @@ class Frozen:
         self.thaw()
 
 
-def variation(server: ServerProcess, key: str) -> httpx.Response:
-    return httpx.post(
-        f"{server.base_url}/v1/images/variations",
-        headers={"Authorization": f"Bearer {key}"},
-        files={"image": ("in.png", png_bytes(), "image/png")},
-        data={"size": "256x256", "response_format": "b64_json"},
-        timeout=WAIT_S,
-    )
-
-
 def test_a_frozen_database_is_a_503_never_a_hang_and_the_server_stays_responsive(
     own_postgres: PostgresServer, tmp_path: Path
 ) -> None:
@@ -87,11 +77,14 @@ def test_a_frozen_database_is_a_503_never_a_hang_and_the_server_stays_responsive
     db.close()
     server = ServerProcess(tmp_path / "data", env={"VARY_DATABASE_URL": url}).start()
     try:
-        assert variation(server, key).status_code == 200
+        assert post_variation(server.base_url, key, timeout=WAIT_S).status_code == 200
         with Frozen(own_postgres) as frozen:
             answers: list[httpx.Response] = []
             # More at once than the database calls have threads: the rest must not queue for ever either.
-            threads = [threading.Thread(target=lambda: answers.append(variation(server, key))) for _ in range(12)]
+            threads = [
+                threading.Thread(target=lambda: answers.append(post_variation(server.base_url, key, timeout=WAIT_S)))
+                for _ in range(12)
+            ]
             for thread in threads:
                 thread.start()
             # Meanwhile the server answers what needs no database.
@@ -109,7 +102,9 @@ def test_a_frozen_database_is_a_503_never_a_hang_and_the_server_stays_responsive
                 assert int(answer.headers["Retry-After"]) >= 1
             frozen.thaw()
             deadline = time.monotonic() + WAIT_S
-            while (status := variation(server, key).status_code) != 200 and time.monotonic() < deadline:
+            while (
+                status := post_variation(server.base_url, key, timeout=WAIT_S).status_code
+            ) != 200 and time.monotonic() < deadline:
                 time.sleep(0.5)  # the stuck calls finish on their threads once the server runs again
             assert status == 200
         assert "Traceback" not in server.log()

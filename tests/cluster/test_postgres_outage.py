@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from tests.cluster.postgres import PostgresServer, started_postgres, stop
-from tests.conftest import png_bytes
+from tests.harness import post_variation
 from vary.state.database import Database
 from vary.testing import ServerProcess, running
 
@@ -28,16 +28,6 @@ def own_postgres() -> Iterator[PostgresServer]:
     """A server of this test's own: the session's stays up for the other tests."""
     with started_postgres() as server:
         yield server
-
-
-def variation(server: ServerProcess, key: str | None = None) -> httpx.Response:
-    return httpx.post(
-        f"{server.base_url}/v1/images/variations",
-        headers={"Authorization": f"Bearer {key}"} if key else {},
-        files={"image": ("in.png", png_bytes(), "image/png")},
-        data={"size": "256x256", "response_format": "b64_json"},
-        timeout=120,
-    )
 
 
 def test_a_database_gone_is_a_503_for_what_needs_it_and_the_rest_goes_on(
@@ -53,17 +43,17 @@ def test_a_database_gone_is_a_503_for_what_needs_it_and_the_rest_goes_on(
     with running(
         ServerProcess(tmp_path / "keyed", env=env), ServerProcess(tmp_path / "open", env=env, extra_args=["--no-auth"])
     ) as (keyed, open_):
-        assert variation(keyed, key).status_code == 200
+        assert post_variation(keyed.base_url, key).status_code == 200
         stop(own_postgres.process)  # by its pid
 
-        refused = variation(keyed, key)
+        refused = post_variation(keyed.base_url, key)
         assert refused.status_code == 503, refused.text
         assert refused.json()["error"]["code"] == "database_unavailable" and refused.headers["retry-after"] == "5"
         models = httpx.get(f"{keyed.base_url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=60)
         assert models.status_code == 503 and models.json()["error"]["type"] == "server_error"
-        assert variation(keyed).status_code == 401  # no key at all needs no database
+        assert post_variation(keyed.base_url, None).status_code == 401  # no key at all needs no database
 
-        assert variation(open_).status_code == 200  # --no-auth: answered, its usage row spooled
+        assert post_variation(open_.base_url, None).status_code == 200  # --no-auth: answered, its usage row spooled
         ready = httpx.get(f"{open_.base_url}/readyz", timeout=60)
         assert ready.status_code == 503 and ready.json()["database"].startswith("failing: ")
         assert ready.json()["usage_spooled"] >= 1

@@ -29,34 +29,19 @@ import pytest
 from tests.cluster.postgres import PostgresServer
 from tests.cluster.ray_cluster import RayCluster, require_ray
 from tests.cluster.seaweedfs import S3Endpoint
-from tests.conftest import decode_png, png_bytes
+from tests.harness import catalogue, decode_png, local, png_bytes, post_variation, serve
 from vary.state.database import Database
 from vary.testing import ServerProcess, free_port
 
 pytestmark = pytest.mark.cluster
 
 MODEL = "tiny-random"
-CATALOGUE = """
-[[models]]
-name = "tiny-random"
-engine = "kandinsky-2.2"
-weights = "tiny-random"
-[models.ray]
-num_replicas = 2
-ray_actor_options = { num_cpus = 0.1 }
-
-[[models]]
-name = "tight-serve"
-engine = "kandinsky-2.2"
-weights = "tiny-random"
-[models.ray]
-ray_actor_options = { num_cpus = 0.1 }
-max_ongoing_requests = 1
-max_queued_requests = 1
-
-[ray.edge]
-ray_actor_options = { num_cpus = 0.1 }
-"""
+TENTH_OF_A_CPU = {"ray_actor_options": {"num_cpus": 0.1}}
+CATALOGUE = catalogue(
+    local(MODEL, ray={"num_replicas": 2, **TENTH_OF_A_CPU}),
+    local("tight-serve", ray={**TENTH_OF_A_CPU, "max_ongoing_requests": 1, "max_queued_requests": 1}),
+    ray={"edge": TENTH_OF_A_CPU},
+)
 START_TIMEOUT = 420.0  # three replicas load torch at once on two shared cores
 CLIENT_TIMEOUT = 120.0  # finite: a hang fails the test instead of stalling it
 
@@ -66,11 +51,6 @@ class Shared:
     database_url: str
     bucket: str
     env: dict[str, str]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("vary-ray-data")
 
 
 @pytest.fixture(scope="module")
@@ -100,25 +80,23 @@ def key(shared: Shared) -> str:
 def on_ray(
     ray_cluster: RayCluster,
     ray_driver: Any,
-    data_dir: Path,
     shared: Shared,
     key: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ServerProcess]:
-    config = tmp_path_factory.mktemp("ray-config") / "catalogue.toml"
-    config.write_text(CATALOGUE)
     # The cluster's workers were started without the command's environment: the S3 settings reach the
     # edge only because `vary serve --ray` forwards its AWS_* variables (ray_app.with_driver_env).
-    server = ServerProcess(
-        data_dir,
-        extra_args=["--ray", ray_cluster.address, "--config", str(config), "--log-format", "text"],
+    with serve(
+        tmp_path_factory.mktemp("vary-ray"),
+        catalogue=CATALOGUE,
+        args=["--ray", ray_cluster.address, "--log-format", "text"],
         env=shared.env,
+        key=False,  # the key fixture made it in the shared database
         port=ray_cluster.serve_port,
         startup_timeout=START_TIMEOUT,
-    )
-    server.start()
-    yield server
-    server.stop()
+    ) as vary:
+        yield vary.server
+    server = vary.server
     # SIGTERM ended the command cleanly, and with it the serving: the application is gone from the cluster.
     assert server.process is not None and server.process.returncode == 0, server.log()
     assert "vary" not in ray_driver.status().applications
@@ -128,19 +106,12 @@ def client(server: ServerProcess, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{server.base_url}/v1", api_key=key, timeout=CLIENT_TIMEOUT, max_retries=0)
 
 
-def post(server: ServerProcess, key: str, model: str, **fields: str) -> httpx.Response:
-    return httpx.post(
-        f"{server.base_url}/v1/images/variations",
-        headers={"Authorization": f"Bearer {key}"},
-        files={"image": ("in.png", png_bytes(64), "image/png")},
-        data={"model": model, "size": "256x256", "response_format": "b64_json", **fields},
-        timeout=CLIENT_TIMEOUT,
-    )
-
-
 def burst(server: ServerProcess, key: str, model: str, count: int, **fields: str) -> list[httpx.Response]:
+    def one(_: int) -> httpx.Response:
+        return post_variation(server.base_url, key, model=model, timeout=CLIENT_TIMEOUT, **fields)
+
     with ThreadPoolExecutor(count) as pool:
-        return list(pool.map(lambda _: post(server, key, model, **fields), range(count)))
+        return list(pool.map(one, range(count)))
 
 
 def assert_images_or_error_json(response: httpx.Response) -> None:
@@ -212,7 +183,7 @@ def test_ray_backpressure_is_a_429_with_retry_after(on_ray: ServerProcess, key: 
 
 def test_a_domain_error_raised_in_a_replica_is_answered_as_itself(on_ray: ServerProcess, key: str) -> None:
     # The strength leaves no denoising step: the engine's own check, which runs in the model's replica.
-    response = post(on_ray, key, MODEL, strength="0.01")
+    response = post_variation(on_ray.base_url, key, model=MODEL, strength="0.01", timeout=CLIENT_TIMEOUT)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == "strength" and error["type"] == "invalid_request_error"
@@ -225,7 +196,8 @@ def test_a_replica_killed_mid_burst_fails_no_request_silently(
     assert len(replicas) == 2, replicas
     with ThreadPoolExecutor(16) as pool:
         # Slower batches (more steps), so the kill lands while both replicas hold requests.
-        futures = [pool.submit(post, on_ray, key, MODEL, n="2", steps="40", user="kill-burst") for _ in range(16)]
+        kill_burst = {"model": MODEL, "n": "2", "steps": "40", "user": "kill-burst", "timeout": CLIENT_TIMEOUT}
+        futures = [pool.submit(post_variation, on_ray.base_url, key, **kill_burst) for _ in range(16)]
         time.sleep(1.5)  # not a wait for a result: lets the burst reach the replicas before the kill
         os.kill(replicas[0], signal.SIGKILL)
         answers = [future.result() for future in futures]

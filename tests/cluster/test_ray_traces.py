@@ -9,68 +9,47 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from openai import OpenAI
 
 from tests.cluster.ray_cluster import RayCluster
-from tests.conftest import create_key, png_bytes
 from tests.fakes.otlp import HttpReceiver, ReceivedSpan
-from vary.testing import ServerProcess
+from tests.harness import Running, catalogue, local, png_bytes, serve
 
 pytestmark = pytest.mark.cluster
 
-CATALOGUE = """
-[[models]]
-name = "tiny-random"
-engine = "kandinsky-2.2"
-weights = "tiny-random"
-[models.ray]
-ray_actor_options = { num_cpus = 0.1 }
-
-[ray.edge]
-ray_actor_options = { num_cpus = 0.1 }
-"""
+TENTH_OF_A_CPU = {"ray_actor_options": {"num_cpus": 0.1}}
+CATALOGUE = catalogue(local("tiny-random", ray=TENTH_OF_A_CPU), ray={"edge": TENTH_OF_A_CPU})
 SERVER_SPAN = "POST /v1/images/variations"
 
 
 @pytest.fixture(scope="module")
 def receiver() -> Iterator[HttpReceiver]:
-    receiver = HttpReceiver()
-    yield receiver
-    receiver.stop()
+    with HttpReceiver() as receiver:
+        yield receiver
 
 
 @pytest.fixture(scope="module")
 def on_ray(
     ray_cluster: RayCluster, receiver: HttpReceiver, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[ServerProcess, str]]:
-    root = tmp_path_factory.mktemp("ray-traces")
-    (root / "catalogue.toml").write_text(CATALOGUE)
-    data_dir = root / "data"
-    data_dir.mkdir()
-    key = create_key(data_dir)[1]
+) -> Iterator[Running]:
     # The cluster's workers were started without these: `vary serve --ray` forwards its OTEL_* variables.
     env = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
         "OTEL_SERVICE_NAME": "vary-on-ray",
         "OTEL_BSP_SCHEDULE_DELAY": "100",
     }
-    server = ServerProcess(
-        data_dir,
-        extra_args=["--ray", ray_cluster.address, "--config", str(root / "catalogue.toml"), "--log-format", "text"],
+    with serve(
+        tmp_path_factory.mktemp("ray-traces"),
+        catalogue=CATALOGUE,
+        args=["--ray", ray_cluster.address, "--log-format", "text"],
         env=env,
         port=ray_cluster.serve_port,
         startup_timeout=420.0,
-    )
-    server.start()
-    yield server, key
-    server.stop()
+    ) as vary:
+        yield vary
 
 
-def test_the_replica_s_span_joins_the_request_s_trace(
-    on_ray: tuple[ServerProcess, str], receiver: HttpReceiver
-) -> None:
-    server, key = on_ray
-    client = OpenAI(base_url=f"{server.base_url}/v1", api_key=key, timeout=120, max_retries=0)
+def test_the_replica_s_span_joins_the_request_s_trace(on_ray: Running, receiver: HttpReceiver) -> None:
+    client = on_ray.client(timeout=120)
     result = client.images.create_variation(image=png_bytes(64), n=2, size="256x256", response_format="b64_json")
     assert len(result.data) == 2
 

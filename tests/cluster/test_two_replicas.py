@@ -23,10 +23,10 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import decode_png, png_bytes
+from tests.harness import decode_png, png_bytes, serve
 from vary.state.database import Database
 from vary.state.schema import SecretRow
-from vary.testing import ServerProcess, running
+from vary.testing import ServerProcess
 
 if TYPE_CHECKING:
     from tests.cluster.seaweedfs import S3Endpoint
@@ -48,8 +48,12 @@ def shared_env(postgres_url: str, seaweedfs: S3Endpoint, s3_bucket: str) -> dict
 
 @pytest.fixture()
 def replicas(shared_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    with running(*(ServerProcess(tmp_path / name, env=shared_env) for name in ("replica-a", "replica-b"))) as (a, b):
-        yield a, b
+    # Each its own data dir, the database and the bucket shared; no key until the test makes one there.
+    with (
+        serve(tmp_path / "replica-a", env=shared_env, key=False) as a,
+        serve(tmp_path / "replica-b", env=shared_env, key=False) as b,
+    ):
+        yield a.server, b.server
 
 
 def vary(env: dict[str, str], tmp_path: Path, *args: str) -> str:

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.harness import Running
-from vary.state.database import Database
+from tests.harness import Running, usage_rows
 from vary.state.schema import UsageRow
 
 # The options that keep a job provider's tests quick: a short poll, short backoffs, no breaker.
@@ -20,11 +19,7 @@ QUICK = {"poll_interval_seconds": 0.05, "backoff_seconds": 0.05, "max_backoff_se
 
 
 def last_row(data_dir: Path) -> UsageRow:
-    db = Database(data_dir / "vary.db")
-    try:
-        return max(db.usage_rows(), key=lambda row: row.id)
-    finally:
-        db.close()
+    return max(usage_rows(data_dir), key=lambda row: row.id)
 
 
 def eventually(check: Callable[[], bool], timeout: float = 30.0) -> bool:

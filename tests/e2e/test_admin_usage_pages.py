@@ -11,22 +11,18 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.harness import Running, create_key, serve, usage_rows
 from vary.ops.usage_report import summarise
-from vary.state.database import Database
-from vary.testing import ServerProcess
 
 ROWS = 30_000
 WAIT_S = 120
 
 
 @pytest.fixture(scope="module")
-def admin_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str, Path]]:
-    data_dir = tmp_path_factory.mktemp("admin-usage") / "data"
-    db = Database.open(data_dir / "vary.db")
-    try:
-        admin = db.create_key("admin", admin=True)[1]
-    finally:
-        db.close()
+def admin_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running, str]]:
+    root = tmp_path_factory.mktemp("admin-usage")
+    data_dir = root / "data"
+    admin = create_key(data_dir, "admin", admin=True)[1]
     chance = random.Random(7)
     rows = [
         (
@@ -45,27 +41,23 @@ def admin_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Ser
             'INSERT INTO usage (created_at, key_id, "user", model, n, status, latency_ms) VALUES (?, ?, ?, ?, ?, ?, ?)',
             rows,
         )
-    with ServerProcess(data_dir) as server:
-        yield server, admin, data_dir
+    with serve(root, key=False) as vary:  # the rows are in before it starts
+        yield vary, admin
 
 
 def expected(data_dir: Path, **filters: str) -> list[dict[str, object]]:
-    db = Database.open(data_dir / "vary.db")
-    try:
-        return [summary.__dict__ for summary in summarise(db.usage_rows(**filters))]  # type: ignore[arg-type]
-    finally:
-        db.close()
+    return [summary.__dict__ for summary in summarise(usage_rows(data_dir, **filters))]
 
 
-def test_pages_of_groups_sum_up_to_what_the_rows_say(admin_server: tuple[ServerProcess, str, Path]) -> None:
-    server, admin, data_dir = admin_server
-    want = expected(data_dir)
+def test_pages_of_groups_sum_up_to_what_the_rows_say(admin_server: tuple[Running, str]) -> None:
+    vary, admin = admin_server
+    want = expected(vary.data_dir)
     assert len(want) > 100  # more groups than one default page holds
     pages: list[dict[str, object]] = []
     offset = 0
     while True:
         page = httpx.get(
-            f"{server.base_url}/v1/admin/usage",
+            f"{vary.base_url}/v1/admin/usage",
             params={"limit": 50, "offset": offset},
             headers={"Authorization": f"Bearer {admin}"},
             timeout=WAIT_S,
@@ -79,27 +71,27 @@ def test_pages_of_groups_sum_up_to_what_the_rows_say(admin_server: tuple[ServerP
     assert pages == want
 
 
-def test_filters_and_the_default_page(admin_server: tuple[ServerProcess, str, Path]) -> None:
-    server, admin, data_dir = admin_server
+def test_filters_and_the_default_page(admin_server: tuple[Running, str]) -> None:
+    vary, admin = admin_server
     answer = httpx.get(
-        f"{server.base_url}/v1/admin/usage",
+        f"{vary.base_url}/v1/admin/usage",
         params={"key": "key1", "user": "user3"},
         headers={"Authorization": f"Bearer {admin}"},
         timeout=WAIT_S,
     )
     assert answer.json() == {
         "object": "list",
-        "data": expected(data_dir, key_id="key1", user="user3"),
+        "data": expected(vary.data_dir, key_id="key1", user="user3"),
         "has_more": False,
     }
-    first = httpx.get(f"{server.base_url}/v1/admin/usage", headers={"Authorization": f"Bearer {admin}"}, timeout=WAIT_S)
+    first = httpx.get(f"{vary.base_url}/v1/admin/usage", headers={"Authorization": f"Bearer {admin}"}, timeout=WAIT_S)
     assert len(first.json()["data"]) == 100 and first.json()["has_more"] is True
 
 
 @pytest.mark.parametrize("params", [{"limit": "0"}, {"limit": "100000"}, {"offset": "-1"}, {"limit": "many"}])
-def test_a_bad_page_is_a_400(admin_server: tuple[ServerProcess, str, Path], params: dict[str, str]) -> None:
-    server, admin, _ = admin_server
+def test_a_bad_page_is_a_400(admin_server: tuple[Running, str], params: dict[str, str]) -> None:
+    vary, admin = admin_server
     answer = httpx.get(
-        f"{server.base_url}/v1/admin/usage", params=params, headers={"Authorization": f"Bearer {admin}"}, timeout=WAIT_S
+        f"{vary.base_url}/v1/admin/usage", params=params, headers={"Authorization": f"Bearer {admin}"}, timeout=WAIT_S
     )
     assert answer.status_code == 400 and set(answer.json()["error"]) == {"message", "type", "param", "code"}

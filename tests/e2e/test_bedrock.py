@@ -12,13 +12,12 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import create_key, decode_png, png_bytes
 from tests.fakes.bedrock import FakeBedrock
+from tests.harness import aws_env, catalogue, decode_png, hosted, png_bytes, serve
 from vary.errors import UpstreamFailure
 from vary.imaging import InputImage
 from vary.request import VariationRequest
 from vary.targets.hosted.bedrock import BedrockNovaCanvas, BedrockOptions
-from vary.testing import ServerProcess
 
 pytest.importorskip("boto3", reason='boto3 is the bedrock extra: pip install -e ".[bedrock]" (the test extra has it)')
 
@@ -27,39 +26,19 @@ REGION = "eu-west-1"
 
 
 def config(bedrock: FakeBedrock) -> str:
-    return f"""
-default = "nova"
-
-[[models]]
-name = "nova"
-engine = "bedrock-nova-canvas"
-[models.options]
-region = "{REGION}"
-endpoint_url = "{bedrock.endpoint_url}"
-max_attempts = 3
-circuit_failures = 1000
-"""
+    options = {"region": REGION, "endpoint_url": bedrock.endpoint_url, "max_attempts": 3, "circuit_failures": 1000}
+    return catalogue(hosted("nova", "bedrock-nova-canvas", None, **options), default="nova")
 
 
 @pytest.fixture(scope="module")
 def nova(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[OpenAI, FakeBedrock]]:
     bedrock = FakeBedrock(access_key=ACCESS_KEY, region=REGION).start()
     root = tmp_path_factory.mktemp("bedrock")
-    (root / "vary.toml").write_text(config(bedrock))
-    data_dir = root / "data"
-    data_dir.mkdir()
-    # AWS's standard credential chain, from the environment only: no files, no instance metadata.
-    env = {
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": "fake-secret-key-for-tests",
-        "AWS_CONFIG_FILE": str(root / "none"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(root / "none"),
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    server = ServerProcess(data_dir, extra_args=["--config", str(root / "vary.toml")], env=env).start()
-    yield OpenAI(base_url=f"{server.base_url}/v1", api_key=create_key(data_dir)[1], max_retries=0), bedrock
-    server.stop()
-    bedrock.stop()
+    try:
+        with serve(root, catalogue=config(bedrock), env=aws_env(root, ACCESS_KEY)) as vary:
+            yield vary.client(), bedrock
+    finally:
+        bedrock.stop()
 
 
 def test_n_above_five_is_split_and_sizes_are_mapped(nova: tuple[OpenAI, FakeBedrock]) -> None:
@@ -139,13 +118,7 @@ def test_a_validation_error_is_passed_on_and_not_retried(nova: tuple[OpenAI, Fak
 
 
 def test_a_wrong_region_fails_the_signature_scope(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": "fake-secret-key-for-tests",
-        "AWS_CONFIG_FILE": str(tmp_path / "none"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }.items():
+    for name, value in aws_env(tmp_path, ACCESS_KEY).items():
         monkeypatch.setenv(name, value)
     bedrock = FakeBedrock(access_key=ACCESS_KEY, region=REGION).start()
     try:

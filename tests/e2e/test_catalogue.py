@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,71 +11,32 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import create_key, decode_png, png_bytes
-from vary.testing import ServerProcess
+from tests.harness import Running, catalogue, decode_png, local, png_bytes, serve
 
-CONFIG = """
-default = "kandinsky"
-
-[[models]]
-name = "kandinsky"
-engine = "kandinsky-2.2"
-weights = "tiny-random"
-
-[[models]]
-name = "sdxl"
-engine = "sdxl-ip-adapter"
-weights = "tiny-random"
-aliases = ["sdxl-plus"]
-[models.defaults]
-steps = 3
-
-[[models]]
-name = "unclip"
-engine = "stable-unclip"
-weights = "tiny-random"
-load = "lazy"
-[models.options]
-noise_level = 100
-
-[[models]]
-name = "sd-variations"
-engine = "sd-image-variations"
-weights = "tiny-random"
-license = "creativeml-openrail-m (as configured)"
-
-[[models]]
-name = "flux"
-engine = "flux-redux"
-weights = "tiny-random"  # random weights: no licence to accept
-
-[[models]]
-name = "broken"
-engine = "stable-unclip"
-weights = "empty-dir"  # exists, so the file is valid, but holds no weights
-load = "lazy"
-"""
+CONFIG = catalogue(
+    local("kandinsky"),
+    local("sdxl", "sdxl-ip-adapter", aliases=["sdxl-plus"], defaults={"steps": 3}),
+    local("unclip", "stable-unclip", load="lazy", options={"noise_level": 100}),
+    local("sd-variations", "sd-image-variations", license="creativeml-openrail-m (as configured)"),
+    local("flux", "flux-redux"),  # random weights: no licence to accept
+    # empty-dir exists, so the file is valid, but holds no weights
+    local("broken", "stable-unclip", weights="empty-dir", load="lazy"),
+    default="kandinsky",
+)
 MODELS = ("kandinsky", "sdxl", "unclip", "sd-variations", "flux")
 
 
 @pytest.fixture(scope="module")
-def catalogue_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
+def catalogue_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     root = tmp_path_factory.mktemp("catalogue")
-    config = root / "vary.toml"
-    config.write_text(CONFIG)
     (root / "empty-dir").mkdir()
-    data_dir = root / "data"
-    data_dir.mkdir()
-    key = create_key(data_dir)[1]
-    server = ServerProcess(data_dir, extra_args=["--config", str(config)]).start()
-    yield server, key
-    server.stop()
+    with serve(root, catalogue=CONFIG) as vary:
+        yield vary
 
 
 @pytest.fixture(scope="module")
-def client(catalogue_server: tuple[ServerProcess, str]) -> OpenAI:
-    server, key = catalogue_server
-    return OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
+def client(catalogue_server: Running) -> OpenAI:
+    return catalogue_server.client()
 
 
 def images(client: OpenAI, model: str, n: int = 1, **controls: object) -> list[np.ndarray]:
@@ -85,8 +46,8 @@ def images(client: OpenAI, model: str, n: int = 1, **controls: object) -> list[n
     return [np.asarray(decode_png(base64.b64decode(item.b64_json or ""))) for item in result.data]
 
 
-def test_the_lazy_model_loads_on_its_first_request(catalogue_server: tuple[ServerProcess, str], client: OpenAI) -> None:
-    server, _ = catalogue_server
+def test_the_lazy_model_loads_on_its_first_request(catalogue_server: Running, client: OpenAI) -> None:
+    server = catalogue_server.server
     assert "loaded model kandinsky" in server.log() and "loaded model sdxl" in server.log()
     assert "loaded model unclip" not in server.log()
     assert len(images(client, "unclip")) == 1
@@ -149,7 +110,7 @@ def test_models_list_shows_every_model_with_its_licence(client: OpenAI) -> None:
 
 
 def test_a_model_that_fails_to_load_is_a_503_and_the_others_keep_serving(
-    catalogue_server: tuple[ServerProcess, str], client: OpenAI
+    catalogue_server: Running, client: OpenAI
 ) -> None:
     for _ in range(2):  # each request tries again, and fails the same way
         with pytest.raises(openai.InternalServerError) as failed:
@@ -162,13 +123,13 @@ def test_a_model_that_fails_to_load_is_a_503_and_the_others_keep_serving(
             "code": "model_unavailable",
         }
     assert "empty-dir" not in str(failed.value.body)
-    assert "loading model broken from" in catalogue_server[0].log()
+    assert "loading model broken from" in catalogue_server.server.log()
     assert len(images(client, "kandinsky")) == 1
 
 
-def test_a_bad_config_stops_the_server_with_one_clear_line(tmp_path: Path) -> None:
-    config = tmp_path / "bad.toml"
-    config.write_text('[[models]]\nname = "a"\nengine = "dalle-3"\n')
+def test_a_bad_config_stops_the_server_with_one_clear_line(
+    tmp_path: Path, start_server: Callable[..., Running]
+) -> None:
     with pytest.raises(RuntimeError) as failed:
-        ServerProcess(tmp_path / "data", extra_args=["--config", str(config)], startup_timeout=60).start()
-    assert f"vary: {config}: model 'a': unknown engine 'dalle-3'" in str(failed.value)
+        start_server(catalogue=catalogue({"name": "a", "engine": "dalle-3"}), key=False)
+    assert f"vary: {tmp_path / 'vary.toml'}: model 'a': unknown engine 'dalle-3'" in str(failed.value)

@@ -9,30 +9,22 @@ from pathlib import Path
 
 import httpx
 import pytest
-from openai import OpenAI
 
-from tests.conftest import create_key, decode_png, png_bytes
-from vary.testing import ServerProcess
+from tests.harness import Running, decode_png, png_bytes, serve
 
 # (n, size, response_format) per concurrent request; sizes mixed so batches must split by size.
 REQUESTS = [(1 + i % 3, ("256x256", "512x512", "1024x1024")[i % 3], ("url", "b64_json")[i % 2]) for i in range(12)]
 
 
 @pytest.fixture(scope="module")
-def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
-    data_dir = tmp_path_factory.mktemp("concurrency") / "data"
-    _, key = create_key(data_dir)
+def slow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     # Enough denoising steps that requests arriving together find the worker busy and queue up.
-    server = ServerProcess(data_dir, env={"VARY_NUM_INFERENCE_STEPS": "8"}).start()
-    yield server, key
-    server.stop()
+    with serve(tmp_path_factory.mktemp("concurrency"), env={"VARY_NUM_INFERENCE_STEPS": "8"}) as vary:
+        yield vary
 
 
-def test_concurrent_requests_share_batches_and_each_gets_its_own_images(
-    slow_server: tuple[ServerProcess, str], tmp_path: Path
-) -> None:
-    server, key = slow_server
-    client = OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0, timeout=120)
+def test_concurrent_requests_share_batches_and_each_gets_its_own_images(slow_server: Running, tmp_path: Path) -> None:
+    client = slow_server.client(timeout=120)
 
     def call(spec: tuple[int, str, str]) -> tuple[tuple[int, str, str], httpx.Headers, list[bytes]]:
         n, size, fmt = spec

@@ -13,19 +13,16 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import create_key, png_bytes
-from vary.testing import ServerProcess
+from tests.harness import Running, png_bytes, serve
 
 WAIT_S = 60
 
 
 @pytest.fixture(scope="module")
-def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str, Path]]:
-    data_dir = tmp_path_factory.mktemp("edge") / "data"
-    _, key = create_key(data_dir)
+def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     env = {"VARY_ALLOWED_HOSTS": "127.0.0.1, vary.example, *.vary.example", "VARY_READYZ_INTERVAL_SECONDS": "3600"}
-    with ServerProcess(data_dir, env=env) as server:
-        yield server, key, data_dir
+    with serve(tmp_path_factory.mktemp("edge"), env=env) as vary:
+        yield vary
 
 
 def probe_written_at(data_dir: Path) -> float | None:
@@ -34,8 +31,8 @@ def probe_written_at(data_dir: Path) -> float | None:
     return None if row is None else float(row[0])
 
 
-def test_a_flood_of_readyz_makes_one_probe(edge: tuple[ServerProcess, str, Path]) -> None:
-    server, _, data_dir = edge
+def test_a_flood_of_readyz_makes_one_probe(edge: Running) -> None:
+    server, data_dir = edge.server, edge.data_dir
     first = httpx.get(f"{server.base_url}/readyz", timeout=WAIT_S)
     assert first.status_code == 200 and first.json()["database"] == "ok"
     written = probe_written_at(data_dir)
@@ -72,15 +69,8 @@ def test_a_flood_of_readyz_makes_one_probe(edge: tuple[ServerProcess, str, Path]
         "vary.example@evil.example",
     ],
 )
-def test_a_host_not_allowed_gets_a_400_in_openai_s_shape(edge: tuple[ServerProcess, str, Path], host: str) -> None:
-    server, key, _ = edge
-    refused = httpx.post(
-        f"{server.base_url}/v1/images/variations",
-        headers={"Authorization": f"Bearer {key}", "Host": host},
-        files={"image": ("a.png", png_bytes(32))},
-        data={"size": "256x256", "response_format": "url"},
-        timeout=WAIT_S,
-    )
+def test_a_host_not_allowed_gets_a_400_in_openai_s_shape(edge: Running, host: str) -> None:
+    refused = edge.post_variation(image=png_bytes(32), response_format="url", headers={"Host": host}, timeout=WAIT_S)
     assert refused.status_code == 400
     assert refused.json() == {
         "error": {
@@ -90,26 +80,19 @@ def test_a_host_not_allowed_gets_a_400_in_openai_s_shape(edge: tuple[ServerProce
             "code": "invalid_host",
         }
     }
-    assert httpx.get(f"{server.base_url}/healthz", headers={"Host": host}, timeout=WAIT_S).status_code == 200
+    assert httpx.get(f"{edge.base_url}/healthz", headers={"Host": host}, timeout=WAIT_S).status_code == 200
 
 
-def test_an_allowed_host_is_answered_and_its_urls_use_it(edge: tuple[ServerProcess, str, Path]) -> None:
-    server, key, _ = edge
-    answered = httpx.post(
-        f"{server.base_url}/v1/images/variations",
-        headers={"Authorization": f"Bearer {key}", "Host": f"vary.example:{server.port}"},
-        files={"image": ("a.png", png_bytes(32))},
-        data={"size": "256x256", "response_format": "url"},
-        timeout=WAIT_S,
-    )
+def test_an_allowed_host_is_answered_and_its_urls_use_it(edge: Running) -> None:
+    host = f"vary.example:{edge.server.port}"
+    answered = edge.post_variation(image=png_bytes(32), response_format="url", headers={"Host": host}, timeout=WAIT_S)
     assert answered.status_code == 200, answered.text
-    assert answered.json()["data"][0]["url"].startswith(f"http://vary.example:{server.port}/v1/files/")
+    assert answered.json()["data"][0]["url"].startswith(f"http://{host}/v1/files/")
 
 
 @pytest.mark.parametrize("path", ["/", "/docs", "/v1/models", "/nowhere"])
-def test_every_answer_carries_the_security_headers(edge: tuple[ServerProcess, str, Path], path: str) -> None:
-    server, _, _ = edge
-    headers = httpx.get(f"{server.base_url}{path}", timeout=WAIT_S).headers
+def test_every_answer_carries_the_security_headers(edge: Running, path: str) -> None:
+    headers = httpx.get(f"{edge.base_url}{path}", timeout=WAIT_S).headers
     policy = {
         part.split(" ", 1)[0]: part for part in (p.strip() for p in headers["content-security-policy"].split(";"))
     }
@@ -121,10 +104,9 @@ def test_every_answer_carries_the_security_headers(edge: tuple[ServerProcess, st
 
 
 @pytest.mark.parametrize("path", ["/", "/v1/models", "/static/playground.js", "/nowhere", "/docs", "/redoc"])
-def test_only_the_api_docs_get_the_relaxations_they_need(edge: tuple[ServerProcess, str, Path], path: str) -> None:
+def test_only_the_api_docs_get_the_relaxations_they_need(edge: Running, path: str) -> None:
     """Swagger UI and ReDoc set inline styles and ReDoc starts a worker from a blob: those two pages, no other."""
-    server, _, _ = edge
-    header = httpx.get(f"{server.base_url}{path}", timeout=WAIT_S).headers["content-security-policy"]
+    header = httpx.get(f"{edge.base_url}{path}", timeout=WAIT_S).headers["content-security-policy"]
     policy = {part.split(" ", 1)[0]: part for part in (p.strip() for p in header.split(";"))}
     docs = path in ("/docs", "/redoc")
     assert ("'unsafe-inline'" in policy["style-src"]) == docs, header
@@ -133,13 +115,12 @@ def test_only_the_api_docs_get_the_relaxations_they_need(edge: tuple[ServerProce
 
 
 @pytest.mark.parametrize("page", ["/", "/docs", "/redoc"])
-def test_pages_load_only_vary_s_own_scripts_and_styles(edge: tuple[ServerProcess, str, Path], page: str) -> None:
-    server, _, _ = edge
-    html = httpx.get(f"{server.base_url}{page}", timeout=WAIT_S).text
+def test_pages_load_only_vary_s_own_scripts_and_styles(edge: Running, page: str) -> None:
+    html = httpx.get(f"{edge.base_url}{page}", timeout=WAIT_S).text
     scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", html, flags=re.S | re.I)
     assert scripts and all(body.strip() == "" and "src=" in attributes for attributes, body in scripts)
     assert not re.search(r"\son[a-z]+\s*=", html, flags=re.I)  # no inline event handlers either
     for asset in re.findall(r'(?:src|href)="([^"]+)"', html):
         assert asset.startswith("/"), f"{page} loads {asset} from elsewhere"
         if asset.endswith((".js", ".css")):
-            assert httpx.get(f"{server.base_url}{asset}", timeout=WAIT_S).status_code == 200, asset
+            assert httpx.get(f"{edge.base_url}{asset}", timeout=WAIT_S).status_code == 200, asset

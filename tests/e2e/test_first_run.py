@@ -21,10 +21,10 @@ import httpx
 import pytest
 from openai import OpenAI
 
-from tests.conftest import create_key, png_bytes
 from tests.fakes.hub import FakeHub, SilentHub
+from tests.harness import catalogue, create_key, local, png_bytes, serve
 from vary.engines.kandinsky import DECODER_REPO, PRIOR_REPO, KandinskyVariationEngine
-from vary.testing import ServerProcess, free_port
+from vary.testing import free_port
 
 DECODER_FILES = {
     "model_index.json",
@@ -57,15 +57,9 @@ def repos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 # The real model, renders at the tiny weights' scale: a full-size render of toy weights would take minutes on a CPU.
-CATALOGUE = """
-[[models]]
-name = "kandinsky-2.2"
-engine = "kandinsky-2.2"
-[models.options]
-steps = 2
-min_render_side = 64
-max_render_side = 64
-"""
+CATALOGUE = catalogue(
+    local("kandinsky-2.2", weights=None, options={"steps": 2, "min_render_side": 64, "max_render_side": 64})
+)
 
 
 def hub_env(tmp_path: Path, endpoint: str, **extra: str) -> dict[str, str]:
@@ -110,14 +104,13 @@ def test_pull_fetches_exactly_what_loads_then_serve_starts_with_the_hub_gone(
     assert cached_files(tmp_path / "hf", PRIOR_REPO) == PRIOR_FILES
 
     # The Hub is gone (its port closed), HF_HUB_OFFLINE unset: the start reads the cache and asks nobody.
-    data_dir = tmp_path / "data"
-    _, key = create_key(data_dir)  # so the start prints no key banner: the whole output is the log
+    # Its key, made before the start, keeps the start from printing a key banner: the whole output is the log.
     offline_env = {**env, "HF_HUB_OFFLINE": "0", "VARY_LOG_LEVEL": "debug"}
-    with ServerProcess(data_dir, extra_args=["--config", str(catalogue)], env=offline_env) as server:
-        client = OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
+    with serve(tmp_path, args=["--catalogue", str(catalogue)], env=offline_env) as served:
+        client = served.client()
         image = client.images.create_variation(image=png_bytes(64), size="256x256", response_format="b64_json")
         assert image.data and image.data[0].b64_json
-        log = server.log()
+        log = served.server.log()
     records = [json.loads(line) for line in log.splitlines()]  # every line of a start is one JSON object
     messages = [record["message"] for record in records]
     assert any(m.startswith("loaded model kandinsky-2.2") for m in messages)
@@ -243,25 +236,23 @@ def test_a_first_key_from_a_failed_start_is_shown_until_it_is_used(tmp_path: Pat
     key = key_file.read_text().strip()
 
     # The next start that gets ready says where the key is (stdout is no terminal here, so not the key itself).
-    with ServerProcess(data_dir) as server:
-        assert server.wait_for_log("vary is ready")
-        log = server.log()
+    with serve(tmp_path, key=False) as served:
+        assert served.server.wait_for_log("vary is ready")
+        log = served.server.log()
         assert f"The first API key, made by an earlier start, has not been used yet. It is in {key_file}" in log
         assert key not in log
-        client = OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
-        client.images.create_variation(image=png_bytes(64), size="256x256", response_format="b64_json")
+        served.client(key).images.create_variation(image=png_bytes(64), size="256x256", response_format="b64_json")
     # Used: no more reminders, and no new key.
-    with ServerProcess(data_dir) as server:
-        assert server.wait_for_log("vary is ready")
-        assert "first API key" not in server.log() and "No API key existed" not in server.log()
+    with serve(tmp_path, key=False) as served:
+        assert served.server.wait_for_log("vary is ready")
+        assert "first API key" not in served.server.log() and "No API key existed" not in served.server.log()
     assert key_file.read_text().strip() == key
 
 
 def test_an_unused_first_key_whose_file_is_deleted_is_not_mentioned(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    with ServerProcess(data_dir) as server:
-        assert server.wait_for_log("No API key existed, so one was created")
-    (data_dir / "first-api-key").unlink()
-    with ServerProcess(data_dir) as server:
-        assert server.wait_for_log("vary is ready")
-        assert "first API key" not in server.log() and "No API key existed" not in server.log()
+    with serve(tmp_path, key=False) as served:
+        assert served.server.wait_for_log("No API key existed, so one was created")
+    (served.data_dir / "first-api-key").unlink()
+    with serve(tmp_path, key=False) as served:
+        assert served.server.wait_for_log("vary is ready")
+        assert "first API key" not in served.server.log() and "No API key existed" not in served.server.log()

@@ -20,9 +20,19 @@ import pytest
 from openai import OpenAI
 from PIL import Image
 
-from tests.conftest import create_key, png_bytes
 from tests.fakes.providers import FakeProvider, ResetServer
-from vary.state.database import Database
+from tests.harness import (
+    FAST,
+    catalogue,
+    create_key,
+    hosted,
+    local,
+    png_bytes,
+    post_variation,
+    route,
+    serve,
+    usage_rows,
+)
 from vary.state.schema import UsageRow
 from vary.testing import ServerProcess
 
@@ -35,150 +45,62 @@ SECOND_SECRET = 'sk-second/KEY+with="quotes"-0123456789'
 @pytest.fixture(scope="module")
 def second() -> Iterator[FakeProvider]:
     """A second provider, for routes: its faults never touch the first one's."""
-    fake = FakeProvider(key=SECOND_SECRET).start()
-    yield fake
-    fake.stop()
+    with FakeProvider(key=SECOND_SECRET) as fake:
+        yield fake
 
 
 @pytest.fixture(scope="module")
 def probe() -> Iterator[FakeProvider]:
     """A provider whose circuit opens after one failure and cools down in a second."""
-    fake = FakeProvider(key=SECRET).start()
-    yield fake
-    fake.stop()
+    with FakeProvider(key=SECRET) as fake:
+        yield fake
 
 
 def config(provider: FakeProvider, reset: ResetServer, second: FakeProvider, probe: FakeProvider) -> str:
-    fast = "timeout_seconds = 2\nbackoff_seconds = 0.05\nmax_backoff_seconds = 2\ncircuit_failures = 1000"
-    return f"""
-default = "local"
+    def openai_api(name: str, url: str = f"{provider.base_url}/v1", **options: object) -> dict[str, object]:
+        return hosted(name, "openai-compatible", url, **{"key_env": "FAKE_OPENAI_KEY", **options})
 
-[[models]]
-name = "local"
-engine = "kandinsky-2.2"
-weights = "tiny-random"
+    def azure(name: str, deployment: str, **options: object) -> dict[str, object]:
+        return hosted(
+            name, "azure-openai", provider.base_url, key_env="FAKE_AZURE_KEY", deployment=deployment, **options
+        )
 
-[[models]]
-name = "up-openai"
-engine = "openai-compatible"
-[models.options]
-base_url = "{provider.base_url}/v1"
-api_key_env = "FAKE_OPENAI_KEY"
-upstream_model = "dall-e-2"
-max_attempts = 3
-{fast}
-
-[[models]]
-name = "up-azure"
-engine = "azure-openai"
-[models.options]
-base_url = "{provider.base_url}"
-deployment = "vary-dalle"
-api_version = "2024-02-01"
-api_key_env = "FAKE_AZURE_KEY"
-{fast}
-
-[[models]]
-name = "up-gpt-image"
-engine = "openai-gpt-image"
-[models.options]
-base_url = "{provider.base_url}/v1"
-api_key_env = "FAKE_OPENAI_KEY"
-upstream_model = "gpt-image-1-mini"
-prompt = "Make a variation of this picture."
-{fast}
-
-[[models]]
-name = "up-passthrough"
-engine = "openai-compatible"
-[models.options]
-base_url = "{provider.base_url}/v1"
-api_key_env = "FAKE_OPENAI_KEY"
-rehost_urls = false
-
-[[models]]
-name = "up-wrong-key"
-engine = "openai-compatible"
-[models.options]
-base_url = "{provider.base_url}/v1"
-api_key_env = "FAKE_WRONG_KEY"
-max_attempts = 1
-
-[[models]]
-name = "up-reset"
-engine = "openai-compatible"
-[models.options]
-base_url = "{reset.base_url}/v1"
-max_attempts = 2
-backoff_seconds = 0.05
-
-[[models]]
-name = "up-flaky"
-engine = "azure-openai"
-[models.options]
-base_url = "{provider.base_url}"
-deployment = "flaky"
-api_key_env = "FAKE_AZURE_KEY"
-max_attempts = 1
-circuit_failures = 2
-circuit_cooldown_seconds = 600
-
-[[models]]
-name = "fallback"
-route = ["up-reset", "up-openai", "local"]
-
-[[models]]
-name = "cloud-then-local"
-route = ["up-flaky", "local"]
-
-[[models]]
-name = "up-second"
-engine = "openai-compatible"
-[models.options]
-base_url = "{second.base_url}/v1"
-api_key_env = "FAKE_SECOND_KEY"
-max_attempts = 2
-{fast}
-
-[[models]]
-name = "second-then-openai"
-route = ["up-second", "up-openai"]
-
-[[models]]
-name = "deadline-route"
-route = ["up-second", "up-openai"]
-deadline_seconds = 1
-
-[[models]]
-name = "azure-missing"
-engine = "azure-openai"
-[models.options]
-base_url = "{provider.base_url}"
-deployment = "missing"
-api_key_env = "FAKE_AZURE_KEY"
-max_attempts = 3
-circuit_failures = 2
-circuit_cooldown_seconds = 600
-
-[[models]]
-name = "missing-then-openai"
-route = ["azure-missing", "up-openai"]
-
-[[models]]
-name = "up-probe"
-engine = "openai-compatible"
-[models.options]
-base_url = "{probe.base_url}/v1"
-api_key_env = "FAKE_OPENAI_KEY"
-max_attempts = 1
-timeout_seconds = 60
-circuit_failures = 1
-circuit_cooldown_seconds = 1
-
-[[models]]
-name = "probe-then-openai"
-route = ["up-probe", "up-openai"]
-"""
+    breaker = {"circuit_failures": 2, "circuit_cooldown_seconds": 600}
+    gpt_image = {"upstream_model": "gpt-image-1-mini", "prompt": "Make a variation of this picture."}
+    return catalogue(
+        local(),
+        openai_api("up-openai", upstream_model="dall-e-2", max_attempts=3, **FAST),
+        azure("up-azure", "vary-dalle", api_version="2024-02-01", **FAST),
+        hosted(
+            "up-gpt-image",
+            "openai-gpt-image",
+            f"{provider.base_url}/v1",
+            key_env="FAKE_OPENAI_KEY",
+            **gpt_image,
+            **FAST,
+        ),
+        openai_api("up-passthrough", rehost_urls=False),
+        openai_api("up-wrong-key", key_env="FAKE_WRONG_KEY", max_attempts=1),
+        openai_api("up-reset", f"{reset.base_url}/v1", key_env=None, max_attempts=2, backoff_seconds=0.05),
+        azure("up-flaky", "flaky", max_attempts=1, **breaker),
+        route("fallback", ["up-reset", "up-openai", "local"]),
+        route("cloud-then-local", ["up-flaky", "local"]),
+        openai_api("up-second", f"{second.base_url}/v1", key_env="FAKE_SECOND_KEY", max_attempts=2, **FAST),
+        route("second-then-openai", ["up-second", "up-openai"]),
+        route("deadline-route", ["up-second", "up-openai"], deadline_seconds=1),
+        azure("azure-missing", "missing", max_attempts=3, **breaker),
+        route("missing-then-openai", ["azure-missing", "up-openai"]),
+        openai_api(
+            "up-probe",
+            f"{probe.base_url}/v1",
+            max_attempts=1,
+            timeout_seconds=60,
+            circuit_failures=1,
+            circuit_cooldown_seconds=1,
+        ),
+        route("probe-then-openai", ["up-probe", "up-openai"]),
+        default="local",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -187,21 +109,19 @@ def gateway(
 ) -> Iterator[tuple[ServerProcess, FakeProvider, ResetServer, Path]]:
     provider = FakeProvider(key=SECRET, azure_key=AZURE_SECRET).start()
     reset = ResetServer()
-    root = tmp_path_factory.mktemp("gateway")
-    (root / "vary.toml").write_text(config(provider, reset, second, probe))
-    data_dir = root / "data"
-    data_dir.mkdir()
     env = {
         "FAKE_OPENAI_KEY": SECRET,
         "FAKE_AZURE_KEY": AZURE_SECRET,
         "FAKE_WRONG_KEY": "sk-not-the-key",
         "FAKE_SECOND_KEY": SECOND_SECRET,
     }
-    server = ServerProcess(data_dir, extra_args=["--config", str(root / "vary.toml")], env=env).start()
-    yield server, provider, reset, data_dir
-    server.stop()
-    provider.stop()
-    reset.stop()
+    try:
+        models, root = config(provider, reset, second, probe), tmp_path_factory.mktemp("gateway")
+        with serve(root, catalogue=models, env=env, key=False) as vary:  # the client fixture makes its key
+            yield vary.server, provider, reset, vary.data_dir
+    finally:
+        provider.stop()
+        reset.stop()
 
 
 @pytest.fixture(scope="module")
@@ -211,20 +131,12 @@ def client(gateway: tuple[ServerProcess, FakeProvider, ResetServer, Path]) -> Op
 
 
 def last_usage(data_dir: Path) -> tuple[str | None, int | None, int]:
-    db = Database.open(data_dir / "vary.db")
-    try:
-        row = db.usage_rows()[-1]
-        return row.target, row.attempts, row.status
-    finally:
-        db.close()
+    row = last_row(data_dir)
+    return row.target, row.attempts, row.status
 
 
 def last_row(data_dir: Path) -> UsageRow:
-    db = Database.open(data_dir / "vary.db")
-    try:
-        return db.usage_rows()[-1]
-    finally:
-        db.close()
+    return usage_rows(data_dir)[-1]
 
 
 def size_of(data: bytes) -> tuple[int, int]:
@@ -372,15 +284,9 @@ def test_the_circuit_opens_and_the_route_goes_straight_to_the_local_model(
 def test_rate_limited_everywhere_is_a_429_with_retry_after(
     gateway: tuple[ServerProcess, FakeProvider, ResetServer, Path], client: OpenAI
 ) -> None:
-    _, provider, _, _ = gateway
+    server, provider, _, _ = gateway
     provider.fail("openai", ("429", 1), ("429", 1), ("429", 1))
-    raw = httpx.post(
-        f"{client.base_url}images/variations",
-        headers={"Authorization": f"Bearer {client.api_key}"},
-        files={"image": ("a.png", png_bytes())},
-        data={"model": "up-openai", "size": "256x256"},
-        timeout=60,
-    )
+    raw = post_variation(server.base_url, client.api_key, model="up-openai", response_format=None, timeout=60)
     assert raw.status_code == 429 and raw.headers["retry-after"] == "1"
     assert raw.json()["error"]["code"] == "rate_limit_exceeded"
 
@@ -434,13 +340,8 @@ HUGE_PNG = png_bytes(8) + b"\0" * (48 * 1024 * 1024)  # a 48 MiB answer
 
 def variation(client: OpenAI, model: str) -> tuple[int, dict[str, str], dict[str, object]]:
     """Status, headers and JSON of one request, whatever the status."""
-    raw = httpx.post(
-        f"{client.base_url}images/variations",
-        headers={"Authorization": f"Bearer {client.api_key}"},
-        files={"image": ("a.png", png_bytes())},
-        data={"model": model, "size": "256x256"},
-        timeout=60,
-    )
+    base_url = str(client.base_url).removesuffix("/v1/")
+    raw = post_variation(base_url, client.api_key, model=model, response_format=None, timeout=60)
     return raw.status_code, dict(raw.headers), raw.json()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 from openai import OpenAI
 
-from tests.conftest import create_key, decode_png, png_bytes
+from tests.harness import decode_png, png_bytes, serve
 from vary.testing import ServerProcess
 
 
@@ -70,11 +70,9 @@ def test_the_aliases_are_not_documented_twice(server: ServerProcess) -> None:
 
 
 def test_the_accepted_key_headers_are_a_setting(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    _, key = create_key(data_dir)
     env = {"VARY_API_KEY_HEADERS": '["x-team-key"]'}
-    with ServerProcess(data_dir, env=env) as own:
-        models = f"{own.base_url}/v1/models"
+    with serve(tmp_path, env=env) as own:
+        models, key = f"{own.base_url}/v1/models", own.key
         assert httpx.get(models, headers={"x-team-key": key}, timeout=30).status_code == 200
         assert httpx.get(models, headers={"api-key": key}, timeout=30).status_code == 401  # not in the list now
         assert httpx.get(models, headers={"Authorization": f"Bearer {key}"}, timeout=30).status_code == 200

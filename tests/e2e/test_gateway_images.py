@@ -9,9 +9,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from tests.conftest import png_bytes
 from tests.fakes.providers import FakeProvider
-from tests.harness import catalogue, hosted, local, serve
+from tests.harness import catalogue, hosted, local, png_bytes, serve
 
 SECRET = "sk-fake-upstream-SECRET-images"
 

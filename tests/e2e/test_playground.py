@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageOps
 
-from tests.conftest import decode_png
+from tests.harness import Running, catalogue, decode_png, local, route, serve
 from vary.testing import ServerProcess
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -129,6 +129,14 @@ window.fetch = async (input, init) => {
     return realFetch(input, init);
 };
 """
+
+
+def watching(page: Page, script: str, key: str) -> Page:
+    """The page with `script` watching what it sends (reloaded, so the script runs first), and the key saved."""
+    page.add_init_script(script)
+    page.reload()
+    save_key(page, key)
+    return page
 
 
 def scroll_to_bottom(page: Page) -> None:
@@ -282,10 +290,7 @@ def test_a_file_that_fails_to_load_leaves_nothing_to_send(
 def test_generate_waits_for_the_preview_of_the_chosen_fit(
     open_page: Callable[[ViewportSize], Page], api_key: str, tmp_path: Path
 ) -> None:
-    page = open_page(DESKTOP)
-    page.add_init_script(WATCH_SENT_IMAGES)
-    page.reload()
-    save_key(page, api_key)
+    page = watching(open_page(DESKTOP), WATCH_SENT_IMAGES, api_key)
     choose_image(page, tmp_path, size=(300, 200))
     expect(page.locator("#preview-info")).to_contain_text("cropped to 200×200")
     page.fill("#n", "1")
@@ -389,10 +394,7 @@ def sent_images(form: list[list[object]]) -> list[list[object]]:
 def test_two_images_weighted_3_and_1_are_blended_and_removing_one_sends_one(
     open_page: Callable[[ViewportSize], Page], api_key: str, tmp_path: Path
 ) -> None:
-    page = open_page(DESKTOP)
-    page.add_init_script(WATCH_SENT_FORMS)
-    page.reload()
-    save_key(page, api_key)
+    page = watching(open_page(DESKTOP), WATCH_SENT_FORMS, api_key)
     otter, sunset = image_files(tmp_path, ("otter.png", (96, 64), "#7f5539"), ("sunset.jpg", (80, 80), "#f4a261"))
     page.set_input_files("#file", otter)
     expect(page.locator("#preview-info")).to_have_text(re.compile(r"^otter\.png 96×64 → cropped to 64×64 → PNG, "))
@@ -444,10 +446,7 @@ def test_two_images_weighted_3_and_1_are_blended_and_removing_one_sends_one(
 def test_errors_name_the_image_that_is_wrong(
     open_page: Callable[[ViewportSize], Page], api_key: str, tmp_path: Path
 ) -> None:
-    page = open_page(DESKTOP)
-    page.add_init_script(WATCH_SENT_FORMS)
-    page.reload()
-    save_key(page, api_key)
+    page = watching(open_page(DESKTOP), WATCH_SENT_FORMS, api_key)
     files = image_files(tmp_path, *[(f"p{i}.png", (32, 32), "#2a9d8f") for i in range(1, 7)])
     broken = tmp_path / "holiday.png"
     broken.write_bytes(b"this is not an image")
@@ -507,29 +506,21 @@ def test_several_inputs_sit_side_by_side_on_a_phone(
 
 
 @pytest.fixture(scope="module")
-def policy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
+def policy_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     """A server whose one model refuses every input (the content policy at threshold 0), and a route to it
     that refuses every output instead."""
-    from tests.conftest import create_key
-
-    root = tmp_path_factory.mktemp("policy-playground")
-    (root / "vary.toml").write_text(
-        '[[models]]\nname = "tiny-random"\nengine = "kandinsky-2.2"\nweights = "tiny-random"\n'
-        '[models.safety]\ncheck = "input"\nthreshold = 0\n\n'
-        '[[models]]\nname = "outputs-refused"\nroute = ["tiny-random"]\n'
-        '[models.safety]\ncheck = "output"\nthreshold = 0\n'
+    models = catalogue(
+        local("tiny-random", safety={"check": "input", "threshold": 0}),
+        route("outputs-refused", ["tiny-random"], safety={"check": "output", "threshold": 0}),
     )
-    data_dir = root / "data"
-    key = create_key(data_dir)[1]
-    server = ServerProcess(data_dir, extra_args=["--catalogue", str(root / "vary.toml")]).start()
-    yield server, key
-    server.stop()
+    with serve(tmp_path_factory.mktemp("policy-playground"), catalogue=models) as vary:
+        yield vary
 
 
 def test_a_content_policy_refusal_is_a_clear_message_by_the_image(
-    browser: Browser, policy_server: tuple[ServerProcess, str], tmp_path: Path
+    browser: Browser, policy_server: Running, tmp_path: Path
 ) -> None:
-    server, key = policy_server
+    server, key = policy_server.server, policy_server.key
     context = browser.new_context(viewport=DESKTOP)
     try:
         page = context.new_page()

@@ -8,13 +8,11 @@ import base64
 import io
 from collections.abc import Iterator
 
-import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import create_key, decode_png, png_bytes
 from tests.fakes.providers import FakeProvider
-from vary.testing import ServerProcess
+from tests.harness import Running, catalogue, decode_png, hosted, serve
 
 SECRET = "sk-fake-upstream-SECRET-formats"
 WAIT_S = 60
@@ -35,43 +33,20 @@ def jpeg_bomb(side: int = 60_000) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def provider_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str, FakeProvider]]:
+def provider_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running, FakeProvider]]:
     provider = FakeProvider(key=SECRET).start()
-    root = tmp_path_factory.mktemp("formats")
-    options = f'base_url = "{provider.base_url}/v1"\napi_key_env = "FAKE_OPENAI_KEY"\nmax_attempts = 1'
-    (root / "vary.toml").write_text(f"""
-default = "up-openai"
-
-[[models]]
-name = "up-openai"
-engine = "openai-compatible"
-[models.options]
-{options}
-
-[[models]]
-name = "up-gpt-image"
-engine = "openai-gpt-image"
-[models.options]
-{options}
-""")
-    data_dir = root / "data"
-    data_dir.mkdir()
-    server = ServerProcess(
-        data_dir, extra_args=["--config", str(root / "vary.toml")], env={"FAKE_OPENAI_KEY": SECRET}
-    ).start()
-    yield server, create_key(data_dir)[1], provider
-    server.stop()
-    provider.stop()
-
-
-def post(server: ServerProcess, key: str, **fields: str) -> httpx.Response:
-    return httpx.post(
-        f"{server.base_url}/v1/images/variations",
-        headers={"Authorization": f"Bearer {key}"},
-        files={"image": ("a.png", png_bytes(64))},
-        data={"size": "256x256", "response_format": "b64_json", **fields},
-        timeout=WAIT_S,
+    options = {"key_env": "FAKE_OPENAI_KEY", "max_attempts": 1}
+    models = catalogue(
+        hosted("up-openai", "openai-compatible", f"{provider.base_url}/v1", **options),
+        hosted("up-gpt-image", "openai-gpt-image", f"{provider.base_url}/v1", **options),
+        default="up-openai",
     )
+    try:
+        env = {"FAKE_OPENAI_KEY": SECRET}
+        with serve(tmp_path_factory.mktemp("formats"), catalogue=models, env=env, request_timeout=WAIT_S) as vary:
+            yield vary, provider
+    finally:
+        provider.stop()
 
 
 @pytest.mark.parametrize(
@@ -85,11 +60,11 @@ def post(server: ServerProcess, key: str, **fields: str) -> httpx.Response:
     ids=["jpeg", "webp", "webp-url", "gpt-image-jpeg"],
 )
 def test_jpeg_and_webp_answers_become_pngs_of_the_asked_size(
-    provider_server: tuple[ServerProcess, str, FakeProvider], route: str, fault: tuple[str, bytes], model: str
+    provider_server: tuple[Running, FakeProvider], route: str, fault: tuple[str, bytes], model: str
 ) -> None:
-    server, key, provider = provider_server
+    vary, provider = provider_server
     provider.fail(route, fault)
-    answer = post(server, key, model=model)
+    answer = vary.post_variation(model=model)
     assert answer.status_code == 200, answer.text
     image = decode_png(base64.b64decode(answer.json()["data"][0]["b64_json"]))
     assert image.format == "PNG" and image.size == (256, 256)
@@ -102,11 +77,11 @@ def test_jpeg_and_webp_answers_become_pngs_of_the_asked_size(
     ids=["jpeg-bomb", "jpeg-not-square", "webp-not-square", "gif", "truncated-jpeg"],
 )
 def test_other_images_are_refused_within_the_same_limits(
-    provider_server: tuple[ServerProcess, str, FakeProvider], bad: bytes
+    provider_server: tuple[Running, FakeProvider], bad: bytes
 ) -> None:
-    server, key, provider = provider_server
+    vary, provider = provider_server
     provider.fail("openai", ("b64", bad))
-    answer = post(server, key)
+    answer = vary.post_variation()
     assert answer.status_code == 502, answer.text
     assert answer.json()["error"]["type"] == "server_error"
-    assert post(server, key).status_code == 200  # and the server is fine
+    assert vary.post_variation().status_code == 200  # and the server is fine

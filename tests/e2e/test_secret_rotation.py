@@ -6,27 +6,22 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
 
-from tests.conftest import create_key, png_bytes
+from tests.harness import Running, png_bytes
 from vary.state.signing import UrlSigner
 from vary.testing import ServerProcess
 
 WAIT_S = 60
 
 
-def new_url(server: ServerProcess, key: str) -> str:
-    response = httpx.post(
-        f"{server.base_url}/v1/images/variations",
-        headers={"Authorization": f"Bearer {key}"},
-        files={"image": ("a.png", png_bytes(32))},
-        data={"size": "256x256", "response_format": "url"},
-        timeout=WAIT_S,
-    )
+def new_url(vary: Running) -> str:
+    response = vary.post_variation(image=png_bytes(32), response_format="url", timeout=WAIT_S)
     assert response.status_code == 200, response.text
     url: str = response.json()["data"][0]["url"]
     return url
@@ -55,44 +50,38 @@ def rotate(data_dir: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize("restart", [False, True], ids=["running", "restarted"])
-def test_a_rotation_keeps_the_urls_signed_before_it(tmp_path: Path, restart: bool) -> None:
-    data_dir = tmp_path / "data"
-    _, key = create_key(data_dir)
-    server = ServerProcess(data_dir, env={"VARY_SWEEP_INTERVAL_SECONDS": "0.5"}).start()
-    try:
-        before = new_url(server, key)
-        old_secret = (data_dir / "secret").read_bytes()
-        assert signed_with(before, old_secret)
+def test_a_rotation_keeps_the_urls_signed_before_it(start_server: Callable[..., Running], restart: bool) -> None:
+    vary = start_server(env={"VARY_SWEEP_INTERVAL_SECONDS": "0.5"})
+    data_dir = vary.data_dir
+    before = new_url(vary)
+    old_secret = (data_dir / "secret").read_bytes()
+    assert signed_with(before, old_secret)
 
-        rotated = rotate(data_dir)
-        assert rotated.returncode == 0, rotated.stderr
-        new_secret = (data_dir / "secret").read_bytes()
-        assert new_secret != old_secret and (data_dir / "secret.previous").read_bytes() == old_secret
-        assert (data_dir / "secret").stat().st_mode & 0o077 == 0
+    rotated = rotate(data_dir)
+    assert rotated.returncode == 0, rotated.stderr
+    new_secret = (data_dir / "secret").read_bytes()
+    assert new_secret != old_secret and (data_dir / "secret.previous").read_bytes() == old_secret
+    assert (data_dir / "secret").stat().st_mode & 0o077 == 0
 
-        if restart:
-            server.stop()
-            server = ServerProcess(data_dir, env={"VARY_SWEEP_INTERVAL_SECONDS": "0.5"}).start()
-        deadline = time.monotonic() + WAIT_S
-        after = new_url(server, key)
-        while not signed_with(after, new_secret):  # a running server reads the secrets again each interval
-            assert time.monotonic() < deadline, "the server never signed with the new secret"
-            time.sleep(0.2)  # poll interval, bounded by the deadline
-            after = new_url(server, key)
+    if restart:
+        vary.restart()
+    deadline = time.monotonic() + WAIT_S
+    after = new_url(vary)
+    while not signed_with(after, new_secret):  # a running server reads the secrets again each interval
+        assert time.monotonic() < deadline, "the server never signed with the new secret"
+        time.sleep(0.2)  # poll interval, bounded by the deadline
+        after = new_url(vary)
 
-        assert httpx.get(on(server, before), timeout=WAIT_S).status_code == 200  # signed before: valid until expiry
-        assert httpx.get(after, timeout=WAIT_S).status_code == 200
-        forged = after.replace(parse_qs(urlparse(after).query)["signature"][0], "0" * 64)
-        assert httpx.get(forged, timeout=WAIT_S).status_code == 403
-    finally:
-        server.stop()
+    assert httpx.get(on(vary.server, before), timeout=WAIT_S).status_code == 200  # signed before: valid until expiry
+    assert httpx.get(after, timeout=WAIT_S).status_code == 200
+    forged = after.replace(parse_qs(urlparse(after).query)["signature"][0], "0" * 64)
+    assert httpx.get(forged, timeout=WAIT_S).status_code == 403
 
 
-def test_a_second_rotation_retires_the_first_secret(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    _, key = create_key(data_dir)
-    with ServerProcess(data_dir) as server:
-        before = new_url(server, key)
-    assert rotate(data_dir).returncode == 0 and rotate(data_dir).returncode == 0
-    with ServerProcess(data_dir) as server:
-        assert httpx.get(on(server, before), timeout=WAIT_S).status_code == 403
+def test_a_second_rotation_retires_the_first_secret(start_server: Callable[..., Running]) -> None:
+    vary = start_server()
+    before = new_url(vary)
+    vary.server.stop()
+    assert rotate(vary.data_dir).returncode == 0 and rotate(vary.data_dir).returncode == 0
+    vary.restart()
+    assert httpx.get(on(vary.server, before), timeout=WAIT_S).status_code == 403

@@ -11,14 +11,13 @@ import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
 
-from tests.e2e.test_operations import new_key, post
-from vary.testing import ServerProcess, free_port, running
+from tests.harness import Running, serve
+from vary.testing import free_port
 
 REDIS_SERVER = shutil.which("redis-server")
 WAIT_S = 60
@@ -57,43 +56,40 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def replicas(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[tuple[ServerProcess, ServerProcess]]:
-    data_dir = tmp_path_factory.mktemp("replicas") / "data"
+def replicas(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[tuple[Running, Running]]:
+    root = tmp_path_factory.mktemp("replicas")  # one data dir, and no key until the first start makes one
     env = {"VARY_RATE_LIMIT_STORAGE": redis_url}
-    with running(ServerProcess(data_dir, env=env), ServerProcess(data_dir, env=env)) as (first, second):
+    same = {"env": env, "key": False, "request_timeout": WAIT_S}
+    with serve(root, **same) as first, serve(root, **same) as second:
         yield first, second
 
 
-def test_requests_per_minute_are_counted_across_replicas(replicas: tuple[ServerProcess, ServerProcess]) -> None:
+def test_requests_per_minute_are_counted_across_replicas(replicas: tuple[Running, Running]) -> None:
     a, b = replicas
-    _, key = new_key(a.data_dir, "shared-rpm", requests_per_minute=3)
-    answers = [post(a, key), post(b, key), post(a, key), post(b, key), post(a, key)]
+    _, key = a.new_key("shared-rpm", requests_per_minute=3)
+    answers = [replica.post_variation(key) for replica in (a, b, a, b, a)]
     assert [r.status_code for r in answers] == [200, 200, 200, 429, 429]
     assert [r.headers["x-ratelimit-remaining-requests"] for r in answers] == ["2", "1", "0", "0", "0"]
     assert answers[3].json()["error"]["code"] == "rate_limit_exceeded"
 
 
-def test_images_per_minute_are_counted_across_replicas(replicas: tuple[ServerProcess, ServerProcess]) -> None:
+def test_images_per_minute_are_counted_across_replicas(replicas: tuple[Running, Running]) -> None:
     a, b = replicas
-    _, key = new_key(a.data_dir, "shared-ipm", images_per_minute=5)
-    assert post(a, key, n="3").status_code == 200
-    refused = post(b, key, n="3")  # 3 + 3 > 5, though this replica has served none
+    _, key = a.new_key("shared-ipm", images_per_minute=5)
+    assert a.post_variation(key, n="3").status_code == 200
+    refused = b.post_variation(key, n="3")  # 3 + 3 > 5, though this replica has served none
     assert refused.status_code == 429, refused.text
     assert refused.json()["error"]["type"] == "images"
-    assert post(b, key, n="2").status_code == 200  # exactly up to the bound
-    assert post(a, key, n="1").status_code == 429
+    assert b.post_variation(key, n="2").status_code == 200  # exactly up to the bound
+    assert a.post_variation(key, n="1").status_code == 429
 
 
-def test_requests_are_served_when_redis_is_down(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    _, key = new_key(data_dir, "no-redis", requests_per_minute=1)
+def test_requests_are_served_when_redis_is_down(start_server: Callable[..., Running]) -> None:
     nobody = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there: connections are refused
-    server = ServerProcess(data_dir, env={"VARY_RATE_LIMIT_STORAGE": nobody}).start()
-    try:
-        answers = [post(server, key), post(server, key)]
-        log = server.log()
-    finally:
-        server.stop()
+    vary = start_server(env={"VARY_RATE_LIMIT_STORAGE": nobody}, request_timeout=WAIT_S)
+    _, key = vary.new_key("no-redis", requests_per_minute=1)
+    answers = [vary.post_variation(key), vary.post_variation(key)]
+    log = vary.server.log()
     # Fail open: the minute windows cannot be counted, so they do not refuse; no headers claim otherwise.
     assert [r.status_code for r in answers] == [200, 200]
     assert not any(name.startswith("x-ratelimit-") for r in answers for name in r.headers)

@@ -12,67 +12,35 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from openai import OpenAI
 
-from tests.conftest import create_key, png_bytes
 from tests.fakes.otlp import HttpReceiver, ReceivedSpan
 from tests.fakes.providers import FakeProvider
+from tests.harness import Running, catalogue, hosted, local, png_bytes, route, serve
 from vary.testing import ServerProcess
 
 SECRET = "sk-fake-upstream-SECRET-0123456789"
 SERVER_SPAN = "POST /v1/images/variations"
 
 
-def catalogue(first: FakeProvider, second: FakeProvider) -> str:
-    fast = "timeout_seconds = 5\nbackoff_seconds = 0.05\nmax_backoff_seconds = 1"
-    return f"""
-default = "local"
-
-[[models]]
-name = "local"
-engine = "kandinsky-2.2"
-weights = "tiny-random"
-
-[[models]]
-name = "up-first"
-engine = "openai-compatible"
-[models.options]
-base_url = "{first.base_url}/v1"
-api_key_env = "FAKE_OPENAI_KEY"
-max_attempts = 2
-{fast}
-
-[[models]]
-name = "up-second"
-engine = "openai-compatible"
-[models.options]
-base_url = "{second.base_url}/v1"
-api_key_env = "FAKE_OPENAI_KEY"
-{fast}
-
-[[models]]
-name = "first-then-second"
-route = ["up-first", "up-second"]
-
-[[models]]
-name = "checked"
-route = ["local"]
-[models.safety]
-check = "both"
-"""
+def catalogue_for(first: FakeProvider, second: FakeProvider) -> str:
+    fast = {"key_env": "FAKE_OPENAI_KEY", "timeout_seconds": 5, "backoff_seconds": 0.05, "max_backoff_seconds": 1}
+    return catalogue(
+        local(),
+        hosted("up-first", "openai-compatible", f"{first.base_url}/v1", max_attempts=2, **fast),
+        hosted("up-second", "openai-compatible", f"{second.base_url}/v1", **fast),
+        route("first-then-second", ["up-first", "up-second"]),
+        route("checked", ["local"], safety={"check": "both"}),
+        default="local",
+    )
 
 
-Traced = tuple[ServerProcess, HttpReceiver, FakeProvider, FakeProvider, str]
+Traced = tuple[Running, HttpReceiver, FakeProvider, FakeProvider]
 
 
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traced]:
     receiver = HttpReceiver()
     first, second = FakeProvider(key=SECRET).start(), FakeProvider(key=SECRET).start()
-    root = tmp_path_factory.mktemp("traces")
-    (root / "vary.toml").write_text(catalogue(first, second))
-    data_dir = root / "data"
-    data_dir.mkdir()
     env = {
         "FAKE_OPENAI_KEY": SECRET,
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,  # the exporter adds /v1/traces
@@ -81,14 +49,14 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traced]:
         "OTEL_TRACES_SAMPLER": "parentbased_always_on",
         "OTEL_BSP_SCHEDULE_DELAY": "100",  # milliseconds: the test waits less
     }
-    server = ServerProcess(
-        data_dir, extra_args=["--config", str(root / "vary.toml"), "--log-format", "json"], env=env
-    ).start()
-    yield server, receiver, first, second, create_key(data_dir)[1]
-    server.stop()
-    first.stop()
-    second.stop()
-    receiver.stop()
+    try:
+        models, args = catalogue_for(first, second), ["--log-format", "json"]
+        with serve(tmp_path_factory.mktemp("traces"), catalogue=models, args=args, env=env) as vary:
+            yield vary, receiver, first, second
+    finally:
+        first.stop()
+        second.stop()
+        receiver.stop()
 
 
 def access_line(server: ServerProcess, request_id: str) -> dict[str, object]:
@@ -116,8 +84,8 @@ def children(spans: list[ReceivedSpan], parent: ReceivedSpan) -> set[str]:
 
 
 def test_a_local_request_s_trace_has_every_stage_in_one_tree(traced: Traced) -> None:
-    server, receiver, _, _, key = traced
-    client = OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
+    vary, receiver, _, _ = traced
+    server, key, client = vary.server, vary.key, vary.client()
     result = client.images.create_variation(
         image=png_bytes(64),
         model="local",
@@ -170,8 +138,8 @@ def test_a_local_request_s_trace_has_every_stage_in_one_tree(traced: Traced) -> 
 
 
 def test_a_routed_request_traces_its_retry_and_its_fallback(traced: Traced) -> None:
-    server, receiver, first, second, key = traced
-    client = OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
+    vary, receiver, first, second = traced
+    server, client = vary.server, vary.client()
     # Both attempts on up-first fail (retried, then given up), the first with words no span may repeat.
     first.fail("openai", ("status", 500, "PROVIDER-WORDS: the prompt was ..."), ("status", 500))
     result = client.images.create_variation(
@@ -208,8 +176,8 @@ def test_a_routed_request_traces_its_retry_and_its_fallback(traced: Traced) -> N
 
 
 def test_the_content_checks_are_a_stage_of_their_own(traced: Traced) -> None:
-    server, receiver, _, _, key = traced
-    client = OpenAI(base_url=f"{server.base_url}/v1", api_key=key, max_retries=0)
+    vary, receiver, _, _ = traced
+    server, client = vary.server, vary.client()
     client.images.create_variation(
         image=png_bytes(64),
         model="checked",

@@ -15,21 +15,17 @@ import base64
 import io
 import json
 import re
-import threading
-import time
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from PIL import Image
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
-from vary.testing import free_port
+from tests.fakes.loopback import LoopbackFake
 
 _SCOPE = re.compile(
     r"AWS4-HMAC-SHA256 Credential=(?P<key>[A-Z0-9]+)/(?P<date>[0-9]{8})/(?P<region>[a-z0-9-]+)/(?P<service>[a-z-]+)"
@@ -38,7 +34,7 @@ _SCOPE = re.compile(
 
 
 @dataclass
-class FakeBedrock:
+class FakeBedrock(LoopbackFake):
     access_key: str
     region: str
     faults: deque[tuple[Any, ...]] = field(default_factory=deque)
@@ -47,28 +43,13 @@ class FakeBedrock:
     calls: list[dict[str, Any]] = field(default_factory=list)  # the JSON bodies of accepted calls
     attempts: int = 0  # every request, refused ones included
     port: int = 0
-    _server: uvicorn.Server | None = None
 
     @property
     def endpoint_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> FakeBedrock:
-        self.port = free_port()
-        app = Starlette(routes=[Route("/model/{model_id:path}/invoke", self._invoke, methods=["POST"])])
-        self._server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
-        )
-        threading.Thread(target=self._server.run, daemon=True).start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            assert time.monotonic() < deadline, "the fake Bedrock did not start"
-            time.sleep(0.02)  # start-up poll, bounded
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
+    def routes(self) -> list[BaseRoute]:
+        return [Route("/model/{model_id:path}/invoke", self._invoke, methods=["POST"])]
 
     async def _invoke(self, request: Request) -> Response:
         self.attempts += 1

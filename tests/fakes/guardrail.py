@@ -92,3 +92,9 @@ class FakeGuardrail:
         self.stopping.set()
         self.server.shutdown()
         self.server.server_close()
+
+    def __enter__(self) -> FakeGuardrail:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import hashlib
 import socket
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from vary.testing import free_port
+from tests.fakes.loopback import LoopbackServer
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -134,18 +132,12 @@ class FakeHub:
         return token not in self.accepted_tokens
 
     def __enter__(self) -> FakeHub:
-        self.port = self.port or free_port()
-        config = uvicorn.Config(self.app(), host="127.0.0.1", port=self.port, log_config=None, access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        while not self._server.started:
-            self._thread.join(0.05)  # bounded by uvicorn's own start, which binds a free port at once
+        self._server = LoopbackServer(self.app(), port=self.port, log_config=None, access_log=False)
+        self.port = self._server.port
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
+        self._server.stop(wait=10)
 
 
 class SilentHub:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
@@ -73,6 +73,9 @@ def _span(span: ProtoSpan, resource: dict[str, Any]) -> ReceivedSpan:
     )
 
 
+AnyReceived = TypeVar("AnyReceived", bound="Received")
+
+
 @dataclass
 class Received:
     spans: list[ReceivedSpan] = field(default_factory=list)
@@ -102,6 +105,15 @@ class Received:
 
     def trace(self, trace_id: str) -> list[ReceivedSpan]:
         return [span for span in self.snapshot() if span.trace_id == trace_id]
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: AnyReceived) -> AnyReceived:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
 
 
 class HttpReceiver(Received):

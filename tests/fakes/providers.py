@@ -27,13 +27,12 @@ from dataclasses import dataclass, field
 from email.utils import formatdate
 from typing import Any
 
-import uvicorn
 from PIL import Image
-from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
+from tests.fakes.loopback import LoopbackFake
 from vary.testing import free_port
 
 
@@ -49,7 +48,7 @@ class Call:
 
 
 @dataclass
-class FakeProvider:
+class FakeProvider(LoopbackFake):
     key: str
     azure_key: str = ""
     deployments: tuple[str, ...] = ("vary-dalle", "flaky")
@@ -60,7 +59,6 @@ class FakeProvider:
     port: int = 0
     host: str = "127.0.0.1"  # another loopback address (127.0.0.2) stands in for a host on an internal network
     hosts_seen: list[str] = field(default_factory=list)  # the Host header of each GET of a file
-    _server: uvicorn.Server | None = None
 
     @property
     def base_url(self) -> str:
@@ -72,28 +70,13 @@ class FakeProvider:
     def calls_to(self, route: str) -> list[Call]:
         return [call for call in self.calls if call.route == route]
 
-    def start(self) -> FakeProvider:
-        self.port = free_port()
-        app = Starlette(
-            routes=[
-                Route("/v1/images/variations", self._openai, methods=["POST"]),
-                Route("/openai/deployments/{deployment}/images/variations", self._azure, methods=["POST"]),
-                Route("/v1/images/edits", self._edits, methods=["POST"]),
-                Route("/files/{name}", self._file),
-            ]
-        )
-        config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning", lifespan="off")
-        self._server = uvicorn.Server(config)
-        threading.Thread(target=self._server.run, daemon=True).start()
-        deadline = time.monotonic() + 30
-        while not self._server.started:
-            assert time.monotonic() < deadline, "the fake provider did not start"
-            time.sleep(0.02)  # start-up poll, bounded
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/v1/images/variations", self._openai, methods=["POST"]),
+            Route("/openai/deployments/{deployment}/images/variations", self._azure, methods=["POST"]),
+            Route("/v1/images/edits", self._edits, methods=["POST"]),
+            Route("/files/{name}", self._file),
+        ]
 
     # --- the contracts ------------------------------------------------------------------------
 

@@ -24,8 +24,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from vary.state.database import Database
-from vary.testing import ServerProcess
+from tests.harness import post_variation, serve
 
 SIZES = (256, 512)
 
@@ -105,27 +104,15 @@ def settled_rss(pid: int, *, at_least: float = 3.0, at_most: float = 30.0) -> in
     return last
 
 
-def serve(data_dir: Path, queue_size: int) -> tuple[ServerProcess, str]:
-    db = Database.open(data_dir / "vary.db")
-    try:
-        key = db.create_key("overload")[1]
-    finally:
-        db.close()
-    env = {"VARY_QUEUE_SIZE": str(queue_size), "VARY_MAX_BATCH_IMAGES": "16", "VARY_LOG_FORMAT": "text"}
-    return ServerProcess(data_dir, env=env).start(), key
+def server_env(queue_size: int) -> dict[str, str]:
+    """The server under load: a queue of `queue_size`, batches of up to 16 images, text logs."""
+    return {"VARY_QUEUE_SIZE": str(queue_size), "VARY_MAX_BATCH_IMAGES": "16", "VARY_LOG_FORMAT": "text"}
 
 
 def warm_up(base_url: str, key: str) -> None:
     """One request of each size, so the idle baseline is a server whose model has run, not a cold one."""
     for side in SIZES:
-        response = httpx.post(
-            f"{base_url}/v1/images/variations",
-            headers={"Authorization": f"Bearer {key}"},
-            files={"image": ("a.png", png())},
-            data={"size": f"{side}x{side}"},
-            timeout=120,
-        )
-        response.raise_for_status()
+        post_variation(base_url, key, image=png(), size=f"{side}x{side}", response_format=None).raise_for_status()
 
 
 def table(outcome: Outcome, *, concurrency: int, queue_size: int) -> str:
@@ -151,17 +138,13 @@ def main() -> None:
     parser.add_argument("--queue-size", type=int, default=8)
     parser.add_argument("--time-limit", type=float, default=600.0)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        server, key = serve(Path(tmp) / "data", args.queue_size)
-        try:
-            assert server.process is not None
-            warm_up(server.base_url, key)
-            outcome = asyncio.run(
-                run(server.base_url, key, server.process.pid, requests=args.requests,
-                    concurrency=args.concurrency, time_limit=args.time_limit)
-            )  # fmt: skip
-        finally:
-            server.stop()
+    with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp), env=server_env(args.queue_size)) as vary:
+        assert vary.server.process is not None
+        warm_up(vary.base_url, vary.key)
+        outcome = asyncio.run(
+            run(vary.base_url, vary.key, vary.server.process.pid, requests=args.requests,
+                concurrency=args.concurrency, time_limit=args.time_limit)
+        )  # fmt: skip
     print(table(outcome, concurrency=args.concurrency, queue_size=args.queue_size))
     for line in outcome.wrong[:20]:
         print(line)

@@ -7,22 +7,23 @@ import io
 import re
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import png_bytes
+from tests.harness import Running, png_bytes, serve, usage_rows, usage_rows_until
 from tests.robustness import hostile
 from tests.robustness.hostile import BOUNDARY, MiB
-from vary.state.database import Database
 from vary.testing import ServerProcess
 
 WAIT_S = 120
+# Ten 1024 px images from tiny-random take seconds on a CPU: the queue stays full meanwhile.
+SLOW: dict[str, Any] = {"n": 10, "size": "1024x1024", "response_format": None, "timeout": WAIT_S}
 
 
 def big_png(side: int = 4096) -> bytes:
@@ -37,43 +38,30 @@ def big_png(side: int = 4096) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def small_queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path, str]]:
-    data_dir = tmp_path_factory.mktemp("admission") / "data"
-    db = Database.open(data_dir / "vary.db")
-    try:
-        key = db.create_key("test")[1]
-    finally:
-        db.close()
-    with ServerProcess(data_dir, env={"VARY_QUEUE_SIZE": "1"}) as server:
-        yield server, data_dir, key
+def small_queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with serve(tmp_path_factory.mktemp("admission"), env={"VARY_QUEUE_SIZE": "1"}) as vary:
+        yield vary
 
 
-def post(server: ServerProcess, key: str, image: bytes) -> httpx.Response:
-    # Ten 1024 px images from tiny-random take seconds on a CPU: the queue stays full meanwhile.
-    return httpx.post(
-        f"{server.base_url}/v1/images/variations",
-        headers={"Authorization": f"Bearer {key}"},
-        files={"image": ("a.png", image)},
-        data={"n": "10", "size": "1024x1024"},
-        timeout=WAIT_S,
-    )
-
-
-def test_refused_requests_do_not_decode_their_images(small_queue: tuple[ServerProcess, Path, str]) -> None:
+def test_refused_requests_do_not_decode_their_images(small_queue: Running) -> None:
     """16 concurrent 4096x4096 uploads against a queue of 1: the 429s cost no decode, so the peak memory
     of the burst stays within a few single requests' worth, not 16 decodes'."""
-    server, _, key = small_queue
+    server = small_queue.server
     image = big_png()
     assert server.process is not None
     pid = server.process.pid
-    assert post(server, key, image).status_code == 200  # warm: the first big request's buffers and threads
+    # Warm: the first big request's buffers and threads.
+    assert small_queue.post_variation(image=image, **SLOW).status_code == 200
     before = hostile.rss(pid)
     hostile.reset_peak(pid)
-    assert post(server, key, image).status_code == 200
+    assert small_queue.post_variation(image=image, **SLOW).status_code == 200
     one = max(hostile.rss(pid, "VmHWM") - before, 48 * MiB)  # at least the decoded pixels themselves
 
     answers: list[httpx.Response] = []
-    threads = [threading.Thread(target=lambda: answers.append(post(server, key, image))) for _ in range(16)]
+    threads = [
+        threading.Thread(target=lambda: answers.append(small_queue.post_variation(image=image, **SLOW)))
+        for _ in range(16)
+    ]
     before = hostile.rss(pid)
     hostile.reset_peak(pid)
     for thread in threads:
@@ -91,11 +79,14 @@ def test_refused_requests_do_not_decode_their_images(small_queue: tuple[ServerPr
 
 
 def usage_statuses(data_dir: Path) -> list[int]:
-    db = Database.open(data_dir / "vary.db")
-    try:
-        return [row.status for row in db.usage_rows()]
-    finally:
-        db.close()
+    return [row.status for row in usage_rows(data_dir)]
+
+
+def statuses_once(data_dir: Path, status: int, count: int) -> list[int]:
+    """The usage rows' statuses once `count` of them are `status` (or at the bound): a row the database could not
+    take at once (its busy timeout, a quarter second) is spooled and written a moment later."""
+    rows = usage_rows_until(data_dir, lambda rows: [row.status for row in rows].count(status) >= count, timeout=WAIT_S)
+    return [row.status for row in rows]
 
 
 def requests_total(server: ServerProcess, status: int) -> float:
@@ -116,8 +107,8 @@ MALFORMED: list[tuple[bytes, str]] = [
 ]
 
 
-def test_malformed_multipart_bodies_are_recorded_as_400(small_queue: tuple[ServerProcess, Path, str]) -> None:
-    server, data_dir, key = small_queue
+def test_malformed_multipart_bodies_are_recorded_as_400(small_queue: Running) -> None:
+    server, data_dir, key = small_queue.server, small_queue.data_dir, small_queue.key
     before = usage_statuses(data_dir).count(400)
     counted = requests_total(server, 400)
     for body, content_type in MALFORMED:
@@ -128,20 +119,16 @@ def test_malformed_multipart_bodies_are_recorded_as_400(small_queue: tuple[Serve
             timeout=WAIT_S,
         )
         assert answer.status_code == 400, answer.text[:300]
-    # A row the database could not take at once (its busy timeout, a quarter second) is spooled and written
-    # a moment later: polled for, as the 499s below are.
-    deadline = time.monotonic() + WAIT_S
-    while usage_statuses(data_dir).count(400) < before + len(MALFORMED) and time.monotonic() < deadline:
-        time.sleep(0.1)  # poll interval, bounded by the deadline
-    statuses = usage_statuses(data_dir)
+    # Polled for, as the 499s below are.
+    statuses = statuses_once(data_dir, 400, before + len(MALFORMED))
     assert statuses.count(400) == before + len(MALFORMED), statuses
     assert 500 not in statuses
     assert requests_total(server, 400) == counted + len(MALFORMED)
     assert requests_total(server, 500) == 0
 
 
-def test_clients_hanging_up_mid_upload_are_recorded_as_499(small_queue: tuple[ServerProcess, Path, str]) -> None:
-    server, data_dir, key = small_queue
+def test_clients_hanging_up_mid_upload_are_recorded_as_499(small_queue: Running) -> None:
+    server, data_dir, key = small_queue.server, small_queue.data_dir, small_queue.key
     before = usage_statuses(data_dir).count(499)
     body, content_type = hostile.multipart([("image", hostile.padded_to(png_bytes(32), MiB), "a.png")])
     head = (
@@ -154,10 +141,7 @@ def test_clients_hanging_up_mid_upload_are_recorded_as_499(small_queue: tuple[Se
         with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) as connection:
             connection.sendall(head + body[: len(body) // 2])  # then hang up, half-way through the image
     assert server.wait_for_log('"status": 499')
-    deadline = time.monotonic() + WAIT_S
-    while usage_statuses(data_dir).count(499) < before + 15 and time.monotonic() < deadline:
-        time.sleep(0.1)  # poll interval, bounded by the deadline
-    statuses = usage_statuses(data_dir)
+    statuses = statuses_once(data_dir, 499, before + 15)
     assert statuses.count(499) == before + 15, statuses
     assert 500 not in statuses
     assert "Traceback" not in server.log() and "ClientDisconnect" not in server.log()

@@ -5,58 +5,28 @@ image URLs. One live server with text logs."""
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import png_bytes
-from vary.state.database import Database
-from vary.state.schema import UsageRow
-from vary.testing import ServerProcess
+from tests.harness import Running, png_bytes, serve, usage_rows_until
 
 WAIT_S = 60
 LONG = 16_000
 
 
 @pytest.fixture(scope="module")
-def text_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, Path, str, str]]:
-    data_dir = tmp_path_factory.mktemp("echoes") / "data"
-    db = Database.open(data_dir / "vary.db")
-    try:
-        key = db.create_key("user")[1]
-        admin = db.create_key("admin", admin=True)[1]
-    finally:
-        db.close()
-    with ServerProcess(data_dir, env={"VARY_LOG_FORMAT": "text"}) as server:
-        yield server, data_dir, key, admin
+def text_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    env = {"VARY_LOG_FORMAT": "text"}
+    with serve(tmp_path_factory.mktemp("echoes"), env=env, admin=True, request_timeout=WAIT_S) as vary:
+        yield vary
 
 
-def rows_with_status(data_dir: Path, status: int) -> list[UsageRow]:
-    """The usage rows with `status`, polled for until there is one: a row the database could not take at once
-    is spooled and written a moment later."""
-    deadline = time.monotonic() + WAIT_S
-    while True:
-        db = Database.open(data_dir / "vary.db")
-        try:
-            rows = [row for row in db.usage_rows() if row.status == status]
-        finally:
-            db.close()
-        if rows or time.monotonic() > deadline:
-            return rows
-        time.sleep(0.1)  # poll interval, bounded by the deadline
-
-
-def client(server: ServerProcess, key: str) -> httpx.Client:
-    return httpx.Client(base_url=server.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=WAIT_S)
-
-
-def test_a_long_model_name_is_cut_everywhere(text_server: tuple[ServerProcess, Path, str, str]) -> None:
-    server, data_dir, key, _ = text_server
+def test_a_long_model_name_is_cut_everywhere(text_server: Running) -> None:
+    server = text_server.server
     name = "m" * LONG
-    with client(server, key) as http:
+    with text_server.http() as http:
         answer = http.post("/v1/images/variations", files={"image": ("a.png", png_bytes(32))}, data={"model": name})
         card = http.get(f"/v1/models/{'n' * 5000}")
     assert answer.status_code == 404 and answer.json()["error"]["code"] == "model_not_found"
@@ -64,30 +34,28 @@ def test_a_long_model_name_is_cut_everywhere(text_server: tuple[ServerProcess, P
     assert card.status_code == 404 and len(card.json()["error"]["message"]) < 300
     assert server.wait_for_log("POST /v1/images/variations 404")
     assert "m" * 201 not in server.log() and "n" * 201 not in server.log()
-    rows = rows_with_status(data_dir, 404)
+    rows = usage_rows_until(text_server.data_dir, lambda rows: any(row.status == 404 for row in rows))
+    rows = [row for row in rows if row.status == 404]
     assert len(rows) == 1 and rows[0].model is not None
     assert len(rows[0].model) == 200 and rows[0].model.endswith("...")
 
 
-def test_a_long_path_is_cut_in_the_404(text_server: tuple[ServerProcess, Path, str, str]) -> None:
-    server, _, key, _ = text_server
-    with client(server, key) as http:
+def test_a_long_path_is_cut_in_the_404(text_server: Running) -> None:
+    with text_server.http() as http:
         answer = http.get("/v1/" + "p" * 7000)
     assert answer.status_code == 404 and len(answer.json()["error"]["message"]) < 300
 
 
-def test_the_admin_api_does_not_echo_a_long_since(text_server: tuple[ServerProcess, Path, str, str]) -> None:
-    server, _, _, admin = text_server
-    with client(server, admin) as http:
+def test_the_admin_api_does_not_echo_a_long_since(text_server: Running) -> None:
+    with text_server.http(text_server.admin) as http:
         answer = http.get("/v1/admin/usage", params={"since": "9" * 7000})
     assert answer.status_code == 400 and answer.json()["error"]["param"] == "since"
     assert len(answer.json()["error"]["message"]) < 300
 
 
-def test_unknown_model_names_share_one_metrics_label(text_server: tuple[ServerProcess, Path, str, str]) -> None:
+def test_unknown_model_names_share_one_metrics_label(text_server: Running) -> None:
     """200 distinct 4 KB model names add one series, not 200: /metrics stays the size it was."""
-    server, _, key, _ = text_server
-    with client(server, key) as http:
+    with text_server.http() as http:
         before = len(http.get("/metrics").content)
         for i in range(200):
             name = f"{i:04d}" + "x" * 4096
@@ -100,9 +68,8 @@ def test_unknown_model_names_share_one_metrics_label(text_server: tuple[ServerPr
     assert "x" * 100 not in metrics
 
 
-def test_head_on_a_signed_image_url(text_server: tuple[ServerProcess, Path, str, str]) -> None:
-    server, _, key, _ = text_server
-    with client(server, key) as http:
+def test_head_on_a_signed_image_url(text_server: Running) -> None:
+    with text_server.http() as http:
         url = http.post("/v1/images/variations", files={"image": ("a.png", png_bytes(32))}).json()["data"][0]["url"]
     got = httpx.get(url, timeout=WAIT_S)
     head = httpx.head(url, timeout=WAIT_S)
@@ -113,10 +80,10 @@ def test_head_on_a_signed_image_url(text_server: tuple[ServerProcess, Path, str,
     assert httpx.head(url.replace("signature=", "signature=x"), timeout=WAIT_S).status_code == 403
 
 
-def test_a_newline_in_the_path_cannot_forge_a_text_log_line(text_server: tuple[ServerProcess, Path, str, str]) -> None:
-    server, _, key, _ = text_server
+def test_a_newline_in_the_path_cannot_forge_a_text_log_line(text_server: Running) -> None:
+    server = text_server.server
     forged = "2026-01-01 00:00:00,000 INFO vary.access: GET /forged 200"
-    with client(server, key) as http:
+    with text_server.http() as http:
         assert http.get("/v1/x%0a" + forged.replace(" ", "%20") + "%0d%1b[31m").status_code == 404
     assert server.wait_for_log("/v1/x\\n2026-01-01")
     lines = server.log().splitlines()

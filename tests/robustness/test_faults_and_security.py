@@ -10,18 +10,16 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import create_key, png_bytes
+from tests.harness import Running, png_bytes, serve, usage_rows_until
 from tests.robustness.hostile import BOUNDARY, multipart
 from tests.robustness.test_hostile_input import first_response
-from vary.state.database import Database
-from vary.state.schema import UsageRow
 from vary.state.signing import UrlSigner
 from vary.testing import ServerProcess
 
@@ -29,26 +27,15 @@ WAIT_S = 60
 
 
 @pytest.fixture()
-def own_server(tmp_path: Path) -> Iterator[tuple[ServerProcess, str, Path]]:
-    data_dir = tmp_path / "data"
-    _, key = create_key(data_dir)
-    server = ServerProcess(data_dir, env={"VARY_BODY_TIMEOUT_SECONDS": "1", "VARY_HEADER_TIMEOUT_SECONDS": "1"}).start()
-    yield server, key, data_dir
-    server.stop(signal.SIGKILL if server.process and server.process.poll() is None else signal.SIGTERM)
+def own_server(tmp_path: Path) -> Iterator[Running]:
+    env = {"VARY_BODY_TIMEOUT_SECONDS": "1", "VARY_HEADER_TIMEOUT_SECONDS": "1"}
+    with serve(tmp_path, env=env, request_timeout=WAIT_S) as vary:
+        yield vary
+        vary.server.stop(signal.SIGKILL)  # if it still runs
 
 
-def post(server: ServerProcess, key: str, **fields: str) -> httpx.Response:
-    return httpx.post(
-        f"{server.base_url}/v1/images/variations",
-        headers={"Authorization": f"Bearer {key}"},
-        files={"image": ("a.png", png_bytes())},
-        data={"size": "256x256", **fields},
-        timeout=WAIT_S,
-    )
-
-
-def test_a_trickling_upload_is_cut_off_with_a_408(own_server: tuple[ServerProcess, str, Path]) -> None:
-    server, key, _ = own_server
+def test_a_trickling_upload_is_cut_off_with_a_408(own_server: Running) -> None:
+    server, key = own_server.server, own_server.key
     body = multipart([("image", png_bytes(), "a.png")])[0]
     head = (
         "POST /v1/images/variations HTTP/1.1\r\nHost: x\r\n"
@@ -77,8 +64,8 @@ def test_a_trickling_upload_is_cut_off_with_a_408(own_server: tuple[ServerProces
     assert httpx.get(f"{server.base_url}/healthz", timeout=WAIT_S).status_code == 200
 
 
-def test_trickling_headers_are_cut_off_with_a_408(own_server: tuple[ServerProcess, str, Path]) -> None:
-    server, _, _ = own_server
+def test_trickling_headers_are_cut_off_with_a_408(own_server: Running) -> None:
+    server = own_server.server
     received = b""
     with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) as connection:
         connection.sendall(b"POST /v1/images/variations HTTP/1.1\r\nHost: x\r\nX-Slow: ")
@@ -99,51 +86,44 @@ def test_trickling_headers_are_cut_off_with_a_408(own_server: tuple[ServerProces
     assert httpx.get(f"{server.base_url}/healthz", timeout=WAIT_S).status_code == 200
 
 
-def test_a_connection_that_never_sends_a_request_is_closed(own_server: tuple[ServerProcess, str, Path]) -> None:
-    server, key, _ = own_server
+def test_a_connection_that_never_sends_a_request_is_closed(own_server: Running) -> None:
+    server = own_server.server
     with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) as silent:
         assert silent.recv(65536) == b""  # closed by the server, without an answer nobody asked for
     # A client that sends its request promptly on a kept-alive connection is not affected.
     with httpx.Client(base_url=server.base_url, timeout=WAIT_S) as client:
         assert client.get("/healthz").status_code == 200
         time.sleep(1.5)  # idle past the header timeout, within uvicorn's 5 s keep-alive
-        assert post(server, key).status_code == 200
+        assert own_server.post_variation(response_format=None).status_code == 200
         assert client.get("/healthz").status_code == 200
 
 
-def test_a_store_that_cannot_write_is_an_error_never_a_url(own_server: tuple[ServerProcess, str, Path]) -> None:
-    server, key, data_dir = own_server
+def test_a_store_that_cannot_write_is_an_error_never_a_url(own_server: Running) -> None:
+    data_dir = own_server.data_dir
     images = data_dir / "images"
     images.rename(data_dir / "images-away")
     images.write_text("a file where the directory was: every write fails, as on a full or read-only disk")
     try:
-        failed = post(server, key)
+        failed = own_server.post_variation(response_format=None)
         assert failed.status_code == 503 and failed.headers["Retry-After"]
         assert failed.json()["error"]["code"] == "store_unavailable" and "url" not in failed.text
-        assert post(server, key, response_format="b64_json").status_code == 200  # what needs no store still works
+        # What needs no store still works.
+        assert own_server.post_variation(response_format="b64_json").status_code == 200
     finally:
         images.unlink()
         (data_dir / "images-away").rename(images)
-    assert post(server, key).status_code == 200
+    assert own_server.post_variation(response_format=None).status_code == 200
 
 
-def usage_rows(data_dir: Path) -> list[UsageRow]:
-    db = Database.open(data_dir / "vary.db")
-    try:
-        return db.usage_rows()
-    finally:
-        db.close()
-
-
-def test_kill_9_while_writing_then_restart(own_server: tuple[ServerProcess, str, Path]) -> None:
-    server, key, data_dir = own_server
-    before = post(server, key, n="2").json()["data"]
+def test_kill_9_while_writing_then_restart(own_server: Running, start_server: Callable[..., Running]) -> None:
+    server, data_dir = own_server.server, own_server.data_dir
+    before = own_server.post_variation(n="2", response_format=None).json()["data"]
     stop = threading.Event()
 
     def hammer() -> None:
         while not stop.is_set():
             try:
-                post(server, key, n="10", size="1024x1024")
+                own_server.post_variation(n="10", size="1024x1024", response_format=None)
             except httpx.HTTPError:
                 return  # the server is gone
 
@@ -162,25 +142,21 @@ def test_kill_9_while_writing_then_restart(own_server: tuple[ServerProcess, str,
     for worker in workers:
         worker.join(WAIT_S)
 
-    restarted = ServerProcess(data_dir, port=server.port).start()
-    try:
-        for item in before:  # URLs handed out before the crash still work
-            assert httpx.get(item["url"], timeout=WAIT_S).status_code == 200
-        for path in images.iterdir():
-            if path.suffix == ".png":
-                Image.open(path).load()  # every stored image is whole
-            else:  # a temp file the crash left: never reachable by any URL, swept later
-                name = path.name
-                assert httpx.get(f"{restarted.base_url}/v1/files/{name}", timeout=WAIT_S).status_code == 404
-        with sqlite3.connect(data_dir / "vary.db") as connection:
-            assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-        deadline = time.monotonic() + WAIT_S  # a row spooled before the crash is written after the restart
-        while not usage_rows(data_dir) and time.monotonic() < deadline:
-            time.sleep(0.1)  # poll interval, bounded by the deadline
-        assert len(usage_rows(data_dir)) >= 1
-        assert post(restarted, key).status_code == 200
-    finally:
-        restarted.stop()
+    # The same data dir, without the short timeouts.
+    restarted = start_server(key=False, port=server.port, request_timeout=WAIT_S)
+    for item in before:  # URLs handed out before the crash still work
+        assert httpx.get(item["url"], timeout=WAIT_S).status_code == 200
+    for path in images.iterdir():
+        if path.suffix == ".png":
+            Image.open(path).load()  # every stored image is whole
+        else:  # a temp file the crash left: never reachable by any URL, swept later
+            name = path.name
+            assert httpx.get(f"{restarted.base_url}/v1/files/{name}", timeout=WAIT_S).status_code == 404
+    with sqlite3.connect(data_dir / "vary.db") as connection:
+        assert connection.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    # A row spooled before the crash is written after the restart.
+    assert len(usage_rows_until(data_dir, bool)) >= 1
+    assert restarted.post_variation(own_server.key, response_format=None).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -247,10 +223,10 @@ def test_no_key_or_secret_in_the_log(server: ServerProcess, server_data_dir: Pat
     assert "signature=" not in log
 
 
-def test_a_stored_object_that_is_not_a_png_is_never_served(own_server: tuple[ServerProcess, str, Path]) -> None:
+def test_a_stored_object_that_is_not_a_png_is_never_served(own_server: Running) -> None:
     """Whoever else can write to the store (a shared bucket, a shared volume) may put HTML under a valid id:
     even with a valid signature it is refused, never served as image/png; real images are `nosniff`."""
-    server, key, data_dir = own_server
+    server, data_dir = own_server.server, own_server.data_dir
     signer = UrlSigner((data_dir / "secret").read_bytes())
     image_id, expires = "a" * 32, int(time.time()) + 600
     (data_dir / "images" / f"{image_id}.png").write_bytes(b"<html><script>alert(document.cookie)</script></html>")
@@ -260,7 +236,7 @@ def test_a_stored_object_that_is_not_a_png_is_never_served(own_server: tuple[Ser
     assert b"script" not in foreign.content
     assert server.wait_for_log("is not a PNG")
 
-    real = post(server, key, response_format="url").json()["data"][0]["url"]
+    real = own_server.post_variation(response_format="url").json()["data"][0]["url"]
     got = httpx.get(real, timeout=WAIT_S)
     assert got.status_code == 200 and got.headers["x-content-type-options"] == "nosniff"
     head = httpx.head(real, timeout=WAIT_S)

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import create_key, png_bytes
+from tests.harness import Running, png_bytes, serve
 from tests.robustness import hostile
 from tests.robustness.hostile import MiB, multipart
 from tests.robustness.test_hostile_input import first_response
@@ -24,12 +24,9 @@ WAIT_S = 120
 
 
 @pytest.fixture(scope="module")
-def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
-    data_dir = tmp_path_factory.mktemp("http-limits") / "data"
-    _, key = create_key(data_dir)
-    env = {"VARY_SEND_TIMEOUT_SECONDS": "1"}
-    with ServerProcess(data_dir, env=env) as server:
-        yield server, key
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
+    with serve(tmp_path_factory.mktemp("http-limits"), env={"VARY_SEND_TIMEOUT_SECONDS": "1"}) as vary:
+        yield vary
 
 
 def stream_then_read(port: int, head: bytes, filler: bytes, total: int) -> bytes:
@@ -52,9 +49,9 @@ def stream_then_read(port: int, head: bytes, filler: bytes, total: int) -> bytes
     return received
 
 
-def test_long_request_lines_are_refused_at_the_cap(limited: tuple[ServerProcess, str]) -> None:
+def test_long_request_lines_are_refused_at_the_cap(limited: Running) -> None:
     """Three clients streaming 32 MiB request lines at once: each gets a 414 and none is buffered."""
-    server, _ = limited
+    server = limited.server
     assert server.process is not None
     before = hostile.rss(server.process.pid)
     hostile.reset_peak(server.process.pid)
@@ -78,10 +75,8 @@ def test_long_request_lines_are_refused_at_the_cap(limited: tuple[ServerProcess,
     assert httpx.get(f"{server.base_url}/healthz", timeout=WAIT_S).status_code == 200
 
 
-def test_a_one_mib_cookie_is_refused_and_heads_within_the_caps_are_served(
-    limited: tuple[ServerProcess, str],
-) -> None:
-    server, key = limited
+def test_a_one_mib_cookie_is_refused_and_heads_within_the_caps_are_served(limited: Running) -> None:
+    server = limited.server
     head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nCookie: "
     answer = stream_then_read(server.port, head, b"c" * 65536, MiB)
     status, body = first_response(answer)
@@ -92,20 +87,14 @@ def test_a_one_mib_cookie_is_refused_and_heads_within_the_caps_are_served(
     headers = {f"x-filler-{i}": "f" * 1000 for i in range(56)}
     answer = httpx.get(f"{server.base_url}/healthz", params={"q": "a" * 7000}, headers=headers, timeout=WAIT_S)
     assert answer.status_code == 200
-    upload = httpx.post(
-        f"{server.base_url}/v1/images/variations",
-        headers={"Authorization": f"Bearer {key}", **headers},
-        files={"image": ("a.png", hostile.padded_to(png_bytes(32), 3 * MiB))},
-        data={"size": "256x256", "response_format": "b64_json"},
-        timeout=WAIT_S,
-    )
+    upload = limited.post_variation(image=hostile.padded_to(png_bytes(32), 3 * MiB), headers=headers, timeout=WAIT_S)
     assert upload.status_code == 200, upload.text[:300]
 
 
-def test_a_client_that_never_reads_is_dropped(limited: tuple[ServerProcess, str]) -> None:
+def test_a_client_that_never_reads_is_dropped(limited: Running) -> None:
     """Two clients ask for six 1024 px images as base64 (about 10 MB each) and read nothing: after the
     send timeout the server drops them, their buffered responses with them (kernel's too: a reset)."""
-    server, key = limited
+    server, key = limited.server, limited.key
     body, content_type = multipart(
         [
             ("image", png_bytes(32), "a.png"),
@@ -187,10 +176,8 @@ UPGRADE = (
     ("path", "auth", "status"),
     [("/v1/models", False, 401), ("/v1/stream", True, 404), ("/v1/images/variations", True, 405)],
 )
-def test_a_websocket_upgrade_gets_openai_json(
-    limited: tuple[ServerProcess, str], path: str, auth: bool, status: int
-) -> None:
-    server, key = limited
+def test_a_websocket_upgrade_gets_openai_json(limited: Running, path: str, auth: bool, status: int) -> None:
+    server, key = limited.server, limited.key
     authorization = f"Authorization: Bearer {key}\r\n" if auth else ""
     head = f"GET {path} HTTP/1.1\r\nHost: x\r\n{UPGRADE}{authorization}\r\n".encode()
     answer = hostile.raw_exchange(server.port, head, [], timeout=WAIT_S)

@@ -10,14 +10,11 @@ import socket
 import time
 from collections.abc import Iterator
 
-import httpx
 import pytest
 
-from tests.conftest import png_bytes
+from tests.harness import Running, create_key, png_bytes, serve
 from tests.robustness.hostile import BOUNDARY, multipart
 from tests.robustness.test_hostile_input import first_response
-from vary.key_limits import KeyLimits
-from vary.state.database import Database
 from vary.testing import ServerProcess
 
 WAIT_S = 60
@@ -26,31 +23,17 @@ LARGE_BODY_BYTES = 20 * 1024 * 1024  # just within the server's body limit, anno
 
 
 @pytest.fixture(scope="module")
-def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, dict[str, str]]]:
-    data_dir = tmp_path_factory.mktemp("limits-first") / "data"
-    db = Database.open(data_dir / "vary.db")
-    try:
-        keys = {
-            "rpm": db.create_key("rpm", limits=KeyLimits(requests_per_minute=1))[1],
-            "quota": db.create_key("quota", limits=KeyLimits(image_quota=1))[1],
-            "ipm": db.create_key("ipm", limits=KeyLimits(images_per_minute=2))[1],
-            "plain": db.create_key("plain")[1],
-        }
-    finally:
-        db.close()
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Running, dict[str, str]]]:
+    root = tmp_path_factory.mktemp("limits-first")
+    keys = {
+        "rpm": create_key(root / "data", "rpm", requests_per_minute=1)[1],
+        "quota": create_key(root / "data", "quota", image_quota=1)[1],
+        "ipm": create_key(root / "data", "ipm", images_per_minute=2)[1],
+        "plain": create_key(root / "data", "plain")[1],
+    }
     # A body timeout far past the test's wait: only an answer before the body can arrive in time.
-    with ServerProcess(data_dir, env={"VARY_BODY_TIMEOUT_SECONDS": "600"}) as server:
-        yield server, keys
-
-
-def post(server: ServerProcess, key: str, n: int = 1) -> httpx.Response:
-    return httpx.post(
-        f"{server.base_url}/v1/images/variations",
-        headers={"Authorization": f"Bearer {key}"},
-        files={"image": ("a.png", png_bytes(32))},
-        data={"size": "256x256", "n": str(n), "response_format": "b64_json"},
-        timeout=WAIT_S,
-    )
+    with serve(root, env={"VARY_BODY_TIMEOUT_SECONDS": "600"}, key=False, request_timeout=WAIT_S) as vary:
+        yield vary, keys
 
 
 def complete(received: bytes) -> bool:
@@ -92,28 +75,28 @@ def answer_before_the_body(
 
 
 def test_a_key_over_its_request_rate_is_refused_before_its_upload(
-    limited: tuple[ServerProcess, dict[str, str]],
+    limited: tuple[Running, dict[str, str]],
 ) -> None:
-    server, keys = limited
-    assert post(server, keys["rpm"]).status_code == 200
-    status, body = answer_before_the_body(server, keys["rpm"])
+    vary, keys = limited
+    assert vary.post_variation(keys["rpm"], image=png_bytes(32), n=1).status_code == 200
+    status, body = answer_before_the_body(vary.server, keys["rpm"])
     assert status == 429 and "requests per min" in body["error"]["message"]  # type: ignore[index]
 
 
 def test_a_key_whose_quota_is_used_up_is_refused_before_its_upload(
-    limited: tuple[ServerProcess, dict[str, str]],
+    limited: tuple[Running, dict[str, str]],
 ) -> None:
-    server, keys = limited
-    assert post(server, keys["quota"]).status_code == 200
-    status, body = answer_before_the_body(server, keys["quota"])
+    vary, keys = limited
+    assert vary.post_variation(keys["quota"], image=png_bytes(32), n=1).status_code == 200
+    status, body = answer_before_the_body(vary.server, keys["quota"])
     assert status == 429 and body["error"]["code"] == "insufficient_quota"  # type: ignore[index]
 
 
-def test_the_image_rate_is_still_checked_once_n_is_known(limited: tuple[ServerProcess, dict[str, str]]) -> None:
-    server, keys = limited
-    refused = post(server, keys["ipm"], n=3)
+def test_the_image_rate_is_still_checked_once_n_is_known(limited: tuple[Running, dict[str, str]]) -> None:
+    vary, keys = limited
+    refused = vary.post_variation(keys["ipm"], image=png_bytes(32), n=3)
     assert refused.status_code == 429 and "images per min" in refused.json()["error"]["message"]
-    assert post(server, keys["ipm"], n=2).status_code == 200
+    assert vary.post_variation(keys["ipm"], image=png_bytes(32), n=2).status_code == 200
 
 
 BODY_ROUTES = [
@@ -128,25 +111,27 @@ BODY_ROUTES = [
 @pytest.mark.parametrize(("method", "path", "start"), BODY_ROUTES, ids=[path for _, path, _ in BODY_ROUTES])
 @pytest.mark.parametrize("presented", ["none", "wrong"])
 def test_every_route_refuses_a_missing_or_wrong_key_before_its_body(
-    limited: tuple[ServerProcess, dict[str, str]], method: str, path: str, start: bytes | None, presented: str
+    limited: tuple[Running, dict[str, str]], method: str, path: str, start: bytes | None, presented: str
 ) -> None:
     """The 401 comes while a 20 MiB body has not been sent: nothing of it is read, parsed or waited for."""
-    server, _ = limited
+    vary, _ = limited
     key = None if presented == "none" else "vary-" + "0" * 43
     started = time.monotonic()
-    status, body = answer_before_the_body(server, key, method=method, path=path, length=LARGE_BODY_BYTES, start=start)
+    status, body = answer_before_the_body(
+        vary.server, key, method=method, path=path, length=LARGE_BODY_BYTES, start=start
+    )
     assert status == 401, body
     assert body["error"]["code"] == "invalid_api_key"  # type: ignore[index]
     assert time.monotonic() - started < WAIT_S / 2  # answered, not cut off by the body's own timeout
 
 
 def test_an_admin_route_refuses_a_key_without_the_admin_role_before_its_body(
-    limited: tuple[ServerProcess, dict[str, str]],
+    limited: tuple[Running, dict[str, str]],
 ) -> None:
-    server, keys = limited
+    vary, keys = limited
     method, path, start = BODY_ROUTES[0]
     status, body = answer_before_the_body(
-        server, keys["plain"], method=method, path=path, length=LARGE_BODY_BYTES, start=start
+        vary.server, keys["plain"], method=method, path=path, length=LARGE_BODY_BYTES, start=start
     )
     assert status == 403, body
     assert body["error"]["code"] == "insufficient_permissions"  # type: ignore[index]

@@ -19,18 +19,13 @@ import pytest
 
 from tests.fakes.bedrock import FakeBedrock
 from tests.fakes.providers import FakeProvider
-from tests.harness import Running, catalogue, hosted, post_variation, serve
+from tests.harness import Running, aws_env, catalogue, hosted, post_variation, serve
 
 TIMEOUT_S = 2.0  # the providers' timeout_seconds
 TRICKLE_S = 14.0  # how long the answer takes to trickle in whole
 HEALTHZ_BOUND_S = 2.5  # "a couple of seconds": a stalled loop took 12 s
 ACCESS_KEY = "AKIAFAKEVARYTEST0037"
 REGION = "eu-west-1"
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-    "AWS_SECRET_ACCESS_KEY": "fake-secret-key-for-tests",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
 UPSTREAM_KEY = "sk-upstream-no-stalls"
 
 
@@ -41,11 +36,8 @@ def one_attempt(**options: object) -> dict[str, object]:
 
 @pytest.fixture(scope="module")
 def providers() -> Iterator[tuple[FakeBedrock, FakeProvider]]:
-    bedrock = FakeBedrock(access_key=ACCESS_KEY, region=REGION).start()
-    upstream = FakeProvider(key=UPSTREAM_KEY).start()
-    yield bedrock, upstream
-    bedrock.stop()
-    upstream.stop()
+    with FakeBedrock(access_key=ACCESS_KEY, region=REGION) as bedrock, FakeProvider(key=UPSTREAM_KEY) as upstream:
+        yield bedrock, upstream
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +56,7 @@ def running(tmp_path_factory: pytest.TempPathFactory, providers: tuple[FakeBedro
         ),
         default="nova",
     )
-    env = {**AWS_ENV, "AWS_CONFIG_FILE": str(root / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(root / "none")}
-    with serve(root, catalogue=text, env={**env, "UPSTREAM_KEY": UPSTREAM_KEY}) as server:
+    with serve(root, catalogue=text, env={**aws_env(root, ACCESS_KEY), "UPSTREAM_KEY": UPSTREAM_KEY}) as server:
         yield server
 
 

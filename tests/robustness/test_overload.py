@@ -6,7 +6,8 @@ import asyncio
 import os
 from pathlib import Path
 
-from tests.robustness.overload import run, serve, table, warm_up
+from tests.harness import serve
+from tests.robustness.overload import run, server_env, table, warm_up
 
 MiB = 1024 * 1024
 REQUESTS = int(os.environ.get("VARY_OVERLOAD_REQUESTS", "160"))  # longer: python -m tests.robustness.overload
@@ -14,18 +15,14 @@ CONCURRENCY, QUEUE_SIZE = 24, 4
 
 
 def test_overload_answers_every_request_correctly_or_with_429(tmp_path: Path) -> None:
-    server, key = serve(tmp_path / "data", QUEUE_SIZE)
-    try:
-        assert server.process is not None
-        pid = server.process.pid
-        warm_up(server.base_url, key)
-        outcome = asyncio.run(
-            run(server.base_url, key, pid, requests=REQUESTS, concurrency=CONCURRENCY, time_limit=600)
-        )
-        again = asyncio.run(run(server.base_url, key, pid, requests=REQUESTS, concurrency=CONCURRENCY, time_limit=600))
-        log = server.log()
-    finally:
-        server.stop()
+    with serve(tmp_path, env=server_env(QUEUE_SIZE)) as vary:
+        base_url, key = vary.base_url, vary.key
+        assert vary.server.process is not None
+        pid = vary.server.process.pid
+        warm_up(base_url, key)
+        outcome = asyncio.run(run(base_url, key, pid, requests=REQUESTS, concurrency=CONCURRENCY, time_limit=600))
+        again = asyncio.run(run(base_url, key, pid, requests=REQUESTS, concurrency=CONCURRENCY, time_limit=600))
+        log = vary.server.log()
     print(table(outcome, concurrency=CONCURRENCY, queue_size=QUEUE_SIZE))
     for result in (outcome, again):
         assert result.total == REQUESTS

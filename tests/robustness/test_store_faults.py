@@ -15,21 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import create_key, png_bytes
-from vary.testing import ServerProcess
+from tests.harness import Running, serve
 
 WAIT_S = 60
 FLIPS = 3
-
-
-def post(server: ServerProcess, key: str, **fields: str) -> httpx.Response:
-    return httpx.post(
-        f"{server.base_url}/v1/images/variations",
-        headers={"Authorization": f"Bearer {key}"},
-        files={"image": ("a.png", png_bytes())},
-        data={"size": "256x256", **fields},
-        timeout=WAIT_S,
-    )
 
 
 def assert_store_unavailable(answer: httpx.Response) -> None:
@@ -41,29 +30,28 @@ def assert_store_unavailable(answer: httpx.Response) -> None:
 
 
 @contextlib.contextmanager
-def server_storing_in(data_dir: Path, images: Path) -> Iterator[tuple[ServerProcess, str]]:
-    _, key = create_key(data_dir)
+def server_storing_in(root: Path, images: Path) -> Iterator[Running]:
     # readyz answers from a probe at most every few seconds; these tests read it right after each flip
     env = {"VARY_STORAGE_URL": f"file://{images}", "VARY_READYZ_INTERVAL_SECONDS": "0"}
-    server = ServerProcess(data_dir, env=env).start()
-    try:
-        yield server, key
-    finally:
-        server.stop(signal.SIGKILL if server.process and server.process.poll() is None else signal.SIGTERM)
+    with serve(root, env=env, request_timeout=WAIT_S) as vary:
+        try:
+            yield vary
+        finally:
+            vary.server.stop(signal.SIGKILL)  # if it still runs
 
 
 class Hammer:
     """`url` requests sent one after another from a thread while the disk flips under them."""
 
-    def __init__(self, server: ServerProcess, key: str) -> None:
-        self.server, self.key = server, key
+    def __init__(self, vary: Running) -> None:
+        self.vary = vary
         self.answers: list[httpx.Response] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self.stop.is_set():
-            self.answers.append(post(self.server, self.key))
+            self.answers.append(self.vary.post_variation(response_format=None))
 
     def __enter__(self) -> Hammer:
         self.thread.start()
@@ -83,7 +71,6 @@ class Hammer:
 def test_a_directory_that_cannot_take_files_fails_soft_and_recovers_at_once(tmp_path: Path) -> None:
     """Unprivileged and as root alike: the images path is a symlink swapped atomically between the real
     directory and a regular file, so every open under it fails with ENOTDIR, as on a broken volume."""
-    data_dir = tmp_path / "data"
     real, not_a_dir, images = tmp_path / "images-real", tmp_path / "not-a-dir", tmp_path / "images"
     real.mkdir()
     not_a_dir.write_text("a file where the directory should be")
@@ -95,34 +82,33 @@ def test_a_directory_that_cannot_take_files_fails_soft_and_recovers_at_once(tmp_
         os.replace(swap, images)  # atomic: a request sees either the directory or the file
 
     point_images_at(real)
-    with server_storing_in(data_dir, images) as (server, key):
-        stored = post(server, key).json()["data"][0]["url"]
-        with Hammer(server, key) as hammer:
+    with server_storing_in(tmp_path, images) as vary:
+        stored = vary.post_variation(response_format=None).json()["data"][0]["url"]
+        with Hammer(vary) as hammer:
             for _ in range(FLIPS):
                 point_images_at(not_a_dir)
-                assert_store_unavailable(post(server, key))
-                assert post(server, key, response_format="b64_json").status_code == 200  # needs no store
+                assert_store_unavailable(vary.post_variation(response_format=None))
+                assert vary.post_variation(response_format="b64_json").status_code == 200  # needs no store
                 # A stored image cannot be read either: retry later, not "no such file".
                 assert_store_unavailable(httpx.get(stored, timeout=WAIT_S))
-                ready = httpx.get(f"{server.base_url}/readyz", timeout=WAIT_S)
+                ready = httpx.get(f"{vary.base_url}/readyz", timeout=WAIT_S)
                 assert ready.status_code == 503 and ready.json()["store"].startswith("failing")
                 point_images_at(real)
-                assert post(server, key).status_code == 200  # the first request after the fault
+                assert vary.post_variation(response_format=None).status_code == 200  # the first request after the fault
                 assert httpx.get(stored, timeout=WAIT_S).status_code == 200
-                assert httpx.get(f"{server.base_url}/readyz", timeout=WAIT_S).status_code == 200
+                assert httpx.get(f"{vary.base_url}/readyz", timeout=WAIT_S).status_code == 200
         hammer.check()
         assert not [p for p in real.iterdir() if p.name.startswith(".tmp-")]  # no partial write left behind
 
 
 def test_a_removed_directory_is_made_again(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
     images = tmp_path / "images"
-    with server_storing_in(data_dir, images) as (server, key):
-        assert post(server, key).status_code == 200
+    with server_storing_in(tmp_path, images) as vary:
+        assert vary.post_variation(response_format=None).status_code == 200
         for path in images.iterdir():
             path.unlink()
         images.rmdir()
-        answer = post(server, key)
+        answer = vary.post_variation(response_format=None)
         assert answer.status_code == 200, answer.text
         assert httpx.get(answer.json()["data"][0]["url"], timeout=WAIT_S).status_code == 200
 
@@ -152,24 +138,24 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 def test_a_full_and_a_read_only_disk_fail_soft_and_recover(tmp_path: Path, small_disk: Path) -> None:
     images = small_disk
     filler = images / "filler"
-    with server_storing_in(tmp_path / "data", images) as (server, key):
-        assert post(server, key).status_code == 200
-        with Hammer(server, key) as hammer:
+    with server_storing_in(tmp_path, images) as vary:
+        assert vary.post_variation(response_format=None).status_code == 200
+        with Hammer(vary) as hammer:
             for _ in range(FLIPS):
                 with open(filler, "wb") as f, contextlib.suppress(OSError):  # until ENOSPC
                     while True:
                         f.write(b"\0" * 65536)
                         f.flush()
-                assert_store_unavailable(post(server, key))
-                assert post(server, key, response_format="b64_json").status_code == 200
+                assert_store_unavailable(vary.post_variation(response_format=None))
+                assert vary.post_variation(response_format="b64_json").status_code == 200
                 filler.unlink()
-                assert post(server, key).status_code == 200
+                assert vary.post_variation(response_format=None).status_code == 200
 
                 _mount("-o", "remount,ro", str(images))
-                assert_store_unavailable(post(server, key))
-                assert post(server, key, response_format="b64_json").status_code == 200
+                assert_store_unavailable(vary.post_variation(response_format=None))
+                assert vary.post_variation(response_format="b64_json").status_code == 200
                 _mount("-o", "remount,rw", str(images))
-                assert post(server, key).status_code == 200
+                assert vary.post_variation(response_format=None).status_code == 200
                 for path in images.glob("*.png"):  # room for the next round
                     path.unlink()
         hammer.check()

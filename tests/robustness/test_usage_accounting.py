@@ -6,23 +6,19 @@ cannot be written. Real locks from a second process; a real full disk (a small t
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import png_bytes
-from vary.key_limits import KeyLimits
-from vary.state.database import Database
-from vary.testing import ServerProcess
+from tests.harness import create_key, png_bytes, serve, usage_rows, usage_rows_until
 
 WAIT_S = 60
+IMAGE = png_bytes(32)
 HOLD_LOCK = (
     "import sqlite3, sys\n"
     "connection = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
@@ -58,87 +54,69 @@ class WriteLock:
 def setup(tmp_path: Path) -> Iterator[tuple[Path, str, str]]:
     """A data dir with a key without limits and a key with a quota of 3 images."""
     data_dir = tmp_path / "data"
-    db = Database.open(data_dir / "vary.db")
-    try:
-        key = db.create_key("free")[1]
-        quota_key = db.create_key("quota", limits=KeyLimits(image_quota=3))[1]
-    finally:
-        db.close()
+    key = create_key(data_dir, "free")[1]
+    quota_key = create_key(data_dir, "quota", image_quota=3)[1]
     yield data_dir, key, quota_key
 
 
-def post(server: ServerProcess, key: str, **fields: str) -> httpx.Response:
-    return httpx.post(
-        f"{server.base_url}/v1/images/variations",
-        headers={"Authorization": f"Bearer {key}"},
-        files={"image": ("a.png", png_bytes(32))},
-        data={"size": "256x256", "response_format": "b64_json", **fields},
-        timeout=WAIT_S,
-    )
-
-
 def rows_in(data_dir: Path) -> int:
-    db = Database.open(data_dir / "vary.db")
-    try:
-        return len(db.usage_rows())
-    finally:
-        db.close()
+    return len(usage_rows(data_dir))
 
 
 def wait_for_rows(data_dir: Path, count: int) -> int:
-    deadline = time.monotonic() + WAIT_S
-    while (found := rows_in(data_dir)) < count and time.monotonic() < deadline:
-        time.sleep(0.2)  # poll interval, bounded by the deadline
-    return found
+    """How many rows there are once there are `count` (a spooled row is written a moment later), or at the bound."""
+    return len(usage_rows_until(data_dir, lambda rows: len(rows) >= count, timeout=WAIT_S))
 
 
 def test_rows_are_kept_while_another_process_holds_the_write_lock(setup: tuple[Path, str, str]) -> None:
     data_dir, key, _ = setup
-    with ServerProcess(data_dir, env={"VARY_READYZ_INTERVAL_SECONDS": "0"}) as server:  # readiness probed each call
-        assert post(server, key).status_code == 200
+    # Readiness probed each call.
+    readyz = {"VARY_READYZ_INTERVAL_SECONDS": "0"}
+    with serve(data_dir.parent, env=readyz, key=False, request_timeout=WAIT_S) as vary:
+        assert vary.post_variation(key, image=IMAGE).status_code == 200
         assert wait_for_rows(data_dir, 1) == 1  # written, or spooled for a moment: the lock comes after it
         lock = WriteLock(data_dir / "vary.db")
         try:
             statuses: list[int] = []
             threads = [
-                threading.Thread(target=lambda: statuses.append(post(server, key).status_code)) for _ in range(24)
+                threading.Thread(target=lambda: statuses.append(vary.post_variation(key, image=IMAGE).status_code))
+                for _ in range(24)
             ]
             for thread in threads:
                 thread.start()
             # Answered while the lock is held (it is released only below): a server waiting on the lock would
             # never answer. A generous bound: a busy machine answers slowly, never not at all.
-            listed = httpx.get(
-                f"{server.base_url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=WAIT_S
-            )
+            listed = httpx.get(f"{vary.base_url}/v1/models", headers={"Authorization": f"Bearer {key}"}, timeout=WAIT_S)
             for thread in threads:
                 thread.join(WAIT_S)
             assert statuses == [200] * 24
             assert listed.status_code == 200
-            ready = httpx.get(f"{server.base_url}/readyz", timeout=WAIT_S)
+            ready = httpx.get(f"{vary.base_url}/readyz", timeout=WAIT_S)
             assert ready.status_code == 503, ready.text
             assert ready.json()["database"].startswith("failing") and ready.json()["usage_spooled"] == 24
             assert rows_in(data_dir) == 1  # nothing got past the lock
         finally:
             lock.release()
         assert wait_for_rows(data_dir, 25) == 25
-        ready = httpx.get(f"{server.base_url}/readyz", timeout=WAIT_S)
+        ready = httpx.get(f"{vary.base_url}/readyz", timeout=WAIT_S)
         assert ready.status_code == 200 and ready.json()["usage_spooled"] == 0
     assert rows_in(data_dir) == 25  # and not one more: nothing written twice
 
 
 def test_the_quota_counts_spooled_images(setup: tuple[Path, str, str]) -> None:
     data_dir, _, quota_key = setup
-    with ServerProcess(data_dir) as server:
+    with serve(data_dir.parent, key=False, request_timeout=WAIT_S) as vary:
         lock = WriteLock(data_dir / "vary.db")
         try:
-            assert [post(server, quota_key).status_code for _ in range(3)] == [200, 200, 200]
-            refused = post(server, quota_key)
+            assert [vary.post_variation(quota_key, image=IMAGE).status_code for _ in range(3)] == [200, 200, 200]
+            refused = vary.post_variation(quota_key, image=IMAGE)
             assert refused.status_code == 429, refused.text
             assert refused.json()["error"]["code"] == "insufficient_quota"
         finally:
             lock.release()
         assert wait_for_rows(data_dir, 4) == 4
-        assert post(server, quota_key).status_code == 429  # the same, once the rows are in the database
+        # The same, once the rows are in the database.
+        assert vary.post_variation(quota_key, image=IMAGE).status_code == 429
 
 
 def test_spooled_rows_survive_a_restart(setup: tuple[Path, str, str]) -> None:
@@ -146,18 +124,14 @@ def test_spooled_rows_survive_a_restart(setup: tuple[Path, str, str]) -> None:
     spool = data_dir / "usage-spool.jsonl"
     lock = WriteLock(data_dir / "vary.db")
     try:
-        with ServerProcess(data_dir) as server:
-            assert [post(server, key, n="2").status_code for _ in range(3)] == [200, 200, 200]
+        with serve(data_dir.parent, key=False, request_timeout=WAIT_S) as vary:
+            assert [vary.post_variation(key, image=IMAGE, n="2").status_code for _ in range(3)] == [200, 200, 200]
         assert len(spool.read_text().splitlines()) == 3  # stopped with the lock still held
     finally:
         lock.release()
-    with ServerProcess(data_dir):
+    with serve(data_dir.parent, key=False):
         assert wait_for_rows(data_dir, 3) == 3
-    db = Database.open(data_dir / "vary.db")
-    try:
-        assert sum(row.n or 0 for row in db.usage_rows()) == 6
-    finally:
-        db.close()
+    assert sum(row.n or 0 for row in usage_rows(data_dir)) == 6
     assert not spool.exists()
 
 
@@ -189,24 +163,16 @@ def fill(disk: Path) -> Path:
 
 
 def test_rows_are_kept_while_the_disk_is_full(small_disk: Path) -> None:
-    data_dir = small_disk / "data"
-    db = Database.open(data_dir / "vary.db")
-    try:
-        key = db.create_key("free")[1]
-    finally:
-        db.close()
-    server = ServerProcess(data_dir).start()
-    try:
-        assert post(server, key).status_code == 200
+    with serve(small_disk, request_timeout=WAIT_S) as vary:
+        data_dir, key = vary.data_dir, vary.key
+        assert vary.post_variation(key, image=IMAGE).status_code == 200
         filler = fill(small_disk)
         try:
-            served = [post(server, key, n="3") for _ in range(3)]
+            served = [vary.post_variation(key, image=IMAGE, n="3") for _ in range(3)]
             assert [answer.status_code for answer in served] == [200, 200, 200]
             assert len(served[0].json()["data"]) == 3
-            assert httpx.get(f"{server.base_url}/readyz", timeout=WAIT_S).json()["usage_spooled"] == 3
+            assert httpx.get(f"{vary.base_url}/readyz", timeout=WAIT_S).json()["usage_spooled"] == 3
         finally:
             filler.unlink()
         assert wait_for_rows(data_dir, 4) == 4
-        assert httpx.get(f"{server.base_url}/readyz", timeout=WAIT_S).json()["usage_spooled"] == 0
-    finally:
-        server.stop(signal.SIGTERM)
+        assert httpx.get(f"{vary.base_url}/readyz", timeout=WAIT_S).json()["usage_spooled"] == 0
