@@ -146,7 +146,7 @@ def test_what_bedrock_says_reaches_the_client_scrubbed_of_vary_s_credentials_and
     secret = "fake-secret-key-for-tests"
     echoed = f"{ACCESS_KEY} {secret} {base64.b64encode(f'{ACCESS_KEY}:{secret}'.encode()).decode()} " + "z" * 16_000
     nova.bedrock.faults.append(("validation", echoed))
-    answer = nova.post()
+    answer = nova.vary.post_variation(size=SIZE)
     assert answer.status_code == 400, answer.text
     error = answer.json()["error"]
     assert error["code"] == "validation_error"
