@@ -20,6 +20,7 @@ and one way to post.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import io
@@ -65,6 +66,12 @@ def png_bytes(size: int | tuple[int, int] = 64, mode: str = "RGB", color: object
     buf = io.BytesIO()
     Image.new(mode, dims, color).save(buf, format="PNG", **save)
     return buf.getvalue()
+
+
+def b64_images(answer: httpx.Response) -> list[bytes]:
+    """The images of a 200 answer asked for as b64_json, in order."""
+    assert answer.status_code == 200, answer.text
+    return [base64.b64decode(item["b64_json"]) for item in answer.json()["data"]]
 
 
 def decode_png(data: bytes) -> Image.Image:

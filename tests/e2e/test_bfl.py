@@ -19,7 +19,7 @@ from tests.e2e.provider_support import QUICK, last_row
 from tests.fakes.bfl import FakeBfl
 from tests.fakes.jobs import colour_of
 from tests.fakes.otlp import HttpReceiver
-from tests.harness import Running, catalogue, hosted, route, serve
+from tests.harness import Running, b64_images, catalogue, hosted, route, serve
 
 KEY = "bfl-SECRET-key-0123456789-abcdef"
 SECOND_KEY = "bfl-SECRET-second-9876"
@@ -70,11 +70,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
     receiver.stop()
 
 
-def images_of(answer: httpx.Response) -> list[bytes]:
-    assert answer.status_code == 200, answer.text
-    return [base64.b64decode(item["b64_json"]) for item in answer.json()["data"]]
-
-
 # --- the fake, as BFL documents its API ------------------------------------------------------------
 
 
@@ -116,7 +111,7 @@ def size_of(data: bytes) -> tuple[int, int]:
 def test_n_is_one_task_an_image_each_with_its_seed_and_the_size_as_asked(setup: Setup) -> None:
     before, image = len(setup.bfl.submitted), png_bytes(64)
     answer = setup.running.post_variation(model="bfl", image=image, n=3, size="512x512", seed=9, steps=30)
-    pngs = images_of(answer)
+    pngs = b64_images(answer)
     assert [decode_png(png).size for png in pngs] == [(512, 512)] * 3 and answer.headers["x-vary-seed"] == "9"
     assert [colour_of(png)[0] for png in pngs] == [9, 10, 11]
     submitted = sorted(setup.bfl.submitted[before:], key=lambda entry: entry[1]["seed"])
@@ -129,12 +124,12 @@ def test_n_is_one_task_an_image_each_with_its_seed_and_the_size_as_asked(setup: 
 
 
 def test_ultra_maps_strength_onto_the_image_prompt_s_and_is_resized(setup: Setup) -> None:
-    (png,) = images_of(setup.running.post_variation(model="bfl-ultra", strength=0.5))
+    (png,) = b64_images(setup.running.post_variation(model="bfl-ultra", strength=0.5))
     assert decode_png(png).size == (256, 256)  # made at 2048, a JPEG, made a PNG of the asked size
     body = setup.bfl.submitted[-1][1]
     assert (body["aspect_ratio"], body["image_prompt_strength"], body["raw"]) == ("1:1", 0.55, False)
     assert "width" not in body
-    images_of(setup.running.post_variation(model="bfl-ultra"))
+    b64_images(setup.running.post_variation(model="bfl-ultra"))
     assert setup.bfl.submitted[-1][1]["image_prompt_strength"] == 0.1  # the option, without a strength
 
 

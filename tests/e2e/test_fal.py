@@ -3,7 +3,6 @@ first with fal's official Python client (fal-client) over TLS, then driven throu
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -20,7 +19,7 @@ from tests.conftest import decode_png, png_bytes
 from tests.e2e.provider_support import QUICK, eventually, last_row, timed_with_health
 from tests.fakes.fal import FakeFal
 from tests.fakes.jobs import colour_of
-from tests.harness import Running, catalogue, hosted, route, serve
+from tests.harness import Running, b64_images, catalogue, hosted, route, serve
 from vary.targets.hosted.jobs import data_uri
 
 KEY = "fal-key-SECRET-0123456789abcdef"
@@ -103,11 +102,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         fake.stop()
 
 
-def images_of(answer: httpx.Response) -> list[bytes]:
-    assert answer.status_code == 200, answer.text
-    return [base64.b64decode(item["b64_json"]) for item in answer.json()["data"]]
-
-
 # --- the fake, as fal's own client sees it ---------------------------------------------------------
 
 
@@ -151,7 +145,7 @@ def test_the_fake_is_fal_s_queue_as_fal_client_sees_it(tmp_path: Path) -> None:
 def test_n_is_split_by_four_with_a_seed_a_call_and_the_size_mapped(setup: Setup) -> None:
     before, image = len(setup.fal.submissions), png_bytes(64)
     answer = setup.running.post_variation(model="fal", image=image, n=6, seed=40, steps=30, guidance_scale=7)
-    pngs = images_of(answer)
+    pngs = b64_images(answer)
     assert [decode_png(png).size for png in pngs] == [(256, 256)] * 6  # made at 512 (square), resized
     assert answer.headers["x-vary-seed"] == "40"
     # In order: call 0 (seed 40) made the first four, call 1 (seed 41) the last two.
@@ -167,7 +161,7 @@ def test_n_is_split_by_four_with_a_seed_a_call_and_the_size_mapped(setup: Setup)
 
 def test_dev_takes_guidance_and_its_jpeg_answer_is_made_a_png(setup: Setup) -> None:
     answer = setup.running.post_variation(model="fal-dev", size="1024x1024", guidance_scale=30, steps=80, seed=3)
-    (png,) = images_of(answer)
+    (png,) = b64_images(answer)
     assert decode_png(png).size == (1024, 1024)  # decode_png insists on a PNG
     body = setup.fal.submissions[-1].body
     assert (body["guidance_scale"], body["num_inference_steps"], body["image_size"]) == (20, 50, "square_hd")
@@ -260,7 +254,7 @@ def test_when_one_call_of_three_fails_only_its_images_are_asked_for_again(setup:
     before = len(setup.fal.submissions)
     setup.fal.fail_seed(71, ("error", 503, "no runner"))
     answer = setup.running.post_variation(model="fal", n=10, seed=70)
-    assert images_of(answer) == images_of(calm), "the same images, in the same order"
+    assert b64_images(answer) == b64_images(calm), "the same images, in the same order"
     seeds = sorted((s.body["seed"], s.body["num_images"]) for s in setup.fal.submissions[before:])
     assert seeds == [(70, 4), (71, 4), (71, 4), (72, 2)], "seeds 70 and 72 are not asked for again"
     row = last_row(setup.running.data_dir)
@@ -277,20 +271,19 @@ def test_a_job_past_its_time_is_cancelled_at_fal_and_the_server_keeps_answering(
     assert eventually(lambda: job in setup.fal.cancels)
 
 
-def test_a_route_moves_on_from_a_job_past_its_time_and_cancels_it(setup: Setup) -> None:
+@pytest.mark.parametrize(
+    ("model", "status", "target"),
+    [("quick-then-second", 200, "fal-second"), ("fal-by-deadline", 502, None)],
+    ids=["a-route-moves-on", "past-the-route-s-deadline"],
+)
+def test_a_job_past_its_attempt_or_the_route_s_time_is_cancelled_at_fal(
+    setup: Setup, model: str, status: int, target: str | None
+) -> None:
     setup.fal.fail("job", ("never",))
     jobs = len(setup.fal.jobs)
-    answer = setup.running.post_variation(model="quick-then-second")
-    assert answer.status_code == 200 and answer.headers["x-vary-target"] == "fal-second"
-    (job,) = list(setup.fal.jobs)[jobs:]
-    assert eventually(lambda: job in setup.fal.cancels)
-
-
-def test_a_job_past_the_route_s_deadline_is_cancelled_at_fal(setup: Setup) -> None:
-    setup.fal.fail("job", ("never",))
-    jobs = len(setup.fal.jobs)
-    answer = setup.running.post_variation(model="fal-by-deadline")
-    assert answer.status_code == 502, answer.text
+    answer = setup.running.post_variation(model=model)
+    assert answer.status_code == status, answer.text
+    assert answer.headers.get("x-vary-target") == target
     (job,) = list(setup.fal.jobs)[jobs:]
     assert eventually(lambda: job in setup.fal.cancels)
 

@@ -20,28 +20,11 @@ from safetensors.torch import load_file, save_file
 
 from tests.conftest import create_key, png_bytes
 from tests.e2e.test_first_run import cached_files, hub_env, vary
-from tests.fakes.hub import FakeHub
+from tests.fakes.hub import FLUX_REDUX_FILES, FLUX_SCHNELL_FILES, FakeHub
 from vary.engines.flux_redux import FLUX_DEV_LICENSE, REDUX_REPO, SCHNELL_REPO, FluxReduxEngine
 from vary.testing import ServerProcess
 
 TOKEN = "hf_accepted"
-BASE_FILES = {
-    "model_index.json",
-    "scheduler/scheduler_config.json",
-    "transformer/config.json",
-    "transformer/diffusion_pytorch_model.safetensors.index.json",
-    *(f"transformer/diffusion_pytorch_model-0000{k}-of-00003.safetensors" for k in (1, 2, 3)),
-    "vae/config.json",
-    "vae/diffusion_pytorch_model.safetensors",
-}
-REDUX_FILES = {
-    "model_index.json",
-    "feature_extractor/preprocessor_config.json",
-    "image_encoder/config.json",
-    "image_encoder/model.safetensors",
-    "image_embedder/config.json",
-    "image_embedder/diffusion_pytorch_model.safetensors",
-}
 CATALOGUE = f"""
 [[models]]
 name = "flux-redux"
@@ -123,8 +106,8 @@ def test_pull_refuses_then_names_the_gate_then_fetches_exactly_what_loads_and_se
     assert f"{REDUX_REPO} is gated: HF_TOKEN" in failure
     # 3. With a token of an account that accepted it: exactly the declared files, no text encoder.
     assert pulled.returncode == 0, pulled.stderr
-    assert cached_files(tmp_path / "hf", SCHNELL_REPO) == BASE_FILES
-    assert cached_files(tmp_path / "hf", REDUX_REPO) == REDUX_FILES
+    assert cached_files(tmp_path / "hf", SCHNELL_REPO) == FLUX_SCHNELL_FILES
+    assert cached_files(tmp_path / "hf", REDUX_REPO) == FLUX_REDUX_FILES
 
     # The Hub is gone: the start reads the cache, loads the real layout without text encoders, and serves.
     catalogue = tmp_path / "models.toml"

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import base64
 import ssl
 import time
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from tests.conftest import decode_png, png_bytes
 from tests.e2e.provider_support import QUICK, eventually, last_row, timed_with_health
 from tests.fakes.jobs import colour_of
 from tests.fakes.replicate import FakeReplicate
-from tests.harness import Running, catalogue, hosted, route, serve
+from tests.harness import Running, b64_images, catalogue, hosted, route, serve
 from vary.targets.hosted.jobs import data_uri
 
 KEY = "r8_SECRET_replicate_0123456789abcdefABCDEF"
@@ -62,11 +61,6 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
         yield Setup(running, replicate, second, internal)
     for fake in (replicate, second, internal):
         fake.stop()
-
-
-def images_of(answer: httpx.Response) -> list[bytes]:
-    assert answer.status_code == 200, answer.text
-    return [base64.b64decode(item["b64_json"]) for item in answer.json()["data"]]
 
 
 # --- the fake, as Replicate's own client sees it ----------------------------------------------------
@@ -114,7 +108,7 @@ def test_the_fake_is_replicate_s_predictions_api_as_its_client_sees_it(tmp_path:
 def test_n_is_split_by_four_sizes_are_megapixels_and_the_wait_is_within_the_attempt(setup: Setup) -> None:
     before, image = len(setup.replicate.created), png_bytes(64)
     answer = setup.running.post_variation(model="replicate", image=image, n=6, seed=40, steps=30, guidance_scale=7)
-    pngs = images_of(answer)
+    pngs = b64_images(answer)
     assert [decode_png(png).size for png in pngs] == [(256, 256)] * 6 and answer.headers["x-vary-seed"] == "40"
     assert [colour_of(png)[:2] for png in pngs] == [(40, 0), (40, 40), (40, 80), (40, 120), (41, 0), (41, 40)]
     created = sorted(setup.replicate.created[before:], key=lambda entry: entry[1]["input"]["seed"])
@@ -132,7 +126,7 @@ def test_n_is_split_by_four_sizes_are_megapixels_and_the_wait_is_within_the_atte
 
 def test_dev_takes_guidance_and_its_webp_answer_is_made_a_png(setup: Setup) -> None:
     answer = setup.running.post_variation(model="replicate-dev", size="1024x1024", guidance_scale=30, steps=80)
-    (png,) = images_of(answer)
+    (png,) = b64_images(answer)
     assert decode_png(png).size == (1024, 1024)
     given = setup.replicate.created[-1][1]["input"]
     assert (given["guidance"], given["num_inference_steps"], given["megapixels"]) == (10, 50, "1")

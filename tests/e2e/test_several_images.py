@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import base64
-
 import httpx
 import numpy as np
 import pytest
 from openai import BadRequestError, OpenAI
 
 from tests.conftest import decode_png, png_bytes
+from tests.harness import b64_images
 from tests.robustness.hostile import padded_to
 from vary.testing import ServerProcess
 
@@ -36,9 +35,7 @@ def error(message: str, param: str | None = None, code: str | None = None) -> di
 
 def images(http: httpx.Client, parts: list[tuple[str, bytes]], **fields: str) -> list[bytes]:
     files = [(name, (f"{k}.png", data, "image/png")) for k, (name, data) in enumerate(parts)]
-    response = http.post(URL, data={"response_format": "b64_json", "size": "256x256", **fields}, files=files)
-    assert response.status_code == 200, response.text
-    return [base64.b64decode(item["b64_json"]) for item in response.json()["data"]]
+    return b64_images(http.post(URL, data={"response_format": "b64_json", "size": "256x256", **fields}, files=files))
 
 
 def test_the_sdk_sends_a_list_as_image_parts_and_gets_a_blend(client: OpenAI) -> None:

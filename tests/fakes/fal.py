@@ -134,14 +134,19 @@ class FakeFal(JobServer):
         urls = _urls(job)
         return JSONResponse({"request_id": job.id, **urls, "queue_position": 0})
 
-    async def _status(self, request: Request) -> Response:
-        self.status_polls += 1
+    def _job(self, request: Request, missing: dict[str, str]) -> FalJob | Response:
+        """The job the path names, or the answer fal gives instead (a refused key, or `missing` with a 404)."""
         refused = self._refused(request)
         if refused is not None:
             return refused
         job = self.jobs.get(request.path_params["id"])
-        if job is None:
-            return JSONResponse({"detail": "Request not found"}, status_code=404)
+        return JSONResponse(missing, status_code=404) if job is None else job
+
+    async def _status(self, request: Request) -> Response:
+        self.status_polls += 1
+        job = self._job(request, missing={"detail": "Request not found"})
+        if isinstance(job, Response):
+            return job
         fault = self.next_fault("status")
         if fault[0] == "status":
             return JSONResponse({"detail": "Internal error"}, status_code=fault[1])
@@ -152,12 +157,9 @@ class FakeFal(JobServer):
         return JSONResponse({"status": "COMPLETED", "logs": None, "metrics": {"inference_time": 0.1}, **_urls(job)})
 
     async def _result(self, request: Request) -> Response:
-        refused = self._refused(request)
-        if refused is not None:
-            return refused
-        job = self.jobs.get(request.path_params["id"])
-        if job is None:
-            return JSONResponse({"detail": "Request not found"}, status_code=404)
+        job = self._job(request, missing={"detail": "Request not found"})
+        if isinstance(job, Response):
+            return job
         if job.fault[0] == "never" or job.polls <= self.polls_to_finish:
             return JSONResponse({"detail": "Request is still in progress"}, status_code=400)
         kind = job.fault[0]
@@ -196,12 +198,9 @@ class FakeFal(JobServer):
         }
 
     async def _cancel(self, request: Request) -> Response:
-        refused = self._refused(request)
-        if refused is not None:
-            return refused
-        job = self.jobs.get(request.path_params["id"])
-        if job is None:
-            return JSONResponse({"status": "NOT_FOUND"}, status_code=404)
+        job = self._job(request, missing={"status": "NOT_FOUND"})
+        if isinstance(job, Response):
+            return job
         self.cancels.append(job.id)
         if job.fault[0] != "never" and job.polls > self.polls_to_finish:
             return JSONResponse({"status": "ALREADY_COMPLETED"}, status_code=400)

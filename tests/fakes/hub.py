@@ -28,6 +28,25 @@ from tests.fakes.loopback import LoopbackServer
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
+# What vary fetches of the real FLUX.1 repositories (never their text encoders or single-file originals).
+FLUX_SCHNELL_FILES = {
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "transformer/config.json",
+    "transformer/diffusion_pytorch_model.safetensors.index.json",
+    *(f"transformer/diffusion_pytorch_model-0000{k}-of-00003.safetensors" for k in (1, 2, 3)),
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+}
+FLUX_REDUX_FILES = {
+    "model_index.json",
+    "feature_extractor/preprocessor_config.json",
+    "image_encoder/config.json",
+    "image_encoder/model.safetensors",
+    "image_embedder/config.json",
+    "image_embedder/diffusion_pytorch_model.safetensors",
+}
+
 
 @dataclass
 class FakeHub:

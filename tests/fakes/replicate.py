@@ -131,23 +131,27 @@ class FakeReplicate(JobServer):
                 await asyncio.sleep(0.02)
         return JSONResponse(self._render(prediction, request), status_code=201)
 
-    async def _get(self, request: Request) -> Response:
-        self.gets += 1
+    def _prediction(self, request: Request) -> Prediction | Response:
+        """The prediction the path names, or the answer Replicate gives instead (a refused key, or a 404)."""
         refused = self._refused(request)
         if refused is not None:
             return refused
         prediction = self.predictions.get(request.path_params["id"])
         if prediction is None:
             return _problem(404, "Not found", "The requested resource could not be found.")
+        return prediction
+
+    async def _get(self, request: Request) -> Response:
+        self.gets += 1
+        prediction = self._prediction(request)
+        if isinstance(prediction, Response):
+            return prediction
         return JSONResponse(self._render(prediction, request))
 
     async def _cancel(self, request: Request) -> Response:
-        refused = self._refused(request)
-        if refused is not None:
-            return refused
-        prediction = self.predictions.get(request.path_params["id"])
-        if prediction is None:
-            return _problem(404, "Not found", "The requested resource could not be found.")
+        prediction = self._prediction(request)
+        if isinstance(prediction, Response):
+            return prediction
         self.cancels.append(prediction.id)
         if self._status(prediction) in ("starting", "processing"):
             prediction.canceled = True

@@ -74,22 +74,19 @@ def answer_before_the_body(
     return status, json.loads(content)
 
 
-def test_a_key_over_its_request_rate_is_refused_before_its_upload(
-    limited: tuple[Running, dict[str, str]],
+@pytest.mark.parametrize(
+    ("limit", "refusal"),
+    [("rpm", ("message", "requests per min")), ("quota", ("code", "insufficient_quota"))],
+    ids=["over-its-request-rate", "its-quota-used-up"],
+)
+def test_a_key_at_its_limit_is_refused_before_its_upload(
+    limited: tuple[Running, dict[str, str]], limit: str, refusal: tuple[str, str]
 ) -> None:
     vary, keys = limited
-    assert vary.post_variation(keys["rpm"], image=png_bytes(32), n=1).status_code == 200
-    status, body = answer_before_the_body(vary.server, keys["rpm"])
-    assert status == 429 and "requests per min" in body["error"]["message"]  # type: ignore[index]
-
-
-def test_a_key_whose_quota_is_used_up_is_refused_before_its_upload(
-    limited: tuple[Running, dict[str, str]],
-) -> None:
-    vary, keys = limited
-    assert vary.post_variation(keys["quota"], image=png_bytes(32), n=1).status_code == 200
-    status, body = answer_before_the_body(vary.server, keys["quota"])
-    assert status == 429 and body["error"]["code"] == "insufficient_quota"  # type: ignore[index]
+    assert vary.post_variation(keys[limit], image=png_bytes(32), n=1).status_code == 200
+    status, body = answer_before_the_body(vary.server, keys[limit])
+    field, says = refusal
+    assert status == 429 and says in body["error"][field]  # type: ignore[index]
 
 
 def test_the_image_rate_is_still_checked_once_n_is_known(limited: tuple[Running, dict[str, str]]) -> None:

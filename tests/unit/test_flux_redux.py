@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.fakes.hub import FLUX_REDUX_FILES, FLUX_SCHNELL_FILES
 from tests.unit.test_engines import assert_same_images, blended, blue, generate, mean_difference, red, run
 from vary.engines.base import Batch, GenerationCancelled, RequestedControls, VariationItem
 from vary.engines.diffusion import LicenseNotAccepted, Placement, pick_dtype
@@ -178,23 +179,8 @@ def test_the_setting_takes_a_comma_separated_list(monkeypatch: pytest.MonkeyPatc
 def test_hub_files_are_the_real_repositories_layout_without_text_encoders() -> None:
     files = real().hub_files()
     assert files["base"].repo_id == SCHNELL_REPO and files["redux"].repo_id == REDUX_REPO
-    assert set(files["base"].files) == {
-        "model_index.json",
-        "scheduler/scheduler_config.json",
-        "transformer/config.json",
-        "transformer/diffusion_pytorch_model.safetensors.index.json",
-        *(f"transformer/diffusion_pytorch_model-0000{k}-of-00003.safetensors" for k in (1, 2, 3)),
-        "vae/config.json",
-        "vae/diffusion_pytorch_model.safetensors",
-    }
-    assert set(files["redux"].files) == {
-        "model_index.json",
-        "feature_extractor/preprocessor_config.json",
-        "image_encoder/config.json",
-        "image_encoder/model.safetensors",
-        "image_embedder/config.json",
-        "image_embedder/diffusion_pytorch_model.safetensors",
-    }
+    assert set(files["base"].files) == FLUX_SCHNELL_FILES
+    assert set(files["redux"].files) == FLUX_REDUX_FILES
     # FLUX.1 [schnell] is open; the Redux adapter and FLUX.1 [dev] are gated behind the licence.
     assert files["base"].gated_by == "" and files["redux"].gated_by == FLUX_DEV_LICENSE.name
     assert real(base="dev").hub_files()["base"].gated_by == FLUX_DEV_LICENSE.name
