@@ -17,7 +17,7 @@ from tests.harness import aws_env, catalogue, decode_png, hosted, png_bytes, ser
 from vary.errors import UpstreamFailure
 from vary.imaging import InputImage
 from vary.request import VariationRequest
-from vary.targets.hosted.bedrock import BedrockNovaCanvas, BedrockOptions
+from vary.targets.hosted.bedrock import BEDROCK_PROVIDER, BedrockNovaCanvas, BedrockOptions
 
 pytest.importorskip("boto3", reason='boto3 is the bedrock extra: pip install -e ".[bedrock]" (the test extra has it)')
 
@@ -123,7 +123,7 @@ def test_a_wrong_region_fails_the_signature_scope(monkeypatch: pytest.MonkeyPatc
     bedrock = FakeBedrock(access_key=ACCESS_KEY, region=REGION).start()
     try:
         options = BedrockOptions(region="us-east-1", endpoint_url=bedrock.endpoint_url, max_attempts=1)
-        target = BedrockNovaCanvas(name="x", options=options, license=None, description=None)
+        target = BedrockNovaCanvas(name="x", engine=BEDROCK_PROVIDER, options=options)
         request = VariationRequest(images=(InputImage(png_bytes(64)),), n=1, size=512)
         with pytest.raises(UpstreamFailure, match="credentials or configuration"):
             asyncio.run(target.make(request))

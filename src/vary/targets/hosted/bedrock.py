@@ -128,19 +128,10 @@ class BedrockNovaCanvas(HostedProvider):
             return Lifecycle("retired", datetime.date(2026, 6, 30), "Amazon's end of life for Titan Image Generator v2")
         return super().lifecycle_of(engine, options)
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        engine: str = BEDROCK_PROVIDER,
-        options: HostedOptions,
-        license: str | None = None,
-        description: str | None = None,
-    ) -> None:
+    def _open(self) -> None:
         import boto3  # an optional extra: pip install "vary[bedrock]"
         from botocore.config import Config
 
-        super().__init__(name=name, engine=engine, options=options, license=license, description=description)
         options = self.options
         config = Config(
             region_name=options.region,

@@ -145,16 +145,7 @@ class JobProvider(HostedProvider):
     options_type: ClassVar[type[HostedOptions]] = JobOptions
     options: JobOptions
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        engine: str,
-        options: HostedOptions,
-        license: str | None = None,
-        description: str | None = None,
-    ) -> None:
-        super().__init__(name=name, engine=engine, options=options, license=license, description=description)
+    def _open(self) -> None:
         base_url = self.base_url or ""
         seconds = self.options.timeout_seconds
         timeout = httpx.Timeout(seconds, connect=min(10.0, seconds))

@@ -106,17 +106,8 @@ class OpenAIApiProvider(HostedProvider):
             )
         return options
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        engine: str,
-        options: HostedOptions,
-        license: str | None = None,
-        description: str | None = None,
-    ) -> None:
-        super().__init__(name=name, engine=engine, options=options, license=license, description=description)
-        if "openai" in engine:
+    def _open(self) -> None:
+        if "openai" in self.kind:
             self.info = dataclasses.replace(self.info, owned_by="openai")
         base_url = self.base_url or OPENAI_BASE_URL
         timeout = httpx.Timeout(self.options.timeout_seconds, connect=min(10.0, self.options.timeout_seconds))

@@ -189,6 +189,11 @@ class HostedProvider(ABC):
             license=license or "the provider's terms",
             capabilities=self.capabilities(),
         )
+        self._open()
+
+    def _open(self) -> None:
+        """Open what the provider calls with (its clients), once its options and info are set."""
+        return None  # a provider without clients of its own opens nothing
 
     @property
     def name(self) -> str:
