@@ -141,6 +141,10 @@ def test_a_hub_that_never_answers_ends_the_start_with_one_line(tmp_path: Path) -
     assert f"the Hub at {hub.url} did not answer" in line and "kandinsky-community/kandinsky-2-2-decoder" in line
 
 
+def ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 @pytest.fixture()
 def hung_start(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     """`vary serve` stuck on a Hub that never answers (each call would wait a minute)."""
@@ -149,7 +153,10 @@ def hung_start(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]
         log_path = tmp_path / "serve.log"
         args = ("serve", "--data-dir", str(tmp_path / "data"), "--log-format", "text", "--port", str(free_port()))
         with open(log_path, "wb") as log:
-            process = subprocess.Popen([sys.executable, "-m", "vary", *args], env=env, stdout=log, stderr=log)
+            # SIGINT ignored, as a script's `&` leaves it (a CI runner may too): Ctrl-C must still stop the start.
+            process = subprocess.Popen(
+                [sys.executable, "-m", "vary", *args], env=env, stdout=log, stderr=log, preexec_fn=ignore_sigint
+            )
         try:
             yield process, log_path
         finally:

@@ -139,6 +139,9 @@ def serve(settings: Settings, data_dir: DataDir) -> None:
             settings, key and ready_message(settings, data_dir, key, terminal=sys.stdout.isatty(), earlier=earlier)
         )
         return
+    # Ctrl-C stops the load even where SIGINT came ignored from the parent (a `&` in a script leaves it so):
+    # uvicorn handles it later whatever it inherited, so the load does too.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         registry, decoder = in_background(lambda: load_models(settings))
     except ModelUnavailable:
