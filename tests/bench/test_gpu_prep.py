@@ -203,7 +203,12 @@ def test_over_http_the_openai_sdk_gets_the_in_process_images(tmp_path: Path) -> 
     assert b64.errors == [] and url.errors == []
     assert b64.images == 2 and len(b64.server_overhead_ms) == 2 and url.images == 1
     assert b64.first is not None
-    np.testing.assert_array_equal(b64.first, engine.finish(reference[None], 256)[0])
+    # The same image, up to the CPU's float noise: exact in quiet runs, but in a loaded run 0.35% of the pixels
+    # came 1 level off (the server renders on its own thread, and CPU reductions are not bitwise stable across
+    # threads). A wrong path (a resize, a colour conversion, another seed) is off by far more, almost everywhere.
+    expected = engine.finish(reference[None], 256)[0]
+    off = np.abs(b64.first.astype(np.int16) - expected.astype(np.int16))
+    assert off.max() <= 1 and np.count_nonzero(off) <= 0.01 * off.size, (off.max(), np.count_nonzero(off))
 
 
 def test_placement_checks_its_compile_mode_and_compiles_the_decoder_in_place() -> None:
