@@ -220,7 +220,7 @@ def in_background(work: Callable[[], T]) -> T:
 def stop_now(status: int) -> NoReturn:
     """Ends a start stopped while loading, at once. Nothing open needs closing (the database was closed before
     the load, the load's thread is abandoned), and the interpreter's own teardown, collecting torch's objects,
-    takes seconds: on a loaded machine more than half a minute."""
+    took about 2 s here."""
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
